@@ -1,0 +1,189 @@
+//! The CloudEvents JSON event format (structured mode): one JSON object per event.
+
+use alloc::string::{String, ToString};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Map, Value};
+
+use super::event::is_valid_extension_name;
+use super::{CloudEvent, CloudEventError, Data, ExtensionValue, SPEC_VERSION, is_json_content_type};
+
+fn string_attr(name: &str, v: Value) -> Result<Option<String>, CloudEventError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        _ => Err(CloudEventError::InvalidAttribute { name: name.into(), reason: "must be a JSON string" }),
+    }
+}
+
+impl CloudEvent {
+    /// Reads a structured-mode event and validates it.
+    pub fn from_json_slice(json: &[u8]) -> Result<CloudEvent, CloudEventError> {
+        let value: Value =
+            serde_json::from_slice(json).map_err(|e| CloudEventError::InvalidJson(e.to_string()))?;
+        CloudEvent::from_json_value(value)
+    }
+
+    /// Reads a structured-mode event from a parsed JSON value and validates it. A `null` attribute counts as
+    /// absent.
+    pub fn from_json_value(value: Value) -> Result<CloudEvent, CloudEventError> {
+        let Value::Object(map) = value else {
+            return Err(CloudEventError::InvalidJson("an event must be a JSON object".into()));
+        };
+        let mut event = CloudEvent::default();
+        let mut specversion = None;
+        let mut data = None;
+        let mut data_base64 = None;
+        for (name, v) in map {
+            match name.as_str() {
+                "specversion" => specversion = string_attr(&name, v)?,
+                "id" => event.id = string_attr(&name, v)?.unwrap_or_default(),
+                "source" => event.source = string_attr(&name, v)?.unwrap_or_default(),
+                "type" => event.ty = string_attr(&name, v)?.unwrap_or_default(),
+                "datacontenttype" => event.datacontenttype = string_attr(&name, v)?,
+                "dataschema" => event.dataschema = string_attr(&name, v)?,
+                "subject" => event.subject = string_attr(&name, v)?,
+                "time" => event.time = string_attr(&name, v)?,
+                "data" => data = Some(v),
+                "data_base64" => data_base64 = string_attr(&name, v)?,
+                _ if !is_valid_extension_name(&name) => return Err(CloudEventError::InvalidAttributeName(name)),
+                _ => {
+                    let ext = match v {
+                        Value::Null => continue,
+                        Value::String(s) => ExtensionValue::String(s),
+                        Value::Bool(b) => ExtensionValue::Boolean(b),
+                        Value::Number(n) => ExtensionValue::Integer(n.as_i64().ok_or_else(|| {
+                            CloudEventError::InvalidAttribute { name: name.clone(), reason: "must be an integer" }
+                        })?),
+                        _ => {
+                            return Err(CloudEventError::InvalidAttribute {
+                                name,
+                                reason: "must be a string, boolean or integer",
+                            });
+                        }
+                    };
+                    event.extensions.insert(name, ext);
+                }
+            }
+        }
+        match specversion.as_deref() {
+            None => return Err(CloudEventError::MissingAttribute("specversion")),
+            Some(SPEC_VERSION) => {}
+            Some(other) => return Err(CloudEventError::UnsupportedSpecVersion(other.into())),
+        }
+        for (name, value) in [("id", &event.id), ("source", &event.source), ("type", &event.ty)] {
+            if value.is_empty() {
+                return Err(CloudEventError::MissingAttribute(name));
+            }
+        }
+        event.data = match (data, data_base64) {
+            (Some(Value::Null) | None, None) => None,
+            (None | Some(Value::Null), Some(b64)) => Some(Data::Binary(
+                BASE64.decode(b64.as_bytes()).map_err(|_| CloudEventError::InvalidData("data_base64 is not base64"))?,
+            )),
+            (Some(_), Some(_)) => return Err(CloudEventError::InvalidData("both data and data_base64 are present")),
+            (Some(Value::String(s)), None)
+                if !event.datacontenttype.as_deref().is_none_or(is_json_content_type) =>
+            {
+                Some(Data::Text(s))
+            }
+            (Some(v), None) => Some(Data::Json(v)),
+        };
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// The event in the JSON format, as a JSON value.
+    pub fn to_json_value(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("specversion".into(), SPEC_VERSION.into());
+        map.insert("id".into(), self.id.clone().into());
+        map.insert("source".into(), self.source.clone().into());
+        map.insert("type".into(), self.ty.clone().into());
+        for (name, value) in [
+            ("datacontenttype", &self.datacontenttype),
+            ("dataschema", &self.dataschema),
+            ("subject", &self.subject),
+            ("time", &self.time),
+        ] {
+            if let Some(v) = value {
+                map.insert(name.into(), v.clone().into());
+            }
+        }
+        for (name, value) in &self.extensions {
+            let v = match value {
+                ExtensionValue::String(s) => Value::from(s.clone()),
+                ExtensionValue::Boolean(b) => Value::from(*b),
+                ExtensionValue::Integer(i) => Value::from(*i),
+            };
+            map.insert(name.clone(), v);
+        }
+        match &self.data {
+            None => {}
+            Some(Data::Json(v)) => {
+                map.insert("data".into(), v.clone());
+            }
+            Some(Data::Text(s)) => {
+                map.insert("data".into(), s.clone().into());
+            }
+            Some(Data::Binary(b)) => {
+                map.insert("data_base64".into(), BASE64.encode(b).into());
+            }
+        }
+        Value::Object(map)
+    }
+
+    /// The event in the JSON format, as one line of text (no newlines inside).
+    pub fn to_json_string(&self) -> String {
+        self.to_json_value().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn the_spec_example_round_trips() {
+        let json = br#"{
+            "specversion" : "1.0", "type" : "com.github.pull_request.opened", "source" : "https://github.com/cloudevents/spec/pull",
+            "subject" : "123", "id" : "A234-1234-1234", "time" : "2018-04-05T17:31:00Z", "comexampleextension1" : "value",
+            "comexampleothervalue" : 5, "datacontenttype" : "text/xml", "data" : "<much wow=\"xml\"/>"
+        }"#;
+        let e = CloudEvent::from_json_slice(json).unwrap();
+        assert_eq!(e.data, Some(Data::Text("<much wow=\"xml\"/>".into())));
+        assert_eq!(e.extensions.get("comexampleothervalue"), Some(&ExtensionValue::Integer(5)));
+        assert_eq!(CloudEvent::from_json_slice(e.to_json_string().as_bytes()).unwrap(), e);
+    }
+
+    #[test]
+    fn binary_data_travels_as_base64() {
+        let e = CloudEvent {
+            id: "1".into(),
+            source: "/s".into(),
+            ty: "t".into(),
+            data: Some(Data::Binary(vec![0, 159, 146, 150])),
+            ..CloudEvent::default()
+        };
+        let v = e.to_json_value();
+        assert_eq!(v["data_base64"], "AJ+Slg==");
+        assert_eq!(CloudEvent::from_json_value(v).unwrap(), e);
+    }
+
+    #[test]
+    fn malformed_events_are_refused_with_a_reason() {
+        let cases: [(&[u8], CloudEventError); 5] = [
+            (br#"{"id":"1","source":"/s","type":"t"}"#, CloudEventError::MissingAttribute("specversion")),
+            (br#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#, CloudEventError::UnsupportedSpecVersion("0.3".into())),
+            (br#"{"specversion":"1.0","source":"/s","type":"t"}"#, CloudEventError::MissingAttribute("id")),
+            (br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Bad":1}"#, CloudEventError::InvalidAttributeName("Bad".into())),
+            (br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#, CloudEventError::InvalidData("both data and data_base64 are present")),
+        ];
+        for (json, err) in cases {
+            assert_eq!(CloudEvent::from_json_slice(json), Err(err));
+        }
+        assert!(matches!(CloudEvent::from_json_slice(b"[1]"), Err(CloudEventError::InvalidJson(_))));
+        assert!(matches!(CloudEvent::from_json_slice(b"{"), Err(CloudEventError::InvalidJson(_))));
+    }
+}

@@ -1,0 +1,25 @@
+//! CloudEvents 1.0 for meshgate: the event model with the specification's attribute rules, the JSON event format,
+//! and the MQTT protocol binding (binary mode for MQTT 5, structured mode for 5 and 3.1.1).
+//!
+//! `cloudevents-sdk` is std-only and has no MQTT or AMQP binding, so the bindings every meshgate component shares
+//! live here, next to the wire codecs they ride on.
+//!
+//! ```
+//! use meshgate_protocols::cloudevents::CloudEvent;
+//!
+//! let json = br#"{"specversion":"1.0","id":"1","source":"/sensors/7","type":"io.example.reading","data":{"t":21.5}}"#;
+//! let event = CloudEvent::from_json_slice(json).unwrap();
+//! assert_eq!(event.ty, "io.example.reading");
+//! assert_eq!(CloudEvent::from_json_slice(event.to_json_string().as_bytes()).unwrap(), event);
+//! ```
+
+mod error;
+mod event;
+mod json_format;
+mod mqtt_binding;
+mod time;
+
+pub use error::CloudEventError;
+pub use event::{CloudEvent, Data, ExtensionValue, SPEC_VERSION, is_json_content_type};
+pub use mqtt_binding::{BinaryMessage, STRUCTURED_CONTENT_TYPE, decode_mqtt, encode_mqtt5_binary};
+pub use time::validate_timestamp;

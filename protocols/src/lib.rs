@@ -1,0 +1,25 @@
+//! Sans-IO wire formats for meshgate.
+//!
+//! This crate holds every byte-level rule the gateway, the edge agent and the `#![no_std]` device client share:
+//!
+//! - [`mqtt`]: the MQTT 3.1.1 and 5.0 packet codec, client and server packets alike. Decoding borrows from the
+//!   caller's bytes; encoding writes into the caller's buffer. No allocation, no IO, no clock.
+//! - [`cloudevents`] (feature `cloudevents`, needs an allocator): the CloudEvents 1.0 model with attribute
+//!   validation, the JSON event format and the MQTT protocol binding.
+//!
+//! The crate is `#![no_std]` unless the `std` feature is on, and never touches a socket: callers feed bytes in and
+//! take bytes out, the way quinn-proto and smoltcp do.
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
+
+#[cfg(feature = "cloudevents")]
+pub mod cloudevents;

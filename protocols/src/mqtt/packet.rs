@@ -1,0 +1,151 @@
+//! The [`Packet`] enum: decode one packet from a byte stream, encode one into a buffer.
+
+use super::wire::{Reader, Writer, varint_len};
+use super::{
+    Auth, ConnAck, Connect, DecodeError, Disconnect, EncodeError, FixedHeader, MAX_REMAINING_LENGTH, Malformed,
+    PacketType, PubResponse, PubResponseKind, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+};
+
+/// Any MQTT control packet, borrowing from the bytes it was decoded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[allow(missing_docs)]
+pub enum Packet<'a> {
+    Connect(Connect<'a>),
+    ConnAck(ConnAck<'a>),
+    Publish(Publish<'a>),
+    /// PUBACK, PUBREC, PUBREL or PUBCOMP.
+    PubResponse(PubResponse<'a>),
+    Subscribe(Subscribe<'a>),
+    SubAck(SubAck<'a>),
+    Unsubscribe(Unsubscribe<'a>),
+    UnsubAck(UnsubAck<'a>),
+    PingReq,
+    PingResp,
+    Disconnect(Disconnect<'a>),
+    /// MQTT 5 only.
+    Auth(Auth<'a>),
+}
+
+impl<'a> Packet<'a> {
+    /// Decodes the packet at the start of `buf`.
+    ///
+    /// `version` is the connection's protocol level; CONNECT carries its own and ignores it. `max_packet_size`
+    /// bounds the whole packet, fixed header included, and is checked as soon as the fixed header is complete.
+    /// On success returns the packet and the number of bytes it took.
+    pub fn decode(buf: &'a [u8], version: Version, max_packet_size: usize) -> Result<(Packet<'a>, usize), DecodeError> {
+        let header = FixedHeader::parse(buf, max_packet_size)?;
+        let len = header.packet_len();
+        let Some(body) = buf.get(header.header_len..len) else {
+            return Err(DecodeError::Incomplete { needed: len - buf.len() });
+        };
+        let mut r = Reader::new(body);
+        let packet = Self::decode_body(&header, &mut r, version)?;
+        Ok((packet, len))
+    }
+
+    fn decode_body(header: &FixedHeader, r: &mut Reader<'a>, version: Version) -> Result<Packet<'a>, Malformed> {
+        let ack = |kind, r: &mut Reader<'a>| PubResponse::read(r, kind, version).map(Packet::PubResponse);
+        let packet = match header.packet_type {
+            PacketType::Connect => Packet::Connect(Connect::read(r)?),
+            PacketType::ConnAck => Packet::ConnAck(ConnAck::read(r, version)?),
+            PacketType::Publish => Packet::Publish(Publish::read(r, header.flags, version)?),
+            PacketType::PubAck => ack(PubResponseKind::PubAck, r)?,
+            PacketType::PubRec => ack(PubResponseKind::PubRec, r)?,
+            PacketType::PubRel => ack(PubResponseKind::PubRel, r)?,
+            PacketType::PubComp => ack(PubResponseKind::PubComp, r)?,
+            PacketType::Subscribe => Packet::Subscribe(Subscribe::read(r, version)?),
+            PacketType::SubAck => Packet::SubAck(SubAck::read(r, version)?),
+            PacketType::Unsubscribe => Packet::Unsubscribe(Unsubscribe::read(r, version)?),
+            PacketType::UnsubAck => Packet::UnsubAck(UnsubAck::read(r, version)?),
+            PacketType::PingReq | PacketType::PingResp => {
+                if r.remaining() != 0 {
+                    return Err(Malformed::TrailingBytes);
+                }
+                if header.packet_type == PacketType::PingReq { Packet::PingReq } else { Packet::PingResp }
+            }
+            PacketType::Disconnect => Packet::Disconnect(Disconnect::read(r, version)?),
+            PacketType::Auth if version.is_v5() => Packet::Auth(Auth::read(r)?),
+            PacketType::Auth => return Err(Malformed::UnknownPacketType(15)),
+        };
+        Ok(packet)
+    }
+
+    /// The packet's type.
+    pub fn packet_type(&self) -> PacketType {
+        match self {
+            Packet::Connect(_) => PacketType::Connect,
+            Packet::ConnAck(_) => PacketType::ConnAck,
+            Packet::Publish(_) => PacketType::Publish,
+            Packet::PubResponse(p) => p.kind.packet_type(),
+            Packet::Subscribe(_) => PacketType::Subscribe,
+            Packet::SubAck(_) => PacketType::SubAck,
+            Packet::Unsubscribe(_) => PacketType::Unsubscribe,
+            Packet::UnsubAck(_) => PacketType::UnsubAck,
+            Packet::PingReq => PacketType::PingReq,
+            Packet::PingResp => PacketType::PingResp,
+            Packet::Disconnect(_) => PacketType::Disconnect,
+            Packet::Auth(_) => PacketType::Auth,
+        }
+    }
+
+    fn flags(&self) -> u8 {
+        match self {
+            Packet::Publish(p) => p.flags(),
+            other => other.packet_type().required_flags().unwrap_or(0),
+        }
+    }
+
+    fn body_len(&self, version: Version) -> usize {
+        match self {
+            Packet::Connect(p) => p.body_len(),
+            Packet::ConnAck(p) => p.body_len(version),
+            Packet::Publish(p) => p.body_len(version),
+            Packet::PubResponse(p) => p.body_len(version),
+            Packet::Subscribe(p) => p.body_len(version),
+            Packet::SubAck(p) => p.body_len(version),
+            Packet::Unsubscribe(p) => p.body_len(version),
+            Packet::UnsubAck(p) => p.body_len(version),
+            Packet::PingReq | Packet::PingResp => 0,
+            Packet::Disconnect(p) => p.body_len(version),
+            Packet::Auth(p) => p.body_len(),
+        }
+    }
+
+    /// The number of bytes [`Packet::encode`] writes for this packet.
+    pub fn encoded_len(&self, version: Version) -> usize {
+        let body = self.body_len(version);
+        1 + varint_len(body) + body
+    }
+
+    /// Encodes the packet into `buf` and returns the number of bytes written. CONNECT is encoded at its own
+    /// version; every other packet at `version`.
+    pub fn encode(&self, version: Version, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let body = self.body_len(version);
+        if body > MAX_REMAINING_LENGTH {
+            return Err(EncodeError::TooLarge);
+        }
+        let needed = 1 + varint_len(body) + body;
+        if buf.len() < needed {
+            return Err(EncodeError::BufferTooSmall { needed });
+        }
+        let mut w = Writer::new(buf);
+        w.u8(((self.packet_type() as u8) << 4) | self.flags())?;
+        w.varint(body)?;
+        match self {
+            Packet::Connect(p) => p.write_body(&mut w)?,
+            Packet::ConnAck(p) => p.write_body(version, &mut w)?,
+            Packet::Publish(p) => p.write_body(version, &mut w)?,
+            Packet::PubResponse(p) => p.write_body(version, &mut w)?,
+            Packet::Subscribe(p) => p.write_body(version, &mut w)?,
+            Packet::SubAck(p) => p.write_body(version, &mut w)?,
+            Packet::Unsubscribe(p) => p.write_body(version, &mut w)?,
+            Packet::UnsubAck(p) => p.write_body(version, &mut w)?,
+            Packet::PingReq | Packet::PingResp => {}
+            Packet::Disconnect(p) => p.write_body(version, &mut w)?,
+            Packet::Auth(p) => p.write_body(&mut w)?,
+        }
+        debug_assert_eq!(w.position(), needed);
+        Ok(w.position())
+    }
+}
