@@ -1,1 +1,20 @@
+//! meshgate, the IoT edge gateway.
+//!
+//! Devices connect over MQTT 3.1.1 and 5; every accepted publish becomes a CloudEvent ([`normalize`]), is made
+//! durable by the pipeline of `meshgate-edge-agent`, and only then acknowledged to the device.
+//!
+//! Rooms:
+//! - [`config`]: the TOML file, environment overrides, defaults and their validation.
+//! - [`auth`]: device credentials (Argon2 hashes) and the anonymous switch.
+//! - [`mqtt`]: the MQTT listener, our own sessions over the `meshgate-protocols` codec.
+//! - [`normalize`]: message → CloudEvent, with mapping rules.
+//! - [`metrics`] and [`admin`]: counters and the health/metrics endpoint.
+//! - [`server`]: process wiring and ordered shutdown.
 
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod mqtt;
+pub mod normalize;
+pub mod server;

@@ -1,1 +1,140 @@
-fn main(){}
+//! The `meshgate` binary: `meshgate [--config FILE]`, `meshgate check --config FILE`, `meshgate hash-password`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use meshgate_gateway::config::Config;
+use meshgate_gateway::{auth, server};
+use tracing_subscriber::EnvFilter;
+
+/// meshgate: the IoT edge gateway. MQTT devices in, durable CloudEvents out.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file; without one, meshgate runs on its embedded defaults.
+    #[arg(long, short, global = true, env = "MESHGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and exit.
+    Check,
+    /// Hash a device password for `[[auth.users]] password_hash` (reads it from stdin).
+    HashPassword,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, ExitCode> {
+    Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| {
+        eprintln!("meshgate: configuration error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn hash_password() -> ExitCode {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("password (input is echoed; pipe it in to avoid that):");
+    }
+    let mut line = String::new();
+    if stdin.lock().read_line(&mut line).is_err() {
+        eprintln!("meshgate: cannot read the password from stdin");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("meshgate: empty password");
+        return ExitCode::FAILURE;
+    }
+    match auth::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meshgate: cannot hash the password: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::HashPassword) => return hash_password(),
+        Some(Command::Check) => {
+            return match load(&cli) {
+                Ok(_) => {
+                    println!("meshgate: configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            };
+        }
+        None => {}
+    }
+    init_logging(cli.log_format);
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

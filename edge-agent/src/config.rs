@@ -1,0 +1,60 @@
+//! Configuration of the mesh-facing side: the `[[uplinks]]` tables and the pipeline's bounds.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// One `[[uplinks]]` table. `kind` selects the variant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind")]
+pub enum UplinkConfig {
+    /// `kind = "file"`: a JSON-lines file of structured CloudEvents, one per line.
+    #[serde(rename = "file")]
+    File(FileUplinkConfig),
+}
+
+impl UplinkConfig {
+    /// The uplink's name, as routes refer to it.
+    pub fn name(&self) -> &str {
+        match self {
+            UplinkConfig::File(c) => &c.name,
+        }
+    }
+}
+
+/// Settings of a file uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUplinkConfig {
+    /// The name routes refer to.
+    pub name: String,
+    /// The output file; relative paths are under the data directory.
+    #[serde(default = "default_file_path")]
+    pub path: PathBuf,
+}
+
+fn default_file_path() -> PathBuf {
+    PathBuf::from("events.jsonl")
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig::File(FileUplinkConfig { name: "local".into(), path: default_file_path() })
+    }
+}
+
+/// Bounds of the ingest pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// How many events may wait for the next commit before submitters are made to wait.
+    pub queue_capacity: usize,
+    /// The most events one commit takes.
+    pub max_batch: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { queue_capacity: 8192, max_batch: 1024 }
+    }
+}

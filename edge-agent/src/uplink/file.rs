@@ -1,0 +1,73 @@
+//! The embedded default uplink: a JSON-lines file of structured-mode CloudEvents, one event per line, fsynced
+//! before a batch counts as delivered.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{BoxFuture, Uplink, UplinkError};
+use crate::CloudEvent;
+
+/// Appends events to a file, one JSON object per line.
+pub struct FileUplink {
+    file: Arc<File>,
+    /// Reused between batches so a commit allocates nothing once warm.
+    buf: Vec<u8>,
+}
+
+impl FileUplink {
+    /// Opens (creating if needed) the file for appending, and its parent directories.
+    pub async fn open(path: &Path) -> Result<FileUplink, UplinkError> {
+        let path = path.to_owned();
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            OpenOptions::new().create(true).append(true).open(&path)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(FileUplink { file: Arc::new(file), buf: Vec::with_capacity(64 * 1024) })
+    }
+}
+
+impl Uplink for FileUplink {
+    fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
+        Box::pin(async move {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            for event in batch {
+                serde_json::to_writer(&mut buf, &event.to_json_value()).map_err(std::io::Error::other)?;
+                buf.push(b'\n');
+            }
+            let file = Arc::clone(&self.file);
+            let (buf, result) = tokio::task::spawn_blocking(move || {
+                let result = (&*file).write_all(&buf).and_then(|()| file.sync_data());
+                (buf, result)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            self.buf = buf;
+            result.map_err(UplinkError::Io)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_one_json_event_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/events.jsonl");
+        let mut uplink = FileUplink::open(&path).await.unwrap();
+        let event = CloudEvent { id: "1".into(), source: "/s".into(), ty: "t".into(), ..CloudEvent::default() };
+        uplink.send(&[&event, &event]).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(CloudEvent::from_json_slice(lines[0].as_bytes()).unwrap(), event);
+    }
+}

@@ -1,0 +1,83 @@
+//! Uplinks: where events leave the edge.
+//!
+//! An uplink takes batches of events and reports success only when the destination holds every event of the
+//! batch; an error means none of the batch may be counted as delivered (it is retried or refused upstream).
+
+mod file;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub use file::FileUplink;
+
+use crate::CloudEvent;
+use crate::config::UplinkConfig;
+
+/// A boxed future, as uplink methods return them (one per batch, not per event).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why an uplink could not deliver a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// Writing to local storage failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A destination for events.
+pub trait Uplink: Send + 'static {
+    /// Delivers `batch`, in order. `Ok` means the destination holds every event durably.
+    fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>>;
+}
+
+/// Counters and health of one uplink, shared with the admin endpoint.
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    /// Events the uplink confirmed.
+    pub events: AtomicU64,
+    /// Batches that failed.
+    pub failures: AtomicU64,
+    /// Whether the last batch succeeded (true before the first).
+    healthy: AtomicBool,
+}
+
+impl UplinkStats {
+    /// New counters for a healthy uplink.
+    pub fn new() -> Self {
+        UplinkStats { healthy: AtomicBool::new(true), ..UplinkStats::default() }
+    }
+
+    /// Whether the last batch succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record(&self, events: usize, ok: bool) {
+        if ok {
+            self.events.fetch_add(events as u64, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.healthy.store(ok, Ordering::Relaxed);
+    }
+}
+
+/// An uplink with its name and counters.
+pub struct NamedUplink {
+    /// The name routes refer to.
+    pub name: Arc<str>,
+    /// Its counters.
+    pub stats: Arc<UplinkStats>,
+    /// The uplink itself.
+    pub uplink: Box<dyn Uplink>,
+}
+
+/// Builds the uplink a config table describes. Relative paths resolve under `data_dir`.
+pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<NamedUplink, UplinkError> {
+    let uplink: Box<dyn Uplink> = match config {
+        UplinkConfig::File(c) => Box::new(FileUplink::open(&data_dir.join(&c.path)).await?),
+    };
+    Ok(NamedUplink { name: config.name().into(), stats: Arc::new(UplinkStats::new()), uplink })
+}

@@ -1,0 +1,329 @@
+//! The gateway's configuration: one TOML file, `MESHGATE_...` environment overrides, defaults for every key.
+//!
+//! Loading reports problems with the file, the key and what is wrong (`meshgate.toml: listeners.mqtt.bind:
+//! invalid socket address syntax`). Environment variables name a key path with `__` between levels:
+//! `MESHGATE_GATEWAY__ID=edge-7`, `MESHGATE_LISTENERS__MQTT__BIND=0.0.0.0:1883`. Values are read as TOML
+//! (numbers, booleans, arrays) and fall back to plain strings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use meshgate_edge_agent::config::{PipelineConfig, UplinkConfig};
+use serde::Deserialize;
+
+use crate::auth::PasswordHash;
+use crate::normalize::RuleConfig;
+
+/// What `meshgate` runs on without a file: every other key keeps its default.
+pub const EMBEDDED_DEFAULTS: &str = r#"
+[listeners.mqtt]
+[admin]
+[auth]
+allow_anonymous = true
+"#;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[gateway]`.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// `[listeners]`: an omitted listener is off.
+    #[serde(default)]
+    pub listeners: ListenersConfig,
+    /// `[admin]`: the health and metrics endpoint; omitted means off.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// `[auth]`.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `[[rules]]`: mapping rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// `[[uplinks]]`: where events go; none configured means the default file uplink.
+    #[serde(default)]
+    pub uplinks: Vec<UplinkConfig>,
+    /// `[pipeline]`: bounds of the ingest queue.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Goes into every event's `source` and the `gatewayid` extension.
+    pub id: String,
+    /// Spool, retained messages, sessions and the file uplink's output live here.
+    pub data_dir: PathBuf,
+    /// Seconds to let connections finish their acknowledgements at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { id: "edge-1".into(), data_dir: PathBuf::from("./meshgate-data"), shutdown_grace_secs: 10 }
+    }
+}
+
+/// `[listeners]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersConfig {
+    /// `[listeners.mqtt]`: MQTT 3.1.1 and 5 over TCP.
+    pub mqtt: Option<MqttListenerConfig>,
+    /// `[listeners.amqp]`: not available in this version (refused at load).
+    pub amqp: Option<toml::Table>,
+    /// `[listeners.ws]`: not available in this version (refused at load).
+    pub ws: Option<toml::Table>,
+}
+
+/// `[listeners.mqtt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttListenerConfig {
+    /// The address to listen on; port 0 picks a free port (printed at start).
+    pub bind: SocketAddr,
+    /// The largest packet accepted, fixed header included (advertised as Maximum Packet Size in MQTT 5).
+    pub max_packet_size: u32,
+    /// How many QoS 1/2 publishes a client may have unacknowledged (MQTT 5 Receive Maximum); MQTT 3.1.1 clients
+    /// are slowed to the same bound by not reading their socket.
+    pub receive_maximum: u16,
+    /// The highest inbound topic alias accepted (MQTT 5 Topic Alias Maximum; 0 turns aliases off).
+    pub topic_alias_maximum: u16,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// The most connections served at once; further ones are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for MqttListenerConfig {
+    fn default() -> Self {
+        MqttListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 128,
+            topic_alias_maximum: 32,
+            connect_timeout_secs: 10,
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The address of `/healthz`, `/readyz` and `/metrics`.
+    pub bind: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { bind: SocketAddr::from(([127, 0, 0, 1], 9100)) }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether devices may connect without credentials.
+    pub allow_anonymous: bool,
+    /// `[[auth.users]]`.
+    pub users: Vec<UserConfig>,
+}
+
+/// `[[auth.users]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name devices present.
+    pub username: String,
+    /// An Argon2 PHC string from `meshgate hash-password`.
+    pub password_hash: PasswordHash,
+}
+
+/// A configuration problem: the file, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The file (or `<defaults>`, or the environment variable).
+    pub file: String,
+    /// The dotted key path.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Config {
+    /// The configuration used when no file is given: MQTT and admin on loopback, anonymous devices allowed
+    /// (only local processes can reach a loopback listener), the default file uplink.
+    pub fn embedded_defaults() -> Config {
+        Config::load(None, std::iter::empty()).unwrap_or_else(|e| unreachable!("embedded defaults are valid: {e}"))
+    }
+
+    /// Loads `path` (or the embedded defaults when `None`), applies `MESHGATE_...` overrides from `env`, and
+    /// validates the result.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let (file, mut table) = match path {
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: name.clone(),
+                    key: "(file)".into(),
+                    problem: e.to_string(),
+                })?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+                    file: name.clone(),
+                    key: e.span().map_or_else(|| "(syntax)".into(), |s| line_of(&text, s.start)),
+                    problem: e.message().to_string(),
+                })?;
+                (name, Some(table))
+            }
+            None => ("<defaults>".to_string(), EMBEDDED_DEFAULTS.parse::<toml::Table>().ok()),
+        };
+        let mut overridden = false;
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("MESHGATE_") else { continue };
+            if path.is_empty() || path == "LOG" {
+                continue;
+            }
+            let table = table.get_or_insert_with(toml::Table::new);
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            apply_override(table, &keys, &value).map_err(|problem| ConfigError {
+                file: format!("environment {name}"),
+                key: keys.join("."),
+                problem,
+            })?;
+            overridden = true;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(table.unwrap_or_default()).map_err(|e| ConfigError {
+                file: if overridden { format!("{file} (with MESHGATE_ overrides)") } else { file.clone() },
+                key: e.path().to_string(),
+                problem: e.inner().message().to_string(),
+            })?;
+        config.validate().map_err(|(key, problem)| ConfigError { file, key, problem })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, p: &str| Err((k.to_string(), p.to_string()));
+        if self.gateway.id.is_empty() {
+            return err("gateway.id", "must not be empty");
+        }
+        if self.listeners.amqp.is_some() {
+            return err("listeners.amqp", "the AMQP listener is not available in this version of meshgate");
+        }
+        if self.listeners.ws.is_some() {
+            return err("listeners.ws", "the WebSocket listener is not available in this version of meshgate");
+        }
+        if let Some(mqtt) = &self.listeners.mqtt {
+            if mqtt.receive_maximum == 0 {
+                return err("listeners.mqtt.receive_maximum", "must be at least 1");
+            }
+            if mqtt.max_packet_size < 64 {
+                return err("listeners.mqtt.max_packet_size", "must be at least 64 bytes");
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in self.uplinks.iter().enumerate() {
+            if !names.insert(u.name()) {
+                return err(&format!("uplinks[{i}].name"), &format!("`{}` is used by two uplinks", u.name()));
+            }
+        }
+        let uplinks = self.uplinks();
+        let known: Vec<&str> = uplinks.iter().map(|u| u.name()).collect();
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate(&known).map_err(|(k, p)| (format!("rules[{i}].{k}"), p))?;
+        }
+        let mut users = std::collections::HashSet::new();
+        for (i, u) in self.auth.users.iter().enumerate() {
+            if !users.insert(&u.username) {
+                return err(&format!("auth.users[{i}].username"), &format!("`{}` is listed twice", u.username));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured uplinks, or the embedded default (a file uplink named `local`).
+    pub fn uplinks(&self) -> Vec<UplinkConfig> {
+        if self.uplinks.is_empty() { vec![UplinkConfig::default()] } else { self.uplinks.clone() }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> String {
+    let line = text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1;
+    format!("line {line}")
+}
+
+fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
+    let Some((last, parents)) = keys.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut current = table;
+    for key in parents {
+        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| format!("`{key}` is not a table"))?;
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshgate.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        let e = load_str("[listeners.mqtt]\nbind = \"nowhere\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "listeners.mqtt.bind");
+        assert!(e.problem.contains("socket address"), "{e}");
+        assert!(e.file.ends_with("meshgate.toml"));
+        let e = load_str("[gateway]\nidd = \"x\"\n", &[]).unwrap_err();
+        assert!(e.problem.contains("unknown field `idd`"), "{e}");
+        let e = load_str("[gateway\n", &[]).unwrap_err();
+        assert_eq!(e.key, "line 1");
+    }
+
+    #[test]
+    fn environment_overrides_keys_by_path() {
+        let c = load_str("[listeners.mqtt]\n", &[("MESHGATE_GATEWAY__ID", "edge-9"), ("MESHGATE_LISTENERS__MQTT__RECEIVE_MAXIMUM", "7")]).unwrap();
+        assert_eq!(c.gateway.id, "edge-9");
+        assert_eq!(c.listeners.mqtt.unwrap().receive_maximum, 7);
+        let e = load_str("", &[("MESHGATE_LISTENERS__MQTT__RECEIVE_MAXIMUM", "lots")]).unwrap_err();
+        assert_eq!(e.key, "listeners.mqtt.receive_maximum");
+    }
+
+    #[test]
+    fn an_omitted_listener_is_off_and_no_file_means_defaults() {
+        let c = load_str("[gateway]\nid = \"a\"\n", &[]).unwrap();
+        assert!(c.listeners.mqtt.is_none());
+        assert!(!c.auth.allow_anonymous);
+        let d = Config::load(None, std::iter::empty()).unwrap();
+        assert_eq!(d.listeners.mqtt.unwrap().bind.port(), 1883);
+        assert!(d.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn unknown_routes_and_listeners_not_built_yet_are_refused() {
+        let e = load_str("[[rules]]\ntopic = \"a/#\"\nuplinks = [\"nope\"]\n", &[]).unwrap_err();
+        assert_eq!(e.key, "rules[0].uplinks");
+        let e = load_str("[listeners.amqp]\nbind = \"127.0.0.1:5672\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "listeners.amqp");
+    }
+}

@@ -1,0 +1,192 @@
+//! Gateway counters, rendered in the Prometheus text format for `/metrics`.
+//!
+//! Plain atomics indexed by small enums: recording a message is one relaxed add, and nothing allocates per event.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use meshgate_edge_agent::uplink::UplinkStats;
+
+/// The device protocols the gateway terminates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// MQTT 3.1.1 and 5 over TCP.
+    Mqtt,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 1] = [Protocol::Mqtt];
+
+    /// The name used in event sources, the `protocol` extension and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// Why a connection or a message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Wrong user name or password.
+    BadCredentials,
+    /// No credentials where they are required.
+    NotAuthorized,
+    /// A packet that breaks the protocol.
+    Malformed,
+    /// A packet above the maximum size.
+    TooLarge,
+    /// A message claiming to be a CloudEvent that is not a valid one.
+    InvalidCloudEvent,
+    /// A payload flagged UTF-8 that is not.
+    InvalidPayloadFormat,
+    /// The event could not be stored.
+    StorageFailed,
+    /// A client that let its keep-alive lapse.
+    KeepAliveTimeout,
+    /// A client over its Receive Maximum or otherwise out of protocol.
+    ProtocolViolation,
+    /// An unsupported protocol version.
+    UnsupportedVersion,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 10] = [
+        RejectReason::BadCredentials,
+        RejectReason::NotAuthorized,
+        RejectReason::Malformed,
+        RejectReason::TooLarge,
+        RejectReason::InvalidCloudEvent,
+        RejectReason::InvalidPayloadFormat,
+        RejectReason::StorageFailed,
+        RejectReason::KeepAliveTimeout,
+        RejectReason::ProtocolViolation,
+        RejectReason::UnsupportedVersion,
+    ];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::BadCredentials => "bad_credentials",
+            RejectReason::NotAuthorized => "not_authorized",
+            RejectReason::Malformed => "malformed",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::InvalidCloudEvent => "invalid_cloudevent",
+            RejectReason::InvalidPayloadFormat => "invalid_payload_format",
+            RejectReason::StorageFailed => "storage_failed",
+            RejectReason::KeepAliveTimeout => "keepalive_timeout",
+            RejectReason::ProtocolViolation => "protocol_violation",
+            RejectReason::UnsupportedVersion => "unsupported_version",
+        }
+    }
+}
+
+const PROTOCOLS: usize = Protocol::ALL.len();
+const REASONS: usize = RejectReason::ALL.len();
+
+/// Every counter the gateway keeps.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections: [AtomicI64; PROTOCOLS],
+    connections_total: [AtomicU64; PROTOCOLS],
+    messages_in: [AtomicU64; PROTOCOLS],
+    acknowledged: [AtomicU64; PROTOCOLS],
+    rejects: [[AtomicU64; REASONS]; PROTOCOLS],
+    uplinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<UplinkStats>)>>,
+}
+
+fn reason_index(r: RejectReason) -> usize {
+    RejectReason::ALL.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+impl Metrics {
+    /// Registers the uplinks whose counters `/metrics` reports.
+    pub fn set_uplinks(&self, uplinks: Vec<(Arc<str>, Arc<UplinkStats>)>) {
+        let _ = self.uplinks.set(uplinks);
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self, p: Protocol) {
+        self.connections[p as usize].fetch_add(1, Ordering::Relaxed);
+        self.connections_total[p as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection ended.
+    pub fn connection_closed(&self, p: Protocol) {
+        self.connections[p as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A message was accepted into the pipeline.
+    pub fn message_in(&self, p: Protocol) {
+        self.messages_in[p as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message was acknowledged to its device after it became durable.
+    pub fn acknowledged(&self, p: Protocol) {
+        self.acknowledged[p as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Something was refused.
+    pub fn reject(&self, p: Protocol, r: RejectReason) {
+        self.rejects[p as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current number of refusals for a reason (for tests and readiness).
+    pub fn rejects(&self, p: Protocol, r: RejectReason) -> u64 {
+        self.rejects[p as usize][reason_index(r)].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        header(&mut out, "meshgate_connections", "gauge", "Open device connections.");
+        for p in Protocol::ALL {
+            let v = self.connections[p as usize].load(Ordering::Relaxed);
+            let _ = writeln!(out, "meshgate_connections{{protocol=\"{}\"}} {v}", p.as_str());
+        }
+        let per_protocol: [(&str, &str, &[AtomicU64; PROTOCOLS]); 3] = [
+            ("meshgate_connections_accepted_total", "Device connections accepted.", &self.connections_total),
+            ("meshgate_messages_in_total", "Messages accepted from devices into the pipeline.", &self.messages_in),
+            (
+                "meshgate_messages_acknowledged_total",
+                "Messages acknowledged to devices after they were durable.",
+                &self.acknowledged,
+            ),
+        ];
+        for (name, help, counters) in per_protocol {
+            header(&mut out, name, "counter", help);
+            for p in Protocol::ALL {
+                let v = counters[p as usize].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{protocol=\"{}\"}} {v}", p.as_str());
+            }
+        }
+        header(&mut out, "meshgate_rejects_total", "counter", "Connections and messages refused, by reason.");
+        for p in Protocol::ALL {
+            for r in RejectReason::ALL {
+                let v = self.rejects(p, r);
+                let _ = writeln!(out, "meshgate_rejects_total{{protocol=\"{}\",reason=\"{}\"}} {v}", p.as_str(), r.as_str());
+            }
+        }
+        let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
+        let per_uplink: [(&str, &str, fn(&UplinkStats) -> u64); 2] = [
+            ("meshgate_uplink_events_total", "Events each uplink confirmed.", |s| s.events.load(Ordering::Relaxed)),
+            ("meshgate_uplink_failures_total", "Batches each uplink failed.", |s| s.failures.load(Ordering::Relaxed)),
+        ];
+        for (name, help, read) in per_uplink {
+            header(&mut out, name, "counter", help);
+            for (u, s) in uplinks {
+                let _ = writeln!(out, "{name}{{uplink=\"{u}\"}} {}", read(s));
+            }
+        }
+        out
+    }
+
+    /// The registered uplinks' health, for `/readyz`.
+    pub fn uplinks_healthy(&self) -> bool {
+        self.uplinks.get().is_some_and(|u| u.iter().any(|(_, s)| s.is_healthy()))
+    }
+}

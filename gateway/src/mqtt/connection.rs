@@ -1,0 +1,546 @@
+//! The tokio driver of one MQTT connection: reads and decodes packets, admits publishes into the pipeline,
+//! acknowledges each one only when its event is durable, and writes acknowledgements in batches.
+//!
+//! Order of work per wake-up: flush what is queued for the socket, then wait for whichever comes first of a
+//! takeover, shutdown, the oldest pending receipt, socket input (only while fewer than Receive Maximum
+//! acknowledgements are pending, which is how a fast device is slowed), or the keep-alive deadline.
+//! Acknowledgements leave in the order the publishes arrived, as MQTT 3.1.1 requires.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use chrono::Utc;
+use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
+use meshgate_protocols::mqtt::reason::v311;
+use meshgate_protocols::mqtt::{
+    ConnAck, Connect, DecodeError, Disconnect, Malformed, Packet, Properties, PubResponse, PubResponseKind, Publish,
+    QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::inbound::{Admission, InboundState};
+use super::{MqttContext, registry::Registration};
+use crate::auth::AuthOutcome;
+use crate::metrics::{Protocol, RejectReason};
+
+const PROTOCOL: Protocol = Protocol::Mqtt;
+
+/// Why a connection ended (for the log).
+#[derive(Debug)]
+enum Closed {
+    /// The client disconnected normally.
+    Normal,
+    /// The client went away without DISCONNECT.
+    Dropped,
+    /// We closed it for a reason.
+    Refused(&'static str),
+    /// The socket failed.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Closed {
+    fn from(e: std::io::Error) -> Self {
+        Closed::Io(e)
+    }
+}
+
+/// An acknowledgement waiting for its turn.
+struct PendingAck {
+    kind: PubResponseKind,
+    qos: QoS,
+    packet_id: u16,
+    /// `None` when the outcome is already known (`reason`).
+    receipt: Option<Receipt>,
+    reason: ReasonCode,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve<S>(stream: S, ctx: Arc<MqttContext>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.metrics.connection_opened(PROTOCOL);
+    let mut conn = Connection::new(stream, Arc::clone(&ctx));
+    let outcome = conn.run().await;
+    if let Some((client_id, reg)) = &conn.session {
+        ctx.registry.unregister(client_id, reg.conn_id);
+    }
+    ctx.metrics.connection_closed(PROTOCOL);
+    let client = conn.session.as_ref().map_or("-", |(c, _)| c.as_str());
+    match outcome {
+        Closed::Normal | Closed::Dropped => tracing::debug!(client, ?outcome, "connection closed"),
+        Closed::Refused(why) => tracing::info!(client, why, "connection closed by the gateway"),
+        Closed::Io(e) => tracing::debug!(client, error = %e, "connection failed"),
+    }
+}
+
+struct Connection<S> {
+    stream: S,
+    ctx: Arc<MqttContext>,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    version: Version,
+    session: Option<(String, Registration)>,
+    keep_alive: Option<Duration>,
+    deadline: Option<Instant>,
+    inbound: InboundState,
+    pending: VecDeque<PendingAck>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    fn new(stream: S, ctx: Arc<MqttContext>) -> Self {
+        let inbound = InboundState::new(ctx.config.receive_maximum, ctx.config.topic_alias_maximum);
+        Connection {
+            stream,
+            ctx,
+            rbuf: BytesMut::with_capacity(4096),
+            wbuf: Vec::with_capacity(1024),
+            version: Version::V5,
+            session: None,
+            keep_alive: None,
+            deadline: None,
+            inbound,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn max_packet(&self) -> usize {
+        self.ctx.config.max_packet_size as usize
+    }
+
+    /// Queues a packet for the next flush.
+    fn send(&mut self, packet: &Packet<'_>) {
+        let start = self.wbuf.len();
+        let len = packet.encoded_len(self.version);
+        self.wbuf.resize(start + len, 0);
+        if let Err(e) = packet.encode(self.version, &mut self.wbuf[start..]) {
+            // Only our own packets are encoded here; a failure is a bug, not bad input.
+            tracing::error!(error = %e, "could not encode an outgoing packet");
+            self.wbuf.truncate(start);
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: MQTT 5 hears the reason in a DISCONNECT; MQTT 3.1.1 is just closed.
+    async fn close_with(&mut self, reason: ReasonCode, why: &'static str) -> Closed {
+        if self.version.is_v5() && self.session.is_some() {
+            self.send(&Packet::Disconnect(Disconnect::with_reason(reason)));
+        }
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+        Closed::Refused(why)
+    }
+
+    async fn run(&mut self) -> Closed {
+        let timeout = Duration::from_secs(self.ctx.config.connect_timeout_secs);
+        match tokio::time::timeout(timeout, self.handshake()).await {
+            Err(_) => return Closed::Refused("no CONNECT in time"),
+            Ok(Err(closed)) => return closed,
+            Ok(Ok(())) => {}
+        }
+        // Packets that arrived right behind CONNECT.
+        if let Err(closed) = self.process_input().await {
+            return closed;
+        }
+        match self.serve_session().await {
+            Ok(closed) | Err(closed) => closed,
+        }
+    }
+
+    /// Reads CONNECT, authenticates, registers the client id and answers CONNACK.
+    async fn handshake(&mut self) -> Result<(), Closed> {
+        let connect_len = loop {
+            match Packet::decode(&self.rbuf, Version::V5, self.max_packet()) {
+                Ok((Packet::Connect(_), len)) => break len,
+                Ok(_) => return Err(Closed::Refused("first packet was not CONNECT")),
+                Err(DecodeError::Incomplete { .. }) => {
+                    if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                        return Err(Closed::Dropped);
+                    }
+                }
+                Err(DecodeError::Malformed(Malformed::UnsupportedProtocolVersion(level))) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::UnsupportedVersion);
+                    // Answer in the form the client can read: 3.1.1's return code below level 5, 5's reason above.
+                    self.version = if level < 5 { Version::V311 } else { Version::V5 };
+                    let code = if level < 5 {
+                        ReasonCode(v311::UNACCEPTABLE_PROTOCOL_VERSION)
+                    } else {
+                        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+                    };
+                    self.send(&Packet::ConnAck(ConnAck { code, ..ConnAck::default() }));
+                    self.flush().await?;
+                    return Err(Closed::Refused("unsupported protocol version"));
+                }
+                Err(DecodeError::TooLarge { .. }) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::TooLarge);
+                    return Err(Closed::Refused("CONNECT too large"));
+                }
+                Err(DecodeError::Malformed(_)) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                    return Err(Closed::Refused("malformed CONNECT"));
+                }
+            }
+        };
+        let rbuf = std::mem::take(&mut self.rbuf);
+        let result = match Packet::decode(&rbuf, Version::V5, self.max_packet()) {
+            Ok((Packet::Connect(connect), _)) => self.accept(&connect).await,
+            _ => Err(Closed::Refused("CONNECT changed under us")),
+        };
+        self.rbuf = rbuf;
+        self.rbuf.advance(connect_len);
+        result
+    }
+
+    async fn accept(&mut self, connect: &Connect<'_>) -> Result<(), Closed> {
+        self.version = connect.version;
+        let v5 = self.version.is_v5();
+        let refuse = |code_v5: ReasonCode| {
+            let code = if v5 { code_v5 } else { ReasonCode(code_v5.to_v311_connack()) };
+            Packet::ConnAck(ConnAck { code, ..ConnAck::default() })
+        };
+        match self.ctx.auth.check(connect.username, connect.password).await {
+            AuthOutcome::Allowed => {}
+            outcome => {
+                let (code, reason) = if outcome == AuthOutcome::BadCredentials {
+                    (ReasonCode::BAD_USER_NAME_OR_PASSWORD, RejectReason::BadCredentials)
+                } else {
+                    (ReasonCode::NOT_AUTHORIZED, RejectReason::NotAuthorized)
+                };
+                self.ctx.metrics.reject(PROTOCOL, reason);
+                self.send(&refuse(code));
+                self.flush().await?;
+                return Err(Closed::Refused("authentication failed"));
+            }
+        }
+        let assigned = connect.client_id.is_empty();
+        if assigned && !v5 && !connect.clean_start {
+            // MQTT 3.1.1: a zero-length client id requires a clean session.
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+            self.send(&refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
+            self.flush().await?;
+            return Err(Closed::Refused("empty client id without clean session"));
+        }
+        let client_id =
+            if assigned { format!("mg-{}", uuid::Uuid::now_v7().simple()) } else { connect.client_id.to_string() };
+        let registration = self.ctx.registry.register(&client_id);
+        self.keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let cfg = &self.ctx.config;
+        let properties = if v5 {
+            Properties {
+                assigned_client_identifier: assigned.then_some(client_id.as_str()),
+                receive_maximum: Some(cfg.receive_maximum),
+                maximum_packet_size: Some(cfg.max_packet_size),
+                topic_alias_maximum: Some(cfg.topic_alias_maximum),
+                retain_available: Some(false),
+                wildcard_subscription_available: Some(false),
+                subscription_identifier_available: Some(false),
+                shared_subscription_available: Some(false),
+                ..Properties::default()
+            }
+        } else {
+            Properties::default()
+        };
+        let connack = Packet::ConnAck(ConnAck { session_present: false, code: ReasonCode::SUCCESS, properties });
+        self.send(&connack);
+        self.flush().await?;
+        self.session = Some((client_id, registration));
+        self.touch();
+        Ok(())
+    }
+
+    fn touch(&mut self) {
+        self.deadline = self.keep_alive.map(|k| Instant::now() + k);
+    }
+
+    async fn serve_session(&mut self) -> Result<Closed, Closed> {
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            self.flush().await?;
+            let can_read = self.pending.len() < usize::from(self.ctx.config.receive_maximum);
+            let deadline = self.deadline;
+            let Some((_, registration)) = self.session.as_mut() else {
+                return Err(Closed::Refused("no session"));
+            };
+            tokio::select! {
+                biased;
+                _ = &mut registration.taken_over => {
+                    self.drain_acks(false).await?;
+                    return Ok(self.close_with(ReasonCode::SESSION_TAKEN_OVER, "session taken over").await);
+                }
+                _ = super::stopped(&mut shutdown) => {
+                    self.drain_acks(true).await?;
+                    return Ok(self.close_with(ReasonCode::SERVER_SHUTTING_DOWN, "gateway shutting down").await);
+                }
+                result = next_receipt(&mut self.pending) => {
+                    self.complete_front(result)?;
+                    self.drain_acks(false).await?;
+                }
+                read = self.stream.read_buf(&mut self.rbuf), if can_read => {
+                    if read? == 0 {
+                        return Ok(Closed::Dropped);
+                    }
+                    self.touch();
+                    if let Some(closed) = self.process_input().await? {
+                        return Ok(closed);
+                    }
+                    self.drain_acks(false).await?;
+                }
+                _ = sleep_until(deadline) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
+                    return Ok(self.close_with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep-alive expired").await);
+                }
+            }
+        }
+    }
+
+    /// Sends every acknowledgement whose outcome is known, in order; with `wait`, waits for all of them.
+    async fn drain_acks(&mut self, wait: bool) -> Result<(), Closed> {
+        loop {
+            let Some(front) = self.pending.front_mut() else { return Ok(()) };
+            let result = match front.receipt.as_mut() {
+                None => Ok(()),
+                Some(receipt) => match receipt.try_result() {
+                    Some(r) => r,
+                    None if wait => receipt.await,
+                    None => return Ok(()),
+                },
+            };
+            self.complete_front(result)?;
+        }
+    }
+
+    /// Pops the oldest pending acknowledgement and queues it with the outcome of its receipt.
+    fn complete_front(&mut self, result: Result<(), DeliveryError>) -> Result<(), Closed> {
+        let Some(ack) = self.pending.pop_front() else { return Ok(()) };
+        let mut reason = ack.reason;
+        if ack.receipt.is_some() {
+            match result {
+                Ok(()) => self.ctx.metrics.acknowledged(PROTOCOL),
+                Err(e) => {
+                    tracing::warn!(error = %e, "event not stored; refusing the publish");
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+                    if !self.version.is_v5() {
+                        // MQTT 3.1.1 has no negative acknowledgement: closing is the only refusal.
+                        return Err(Closed::Refused("event could not be stored"));
+                    }
+                    reason = ReasonCode::UNSPECIFIED_ERROR;
+                }
+            }
+        }
+        let ends_flow = ack.kind == PubResponseKind::PubAck || reason.is_error();
+        if ends_flow {
+            self.inbound.completed(ack.qos, ack.packet_id);
+        }
+        let mut response = PubResponse::new(ack.kind, ack.packet_id);
+        response.reason = reason;
+        self.send(&Packet::PubResponse(response));
+        Ok(())
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    async fn process_input(&mut self) -> Result<Option<Closed>, Closed> {
+        loop {
+            let rbuf = std::mem::take(&mut self.rbuf);
+            let decoded = Packet::decode(&rbuf, self.version, self.max_packet());
+            let step = match decoded {
+                Ok((packet, len)) => self.handle(packet).await.map(|closed| (closed, len)),
+                Err(e) => Err(e),
+            };
+            self.rbuf = rbuf;
+            match step {
+                Ok((Some(closed), _)) => return Ok(Some(closed)),
+                Ok((None, len)) => self.rbuf.advance(len),
+                Err(DecodeError::Incomplete { needed }) => {
+                    self.rbuf.reserve(needed);
+                    return Ok(None);
+                }
+                Err(DecodeError::TooLarge { .. }) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::TooLarge);
+                    return Ok(Some(self.close_with(ReasonCode::PACKET_TOO_LARGE, "packet too large").await));
+                }
+                Err(DecodeError::Malformed(m)) => {
+                    tracing::debug!(error = %m, "malformed packet");
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                    return Ok(Some(self.close_with(m.reason_code(), "malformed packet").await));
+                }
+            }
+        }
+    }
+
+    /// Handles one packet. `Ok(Some(_))` ends the connection.
+    async fn handle(&mut self, packet: Packet<'_>) -> Result<Option<Closed>, DecodeError> {
+        let closed = match packet {
+            Packet::Publish(publish) => self.on_publish(&publish).await,
+            Packet::PubResponse(r) if r.kind == PubResponseKind::PubRel => {
+                let found = self.inbound.release(r.packet_id);
+                let mut comp = PubResponse::new(PubResponseKind::PubComp, r.packet_id);
+                if !found && self.version.is_v5() {
+                    comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                // PUBCOMP must follow the PUBREC it completes, which may still be queued.
+                self.pending.push_back(PendingAck {
+                    kind: PubResponseKind::PubComp,
+                    qos: QoS::ExactlyOnce,
+                    packet_id: r.packet_id,
+                    receipt: None,
+                    reason: comp.reason,
+                });
+                None
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                None
+            }
+            Packet::Subscribe(s) => {
+                self.on_subscribe(&s);
+                None
+            }
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(&u);
+                None
+            }
+            Packet::Disconnect(_) => Some(Closed::Normal),
+            Packet::Connect(_) => Some(self.protocol_error("second CONNECT").await),
+            Packet::PubResponse(_) => Some(self.protocol_error("acknowledgement for a message never sent").await),
+            Packet::Auth(_) => {
+                Some(self.close_with(ReasonCode::BAD_AUTHENTICATION_METHOD, "extended authentication unsupported").await)
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Some(self.protocol_error("server-to-client packet from a client").await)
+            }
+        };
+        Ok(closed)
+    }
+
+    async fn protocol_error(&mut self, why: &'static str) -> Closed {
+        self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+        self.close_with(ReasonCode::PROTOCOL_ERROR, why).await
+    }
+
+    async fn on_publish(&mut self, publish: &Publish<'_>) -> Option<Closed> {
+        let v5 = self.version.is_v5();
+        if v5 && publish.retain {
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+            return Some(self.close_with(ReasonCode::RETAIN_NOT_SUPPORTED, "retain not supported").await);
+        }
+        let topic = match self.inbound.resolve_topic(publish) {
+            Ok(t) => t,
+            Err(code) => {
+                self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+                return Some(self.close_with(code, "invalid topic alias").await);
+            }
+        };
+        let packet_id = publish.packet_id.unwrap_or(0);
+        let ack_kind = match publish.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(PubResponseKind::PubAck),
+            QoS::ExactlyOnce => Some(PubResponseKind::PubRec),
+        };
+        if let Some(kind) = ack_kind {
+            match self.inbound.admit(publish.qos, packet_id) {
+                Ok(Admission::New) => {}
+                Ok(Admission::Duplicate) => {
+                    let reason = ReasonCode::SUCCESS;
+                    self.pending.push_back(PendingAck { kind, qos: publish.qos, packet_id, receipt: None, reason });
+                    return None;
+                }
+                Err(code) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+                    return Some(self.close_with(code, "receive maximum exceeded").await);
+                }
+            }
+        }
+        let refusal = self.normalize_and_submit(publish, &topic, ack_kind.is_some()).await;
+        match (refusal, ack_kind) {
+            (Ok(receipt), Some(kind)) => {
+                let reason = ReasonCode::SUCCESS;
+                self.pending.push_back(PendingAck { kind, qos: publish.qos, packet_id, receipt, reason });
+                None
+            }
+            (Ok(_), None) => None,
+            (Err((reason, why)), Some(kind)) if v5 => {
+                // Refused in order with the other acknowledgements; the flow ends with the error code.
+                self.pending.push_back(PendingAck { kind, qos: publish.qos, packet_id, receipt: None, reason });
+                tracing::debug!(why, "publish refused");
+                None
+            }
+            (Err((reason, why)), _) => Some(self.close_with(reason, why).await),
+        }
+    }
+
+    /// Normalizes a publish and hands it to the pipeline. Returns the receipt to wait for (QoS 1/2), or the
+    /// reason code refusing it.
+    async fn normalize_and_submit(
+        &mut self,
+        publish: &Publish<'_>,
+        topic: &str,
+        confirmed: bool,
+    ) -> Result<Option<Receipt>, (ReasonCode, &'static str)> {
+        if publish.properties.payload_format_utf8 == Some(true) && std::str::from_utf8(publish.payload).is_err() {
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidPayloadFormat);
+            return Err((ReasonCode::PAYLOAD_FORMAT_INVALID, "payload flagged UTF-8 is not"));
+        }
+        let client_id = self.session.as_ref().map_or("", |(c, _)| c.as_str());
+        let normalized = self.ctx.normalizer.mqtt(
+            self.version,
+            client_id,
+            topic,
+            &publish.properties,
+            publish.payload,
+            uuid::Uuid::now_v7(),
+            Utc::now(),
+        );
+        let (event, route) = normalized.map_err(|e| {
+            tracing::debug!(error = %e, topic, "invalid CloudEvent refused");
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
+            (ReasonCode::PAYLOAD_FORMAT_INVALID, "invalid CloudEvent")
+        })?;
+        self.ctx.metrics.message_in(PROTOCOL);
+        let stopped = (ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped");
+        if confirmed {
+            self.ctx.ingest.submit(event, route).await.map(Some).map_err(|_| stopped)
+        } else {
+            self.ctx.ingest.submit_unconfirmed(event, route).await.map(|()| None).map_err(|_| stopped)
+        }
+    }
+
+    /// Local subscriptions arrive with the broker core; until then every filter is refused, per filter.
+    fn on_subscribe(&mut self, s: &Subscribe<'_>) {
+        let count = s.filters.len();
+        let codes = vec![ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR.0; count];
+        let codes = if self.version.is_v5() { codes } else { vec![0x80; count] };
+        self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), codes: &codes }));
+    }
+
+    fn on_unsubscribe(&mut self, u: &Unsubscribe<'_>) {
+        let codes = vec![ReasonCode::NO_SUBSCRIPTION_EXISTED.0; u.filters.len()];
+        let codes: &[u8] = if self.version.is_v5() { &codes } else { &[] };
+        self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes }));
+    }
+}
+
+/// The outcome of the oldest pending acknowledgement; never resolves while there is none.
+async fn next_receipt(pending: &mut VecDeque<PendingAck>) -> Result<(), DeliveryError> {
+    match pending.front_mut() {
+        Some(PendingAck { receipt: Some(receipt), .. }) => receipt.await,
+        Some(PendingAck { receipt: None, .. }) => Ok(()),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

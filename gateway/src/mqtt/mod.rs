@@ -1,0 +1,44 @@
+//! The MQTT listener: MQTT 3.1.1 and 5 device sessions over TCP, on the codec in `meshgate-protocols`.
+//!
+//! - [`listener`]: the accept loop, bounded by `max_connections`.
+//! - [`connection`]: the per-connection driver (CONNECT, publish flows, keep-alive, takeover, shutdown).
+//! - [`inbound`]: sans-IO bookkeeping of inbound publishes (topic aliases, Receive Maximum, QoS 2 state).
+//! - [`registry`]: live client ids, for session takeover.
+
+pub mod connection;
+pub mod inbound;
+pub mod listener;
+pub mod registry;
+
+use std::sync::Arc;
+
+use meshgate_edge_agent::pipeline::IngestHandle;
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::config::MqttListenerConfig;
+use crate::metrics::Metrics;
+use crate::normalize::Normalizer;
+
+/// What every MQTT connection shares.
+pub struct MqttContext {
+    /// `[listeners.mqtt]`.
+    pub config: MqttListenerConfig,
+    /// Device credentials.
+    pub auth: Authenticator,
+    /// Message → CloudEvent.
+    pub normalizer: Arc<Normalizer>,
+    /// Into the pipeline.
+    pub ingest: IngestHandle,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Live client ids.
+    pub registry: registry::Registry,
+    /// Becomes `true` when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Resolves once `shutdown` turns `true` (or its sender is gone). Holds no watch guard across the wait's end.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,201 @@
+//! normalize: every accepted message becomes a CloudEvent.
+//!
+//! A message that already is a CloudEvent (a CloudEvents protocol binding, binary or structured) is validated and
+//! kept as it is. Any other message is wrapped with the default mapping of DESIGN.md, then the first matching
+//! mapping rule may set `type`, `source`, `subject`, extensions and the uplink route. Pure functions: the
+//! receive time and ids come in as arguments, so tests pin them.
+
+mod rules;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use meshgate_edge_agent::pipeline::Route;
+use meshgate_protocols::cloudevents::{CloudEvent, CloudEventError, Data, decode_mqtt};
+use meshgate_protocols::mqtt::{Properties, Version};
+pub use rules::{Pattern, Rule, RuleConfig, Vars};
+
+use crate::metrics::Protocol;
+
+/// A message as a listener received it, before mapping.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    /// The protocol it came over.
+    pub protocol: Protocol,
+    /// The device's client id (MQTT) or connection name.
+    pub client_id: &'a str,
+    /// The topic or routing key.
+    pub topic: &'a str,
+    /// The protocol's content type, if it carries one.
+    pub content_type: Option<&'a str>,
+    /// The message body.
+    pub payload: &'a [u8],
+}
+
+/// Turns inbound messages into CloudEvents.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    gateway_id: Arc<str>,
+    rules: Vec<Rule>,
+}
+
+impl Normalizer {
+    /// A normalizer for a gateway id and its (validated) rules.
+    pub fn new(gateway_id: &str, rules: &[RuleConfig]) -> Result<Normalizer, String> {
+        let rules = rules.iter().cloned().map(Rule::new).collect::<Result<_, _>>()?;
+        Ok(Normalizer { gateway_id: gateway_id.into(), rules })
+    }
+
+    fn first_match<'t>(&self, topic: &'t str) -> Option<(&Rule, Vec<(&str, &'t str)>)> {
+        self.rules.iter().find_map(|r| r.matches(topic).map(|c| (r, c)))
+    }
+
+    /// Normalizes an MQTT PUBLISH: a CloudEvent in either binding mode is kept, anything else is wrapped.
+    /// An invalid CloudEvent is an error (MQTT 5 answers 0x99).
+    pub fn mqtt(
+        &self,
+        version: Version,
+        client_id: &str,
+        topic: &str,
+        properties: &Properties<'_>,
+        payload: &[u8],
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(CloudEvent, Route), CloudEventError> {
+        if let Some(event) = decode_mqtt(version, properties, payload)? {
+            let route = self.first_match(topic).and_then(|(r, _)| r.route().cloned()).map_or(Route::All, Route::Uplinks);
+            return Ok((event, route));
+        }
+        let content_type = if version.is_v5() { properties.content_type } else { None };
+        let inbound = Inbound { protocol: Protocol::Mqtt, client_id, topic, content_type, payload };
+        self.wrap(&inbound, id, now)
+    }
+
+    /// Wraps a message that is not a CloudEvent with the default mapping and the first matching rule.
+    pub fn wrap(&self, msg: &Inbound<'_>, id: uuid::Uuid, now: DateTime<Utc>) -> Result<(CloudEvent, Route), CloudEventError> {
+        let protocol = msg.protocol.as_str();
+        let (data, sniffed) = Data::from_bytes(msg.content_type, msg.payload);
+        let mut event = CloudEvent {
+            id: id.to_string(),
+            source: format!("/meshgate/{}/{protocol}/{}", uri_segment(&self.gateway_id), uri_segment(msg.client_id)),
+            ty: format!("io.meshgate.{protocol}.message"),
+            datacontenttype: msg.content_type.or(sniffed).map(String::from),
+            subject: Some(msg.topic.to_string()),
+            time: Some(now.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            data,
+            ..CloudEvent::default()
+        };
+        let matched = self.first_match(msg.topic);
+        let vars = Vars {
+            captures: matched.as_ref().map(|(_, c)| c.clone()).unwrap_or_default(),
+            topic: msg.topic,
+            client_id: msg.client_id,
+            gateway_id: &self.gateway_id,
+            protocol,
+        };
+        let device = vars.captures.iter().find(|(n, _)| *n == "deviceid").map_or(msg.client_id, |(_, v)| *v);
+        event.extensions.insert("deviceid".into(), device.into());
+        event.extensions.insert("gatewayid".into(), (*self.gateway_id).into());
+        event.extensions.insert("protocol".into(), protocol.into());
+        let mut route = Route::All;
+        if let Some((rule, _)) = &matched {
+            rule.apply(&mut event, &vars);
+            if let Some(r) = rule.route() {
+                route = Route::Uplinks(Arc::clone(r));
+            }
+        }
+        event.validate()?;
+        Ok((event, route))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so any client id makes a valid URI-reference.
+fn uri_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_protocols::cloudevents::ExtensionValue;
+    use meshgate_protocols::mqtt::{PropertyList, UserProperty};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn id() -> uuid::Uuid {
+        uuid::Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001)
+    }
+
+    #[test]
+    fn plain_messages_get_the_default_mapping() {
+        let n = Normalizer::new("edge-1", &[]).unwrap();
+        let (e, route) = n.mqtt(Version::V311, "dev 7", "plant/line1/temp", &Properties::default(), b"{\"t\":21.5}", id(), now()).unwrap();
+        assert_eq!(e.source, "/meshgate/edge-1/mqtt/dev%207");
+        assert_eq!(e.ty, "io.meshgate.mqtt.message");
+        assert_eq!(e.subject.as_deref(), Some("plant/line1/temp"));
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(e.time.as_deref(), Some("2026-11-23T12:00:00.000000Z"));
+        assert_eq!(e.id, id().to_string());
+        assert_eq!(e.extensions.get("deviceid"), Some(&ExtensionValue::from("dev 7")));
+        assert_eq!(e.extensions.get("gatewayid"), Some(&ExtensionValue::from("edge-1")));
+        assert_eq!(e.extensions.get("protocol"), Some(&ExtensionValue::from("mqtt")));
+        assert_eq!(route, Route::All);
+        let (e, _) = n.mqtt(Version::V5, "d", "t", &Properties::default(), &[0xff, 0x00], id(), now()).unwrap();
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/octet-stream"));
+    }
+
+    #[test]
+    fn the_first_matching_rule_sets_attributes_and_route() {
+        let rules: Vec<RuleConfig> = toml::from_str::<toml::Table>(
+            r##"
+            [[rules]]
+            topic = "devices/{deviceid}/events/{kind}"
+            type = "com.example.{kind}"
+            source = "/plants/north/{deviceid}"
+            extensions = { site = "north" }
+            uplinks = ["local"]
+            [[rules]]
+            topic = "#"
+            type = "never.used.for.devices"
+            "##,
+        )
+        .unwrap()["rules"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let n = Normalizer::new("edge-1", &rules).unwrap();
+        let (e, route) = n.mqtt(Version::V5, "c1", "devices/d9/events/temp", &Properties::default(), b"1", id(), now()).unwrap();
+        assert_eq!(e.ty, "com.example.temp");
+        assert_eq!(e.source, "/plants/north/d9");
+        assert_eq!(e.extensions.get("deviceid"), Some(&ExtensionValue::from("d9")));
+        assert_eq!(e.extensions.get("site"), Some(&ExtensionValue::from("north")));
+        assert_eq!(route, Route::Uplinks(vec![Arc::<str>::from("local")].into()));
+    }
+
+    #[test]
+    fn cloudevents_keep_their_attributes_and_invalid_ones_are_errors() {
+        let n = Normalizer::new("edge-1", &[]).unwrap();
+        let attrs = [
+            UserProperty { name: "specversion", value: "1.0" },
+            UserProperty { name: "id", value: "x-1" },
+            UserProperty { name: "source", value: "/own" },
+            UserProperty { name: "type", value: "own.type" },
+        ];
+        let props = Properties { user_properties: PropertyList::new(&attrs), ..Properties::default() };
+        let (e, _) = n.mqtt(Version::V5, "c", "t", &props, b"", id(), now()).unwrap();
+        assert_eq!((e.id.as_str(), e.source.as_str(), e.ty.as_str()), ("x-1", "/own", "own.type"));
+        assert!(e.extensions.is_empty() && e.time.is_none() && e.subject.is_none());
+        let bad = Properties { user_properties: PropertyList::new(&attrs[..2]), ..Properties::default() };
+        assert!(n.mqtt(Version::V5, "c", "t", &bad, b"", id(), now()).is_err());
+    }
+}

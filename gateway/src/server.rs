@@ -1,0 +1,122 @@
+//! Process wiring: binds the listeners, starts the pipeline and the admin endpoint, and shuts down in order
+//! (stop accepting, let connections send the acknowledgements they owe, drain the pipeline).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use meshgate_edge_agent::pipeline::Pipeline;
+use meshgate_edge_agent::uplink;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mqtt::{self, MqttContext};
+use crate::normalize::Normalizer;
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "{key}: {addr} is already in use by another process; set `{key}` to a free address (or port 0 for any free port), e.g. MESHGATE_{}=127.0.0.1:0",
+                key.to_ascii_uppercase().replace('.', "__")
+            )
+        } else {
+            anyhow::anyhow!("{key}: cannot listen on {addr}: {e}")
+        }
+    })
+}
+
+/// Runs the gateway until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let data_dir = config.gateway.data_dir.clone();
+    tokio::fs::create_dir_all(&data_dir)
+        .await
+        .with_context(|| format!("gateway.data_dir: cannot create {}", data_dir.display()))?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut uplinks = Vec::new();
+    for (i, u) in config.uplinks().iter().enumerate() {
+        let built = uplink::build(u, &data_dir).await.with_context(|| format!("uplinks[{i}] `{}`", u.name()))?;
+        uplinks.push(built);
+    }
+    let (pipeline, ingest) = Pipeline::new(config.pipeline, uplinks);
+    metrics.set_uplinks(pipeline.stats());
+    let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listeners_bound = Arc::new(AtomicBool::new(false));
+
+    let mqtt_listener = match &config.listeners.mqtt {
+        Some(m) => Some(bind(m.bind, "listeners.mqtt.bind").await?),
+        None => None,
+    };
+    let admin_listener = match &config.admin {
+        Some(a) => Some(bind(a.bind, "admin.bind").await?),
+        None => None,
+    };
+
+    let pipeline_task = tokio::spawn(pipeline.run());
+    let mut mqtt_task = None;
+    if let (Some(listener), Some(cfg)) = (mqtt_listener, &config.listeners.mqtt) {
+        announce("mqtt", &listener)?;
+        let ctx = Arc::new(MqttContext {
+            config: cfg.clone(),
+            auth: Authenticator::new(&config.auth),
+            normalizer: Arc::clone(&normalizer),
+            ingest: ingest.clone(),
+            metrics: Arc::clone(&metrics),
+            registry: mqtt::registry::Registry::default(),
+            shutdown: stop_rx.clone(),
+        });
+        mqtt_task = Some(tokio::spawn(mqtt::listener::run(listener, ctx)));
+    }
+    drop(ingest);
+    let mut admin_task = None;
+    if let Some(listener) = admin_listener {
+        announce("admin", &listener)?;
+        let state = AdminState {
+            metrics: Arc::clone(&metrics),
+            listeners_bound: Arc::clone(&listeners_bound),
+            data_dir: data_dir.clone(),
+        };
+        admin_task = Some(tokio::spawn(admin::run(listener, state, stop_rx.clone())));
+    }
+    listeners_bound.store(true, Ordering::Relaxed);
+    tracing::info!(gateway = %config.gateway.id, data_dir = %data_dir.display(), "meshgate started");
+
+    shutdown.await;
+    tracing::info!("shutting down: finishing acknowledgements, then draining the pipeline");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
+    if let Some(task) = mqtt_task {
+        if tokio::time::timeout(grace, task).await.is_err() {
+            tracing::warn!("connections did not finish within the grace period");
+        }
+    }
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    // Every ingest handle is gone now, so the pipeline commits what is queued and ends.
+    if tokio::time::timeout(grace, pipeline_task).await.is_err() {
+        tracing::error!("the pipeline did not drain within the grace period");
+    }
+    tracing::info!("meshgate stopped");
+    Ok(())
+}
+
+/// Prints the bound address on stdout (`meshgate: mqtt listening on 127.0.0.1:1883`), so scripts and tests that
+/// bind port 0 can read it back.
+fn announce(what: &str, listener: &TcpListener) -> anyhow::Result<()> {
+    use std::io::Write;
+    let addr = listener.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "meshgate: {what} listening on {addr}")?;
+    out.flush()?;
+    Ok(())
+}
