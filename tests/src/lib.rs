@@ -1,1 +1,188 @@
-//! Support for the end-to-end tests.
+//! Support for the end-to-end tests: start the real `meshgate` binary on ephemeral ports with a scratch data
+//! directory, read back the addresses it bound, read the CloudEvents its file uplink wrote, and stop it with a
+//! signal like an operator would.
+
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The `meshgate` binary, built on first use if the test run did not build it already.
+pub fn meshgate_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test> → target/<profile>/meshgate
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let bin = profile_dir.join("meshgate");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "meshgate-gateway", "--bin", "meshgate"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        // Always ask cargo: it is a no-op when the binary is current, and never runs a stale one.
+        let status = build.status().expect("run cargo build for the meshgate binary");
+        assert!(status.success(), "building meshgate failed");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Option<Child>,
+    /// The MQTT listener's address.
+    pub mqtt: SocketAddr,
+    /// The admin endpoint's address.
+    pub admin: SocketAddr,
+    /// The scratch data directory (removed on drop).
+    pub data_dir: tempfile::TempDir,
+}
+
+/// The base configuration every test starts from: ephemeral ports, the scratch data dir, anonymous allowed.
+pub fn base_config(data_dir: &Path) -> String {
+    format!(
+        "[gateway]\nid = \"edge-test\"\ndata_dir = \"{}\"\n\n[listeners.mqtt]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[auth]\nallow_anonymous = true\n",
+        data_dir.display()
+    )
+}
+
+impl Gateway {
+    /// Starts a gateway on the base configuration.
+    pub fn start() -> Result<Gateway> {
+        Gateway::start_with(|base| base)
+    }
+
+    /// Starts a gateway on the configuration `edit` makes of the base one.
+    pub fn start_with(edit: impl FnOnce(String) -> String) -> Result<Gateway> {
+        let data_dir = tempfile::tempdir()?;
+        let config_path = data_dir.path().join("meshgate.toml");
+        std::fs::write(&config_path, edit(base_config(data_dir.path())))?;
+        let mut child = Command::new(meshgate_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .env("MESHGATE_LOG", std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawn meshgate")?;
+        let stdout = child.stdout.take().context("meshgate stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut mqtt = None;
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while mqtt.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("meshgate did not announce its listeners (exit: {:?})", child.try_wait());
+                }
+            };
+            let addr = |l: &str| l.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
+            if line.starts_with("meshgate: mqtt listening on") {
+                mqtt = addr(&line);
+            } else if line.starts_with("meshgate: admin listening on") {
+                admin = addr(&line);
+            }
+        }
+        let (Some(mqtt), Some(admin)) = (mqtt, admin) else { bail!("unparseable announcement") };
+        Ok(Gateway { child: Some(child), mqtt, admin, data_dir })
+    }
+
+    /// The CloudEvents the default file uplink has written, in order.
+    pub fn events(&self) -> Result<Vec<Value>> {
+        read_events(&self.data_dir.path().join("events.jsonl"))
+    }
+
+    /// Waits until at least `n` events are written (QoS 0 has no acknowledgement to wait for).
+    pub fn wait_for_events(&self, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events()?;
+            if events.len() >= n || Instant::now() > deadline {
+                return Ok(events);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET on the admin endpoint; returns the status code and body.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.admin)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("HTTP status")?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("meshgate did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads a JSON-lines file of events; a missing file is no events.
+pub fn read_events(path: &Path) -> Result<Vec<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line: {l}"))).collect()
+}
+
+/// Runs a command-line tool that the tests need, failing loudly (never skipping) when it is missing.
+pub fn require_tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    match found {
+        Some(p) => p,
+        None => panic!("`{name}` is required by this test but is not installed (apt-get install mosquitto-clients)"),
+    }
+}

@@ -1,0 +1,97 @@
+//! A bare MQTT client over a blocking socket, encoding with the project's codec: for the tests that must send
+//! what no well-behaved client library would (malformed packets, silence past the keep-alive).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use meshgate_protocols::mqtt::{Connect, DecodeError, Packet, ReasonCode, Version};
+
+/// A connected socket and the version it speaks.
+pub struct RawClient {
+    stream: TcpStream,
+    version: Version,
+    buf: Vec<u8>,
+}
+
+/// What came back from the server, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// CONNACK with its session-present flag and code.
+    ConnAck(bool, ReasonCode),
+    /// DISCONNECT with its reason code.
+    Disconnect(ReasonCode),
+    /// A publish acknowledgement: the packet type byte, packet id and reason.
+    Ack(u8, u16, ReasonCode),
+    /// PINGRESP.
+    PingResp,
+    /// Any other packet, by type.
+    Other(u8),
+    /// The server closed the socket.
+    Closed,
+}
+
+impl RawClient {
+    /// Connects a socket (no MQTT yet).
+    pub fn open(addr: SocketAddr, version: Version) -> Result<RawClient> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(RawClient { stream, version, buf: Vec::new() })
+    }
+
+    /// Connects and completes CONNECT/CONNACK with `keep_alive` seconds; fails unless accepted.
+    pub fn connect(addr: SocketAddr, version: Version, client_id: &str, keep_alive: u16) -> Result<RawClient> {
+        let mut c = RawClient::open(addr, version)?;
+        c.send(&Packet::Connect(Connect { version, clean_start: true, keep_alive, client_id, ..Connect::default() }))?;
+        match c.recv()? {
+            Reply::ConnAck(_, ReasonCode::SUCCESS) => Ok(c),
+            other => bail!("connect refused: {other:?}"),
+        }
+    }
+
+    /// Encodes and sends a packet.
+    pub fn send(&mut self, packet: &Packet<'_>) -> Result<()> {
+        let mut out = vec![0u8; packet.encoded_len(self.version)];
+        let n = packet.encode(self.version, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.send_raw(&out[..n])
+    }
+
+    /// Sends bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads the next packet (or the close).
+    pub fn recv(&mut self) -> Result<Reply> {
+        loop {
+            match Packet::decode(&self.buf, self.version, usize::MAX) {
+                Ok((packet, used)) => {
+                    let reply = match packet {
+                        Packet::ConnAck(c) => Reply::ConnAck(c.session_present, c.code),
+                        Packet::Disconnect(d) => Reply::Disconnect(d.reason),
+                        Packet::PubResponse(r) => Reply::Ack(r.kind.packet_type() as u8, r.packet_id, r.reason),
+                        Packet::PingResp => Reply::PingResp,
+                        other => Reply::Other(other.packet_type() as u8),
+                    };
+                    self.buf.drain(..used);
+                    return Ok(reply);
+                }
+                Err(DecodeError::Incomplete { .. }) => {
+                    let mut chunk = [0u8; 4096];
+                    let n = match self.stream.read(&mut chunk) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                        Err(e) => return Err(e).context("reading from meshgate"),
+                    };
+                    if n == 0 {
+                        return Ok(Reply::Closed);
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) => bail!("meshgate sent an undecodable packet: {e}"),
+            }
+        }
+    }
+}
