@@ -43,12 +43,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let metrics = Arc::new(Metrics::default());
     let mut uplinks = Vec::new();
     for (i, u) in config.uplinks().iter().enumerate() {
-        let built = uplink::build(u, &data_dir).await.with_context(|| format!("uplinks[{i}] `{}`", u.name()))?;
+        let built = uplink::build(u, &data_dir)
+            .await
+            .with_context(|| format!("uplinks[{i}] `{}`", u.name()))?;
         uplinks.push(built);
     }
     let (pipeline, ingest) = Pipeline::new(config.pipeline, uplinks);
     metrics.set_uplinks(pipeline.stats());
-    let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
+    let normalizer =
+        Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listeners_bound = Arc::new(AtomicBool::new(false));
 
@@ -94,10 +97,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("shutting down: finishing acknowledgements, then draining the pipeline");
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
-    if let Some(task) = mqtt_task {
-        if tokio::time::timeout(grace, task).await.is_err() {
-            tracing::warn!("connections did not finish within the grace period");
-        }
+    if let Some(task) = mqtt_task
+        && tokio::time::timeout(grace, task).await.is_err()
+    {
+        tracing::warn!("connections did not finish within the grace period");
     }
     if let Some(task) = admin_task {
         let _ = task.await;

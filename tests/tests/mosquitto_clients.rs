@@ -10,8 +10,15 @@ use serde_json::json;
 
 fn mosquitto_pub(gw: &Gateway, args: &[&str]) -> anyhow::Result<String> {
     let bin = require_tool("mosquitto_pub");
-    let out = Command::new(bin).args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()]).args(args).output()?;
-    anyhow::ensure!(out.status.success(), "mosquitto_pub {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin)
+        .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mosquitto_pub {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -22,7 +29,21 @@ fn mosquitto_pub_publishes_at_every_qos_over_311_and_5() -> anyhow::Result<()> {
         for qos in ["0", "1", "2"] {
             let topic = format!("cli/{version}/q{qos}");
             let payload = format!("{{\"v\":\"{version}\",\"qos\":{qos}}}");
-            mosquitto_pub(&gw, &["-V", version, "-q", qos, "-i", &format!("cli-{version}-{qos}"), "-t", &topic, "-m", &payload])?;
+            mosquitto_pub(
+                &gw,
+                &[
+                    "-V",
+                    version,
+                    "-q",
+                    qos,
+                    "-i",
+                    &format!("cli-{version}-{qos}"),
+                    "-t",
+                    &topic,
+                    "-m",
+                    &payload,
+                ],
+            )?;
         }
     }
     let events = gw.wait_for_events(6, Duration::from_secs(10))?;
@@ -46,17 +67,57 @@ fn mosquitto_pub_v5_user_properties_become_the_cloudevent() -> anyhow::Result<()
     mosquitto_pub(
         &gw,
         &[
-            "-V", "mqttv5", "-q", "1", "-t", "devices/pump-3/status", "-m", "running",
-            "-D", "publish", "content-type", "text/plain",
-            "-D", "publish", "user-property", "specversion", "1.0",
-            "-D", "publish", "user-property", "id", "pump-3-0001",
-            "-D", "publish", "user-property", "source", "/site/7/pump-3",
-            "-D", "publish", "user-property", "type", "com.example.pump.status",
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "devices/pump-3/status",
+            "-m",
+            "running",
+            "-D",
+            "publish",
+            "content-type",
+            "text/plain",
+            "-D",
+            "publish",
+            "user-property",
+            "specversion",
+            "1.0",
+            "-D",
+            "publish",
+            "user-property",
+            "id",
+            "pump-3-0001",
+            "-D",
+            "publish",
+            "user-property",
+            "source",
+            "/site/7/pump-3",
+            "-D",
+            "publish",
+            "user-property",
+            "type",
+            "com.example.pump.status",
         ],
     )?;
     let stderr = mosquitto_pub(
         &gw,
-        &["-V", "mqttv5", "-q", "1", "-t", "devices/pump-3/status", "-m", "x", "-D", "publish", "user-property", "specversion", "1.0"],
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "devices/pump-3/status",
+            "-m",
+            "x",
+            "-D",
+            "publish",
+            "user-property",
+            "specversion",
+            "1.0",
+        ],
     )?;
     // mosquitto_pub exits 0 but reports the refusal it received.
     assert!(stderr.contains("Payload format invalid"), "{stderr}");

@@ -32,13 +32,24 @@ pub enum CloudEventError {
 impl fmt::Display for CloudEventError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CloudEventError::MissingAttribute(name) => write!(f, "required attribute `{name}` is missing"),
-            CloudEventError::InvalidAttribute { name, reason } => write!(f, "attribute `{name}` {reason}"),
-            CloudEventError::InvalidAttributeName(name) => {
-                write!(f, "`{name}` is not a valid attribute name (lower-case a-z and 0-9 only)")
+            CloudEventError::MissingAttribute(name) => {
+                write!(f, "required attribute `{name}` is missing")
             }
-            CloudEventError::DuplicateAttribute(name) => write!(f, "attribute `{name}` is given twice"),
-            CloudEventError::UnsupportedSpecVersion(v) => write!(f, "specversion `{v}` is not supported (only 1.0)"),
+            CloudEventError::InvalidAttribute { name, reason } => {
+                write!(f, "attribute `{name}` {reason}")
+            }
+            CloudEventError::InvalidAttributeName(name) => {
+                write!(
+                    f,
+                    "`{name}` is not a valid attribute name (lower-case a-z and 0-9 only)"
+                )
+            }
+            CloudEventError::DuplicateAttribute(name) => {
+                write!(f, "attribute `{name}` is given twice")
+            }
+            CloudEventError::UnsupportedSpecVersion(v) => {
+                write!(f, "specversion `{v}` is not supported (only 1.0)")
+            }
             CloudEventError::InvalidJson(e) => write!(f, "invalid JSON event: {e}"),
             CloudEventError::InvalidData(e) => write!(f, "invalid event data: {e}"),
             CloudEventError::UnsupportedFormat(ct) => write!(f, "unsupported event format `{ct}`"),
