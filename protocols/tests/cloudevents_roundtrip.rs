@@ -1,0 +1,106 @@
+//! Property tests for the CloudEvents decoders: any valid event survives the JSON format and MQTT 5 binary mode
+//! unchanged; arbitrary bytes never panic the decoders, and whatever they accept is valid.
+
+use meshgate_protocols::cloudevents::{
+    CloudEvent, Data, ExtensionValue, decode_mqtt, encode_mqtt5_binary,
+};
+use meshgate_protocols::mqtt::{Properties, PropertyList, UserProperty, Version};
+use proptest::prelude::*;
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 ./:_é€-]{1,16}"
+}
+
+fn event() -> impl Strategy<Value = CloudEvent> {
+    (
+        text(),
+        "/[a-z0-9/]{0,12}",
+        "[a-z.]{1,16}",
+        proptest::option::of(text()),
+        proptest::option::of(Just("2026-11-23T12:00:00.25Z".to_string())),
+        proptest::collection::btree_map(
+            "[a-z][a-z0-9]{0,8}".prop_filter("reserved", |n| {
+                ![
+                    "id",
+                    "source",
+                    "type",
+                    "subject",
+                    "time",
+                    "data",
+                    "specversion",
+                    "dataschema",
+                    "datacontenttype",
+                ]
+                .contains(&n.as_str())
+            }),
+            prop_oneof![
+                text().prop_map(ExtensionValue::String),
+                any::<bool>().prop_map(ExtensionValue::Boolean),
+                any::<i32>().prop_map(|i| ExtensionValue::Integer(i64::from(i)))
+            ],
+            0..4,
+        ),
+        prop_oneof![
+            Just(None),
+            text().prop_map(|s| Some(Data::Json(serde_json::Value::String(s)))),
+            proptest::collection::vec(any::<u8>(), 1..32).prop_map(|b| Some(Data::Binary(b))),
+            any::<i64>().prop_map(|i| Some(Data::Json(serde_json::json!({"n": i, "ok": true})))),
+        ],
+    )
+        .prop_map(
+            |(id, source, ty, subject, time, extensions, data)| CloudEvent {
+                id,
+                source,
+                ty,
+                subject,
+                time,
+                extensions,
+                datacontenttype: match &data {
+                    Some(Data::Binary(_)) => Some("application/octet-stream".into()),
+                    Some(_) => Some("application/json".into()),
+                    None => None,
+                },
+                data,
+                ..CloudEvent::default()
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn valid_events_survive_the_json_format(e in event()) {
+        prop_assert!(e.validate().is_ok());
+        let again = CloudEvent::from_json_slice(e.to_json_string().as_bytes());
+        prop_assert_eq!(again, Ok(e));
+    }
+
+    #[test]
+    fn valid_events_survive_mqtt5_binary_mode_with_string_extensions(mut e in event()) {
+        // Binary mode carries every extension as a string.
+        for v in e.extensions.values_mut() {
+            *v = ExtensionValue::String(v.to_canonical_string());
+        }
+        let msg = encode_mqtt5_binary(&e);
+        let user: Vec<UserProperty> = msg.user_properties.iter().map(|(k, v)| UserProperty { name: k, value: v }).collect();
+        let props = Properties { content_type: msg.content_type.as_deref(), user_properties: PropertyList::new(&user), ..Properties::default() };
+        let decoded = decode_mqtt(Version::V5, &props, &msg.payload);
+        prop_assert_eq!(decoded, Ok(Some(e)));
+    }
+
+    #[test]
+    fn arbitrary_payloads_never_panic_and_accepted_events_are_valid(bytes in proptest::collection::vec(any::<u8>(), 0..256), v5 in any::<bool>(), ct in proptest::option::of(prop_oneof![Just("application/cloudevents+json"), Just("application/json"), Just("text/plain")])) {
+        let props = Properties { content_type: ct, ..Properties::default() };
+        let version = if v5 { Version::V5 } else { Version::V311 };
+        if let Ok(Some(e)) = decode_mqtt(version, &props, &bytes) {
+            prop_assert!(e.validate().is_ok());
+        }
+        if let Ok(e) = CloudEvent::from_json_slice(&bytes) {
+            prop_assert!(e.validate().is_ok());
+        }
+    }
+
+    #[test]
+    fn json_shaped_garbage_never_panics(s in r#"\{("[a-z_]{1,12}":("[^"\\]{0,8}"|[0-9]{1,3}|true|null|\[\]|\{\}),?){0,8}\}"#) {
+        let _ = CloudEvent::from_json_slice(s.as_bytes());
+    }
+}
