@@ -39,10 +39,7 @@ fn default_file_path() -> PathBuf {
 
 impl Default for UplinkConfig {
     fn default() -> Self {
-        UplinkConfig::File(FileUplinkConfig {
-            name: "local".into(),
-            path: default_file_path(),
-        })
+        UplinkConfig::File(FileUplinkConfig { name: "local".into(), path: default_file_path() })
     }
 }
 
@@ -58,9 +55,6 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig {
-            queue_capacity: 8192,
-            max_batch: 1024,
-        }
+        PipelineConfig { queue_capacity: 8192, max_batch: 1024 }
     }
 }

@@ -2,8 +2,6 @@
 //! library half of this crate already serves the `meshgate` gateway.
 
 fn main() {
-    eprintln!(
-        "edge-agent: the MQTT bridge source is not available in this version; run `meshgate` instead"
-    );
+    eprintln!("edge-agent: the MQTT bridge source is not available in this version; run `meshgate` instead");
     std::process::exit(2);
 }

@@ -79,9 +79,7 @@ impl Future for Receipt {
     type Output = Result<(), DeliveryError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(DeliveryError::Stopped)))
+        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(DeliveryError::Stopped)))
     }
 }
 
@@ -95,31 +93,13 @@ impl IngestHandle {
     /// Queues an event, waiting while the queue is full, and returns the receipt for its commit.
     pub async fn submit(&self, event: CloudEvent, route: Route) -> Result<Receipt, PipelineClosed> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Submission {
-                event,
-                route,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| PipelineClosed)?;
+        self.tx.send(Submission { event, route, done: Some(done) }).await.map_err(|_| PipelineClosed)?;
         Ok(Receipt(rx))
     }
 
     /// Queues an event whose outcome nobody waits for (MQTT QoS 0).
-    pub async fn submit_unconfirmed(
-        &self,
-        event: CloudEvent,
-        route: Route,
-    ) -> Result<(), PipelineClosed> {
-        self.tx
-            .send(Submission {
-                event,
-                route,
-                done: None,
-            })
-            .await
-            .map_err(|_| PipelineClosed)
+    pub async fn submit_unconfirmed(&self, event: CloudEvent, route: Route) -> Result<(), PipelineClosed> {
+        self.tx.send(Submission { event, route, done: None }).await.map_err(|_| PipelineClosed)
     }
 }
 
@@ -134,22 +114,12 @@ impl Pipeline {
     /// A pipeline over `uplinks` and the handle that feeds it.
     pub fn new(config: PipelineConfig, uplinks: Vec<NamedUplink>) -> (Pipeline, IngestHandle) {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        (
-            Pipeline {
-                rx,
-                uplinks,
-                max_batch: config.max_batch.max(1),
-            },
-            IngestHandle { tx },
-        )
+        (Pipeline { rx, uplinks, max_batch: config.max_batch.max(1) }, IngestHandle { tx })
     }
 
     /// The counters of every uplink, by name.
     pub fn stats(&self) -> Vec<(Arc<str>, Arc<UplinkStats>)> {
-        self.uplinks
-            .iter()
-            .map(|u| (Arc::clone(&u.name), Arc::clone(&u.stats)))
-            .collect()
+        self.uplinks.iter().map(|u| (Arc::clone(&u.name), Arc::clone(&u.stats))).collect()
     }
 
     /// Commits batches until every handle is gone and the queue is empty.
@@ -203,30 +173,16 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Vec<String>>>>);
 
     impl Uplink for Recorder {
-        fn send<'a>(
-            &'a mut self,
-            batch: &'a [&'a CloudEvent],
-        ) -> BoxFuture<'a, Result<(), UplinkError>> {
+        fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
             let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
             let fail = ids.first().is_some_and(|id| id == "fail");
             self.0.lock().unwrap().push(ids);
-            Box::pin(async move {
-                if fail {
-                    Err(std::io::Error::other("disk on fire").into())
-                } else {
-                    Ok(())
-                }
-            })
+            Box::pin(async move { if fail { Err(std::io::Error::other("disk on fire").into()) } else { Ok(()) } })
         }
     }
 
     fn event(id: &str) -> CloudEvent {
-        CloudEvent {
-            id: id.into(),
-            source: "/s".into(),
-            ty: "t".into(),
-            ..CloudEvent::default()
-        }
+        CloudEvent { id: id.into(), source: "/s".into(), ty: "t".into(), ..CloudEvent::default() }
     }
 
     fn named(name: &str, log: &Arc<Mutex<Vec<Vec<String>>>>) -> NamedUplink {
@@ -243,12 +199,7 @@ mod tests {
         let (pipeline, handle) = Pipeline::new(PipelineConfig::default(), vec![named("a", &log)]);
         let mut receipts = Vec::new();
         for i in 0..10 {
-            receipts.push(
-                handle
-                    .submit(event(&i.to_string()), Route::All)
-                    .await
-                    .unwrap(),
-            );
+            receipts.push(handle.submit(event(&i.to_string()), Route::All).await.unwrap());
         }
         drop(handle);
         pipeline.run().await;
@@ -256,25 +207,15 @@ mod tests {
             assert_eq!(r.await, Ok(()));
         }
         let batches = log.lock().unwrap().clone();
-        assert_eq!(
-            batches.len(),
-            1,
-            "one commit for events queued while none ran"
-        );
-        assert_eq!(
-            batches[0],
-            (0..10).map(|i| i.to_string()).collect::<Vec<_>>()
-        );
+        assert_eq!(batches.len(), 1, "one commit for events queued while none ran");
+        assert_eq!(batches[0], (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
     }
 
     #[tokio::test]
     async fn a_failed_batch_resolves_its_receipts_with_the_error_and_routes_are_kept() {
         let log_a = Arc::new(Mutex::new(Vec::new()));
         let log_b = Arc::new(Mutex::new(Vec::new()));
-        let (pipeline, handle) = Pipeline::new(
-            PipelineConfig::default(),
-            vec![named("a", &log_a), named("b", &log_b)],
-        );
+        let (pipeline, handle) = Pipeline::new(PipelineConfig::default(), vec![named("a", &log_a), named("b", &log_b)]);
         let only_b = Route::Uplinks(vec![Arc::<str>::from("b")].into());
         let to_b = handle.submit(event("fail"), only_b).await.unwrap();
         let to_all = handle.submit(event("x"), Route::All).await.unwrap();

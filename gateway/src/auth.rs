@@ -34,9 +34,7 @@ impl<'de> Deserialize<'de> for PasswordHash {
 /// Hashes a password with Argon2id and a random salt, as `meshgate hash-password` prints it.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
 /// The outcome of checking a device's credentials.
@@ -60,15 +58,8 @@ pub struct Authenticator {
 impl Authenticator {
     /// An authenticator for `[auth]`.
     pub fn new(config: &AuthConfig) -> Self {
-        let users = config
-            .users
-            .iter()
-            .map(|u| (u.username.clone(), u.password_hash.0.clone()))
-            .collect();
-        Authenticator {
-            allow_anonymous: config.allow_anonymous,
-            users: Arc::new(users),
-        }
+        let users = config.users.iter().map(|u| (u.username.clone(), u.password_hash.0.clone())).collect();
+        Authenticator { allow_anonymous: config.allow_anonymous, users: Arc::new(users) }
     }
 
     /// Checks a user name and password. Argon2 is deliberately slow, so this runs on the blocking pool.
@@ -82,23 +73,15 @@ impl Authenticator {
                 AuthOutcome::NotAuthorized
             };
         };
-        let (Some(hash), Some(password)) = (
-            self.users.get(username).cloned(),
-            password.map(<[u8]>::to_vec),
-        ) else {
+        let (Some(hash), Some(password)) = (self.users.get(username).cloned(), password.map(<[u8]>::to_vec)) else {
             return AuthOutcome::BadCredentials;
         };
         let verified = tokio::task::spawn_blocking(move || {
-            PhcHash::new(&hash)
-                .is_ok_and(|phc| Argon2::default().verify_password(&password, &phc).is_ok())
+            PhcHash::new(&hash).is_ok_and(|phc| Argon2::default().verify_password(&password, &phc).is_ok())
         })
         .await
         .unwrap_or(false);
-        if verified {
-            AuthOutcome::Allowed
-        } else {
-            AuthOutcome::BadCredentials
-        }
+        if verified { AuthOutcome::Allowed } else { AuthOutcome::BadCredentials }
     }
 }
 
@@ -110,41 +93,19 @@ mod tests {
     #[tokio::test]
     async fn hashed_users_are_checked_and_anonymous_follows_the_switch() {
         let hash = hash_password("s3cret").unwrap();
-        let user = UserConfig {
-            username: "d1".into(),
-            password_hash: PasswordHash(hash),
-        };
-        let auth = Authenticator::new(&AuthConfig {
-            allow_anonymous: false,
-            users: vec![user],
-        });
-        assert_eq!(
-            auth.check(Some("d1"), Some(b"s3cret")).await,
-            AuthOutcome::Allowed
-        );
-        assert_eq!(
-            auth.check(Some("d1"), Some(b"wrong")).await,
-            AuthOutcome::BadCredentials
-        );
-        assert_eq!(
-            auth.check(Some("nobody"), Some(b"s3cret")).await,
-            AuthOutcome::BadCredentials
-        );
+        let user = UserConfig { username: "d1".into(), password_hash: PasswordHash(hash) };
+        let auth = Authenticator::new(&AuthConfig { allow_anonymous: false, users: vec![user] });
+        assert_eq!(auth.check(Some("d1"), Some(b"s3cret")).await, AuthOutcome::Allowed);
+        assert_eq!(auth.check(Some("d1"), Some(b"wrong")).await, AuthOutcome::BadCredentials);
+        assert_eq!(auth.check(Some("nobody"), Some(b"s3cret")).await, AuthOutcome::BadCredentials);
         assert_eq!(auth.check(None, None).await, AuthOutcome::NotAuthorized);
-        let open = Authenticator::new(&AuthConfig {
-            allow_anonymous: true,
-            users: vec![],
-        });
+        let open = Authenticator::new(&AuthConfig { allow_anonymous: true, users: vec![] });
         assert_eq!(open.check(None, None).await, AuthOutcome::Allowed);
     }
 
     #[test]
     fn plain_text_is_not_a_hash() {
         let r: Result<PasswordHash, _> = serde_json::from_str("\"hunter2\"");
-        assert!(
-            r.unwrap_err()
-                .to_string()
-                .contains("meshgate hash-password")
-        );
+        assert!(r.unwrap_err().to_string().contains("meshgate hash-password"));
     }
 }

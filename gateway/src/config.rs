@@ -63,11 +63,7 @@ pub struct GatewayConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig {
-            id: "edge-1".into(),
-            data_dir: PathBuf::from("./meshgate-data"),
-            shutdown_grace_secs: 10,
-        }
+        GatewayConfig { id: "edge-1".into(), data_dir: PathBuf::from("./meshgate-data"), shutdown_grace_secs: 10 }
     }
 }
 
@@ -125,9 +121,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            bind: SocketAddr::from(([127, 0, 0, 1], 9100)),
-        }
+        AdminConfig { bind: SocketAddr::from(([127, 0, 0, 1], 9100)) }
     }
 }
 
@@ -167,16 +161,12 @@ impl Config {
     /// The configuration used when no file is given: MQTT and admin on loopback, anonymous devices allowed
     /// (only local processes can reach a loopback listener), the default file uplink.
     pub fn embedded_defaults() -> Config {
-        Config::load(None, std::iter::empty())
-            .unwrap_or_else(|e| unreachable!("embedded defaults are valid: {e}"))
+        Config::load(None, std::iter::empty()).unwrap_or_else(|e| unreachable!("embedded defaults are valid: {e}"))
     }
 
     /// Loads `path` (or the embedded defaults when `None`), applies `MESHGATE_...` overrides from `env`, and
     /// validates the result.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let (file, mut table) = match path {
             Some(p) => {
                 let name = p.display().to_string();
@@ -185,20 +175,14 @@ impl Config {
                     key: "(file)".into(),
                     problem: e.to_string(),
                 })?;
-                let table: toml::Table =
-                    text.parse().map_err(|e: toml::de::Error| ConfigError {
-                        file: name.clone(),
-                        key: e
-                            .span()
-                            .map_or_else(|| "(syntax)".into(), |s| line_of(&text, s.start)),
-                        problem: e.message().to_string(),
-                    })?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+                    file: name.clone(),
+                    key: e.span().map_or_else(|| "(syntax)".into(), |s| line_of(&text, s.start)),
+                    problem: e.message().to_string(),
+                })?;
                 (name, Some(table))
             }
-            None => (
-                "<defaults>".to_string(),
-                EMBEDDED_DEFAULTS.parse::<toml::Table>().ok(),
-            ),
+            None => ("<defaults>".to_string(), EMBEDDED_DEFAULTS.parse::<toml::Table>().ok()),
         };
         let mut overridden = false;
         for (name, value) in env {
@@ -217,21 +201,12 @@ impl Config {
             })?;
             overridden = true;
         }
-        let config: Config =
-            serde_path_to_error::deserialize(table.unwrap_or_default()).map_err(|e| {
-                ConfigError {
-                    file: if overridden {
-                        format!("{file} (with MESHGATE_ overrides)")
-                    } else {
-                        file.clone()
-                    },
-                    key: e.path().to_string(),
-                    problem: e.inner().message().to_string(),
-                }
-            })?;
-        config
-            .validate()
-            .map_err(|(key, problem)| ConfigError { file, key, problem })?;
+        let config: Config = serde_path_to_error::deserialize(table.unwrap_or_default()).map_err(|e| ConfigError {
+            file: if overridden { format!("{file} (with MESHGATE_ overrides)") } else { file.clone() },
+            key: e.path().to_string(),
+            problem: e.inner().message().to_string(),
+        })?;
+        config.validate().map_err(|(key, problem)| ConfigError { file, key, problem })?;
         Ok(config)
     }
 
@@ -241,50 +216,34 @@ impl Config {
             return err("gateway.id", "must not be empty");
         }
         if self.listeners.amqp.is_some() {
-            return err(
-                "listeners.amqp",
-                "the AMQP listener is not available in this version of meshgate",
-            );
+            return err("listeners.amqp", "the AMQP listener is not available in this version of meshgate");
         }
         if self.listeners.ws.is_some() {
-            return err(
-                "listeners.ws",
-                "the WebSocket listener is not available in this version of meshgate",
-            );
+            return err("listeners.ws", "the WebSocket listener is not available in this version of meshgate");
         }
         if let Some(mqtt) = &self.listeners.mqtt {
             if mqtt.receive_maximum == 0 {
                 return err("listeners.mqtt.receive_maximum", "must be at least 1");
             }
             if mqtt.max_packet_size < 64 {
-                return err(
-                    "listeners.mqtt.max_packet_size",
-                    "must be at least 64 bytes",
-                );
+                return err("listeners.mqtt.max_packet_size", "must be at least 64 bytes");
             }
         }
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.uplinks.iter().enumerate() {
             if !names.insert(u.name()) {
-                return err(
-                    &format!("uplinks[{i}].name"),
-                    &format!("`{}` is used by two uplinks", u.name()),
-                );
+                return err(&format!("uplinks[{i}].name"), &format!("`{}` is used by two uplinks", u.name()));
             }
         }
         let uplinks = self.uplinks();
         let known: Vec<&str> = uplinks.iter().map(|u| u.name()).collect();
         for (i, rule) in self.rules.iter().enumerate() {
-            rule.validate(&known)
-                .map_err(|(k, p)| (format!("rules[{i}].{k}"), p))?;
+            rule.validate(&known).map_err(|(k, p)| (format!("rules[{i}].{k}"), p))?;
         }
         let mut users = std::collections::HashSet::new();
         for (i, u) in self.auth.users.iter().enumerate() {
             if !users.insert(&u.username) {
-                return err(
-                    &format!("auth.users[{i}].username"),
-                    &format!("`{}` is listed twice", u.username),
-                );
+                return err(&format!("auth.users[{i}].username"), &format!("`{}` is listed twice", u.username));
             }
         }
         Ok(())
@@ -292,11 +251,7 @@ impl Config {
 
     /// The configured uplinks, or the embedded default (a file uplink named `local`).
     pub fn uplinks(&self) -> Vec<UplinkConfig> {
-        if self.uplinks.is_empty() {
-            vec![UplinkConfig::default()]
-        } else {
-            self.uplinks.clone()
-        }
+        if self.uplinks.is_empty() { vec![UplinkConfig::default()] } else { self.uplinks.clone() }
     }
 }
 
@@ -311,12 +266,8 @@ fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result
     };
     let mut current = table;
     for key in parents {
-        let entry = current
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{key}` is not a table"))?;
+        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| format!("`{key}` is not a table"))?;
     }
     let value = format!("v = {raw}")
         .parse::<toml::Table>()
@@ -335,10 +286,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meshgate.toml");
         std::fs::write(&path, text).unwrap();
-        Config::load(
-            Some(&path),
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -357,10 +305,7 @@ mod tests {
     fn environment_overrides_keys_by_path() {
         let c = load_str(
             "[listeners.mqtt]\n",
-            &[
-                ("MESHGATE_GATEWAY__ID", "edge-9"),
-                ("MESHGATE_LISTENERS__MQTT__RECEIVE_MAXIMUM", "7"),
-            ],
+            &[("MESHGATE_GATEWAY__ID", "edge-9"), ("MESHGATE_LISTENERS__MQTT__RECEIVE_MAXIMUM", "7")],
         )
         .unwrap();
         assert_eq!(c.gateway.id, "edge-9");

@@ -146,31 +146,14 @@ impl Metrics {
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        header(
-            &mut out,
-            "meshgate_connections",
-            "gauge",
-            "Open device connections.",
-        );
+        header(&mut out, "meshgate_connections", "gauge", "Open device connections.");
         for p in Protocol::ALL {
             let v = self.connections[p as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "meshgate_connections{{protocol=\"{}\"}} {v}",
-                p.as_str()
-            );
+            let _ = writeln!(out, "meshgate_connections{{protocol=\"{}\"}} {v}", p.as_str());
         }
         let per_protocol: [(&str, &str, &[AtomicU64; PROTOCOLS]); 3] = [
-            (
-                "meshgate_connections_accepted_total",
-                "Device connections accepted.",
-                &self.connections_total,
-            ),
-            (
-                "meshgate_messages_in_total",
-                "Messages accepted from devices into the pipeline.",
-                &self.messages_in,
-            ),
+            ("meshgate_connections_accepted_total", "Device connections accepted.", &self.connections_total),
+            ("meshgate_messages_in_total", "Messages accepted from devices into the pipeline.", &self.messages_in),
             (
                 "meshgate_messages_acknowledged_total",
                 "Messages acknowledged to devices after they were durable.",
@@ -184,12 +167,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{protocol=\"{}\"}} {v}", p.as_str());
             }
         }
-        header(
-            &mut out,
-            "meshgate_rejects_total",
-            "counter",
-            "Connections and messages refused, by reason.",
-        );
+        header(&mut out, "meshgate_rejects_total", "counter", "Connections and messages refused, by reason.");
         for p in Protocol::ALL {
             for r in RejectReason::ALL {
                 let v = self.rejects(p, r);
@@ -203,16 +181,8 @@ impl Metrics {
         }
         let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
         let per_uplink: [(&str, &str, StatReader); 2] = [
-            (
-                "meshgate_uplink_events_total",
-                "Events each uplink confirmed.",
-                |s| s.events.load(Ordering::Relaxed),
-            ),
-            (
-                "meshgate_uplink_failures_total",
-                "Batches each uplink failed.",
-                |s| s.failures.load(Ordering::Relaxed),
-            ),
+            ("meshgate_uplink_events_total", "Events each uplink confirmed.", |s| s.events.load(Ordering::Relaxed)),
+            ("meshgate_uplink_failures_total", "Batches each uplink failed.", |s| s.failures.load(Ordering::Relaxed)),
         ];
         for (name, help, read) in per_uplink {
             header(&mut out, name, "counter", help);
@@ -225,8 +195,6 @@ impl Metrics {
 
     /// The registered uplinks' health, for `/readyz`.
     pub fn uplinks_healthy(&self) -> bool {
-        self.uplinks
-            .get()
-            .is_some_and(|u| u.iter().any(|(_, s)| s.is_healthy()))
+        self.uplinks.get().is_some_and(|u| u.iter().any(|(_, s)| s.is_healthy()))
     }
 }

@@ -43,15 +43,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let metrics = Arc::new(Metrics::default());
     let mut uplinks = Vec::new();
     for (i, u) in config.uplinks().iter().enumerate() {
-        let built = uplink::build(u, &data_dir)
-            .await
-            .with_context(|| format!("uplinks[{i}] `{}`", u.name()))?;
+        let built = uplink::build(u, &data_dir).await.with_context(|| format!("uplinks[{i}] `{}`", u.name()))?;
         uplinks.push(built);
     }
     let (pipeline, ingest) = Pipeline::new(config.pipeline, uplinks);
     metrics.set_uplinks(pipeline.stats());
-    let normalizer =
-        Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
+    let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listeners_bound = Arc::new(AtomicBool::new(false));
 

@@ -2,9 +2,9 @@
 //! decoding arbitrary bytes never panics and never claims more bytes than it was given.
 
 use meshgate_protocols::mqtt::{
-    Auth, ConnAck, Connect, Disconnect, Packet, Properties, PropertyList, PubResponse,
-    PubResponseKind, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeFilter,
-    SubscriptionOptions, UnsubAck, Unsubscribe, UserProperty, Version, Will,
+    Auth, ConnAck, Connect, Disconnect, Packet, Properties, PropertyList, PubResponse, PubResponseKind, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions, UnsubAck, Unsubscribe,
+    UserProperty, Version, Will,
 };
 use proptest::prelude::*;
 
@@ -45,26 +45,21 @@ fn owned_props() -> impl Strategy<Value = OwnedProps> {
         proptest::array::uniform4(proptest::option::of(1u16..)),
         proptest::array::uniform7(proptest::option::of(any::<bool>())),
         proptest::array::uniform6(proptest::option::of(text())),
-        proptest::array::uniform2(proptest::option::of(proptest::collection::vec(
-            any::<u8>(),
-            0..8,
-        ))),
+        proptest::array::uniform2(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))),
         proptest::collection::vec((text(), text()), 0..3),
         proptest::collection::vec(1u32..268_435_455, 0..3),
         proptest::option::of(any::<bool>()),
     )
-        .prop_map(
-            |(u32s, u16s, flags, strings, bins, user, sub_ids, max_qos)| OwnedProps {
-                u32s,
-                u16s,
-                flags,
-                strings,
-                bins,
-                user,
-                sub_ids,
-                max_qos,
-            },
-        )
+        .prop_map(|(u32s, u16s, flags, strings, bins, user, sub_ids, max_qos)| OwnedProps {
+            u32s,
+            u16s,
+            flags,
+            strings,
+            bins,
+            user,
+            sub_ids,
+            max_qos,
+        })
 }
 
 enum Ctx {
@@ -82,10 +77,7 @@ enum Ctx {
 
 fn props<'a>(o: &'a OwnedProps, user: &'a [UserProperty<'a>], ctx: Ctx) -> Properties<'a> {
     let s = |i: usize| o.strings[i].as_deref();
-    let mut p = Properties {
-        user_properties: PropertyList::new(user),
-        ..Properties::default()
-    };
+    let mut p = Properties { user_properties: PropertyList::new(user), ..Properties::default() };
     match ctx {
         Ctx::Connect => {
             p.session_expiry_interval = o.u32s[0];
@@ -113,9 +105,7 @@ fn props<'a>(o: &'a OwnedProps, user: &'a [UserProperty<'a>], ctx: Ctx) -> Prope
             p.reason_string = s(3);
             p.receive_maximum = o.u16s[1];
             p.topic_alias_maximum = o.u16s[2];
-            p.maximum_qos = o
-                .max_qos
-                .map(|b| if b { QoS::AtLeastOnce } else { QoS::AtMostOnce });
+            p.maximum_qos = o.max_qos.map(|b| if b { QoS::AtLeastOnce } else { QoS::AtMostOnce });
             p.retain_available = o.flags[0];
             p.maximum_packet_size = o.u32s[1].filter(|&v| v > 0);
             p.wildcard_subscription_available = o.flags[1];
@@ -133,9 +123,7 @@ fn props<'a>(o: &'a OwnedProps, user: &'a [UserProperty<'a>], ctx: Ctx) -> Prope
             p.topic_alias = o.u16s[0];
             p.subscription_identifiers = PropertyList::new(&o.sub_ids);
         }
-        Ctx::Subscribe => {
-            p.subscription_identifiers = PropertyList::new(&o.sub_ids[..o.sub_ids.len().min(1)])
-        }
+        Ctx::Subscribe => p.subscription_identifiers = PropertyList::new(&o.sub_ids[..o.sub_ids.len().min(1)]),
         Ctx::Ack | Ctx::Other => p.reason_string = s(0),
         Ctx::UserOnly => {}
         Ctx::Auth => {
@@ -155,21 +143,16 @@ fn props<'a>(o: &'a OwnedProps, user: &'a [UserProperty<'a>], ctx: Ctx) -> Prope
 fn assert_round_trip(packet: &Packet<'_>, version: Version) -> Result<(), TestCaseError> {
     let len = packet.encoded_len(version);
     let mut buf = vec![0u8; len];
-    let n = packet
-        .encode(version, &mut buf)
-        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    let n = packet.encode(version, &mut buf).map_err(|e| TestCaseError::fail(format!("{e}")))?;
     prop_assert_eq!(n, len);
-    let (decoded, used) = Packet::decode(&buf, version, usize::MAX)
-        .map_err(|e| TestCaseError::fail(format!("{e}: {packet:?}")))?;
+    let (decoded, used) =
+        Packet::decode(&buf, version, usize::MAX).map_err(|e| TestCaseError::fail(format!("{e}: {packet:?}")))?;
     prop_assert_eq!(used, len);
     prop_assert_eq!(&decoded, packet);
     // Every strict prefix is incomplete, never an error or a panic.
     for cut in 0..len {
         let partial = Packet::decode(&buf[..cut], version, usize::MAX);
-        let incomplete = matches!(
-            partial,
-            Err(meshgate_protocols::mqtt::DecodeError::Incomplete { .. })
-        );
+        let incomplete = matches!(partial, Err(meshgate_protocols::mqtt::DecodeError::Incomplete { .. }));
         prop_assert!(incomplete, "prefix of {} bytes gave {:?}", cut, partial);
     }
     Ok(())
@@ -180,11 +163,7 @@ fn version() -> impl Strategy<Value = Version> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
+    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
 }
 
 proptest! {

@@ -20,11 +20,7 @@ pub fn meshgate_bin() -> &'static Path {
     BIN.get_or_init(|| {
         // target/<profile>/deps/<test> → target/<profile>/meshgate
         let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
         let bin = profile_dir.join("meshgate");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
@@ -33,9 +29,7 @@ pub fn meshgate_bin() -> &'static Path {
             build.arg("--release");
         }
         // Always ask cargo: it is a no-op when the binary is current, and never runs a stale one.
-        let status = build
-            .status()
-            .expect("run cargo build for the meshgate binary");
+        let status = build.status().expect("run cargo build for the meshgate binary");
         assert!(status.success(), "building meshgate failed");
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
@@ -75,10 +69,7 @@ impl Gateway {
         let mut child = Command::new(meshgate_bin())
             .arg("--config")
             .arg(&config_path)
-            .env(
-                "MESHGATE_LOG",
-                std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("MESHGATE_LOG", std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -101,32 +92,18 @@ impl Gateway {
                 Ok(line) => line,
                 Err(_) => {
                     let _ = child.kill();
-                    bail!(
-                        "meshgate did not announce its listeners (exit: {:?})",
-                        child.try_wait()
-                    );
+                    bail!("meshgate did not announce its listeners (exit: {:?})", child.try_wait());
                 }
             };
-            let addr = |l: &str| {
-                l.rsplit(' ')
-                    .next()
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            };
+            let addr = |l: &str| l.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
             if line.starts_with("meshgate: mqtt listening on") {
                 mqtt = addr(&line);
             } else if line.starts_with("meshgate: admin listening on") {
                 admin = addr(&line);
             }
         }
-        let (Some(mqtt), Some(admin)) = (mqtt, admin) else {
-            bail!("unparseable announcement")
-        };
-        Ok(Gateway {
-            child: Some(child),
-            mqtt,
-            admin,
-            data_dir,
-        })
+        let (Some(mqtt), Some(admin)) = (mqtt, admin) else { bail!("unparseable announcement") };
+        Ok(Gateway { child: Some(child), mqtt, admin, data_dir })
     }
 
     /// The CloudEvents the default file uplink has written, in order.
@@ -151,31 +128,18 @@ impl Gateway {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.admin)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("HTTP status")?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("HTTP status")?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         Ok((status, body))
     }
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
         anyhow::ensure!(status.success(), "kill -TERM failed");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -207,9 +171,7 @@ pub fn read_events(path: &Path) -> Result<Vec<Value>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    text.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line: {l}")))
-        .collect()
+    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line: {l}"))).collect()
 }
 
 /// Runs a command-line tool that the tests need, failing loudly (never skipping) when it is missing.
@@ -221,8 +183,6 @@ pub fn require_tool(name: &str) -> PathBuf {
         .find(|p| p.is_file());
     match found {
         Some(p) => p,
-        None => panic!(
-            "`{name}` is required by this test but is not installed (apt-get install mosquitto-clients)"
-        ),
+        None => panic!("`{name}` is required by this test but is not installed (apt-get install mosquitto-clients)"),
     }
 }

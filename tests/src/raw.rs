@@ -37,28 +37,13 @@ impl RawClient {
     pub fn open(addr: SocketAddr, version: Version) -> Result<RawClient> {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(RawClient {
-            stream,
-            version,
-            buf: Vec::new(),
-        })
+        Ok(RawClient { stream, version, buf: Vec::new() })
     }
 
     /// Connects and completes CONNECT/CONNACK with `keep_alive` seconds; fails unless accepted.
-    pub fn connect(
-        addr: SocketAddr,
-        version: Version,
-        client_id: &str,
-        keep_alive: u16,
-    ) -> Result<RawClient> {
+    pub fn connect(addr: SocketAddr, version: Version, client_id: &str, keep_alive: u16) -> Result<RawClient> {
         let mut c = RawClient::open(addr, version)?;
-        c.send(&Packet::Connect(Connect {
-            version,
-            clean_start: true,
-            keep_alive,
-            client_id,
-            ..Connect::default()
-        }))?;
+        c.send(&Packet::Connect(Connect { version, clean_start: true, keep_alive, client_id, ..Connect::default() }))?;
         match c.recv()? {
             Reply::ConnAck(_, ReasonCode::SUCCESS) => Ok(c),
             other => bail!("connect refused: {other:?}"),
@@ -68,9 +53,7 @@ impl RawClient {
     /// Encodes and sends a packet.
     pub fn send(&mut self, packet: &Packet<'_>) -> Result<()> {
         let mut out = vec![0u8; packet.encoded_len(self.version)];
-        let n = packet
-            .encode(self.version, &mut out)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let n = packet.encode(self.version, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
         self.send_raw(&out[..n])
     }
 
@@ -88,9 +71,7 @@ impl RawClient {
                     let reply = match packet {
                         Packet::ConnAck(c) => Reply::ConnAck(c.session_present, c.code),
                         Packet::Disconnect(d) => Reply::Disconnect(d.reason),
-                        Packet::PubResponse(r) => {
-                            Reply::Ack(r.kind.packet_type() as u8, r.packet_id, r.reason)
-                        }
+                        Packet::PubResponse(r) => Reply::Ack(r.kind.packet_type() as u8, r.packet_id, r.reason),
                         Packet::PingResp => Reply::PingResp,
                         other => Reply::Other(other.packet_type() as u8),
                     };

@@ -14,20 +14,11 @@ fn a_port_in_use_is_a_clear_startup_error_naming_the_key() -> anyhow::Result<()>
     let port = taken.local_addr()?.port();
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("meshgate.toml");
-    std::fs::write(
-        &config,
-        base_config(dir.path()).replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1),
-    )?;
-    let out = Command::new(meshgate_bin())
-        .arg("--config")
-        .arg(&config)
-        .output()?;
+    std::fs::write(&config, base_config(dir.path()).replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1))?;
+    let out = Command::new(meshgate_bin()).arg("--config").arg(&config).output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("listeners.mqtt.bind") && stderr.contains("already in use"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("listeners.mqtt.bind") && stderr.contains("already in use"), "{stderr}");
     Ok(())
 }
 
@@ -36,31 +27,18 @@ fn check_validates_without_starting_and_names_file_key_and_problem() -> anyhow::
     let dir = tempfile::tempdir()?;
     let good = dir.path().join("good.toml");
     std::fs::write(&good, base_config(dir.path()))?;
-    let out = Command::new(meshgate_bin())
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(meshgate_bin()).args(["check", "--config"]).arg(&good).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
         "[auth]\nallow_anonymous = false\n[[auth.users]]\nusername = \"d\"\npassword_hash = \"plain\"\n",
     )?;
-    let out = Command::new(meshgate_bin())
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()?;
+    let out = Command::new(meshgate_bin()).args(["check", "--config"]).arg(&bad).output()?;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("bad.toml") && stderr.contains("auth.users[0].password_hash"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.toml") && stderr.contains("auth.users[0].password_hash"), "{stderr}");
     assert!(stderr.contains("hash-password"), "{stderr}");
 
     let out = Command::new(meshgate_bin())
@@ -69,10 +47,7 @@ fn check_validates_without_starting_and_names_file_key_and_problem() -> anyhow::
         .env("MESHGATE_LISTENERS__MQTT__BIND", "not-an-address")
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("listeners.mqtt.bind"),
-        "{stderr}"
-    );
+    assert!(!out.status.success() && stderr.contains("listeners.mqtt.bind"), "{stderr}");
     Ok(())
 }
 
@@ -115,17 +90,13 @@ fn sigterm_shuts_down_cleanly_keeping_every_acknowledged_event() -> anyhow::Resu
     let status = gw.terminate()?;
     assert!(status.success(), "{status:?}");
     // The connected client was told why.
-    assert_eq!(
-        c.recv()?,
-        Reply::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN)
-    );
+    assert_eq!(c.recv()?, Reply::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
     assert_eq!(gw.events()?.len(), 50);
     Ok(())
 }
 
 #[test]
-fn a_malformed_packet_gets_disconnect_0x81_over_v5_and_a_close_over_311_while_others_carry_on()
--> anyhow::Result<()> {
+fn a_malformed_packet_gets_disconnect_0x81_over_v5_and_a_close_over_311_while_others_carry_on() -> anyhow::Result<()> {
     let gw = Gateway::start()?;
     let mut bystander = RawClient::connect(gw.mqtt, Version::V311, "bystander", 30)?;
     let mut c = RawClient::connect(gw.mqtt, Version::V5, "malformed-5", 30)?;
@@ -134,10 +105,7 @@ fn a_malformed_packet_gets_disconnect_0x81_over_v5_and_a_close_over_311_while_ot
     assert_eq!(c.recv()?, Reply::Disconnect(ReasonCode::MALFORMED_PACKET));
     assert_eq!(c.recv()?, Reply::Closed);
     let mut c = RawClient::connect(gw.mqtt, Version::V5, "wildcard-5", 30)?;
-    c.send(&Packet::Publish(Publish {
-        topic: "a/+",
-        ..Publish::default()
-    }))?;
+    c.send(&Packet::Publish(Publish { topic: "a/+", ..Publish::default() }))?;
     assert_eq!(c.recv()?, Reply::Disconnect(ReasonCode::TOPIC_NAME_INVALID));
     let mut c = RawClient::connect(gw.mqtt, Version::V311, "malformed-311", 30)?;
     // SUBSCRIBE with reserved flags 0000 instead of 0010.
@@ -146,28 +114,18 @@ fn a_malformed_packet_gets_disconnect_0x81_over_v5_and_a_close_over_311_while_ot
     bystander.send(&Packet::PingReq)?;
     assert_eq!(bystander.recv()?, Reply::PingResp);
     let (_, metrics) = gw.admin_get("/metrics")?;
-    assert!(
-        metrics.contains("meshgate_rejects_total{protocol=\"mqtt\",reason=\"malformed\"} 3"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("meshgate_rejects_total{protocol=\"mqtt\",reason=\"malformed\"} 3"), "{metrics}");
     Ok(())
 }
 
 #[test]
 fn a_packet_above_the_maximum_size_gets_disconnect_0x95() -> anyhow::Result<()> {
     let gw = Gateway::start_with(|b| {
-        b.replace(
-            "bind = \"127.0.0.1:0\"\n\n[admin]",
-            "bind = \"127.0.0.1:0\"\nmax_packet_size = 1024\n\n[admin]",
-        )
+        b.replace("bind = \"127.0.0.1:0\"\n\n[admin]", "bind = \"127.0.0.1:0\"\nmax_packet_size = 1024\n\n[admin]")
     })?;
     let mut c = RawClient::connect(gw.mqtt, Version::V5, "big", 30)?;
     let payload = vec![b'x'; 2000];
-    c.send(&Packet::Publish(Publish {
-        topic: "big",
-        payload: &payload,
-        ..Publish::default()
-    }))?;
+    c.send(&Packet::Publish(Publish { topic: "big", payload: &payload, ..Publish::default() }))?;
     assert_eq!(c.recv()?, Reply::Disconnect(ReasonCode::PACKET_TOO_LARGE));
     Ok(())
 }
@@ -179,10 +137,7 @@ fn keep_alive_is_enforced_at_one_and_a_half_times_the_interval() -> anyhow::Resu
     let mut c = RawClient::connect(gw.mqtt, Version::V5, "sleepy", 1)?;
     assert_eq!(c.recv()?, Reply::Disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT));
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1400),
-        "closed after {waited:?}, before 1.5 × keep-alive"
-    );
+    assert!(waited >= Duration::from_millis(1400), "closed after {waited:?}, before 1.5 × keep-alive");
     // A client that pings in time stays connected.
     let mut c = RawClient::connect(gw.mqtt, Version::V311, "awake", 1)?;
     for _ in 0..3 {
@@ -198,10 +153,7 @@ fn a_second_connection_with_the_same_client_id_takes_the_session_over() -> anyho
     let gw = Gateway::start()?;
     let mut first = RawClient::connect(gw.mqtt, Version::V5, "twin", 30)?;
     let mut second = RawClient::connect(gw.mqtt, Version::V5, "twin", 30)?;
-    assert_eq!(
-        first.recv()?,
-        Reply::Disconnect(ReasonCode::SESSION_TAKEN_OVER)
-    );
+    assert_eq!(first.recv()?, Reply::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
     second.send(&Packet::PingReq)?;
     assert_eq!(second.recv()?, Reply::PingResp);
     Ok(())
@@ -211,18 +163,10 @@ fn a_second_connection_with_the_same_client_id_takes_the_session_over() -> anyho
 fn empty_client_ids_are_assigned_over_v5_and_need_a_clean_session_over_311() -> anyhow::Result<()> {
     let gw = Gateway::start()?;
     let mut c = RawClient::open(gw.mqtt, Version::V311)?;
-    c.send(&Packet::Connect(Connect {
-        version: Version::V311,
-        clean_start: false,
-        ..Connect::default()
-    }))?;
+    c.send(&Packet::Connect(Connect { version: Version::V311, clean_start: false, ..Connect::default() }))?;
     assert_eq!(c.recv()?, Reply::ConnAck(false, ReasonCode(2)));
     let mut c = RawClient::open(gw.mqtt, Version::V5)?;
-    c.send(&Packet::Connect(Connect {
-        version: Version::V5,
-        clean_start: true,
-        ..Connect::default()
-    }))?;
+    c.send(&Packet::Connect(Connect { version: Version::V5, clean_start: true, ..Connect::default() }))?;
     assert_eq!(c.recv()?, Reply::ConnAck(false, ReasonCode::SUCCESS));
     c.send(&Packet::Publish(Publish {
         topic: "anon/t",
@@ -242,26 +186,16 @@ fn empty_client_ids_are_assigned_over_v5_and_need_a_clean_session_over_311() -> 
 fn qos2_resends_before_pubrel_are_stored_once() -> anyhow::Result<()> {
     let gw = Gateway::start()?;
     let mut c = RawClient::connect(gw.mqtt, Version::V311, "exactly-once", 30)?;
-    let publish = Publish {
-        topic: "q2",
-        payload: b"once",
-        qos: QoS::ExactlyOnce,
-        packet_id: Some(5),
-        ..Publish::default()
-    };
+    let publish =
+        Publish { topic: "q2", payload: b"once", qos: QoS::ExactlyOnce, packet_id: Some(5), ..Publish::default() };
     c.send(&Packet::Publish(publish))?;
     assert_eq!(c.recv()?, Reply::Ack(5, 5, ReasonCode::SUCCESS));
-    c.send(&Packet::Publish(Publish {
-        dup: true,
-        ..publish
-    }))?;
+    c.send(&Packet::Publish(Publish { dup: true, ..publish }))?;
     assert_eq!(c.recv()?, Reply::Ack(5, 5, ReasonCode::SUCCESS));
-    c.send(&Packet::PubResponse(
-        meshgate_protocols::mqtt::PubResponse::new(
-            meshgate_protocols::mqtt::PubResponseKind::PubRel,
-            5,
-        ),
-    ))?;
+    c.send(&Packet::PubResponse(meshgate_protocols::mqtt::PubResponse::new(
+        meshgate_protocols::mqtt::PubResponseKind::PubRel,
+        5,
+    )))?;
     assert_eq!(c.recv()?, Reply::Ack(7, 5, ReasonCode::SUCCESS));
     assert_eq!(gw.events()?.len(), 1);
     Ok(())
@@ -272,10 +206,7 @@ fn unsupported_protocol_levels_are_answered_in_a_form_the_client_reads() -> anyh
     let gw = Gateway::start()?;
     let mut c = RawClient::open(gw.mqtt, Version::V311)?;
     // MQTT 3.1 ("MQIsdp", level 3).
-    c.send_raw(&[
-        0x10, 0x0e, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00,
-        0x00,
-    ])?;
+    c.send_raw(&[0x10, 0x0e, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x00])?;
     assert_eq!(c.recv()?, Reply::ConnAck(false, ReasonCode(1)));
     Ok(())
 }

@@ -10,15 +10,8 @@ use serde_json::json;
 
 fn mosquitto_pub(gw: &Gateway, args: &[&str]) -> anyhow::Result<String> {
     let bin = require_tool("mosquitto_pub");
-    let out = Command::new(bin)
-        .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
-        .args(args)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "mosquitto_pub {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(bin).args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()]).args(args).output()?;
+    anyhow::ensure!(out.status.success(), "mosquitto_pub {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -31,18 +24,7 @@ fn mosquitto_pub_publishes_at_every_qos_over_311_and_5() -> anyhow::Result<()> {
             let payload = format!("{{\"v\":\"{version}\",\"qos\":{qos}}}");
             mosquitto_pub(
                 &gw,
-                &[
-                    "-V",
-                    version,
-                    "-q",
-                    qos,
-                    "-i",
-                    &format!("cli-{version}-{qos}"),
-                    "-t",
-                    &topic,
-                    "-m",
-                    &payload,
-                ],
+                &["-V", version, "-q", qos, "-i", &format!("cli-{version}-{qos}"), "-t", &topic, "-m", &payload],
             )?;
         }
     }

@@ -28,24 +28,17 @@ impl FileUplink {
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok(FileUplink {
-            file: Arc::new(file),
-            buf: Vec::with_capacity(64 * 1024),
-        })
+        Ok(FileUplink { file: Arc::new(file), buf: Vec::with_capacity(64 * 1024) })
     }
 }
 
 impl Uplink for FileUplink {
-    fn send<'a>(
-        &'a mut self,
-        batch: &'a [&'a CloudEvent],
-    ) -> BoxFuture<'a, Result<(), UplinkError>> {
+    fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
         Box::pin(async move {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
             for event in batch {
-                serde_json::to_writer(&mut buf, &event.to_json_value())
-                    .map_err(std::io::Error::other)?;
+                serde_json::to_writer(&mut buf, &event.to_json_value()).map_err(std::io::Error::other)?;
                 buf.push(b'\n');
             }
             let file = Arc::clone(&self.file);
@@ -70,19 +63,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/events.jsonl");
         let mut uplink = FileUplink::open(&path).await.unwrap();
-        let event = CloudEvent {
-            id: "1".into(),
-            source: "/s".into(),
-            ty: "t".into(),
-            ..CloudEvent::default()
-        };
+        let event = CloudEvent { id: "1".into(), source: "/s".into(), ty: "t".into(), ..CloudEvent::default() };
         uplink.send(&[&event, &event]).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(
-            CloudEvent::from_json_slice(lines[0].as_bytes()).unwrap(),
-            event
-        );
+        assert_eq!(CloudEvent::from_json_slice(lines[0].as_bytes()).unwrap(), event);
     }
 }

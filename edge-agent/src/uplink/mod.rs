@@ -29,10 +29,7 @@ pub enum UplinkError {
 /// A destination for events.
 pub trait Uplink: Send + 'static {
     /// Delivers `batch`, in order. `Ok` means the destination holds every event durably.
-    fn send<'a>(
-        &'a mut self,
-        batch: &'a [&'a CloudEvent],
-    ) -> BoxFuture<'a, Result<(), UplinkError>>;
+    fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>>;
 }
 
 /// Counters and health of one uplink, shared with the admin endpoint.
@@ -49,10 +46,7 @@ pub struct UplinkStats {
 impl UplinkStats {
     /// New counters for a healthy uplink.
     pub fn new() -> Self {
-        UplinkStats {
-            healthy: AtomicBool::new(true),
-            ..UplinkStats::default()
-        }
+        UplinkStats { healthy: AtomicBool::new(true), ..UplinkStats::default() }
     }
 
     /// Whether the last batch succeeded.
@@ -81,16 +75,9 @@ pub struct NamedUplink {
 }
 
 /// Builds the uplink a config table describes. Relative paths resolve under `data_dir`.
-pub async fn build(
-    config: &UplinkConfig,
-    data_dir: &std::path::Path,
-) -> Result<NamedUplink, UplinkError> {
+pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<NamedUplink, UplinkError> {
     let uplink: Box<dyn Uplink> = match config {
         UplinkConfig::File(c) => Box::new(FileUplink::open(&data_dir.join(&c.path)).await?),
     };
-    Ok(NamedUplink {
-        name: config.name().into(),
-        stats: Arc::new(UplinkStats::new()),
-        uplink,
-    })
+    Ok(NamedUplink { name: config.name().into(), stats: Arc::new(UplinkStats::new()), uplink })
 }

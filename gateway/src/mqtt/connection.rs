@@ -15,8 +15,8 @@ use chrono::Utc;
 use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
 use meshgate_protocols::mqtt::reason::v311;
 use meshgate_protocols::mqtt::{
-    ConnAck, Connect, DecodeError, Disconnect, Malformed, Packet, Properties, PubResponse,
-    PubResponseKind, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+    ConnAck, Connect, DecodeError, Disconnect, Malformed, Packet, Properties, PubResponse, PubResponseKind, Publish,
+    QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -170,24 +170,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 }
                 Err(DecodeError::Malformed(Malformed::UnsupportedProtocolVersion(level))) => {
-                    self.ctx
-                        .metrics
-                        .reject(PROTOCOL, RejectReason::UnsupportedVersion);
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::UnsupportedVersion);
                     // Answer in the form the client can read: 3.1.1's return code below level 5, 5's reason above.
-                    self.version = if level < 5 {
-                        Version::V311
-                    } else {
-                        Version::V5
-                    };
+                    self.version = if level < 5 { Version::V311 } else { Version::V5 };
                     let code = if level < 5 {
                         ReasonCode(v311::UNACCEPTABLE_PROTOCOL_VERSION)
                     } else {
                         ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
                     };
-                    self.send(&Packet::ConnAck(ConnAck {
-                        code,
-                        ..ConnAck::default()
-                    }));
+                    self.send(&Packet::ConnAck(ConnAck { code, ..ConnAck::default() }));
                     self.flush().await?;
                     return Err(Closed::Refused("unsupported protocol version"));
                 }
@@ -215,29 +206,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.version = connect.version;
         let v5 = self.version.is_v5();
         let refuse = |code_v5: ReasonCode| {
-            let code = if v5 {
-                code_v5
-            } else {
-                ReasonCode(code_v5.to_v311_connack())
-            };
-            Packet::ConnAck(ConnAck {
-                code,
-                ..ConnAck::default()
-            })
+            let code = if v5 { code_v5 } else { ReasonCode(code_v5.to_v311_connack()) };
+            Packet::ConnAck(ConnAck { code, ..ConnAck::default() })
         };
-        match self
-            .ctx
-            .auth
-            .check(connect.username, connect.password)
-            .await
-        {
+        match self.ctx.auth.check(connect.username, connect.password).await {
             AuthOutcome::Allowed => {}
             outcome => {
                 let (code, reason) = if outcome == AuthOutcome::BadCredentials {
-                    (
-                        ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                        RejectReason::BadCredentials,
-                    )
+                    (ReasonCode::BAD_USER_NAME_OR_PASSWORD, RejectReason::BadCredentials)
                 } else {
                     (ReasonCode::NOT_AUTHORIZED, RejectReason::NotAuthorized)
                 };
@@ -250,21 +226,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let assigned = connect.client_id.is_empty();
         if assigned && !v5 && !connect.clean_start {
             // MQTT 3.1.1: a zero-length client id requires a clean session.
-            self.ctx
-                .metrics
-                .reject(PROTOCOL, RejectReason::ProtocolViolation);
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
             self.send(&refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
             self.flush().await?;
             return Err(Closed::Refused("empty client id without clean session"));
         }
-        let client_id = if assigned {
-            format!("mg-{}", uuid::Uuid::now_v7().simple())
-        } else {
-            connect.client_id.to_string()
-        };
+        let client_id =
+            if assigned { format!("mg-{}", uuid::Uuid::now_v7().simple()) } else { connect.client_id.to_string() };
         let registration = self.ctx.registry.register(&client_id);
-        self.keep_alive = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        self.keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let cfg = &self.ctx.config;
         let properties = if v5 {
             Properties {
@@ -281,11 +251,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         } else {
             Properties::default()
         };
-        let connack = Packet::ConnAck(ConnAck {
-            session_present: false,
-            code: ReasonCode::SUCCESS,
-            properties,
-        });
+        let connack = Packet::ConnAck(ConnAck { session_present: false, code: ReasonCode::SUCCESS, properties });
         self.send(&connack);
         self.flush().await?;
         self.session = Some((client_id, registration));
@@ -338,6 +304,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Queues an acknowledgement behind the ones already owed; `receipt` is `None` when `reason` is final.
+    fn queue_ack(
+        &mut self,
+        kind: PubResponseKind,
+        qos: QoS,
+        packet_id: u16,
+        receipt: Option<Receipt>,
+        reason: ReasonCode,
+    ) {
+        self.pending.push_back(PendingAck { kind, qos, packet_id, receipt, reason });
+    }
+
     /// Sends every acknowledgement whose outcome is known, in order; with `wait`, waits for all of them.
     async fn drain_acks(&mut self, wait: bool) -> Result<(), Closed> {
         loop {
@@ -367,9 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Ok(()) => self.ctx.metrics.acknowledged(PROTOCOL),
                 Err(e) => {
                     tracing::warn!(error = %e, "event not stored; refusing the publish");
-                    self.ctx
-                        .metrics
-                        .reject(PROTOCOL, RejectReason::StorageFailed);
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
                     if !self.version.is_v5() {
                         // MQTT 3.1.1 has no negative acknowledgement: closing is the only refusal.
                         return Err(Closed::Refused("event could not be stored"));
@@ -394,7 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let rbuf = std::mem::take(&mut self.rbuf);
             let decoded = Packet::decode(&rbuf, self.version, self.max_packet());
             let step = match decoded {
-                Ok((packet, len)) => self.handle(packet).await.map(|closed| (closed, len)),
+                Ok((packet, len)) => Ok((self.handle(packet).await, len)),
                 Err(e) => Err(e),
             };
             self.rbuf = rbuf;
@@ -407,40 +383,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 Err(DecodeError::TooLarge { .. }) => {
                     self.ctx.metrics.reject(PROTOCOL, RejectReason::TooLarge);
-                    return Ok(Some(
-                        self.close_with(ReasonCode::PACKET_TOO_LARGE, "packet too large")
-                            .await,
-                    ));
+                    return Ok(Some(self.close_with(ReasonCode::PACKET_TOO_LARGE, "packet too large").await));
                 }
                 Err(DecodeError::Malformed(m)) => {
                     tracing::debug!(error = %m, "malformed packet");
                     self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
-                    return Ok(Some(
-                        self.close_with(m.reason_code(), "malformed packet").await,
-                    ));
+                    return Ok(Some(self.close_with(m.reason_code(), "malformed packet").await));
                 }
             }
         }
     }
 
     /// Handles one packet. `Ok(Some(_))` ends the connection.
-    async fn handle(&mut self, packet: Packet<'_>) -> Result<Option<Closed>, DecodeError> {
-        let closed = match packet {
+    async fn handle(&mut self, packet: Packet<'_>) -> Option<Closed> {
+        match packet {
             Packet::Publish(publish) => self.on_publish(&publish).await,
             Packet::PubResponse(r) if r.kind == PubResponseKind::PubRel => {
                 let found = self.inbound.release(r.packet_id);
-                let mut comp = PubResponse::new(PubResponseKind::PubComp, r.packet_id);
-                if !found && self.version.is_v5() {
-                    comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                }
+                let reason = if found || !self.version.is_v5() {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
                 // PUBCOMP must follow the PUBREC it completes, which may still be queued.
-                self.pending.push_back(PendingAck {
-                    kind: PubResponseKind::PubComp,
-                    qos: QoS::ExactlyOnce,
-                    packet_id: r.packet_id,
-                    receipt: None,
-                    reason: comp.reason,
-                });
+                self.queue_ack(PubResponseKind::PubComp, QoS::ExactlyOnce, r.packet_id, None, reason);
                 None
             }
             Packet::PingReq => {
@@ -457,51 +423,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Packet::Disconnect(_) => Some(Closed::Normal),
             Packet::Connect(_) => Some(self.protocol_error("second CONNECT").await),
-            Packet::PubResponse(_) => Some(
-                self.protocol_error("acknowledgement for a message never sent")
-                    .await,
-            ),
+            Packet::PubResponse(_) => Some(self.protocol_error("acknowledgement for a message never sent").await),
             Packet::Auth(_) => Some(
-                self.close_with(
-                    ReasonCode::BAD_AUTHENTICATION_METHOD,
-                    "extended authentication unsupported",
-                )
-                .await,
+                self.close_with(ReasonCode::BAD_AUTHENTICATION_METHOD, "extended authentication unsupported").await,
             ),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Some(
-                    self.protocol_error("server-to-client packet from a client")
-                        .await,
-                )
+                Some(self.protocol_error("server-to-client packet from a client").await)
             }
-        };
-        Ok(closed)
+        }
     }
 
     async fn protocol_error(&mut self, why: &'static str) -> Closed {
-        self.ctx
-            .metrics
-            .reject(PROTOCOL, RejectReason::ProtocolViolation);
+        self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
         self.close_with(ReasonCode::PROTOCOL_ERROR, why).await
     }
 
     async fn on_publish(&mut self, publish: &Publish<'_>) -> Option<Closed> {
         let v5 = self.version.is_v5();
         if v5 && publish.retain {
-            self.ctx
-                .metrics
-                .reject(PROTOCOL, RejectReason::ProtocolViolation);
-            return Some(
-                self.close_with(ReasonCode::RETAIN_NOT_SUPPORTED, "retain not supported")
-                    .await,
-            );
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+            return Some(self.close_with(ReasonCode::RETAIN_NOT_SUPPORTED, "retain not supported").await);
         }
         let topic = match self.inbound.resolve_topic(publish) {
             Ok(t) => t,
             Err(code) => {
-                self.ctx
-                    .metrics
-                    .reject(PROTOCOL, RejectReason::ProtocolViolation);
+                self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
                 return Some(self.close_with(code, "invalid topic alias").await);
             }
         };
@@ -515,49 +461,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             match self.inbound.admit(publish.qos, packet_id) {
                 Ok(Admission::New) => {}
                 Ok(Admission::Duplicate) => {
-                    let reason = ReasonCode::SUCCESS;
-                    self.pending.push_back(PendingAck {
-                        kind,
-                        qos: publish.qos,
-                        packet_id,
-                        receipt: None,
-                        reason,
-                    });
+                    self.queue_ack(kind, publish.qos, packet_id, None, ReasonCode::SUCCESS);
                     return None;
                 }
                 Err(code) => {
-                    self.ctx
-                        .metrics
-                        .reject(PROTOCOL, RejectReason::ProtocolViolation);
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
                     return Some(self.close_with(code, "receive maximum exceeded").await);
                 }
             }
         }
-        let refusal = self
-            .normalize_and_submit(publish, &topic, ack_kind.is_some())
-            .await;
+        let refusal = self.normalize_and_submit(publish, &topic, ack_kind.is_some()).await;
         match (refusal, ack_kind) {
             (Ok(receipt), Some(kind)) => {
-                let reason = ReasonCode::SUCCESS;
-                self.pending.push_back(PendingAck {
-                    kind,
-                    qos: publish.qos,
-                    packet_id,
-                    receipt,
-                    reason,
-                });
+                self.queue_ack(kind, publish.qos, packet_id, receipt, ReasonCode::SUCCESS);
                 None
             }
             (Ok(_), None) => None,
             (Err((reason, why)), Some(kind)) if v5 => {
                 // Refused in order with the other acknowledgements; the flow ends with the error code.
-                self.pending.push_back(PendingAck {
-                    kind,
-                    qos: publish.qos,
-                    packet_id,
-                    receipt: None,
-                    reason,
-                });
+                self.queue_ack(kind, publish.qos, packet_id, None, reason);
                 tracing::debug!(why, "publish refused");
                 None
             }
@@ -573,16 +495,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         topic: &str,
         confirmed: bool,
     ) -> Result<Option<Receipt>, (ReasonCode, &'static str)> {
-        if publish.properties.payload_format_utf8 == Some(true)
-            && std::str::from_utf8(publish.payload).is_err()
-        {
-            self.ctx
-                .metrics
-                .reject(PROTOCOL, RejectReason::InvalidPayloadFormat);
-            return Err((
-                ReasonCode::PAYLOAD_FORMAT_INVALID,
-                "payload flagged UTF-8 is not",
-            ));
+        if publish.properties.payload_format_utf8 == Some(true) && std::str::from_utf8(publish.payload).is_err() {
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidPayloadFormat);
+            return Err((ReasonCode::PAYLOAD_FORMAT_INVALID, "payload flagged UTF-8 is not"));
         }
         let client_id = self.session.as_ref().map_or("", |(c, _)| c.as_str());
         let inbound = MqttInbound {
@@ -592,33 +507,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             properties: &publish.properties,
             payload: publish.payload,
         };
-        let normalized = self
-            .ctx
-            .normalizer
-            .mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now());
+        let normalized = self.ctx.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now());
         let (event, route) = normalized.map_err(|e| {
             tracing::debug!(error = %e, topic, "invalid CloudEvent refused");
-            self.ctx
-                .metrics
-                .reject(PROTOCOL, RejectReason::InvalidCloudEvent);
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
             (ReasonCode::PAYLOAD_FORMAT_INVALID, "invalid CloudEvent")
         })?;
         self.ctx.metrics.message_in(PROTOCOL);
         let stopped = (ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped");
         if confirmed {
-            self.ctx
-                .ingest
-                .submit(event, route)
-                .await
-                .map(Some)
-                .map_err(|_| stopped)
+            self.ctx.ingest.submit(event, route).await.map(Some).map_err(|_| stopped)
         } else {
-            self.ctx
-                .ingest
-                .submit_unconfirmed(event, route)
-                .await
-                .map(|()| None)
-                .map_err(|_| stopped)
+            self.ctx.ingest.submit_unconfirmed(event, route).await.map(|()| None).map_err(|_| stopped)
         }
     }
 
@@ -626,36 +526,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn on_subscribe(&mut self, s: &Subscribe<'_>) {
         let count = s.filters.len();
         let codes = vec![ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR.0; count];
-        let codes = if self.version.is_v5() {
-            codes
-        } else {
-            vec![0x80; count]
-        };
-        self.send(&Packet::SubAck(SubAck {
-            packet_id: s.packet_id,
-            properties: Properties::default(),
-            codes: &codes,
-        }));
+        let codes = if self.version.is_v5() { codes } else { vec![0x80; count] };
+        self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), codes: &codes }));
     }
 
     fn on_unsubscribe(&mut self, u: &Unsubscribe<'_>) {
         let codes = vec![ReasonCode::NO_SUBSCRIPTION_EXISTED.0; u.filters.len()];
         let codes: &[u8] = if self.version.is_v5() { &codes } else { &[] };
-        self.send(&Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            properties: Properties::default(),
-            codes,
-        }));
+        self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes }));
     }
 }
 
 /// The outcome of the oldest pending acknowledgement; never resolves while there is none.
 async fn next_receipt(pending: &mut VecDeque<PendingAck>) -> Result<(), DeliveryError> {
     match pending.front_mut() {
-        Some(PendingAck {
-            receipt: Some(receipt),
-            ..
-        }) => receipt.await,
+        Some(PendingAck { receipt: Some(receipt), .. }) => receipt.await,
         Some(PendingAck { receipt: None, .. }) => Ok(()),
         None => std::future::pending().await,
     }

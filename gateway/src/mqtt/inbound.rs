@@ -46,11 +46,7 @@ impl InboundState {
             return Err(ReasonCode::TOPIC_ALIAS_INVALID);
         }
         if publish.topic.is_empty() {
-            return self
-                .aliases
-                .get(&alias)
-                .map(|t| Cow::Owned(t.clone()))
-                .ok_or(ReasonCode::PROTOCOL_ERROR);
+            return self.aliases.get(&alias).map(|t| Cow::Owned(t.clone())).ok_or(ReasonCode::PROTOCOL_ERROR);
         }
         self.aliases.insert(alias, publish.topic.to_string());
         Ok(Cow::Borrowed(publish.topic))
@@ -109,10 +105,7 @@ mod tests {
         let mut s = InboundState::new(2, 0);
         assert!(s.admit(QoS::AtLeastOnce, 1).is_ok());
         assert!(s.admit(QoS::ExactlyOnce, 2).is_ok());
-        assert_eq!(
-            s.admit(QoS::AtLeastOnce, 3),
-            Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
-        );
+        assert_eq!(s.admit(QoS::AtLeastOnce, 3), Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
         s.completed(QoS::AtLeastOnce, 1);
         assert!(s.admit(QoS::AtLeastOnce, 3).is_ok());
     }
@@ -122,21 +115,12 @@ mod tests {
         let mut s = InboundState::new(10, 4);
         let with = |topic, alias| Publish {
             topic,
-            properties: Properties {
-                topic_alias: Some(alias),
-                ..Properties::default()
-            },
+            properties: Properties { topic_alias: Some(alias), ..Properties::default() },
             ..Publish::default()
         };
-        assert_eq!(
-            s.resolve_topic(&with("", 1)),
-            Err(ReasonCode::PROTOCOL_ERROR)
-        );
+        assert_eq!(s.resolve_topic(&with("", 1)), Err(ReasonCode::PROTOCOL_ERROR));
         assert_eq!(s.resolve_topic(&with("a/b", 1)), Ok(Cow::Borrowed("a/b")));
         assert_eq!(s.resolve_topic(&with("", 1)).as_deref(), Ok("a/b"));
-        assert_eq!(
-            s.resolve_topic(&with("x", 5)),
-            Err(ReasonCode::TOPIC_ALIAS_INVALID)
-        );
+        assert_eq!(s.resolve_topic(&with("x", 5)), Err(ReasonCode::TOPIC_ALIAS_INVALID));
     }
 }

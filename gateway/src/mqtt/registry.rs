@@ -29,17 +29,12 @@ impl Registry {
         let (tx, taken_over) = oneshot::channel();
         let previous = match self.live.lock() {
             Ok(mut live) => live.insert(client_id.to_string(), (conn_id, tx)),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .insert(client_id.to_string(), (conn_id, tx)),
+            Err(poisoned) => poisoned.into_inner().insert(client_id.to_string(), (conn_id, tx)),
         };
         if let Some((_, old)) = previous {
             let _ = old.send(());
         }
-        Registration {
-            conn_id,
-            taken_over,
-        }
+        Registration { conn_id, taken_over }
     }
 
     /// Removes the registration of `conn_id`, unless a newer connection already holds the client id.

@@ -57,21 +57,12 @@ pub struct Normalizer {
 impl Normalizer {
     /// A normalizer for a gateway id and its (validated) rules.
     pub fn new(gateway_id: &str, rules: &[RuleConfig]) -> Result<Normalizer, String> {
-        let rules = rules
-            .iter()
-            .cloned()
-            .map(Rule::new)
-            .collect::<Result<_, _>>()?;
-        Ok(Normalizer {
-            gateway_id: gateway_id.into(),
-            rules,
-        })
+        let rules = rules.iter().cloned().map(Rule::new).collect::<Result<_, _>>()?;
+        Ok(Normalizer { gateway_id: gateway_id.into(), rules })
     }
 
     fn first_match<'t>(&self, topic: &'t str) -> Option<(&Rule, Vec<(&str, &'t str)>)> {
-        self.rules
-            .iter()
-            .find_map(|r| r.matches(topic).map(|c| (r, c)))
+        self.rules.iter().find_map(|r| r.matches(topic).map(|c| (r, c)))
     }
 
     /// Normalizes an MQTT PUBLISH: a CloudEvent in either binding mode is kept, anything else is wrapped.
@@ -83,16 +74,10 @@ impl Normalizer {
         now: DateTime<Utc>,
     ) -> Result<(CloudEvent, Route), CloudEventError> {
         if let Some(event) = decode_mqtt(msg.version, msg.properties, msg.payload)? {
-            let matched = self
-                .first_match(msg.topic)
-                .and_then(|(r, _)| r.route().cloned());
+            let matched = self.first_match(msg.topic).and_then(|(r, _)| r.route().cloned());
             return Ok((event, matched.map_or(Route::All, Route::Uplinks)));
         }
-        let content_type = if msg.version.is_v5() {
-            msg.properties.content_type
-        } else {
-            None
-        };
+        let content_type = if msg.version.is_v5() { msg.properties.content_type } else { None };
         let inbound = Inbound {
             protocol: Protocol::Mqtt,
             client_id: msg.client_id,
@@ -114,11 +99,7 @@ impl Normalizer {
         let (data, sniffed) = Data::from_bytes(msg.content_type, msg.payload);
         let mut event = CloudEvent {
             id: id.to_string(),
-            source: format!(
-                "/meshgate/{}/{protocol}/{}",
-                uri_segment(&self.gateway_id),
-                uri_segment(msg.client_id)
-            ),
+            source: format!("/meshgate/{}/{protocol}/{}", uri_segment(&self.gateway_id), uri_segment(msg.client_id)),
             ty: format!("io.meshgate.{protocol}.message"),
             datacontenttype: msg.content_type.or(sniffed).map(String::from),
             subject: Some(msg.topic.to_string()),
@@ -134,15 +115,9 @@ impl Normalizer {
             gateway_id: &self.gateway_id,
             protocol,
         };
-        let device = vars
-            .captures
-            .iter()
-            .find(|(n, _)| *n == "deviceid")
-            .map_or(msg.client_id, |(_, v)| *v);
+        let device = vars.captures.iter().find(|(n, _)| *n == "deviceid").map_or(msg.client_id, |(_, v)| *v);
         event.extensions.insert("deviceid".into(), device.into());
-        event
-            .extensions
-            .insert("gatewayid".into(), (*self.gateway_id).into());
+        event.extensions.insert("gatewayid".into(), (*self.gateway_id).into());
         event.extensions.insert("protocol".into(), protocol.into());
         let mut route = Route::All;
         if let Some((rule, _)) = &matched {
@@ -176,9 +151,7 @@ mod tests {
     use meshgate_protocols::mqtt::{PropertyList, UserProperty};
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z").unwrap().with_timezone(&Utc)
     }
 
     fn run(
@@ -189,17 +162,7 @@ mod tests {
         properties: &Properties<'_>,
         payload: &[u8],
     ) -> Result<(CloudEvent, Route), CloudEventError> {
-        n.mqtt(
-            &MqttInbound {
-                version,
-                client_id,
-                topic,
-                properties,
-                payload,
-            },
-            id(),
-            now(),
-        )
+        n.mqtt(&MqttInbound { version, client_id, topic, properties, payload }, id(), now())
     }
 
     fn id() -> uuid::Uuid {
@@ -209,47 +172,20 @@ mod tests {
     #[test]
     fn plain_messages_get_the_default_mapping() {
         let n = Normalizer::new("edge-1", &[]).unwrap();
-        let (e, route) = run(
-            &n,
-            Version::V311,
-            "dev 7",
-            "plant/line1/temp",
-            &Properties::default(),
-            b"{\"t\":21.5}",
-        )
-        .unwrap();
+        let (e, route) =
+            run(&n, Version::V311, "dev 7", "plant/line1/temp", &Properties::default(), b"{\"t\":21.5}").unwrap();
         assert_eq!(e.source, "/meshgate/edge-1/mqtt/dev%207");
         assert_eq!(e.ty, "io.meshgate.mqtt.message");
         assert_eq!(e.subject.as_deref(), Some("plant/line1/temp"));
         assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
         assert_eq!(e.time.as_deref(), Some("2026-11-23T12:00:00.000000Z"));
         assert_eq!(e.id, id().to_string());
-        assert_eq!(
-            e.extensions.get("deviceid"),
-            Some(&ExtensionValue::from("dev 7"))
-        );
-        assert_eq!(
-            e.extensions.get("gatewayid"),
-            Some(&ExtensionValue::from("edge-1"))
-        );
-        assert_eq!(
-            e.extensions.get("protocol"),
-            Some(&ExtensionValue::from("mqtt"))
-        );
+        assert_eq!(e.extensions.get("deviceid"), Some(&ExtensionValue::from("dev 7")));
+        assert_eq!(e.extensions.get("gatewayid"), Some(&ExtensionValue::from("edge-1")));
+        assert_eq!(e.extensions.get("protocol"), Some(&ExtensionValue::from("mqtt")));
         assert_eq!(route, Route::All);
-        let (e, _) = run(
-            &n,
-            Version::V5,
-            "d",
-            "t",
-            &Properties::default(),
-            &[0xff, 0x00],
-        )
-        .unwrap();
-        assert_eq!(
-            e.datacontenttype.as_deref(),
-            Some("application/octet-stream")
-        );
+        let (e, _) = run(&n, Version::V5, "d", "t", &Properties::default(), &[0xff, 0x00]).unwrap();
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/octet-stream"));
     }
 
     #[test]
@@ -272,75 +208,31 @@ mod tests {
             .try_into()
             .unwrap();
         let n = Normalizer::new("edge-1", &rules).unwrap();
-        let (e, route) = run(
-            &n,
-            Version::V5,
-            "c1",
-            "devices/d9/events/temp",
-            &Properties::default(),
-            b"1",
-        )
-        .unwrap();
+        let (e, route) = run(&n, Version::V5, "c1", "devices/d9/events/temp", &Properties::default(), b"1").unwrap();
         assert_eq!(e.ty, "com.example.temp");
         assert_eq!(e.source, "/plants/north/d9");
-        assert_eq!(
-            e.extensions.get("deviceid"),
-            Some(&ExtensionValue::from("d9"))
-        );
-        assert_eq!(
-            e.extensions.get("site"),
-            Some(&ExtensionValue::from("north"))
-        );
-        assert_eq!(
-            route,
-            Route::Uplinks(vec![Arc::<str>::from("local")].into())
-        );
+        assert_eq!(e.extensions.get("deviceid"), Some(&ExtensionValue::from("d9")));
+        assert_eq!(e.extensions.get("site"), Some(&ExtensionValue::from("north")));
+        assert_eq!(route, Route::Uplinks(vec![Arc::<str>::from("local")].into()));
     }
 
     #[test]
     fn cloudevents_keep_their_attributes_and_invalid_ones_are_errors() {
         let n = Normalizer::new("edge-1", &[]).unwrap();
         let attrs = [
-            UserProperty {
-                name: "specversion",
-                value: "1.0",
-            },
-            UserProperty {
-                name: "id",
-                value: "x-1",
-            },
-            UserProperty {
-                name: "source",
-                value: "/own",
-            },
-            UserProperty {
-                name: "type",
-                value: "own.type",
-            },
+            UserProperty { name: "specversion", value: "1.0" },
+            UserProperty { name: "id", value: "x-1" },
+            UserProperty { name: "source", value: "/own" },
+            UserProperty { name: "type", value: "own.type" },
         ];
-        let props = Properties {
-            user_properties: PropertyList::new(&attrs),
-            ..Properties::default()
-        };
+        let props = Properties { user_properties: PropertyList::new(&attrs), ..Properties::default() };
         let (e, _) = run(&n, Version::V5, "c", "t", &props, b"").unwrap();
-        assert_eq!(
-            (e.id.as_str(), e.source.as_str(), e.ty.as_str()),
-            ("x-1", "/own", "own.type")
-        );
+        assert_eq!((e.id.as_str(), e.source.as_str(), e.ty.as_str()), ("x-1", "/own", "own.type"));
         assert!(e.extensions.is_empty() && e.time.is_none() && e.subject.is_none());
-        let bad = Properties {
-            user_properties: PropertyList::new(&attrs[..2]),
-            ..Properties::default()
-        };
+        let bad = Properties { user_properties: PropertyList::new(&attrs[..2]), ..Properties::default() };
         assert!(
             n.mqtt(
-                &MqttInbound {
-                    version: Version::V5,
-                    client_id: "c",
-                    topic: "t",
-                    properties: &bad,
-                    payload: b""
-                },
+                &MqttInbound { version: Version::V5, client_id: "c", topic: "t", properties: &bad, payload: b"" },
                 id(),
                 now()
             )

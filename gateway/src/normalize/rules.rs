@@ -38,11 +38,8 @@ impl RuleConfig {
     /// Checks the pattern, the templates' variables and the routes; errors name the key inside the rule.
     pub fn validate(&self, uplinks: &[&str]) -> Result<(), (String, String)> {
         let pattern = Pattern::parse(&self.topic).map_err(|p| ("topic".to_string(), p))?;
-        let templates = [
-            ("type", self.ty.as_ref()),
-            ("source", self.source.as_ref()),
-            ("subject", self.subject.as_ref()),
-        ];
+        let templates =
+            [("type", self.ty.as_ref()), ("source", self.source.as_ref()), ("subject", self.subject.as_ref())];
         let ext_templates = self.extensions.iter().map(|(k, v)| (k.as_str(), Some(v)));
         for (key, template) in templates.into_iter().chain(ext_templates) {
             let Some(t) = template else { continue };
@@ -50,34 +47,20 @@ impl RuleConfig {
                 if !BUILTINS.contains(&var) && !pattern.captures().any(|c| c == var) {
                     return Err((
                         key.to_string(),
-                        format!(
-                            "`{{{var}}}` is neither captured by the topic pattern nor built in"
-                        ),
+                        format!("`{{{var}}}` is neither captured by the topic pattern nor built in"),
                     ));
                 }
             }
         }
         for name in self.extensions.keys() {
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
             if !valid {
-                return Err((
-                    format!("extensions.{name}"),
-                    "extension names are lower-case a-z and 0-9 only".into(),
-                ));
+                return Err((format!("extensions.{name}"), "extension names are lower-case a-z and 0-9 only".into()));
             }
         }
         for name in self.uplinks.iter().flatten() {
             if !uplinks.contains(&name.as_str()) {
-                return Err((
-                    "uplinks".into(),
-                    format!(
-                        "no uplink is named `{name}` (known: {})",
-                        uplinks.join(", ")
-                    ),
-                ));
+                return Err(("uplinks".into(), format!("no uplink is named `{name}` (known: {})", uplinks.join(", "))));
             }
         }
         Ok(())
@@ -89,9 +72,7 @@ fn template_vars(t: &str) -> Result<Vec<&str>, String> {
     let mut rest = t;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed `{{` in `{t}`"))?;
+        let close = after.find('}').ok_or_else(|| format!("unclosed `{{` in `{t}`"))?;
         vars.push(&after[..close]);
         rest = &after[close + 1..];
     }
@@ -118,13 +99,7 @@ impl Pattern {
     pub fn parse(pattern: &str) -> Result<Pattern, String> {
         let as_filter: Vec<&str> = pattern
             .split('/')
-            .map(|l| {
-                if l.starts_with('{') && l.ends_with('}') && l.len() > 2 {
-                    "+"
-                } else {
-                    l
-                }
-            })
+            .map(|l| if l.starts_with('{') && l.ends_with('}') && l.len() > 2 { "+" } else { l })
             .collect();
         topic::validate_filter(&as_filter.join("/"))
             .map_err(|e| format!("`{pattern}` is not a valid topic pattern: {e}"))?;
@@ -133,9 +108,7 @@ impl Pattern {
             .map(|l| match l {
                 "+" => Level::Plus,
                 "#" => Level::Hash,
-                _ if l.starts_with('{') && l.ends_with('}') && l.len() > 2 => {
-                    Level::Capture(l[1..l.len() - 1].into())
-                }
+                _ if l.starts_with('{') && l.ends_with('}') && l.len() > 2 => Level::Capture(l[1..l.len() - 1].into()),
                 _ => Level::Literal(l.into()),
             })
             .collect();
@@ -151,11 +124,7 @@ impl Pattern {
 
     /// Matches `topic`, returning the captured levels by name.
     pub fn matches<'t>(&self, topic: &'t str) -> Option<Vec<(&str, &'t str)>> {
-        if topic.starts_with('$')
-            && matches!(
-                self.levels.first(),
-                Some(Level::Plus | Level::Hash | Level::Capture(_))
-            )
+        if topic.starts_with('$') && matches!(self.levels.first(), Some(Level::Plus | Level::Hash | Level::Capture(_)))
         {
             return None;
         }
@@ -203,11 +172,7 @@ impl Vars<'_> {
             "clientid" => Some(self.client_id),
             "gatewayid" => Some(self.gateway_id),
             "protocol" => Some(self.protocol),
-            _ => self
-                .captures
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| *v),
+            _ => self.captures.iter().find(|(n, _)| *n == name).map(|(_, v)| *v),
         }
     }
 
@@ -238,15 +203,8 @@ impl Rule {
     /// Compiles a validated rule.
     pub fn new(config: RuleConfig) -> Result<Rule, String> {
         let pattern = Pattern::parse(&config.topic)?;
-        let route = config
-            .uplinks
-            .as_ref()
-            .map(|u| u.iter().map(|n| Arc::from(n.as_str())).collect());
-        Ok(Rule {
-            pattern,
-            config,
-            route,
-        })
+        let route = config.uplinks.as_ref().map(|u| u.iter().map(|n| Arc::from(n.as_str())).collect());
+        Ok(Rule { pattern, config, route })
     }
 
     /// Captures if the rule applies to `topic`.
@@ -271,9 +229,7 @@ impl Rule {
             event.subject = Some(vars.render(t));
         }
         for (name, t) in &self.config.extensions {
-            event
-                .extensions
-                .insert(name.clone(), vars.render(t).as_str().into());
+            event.extensions.insert(name.clone(), vars.render(t).as_str().into());
         }
     }
 }
@@ -285,10 +241,7 @@ mod tests {
     #[test]
     fn named_wildcards_capture_levels() {
         let p = Pattern::parse("devices/{deviceid}/events/{type}").unwrap();
-        assert_eq!(
-            p.matches("devices/d7/events/temp"),
-            Some(vec![("deviceid", "d7"), ("type", "temp")])
-        );
+        assert_eq!(p.matches("devices/d7/events/temp"), Some(vec![("deviceid", "d7"), ("type", "temp")]));
         assert_eq!(p.matches("devices/d7/events"), None);
         assert_eq!(p.matches("devices/d7/events/temp/x"), None);
         let p = Pattern::parse("site/+/#").unwrap();
@@ -314,16 +267,8 @@ mod tests {
 
     #[test]
     fn rendering_fills_captures_and_builtins() {
-        let vars = Vars {
-            captures: vec![("type", "temp")],
-            topic: "t",
-            client_id: "c",
-            gateway_id: "g",
-            protocol: "mqtt",
-        };
-        assert_eq!(
-            vars.render("io.{gatewayid}.{type}/{clientid}"),
-            "io.g.temp/c"
-        );
+        let vars =
+            Vars { captures: vec![("type", "temp")], topic: "t", client_id: "c", gateway_id: "g", protocol: "mqtt" };
+        assert_eq!(vars.render("io.{gatewayid}.{type}/{clientid}"), "io.g.temp/c");
     }
 }

@@ -39,10 +39,7 @@ impl fmt::Display for CloudEventError {
                 write!(f, "attribute `{name}` {reason}")
             }
             CloudEventError::InvalidAttributeName(name) => {
-                write!(
-                    f,
-                    "`{name}` is not a valid attribute name (lower-case a-z and 0-9 only)"
-                )
+                write!(f, "`{name}` is not a valid attribute name (lower-case a-z and 0-9 only)")
             }
             CloudEventError::DuplicateAttribute(name) => {
                 write!(f, "attribute `{name}` is given twice")

@@ -11,18 +11,8 @@ use super::time::validate_timestamp;
 pub const SPEC_VERSION: &str = "1.0";
 
 /// Attribute names the specification defines; extensions may not take them.
-const RESERVED: [&str; 10] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "datacontenttype",
-    "dataschema",
-    "subject",
-    "time",
-    "data",
-    "data_base64",
-];
+const RESERVED: [&str; 10] =
+    ["specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"];
 
 /// A CloudEvents 1.0 event.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -88,12 +78,7 @@ pub enum Data {
 
 /// Whether `content_type` is JSON: `application/json`, `text/json` or any `+json` suffix, parameters ignored.
 pub fn is_json_content_type(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
@@ -103,10 +88,7 @@ impl Data {
     ///
     /// Returns the content type that describes the result when none was given (`application/json` for JSON,
     /// `application/octet-stream` for bytes).
-    pub fn from_bytes(
-        content_type: Option<&str>,
-        body: &[u8],
-    ) -> (Option<Data>, Option<&'static str>) {
+    pub fn from_bytes(content_type: Option<&str>, body: &[u8]) -> (Option<Data>, Option<&'static str>) {
         if body.is_empty() {
             return (None, None);
         }
@@ -115,19 +97,14 @@ impl Data {
                 Ok(v) => (Some(Data::Json(v)), None),
                 Err(_) => (Some(Data::Binary(body.to_vec())), None),
             },
-            Some(ct) if ct.to_ascii_lowercase().starts_with("text/") => {
-                match core::str::from_utf8(body) {
-                    Ok(s) => (Some(Data::Text(s.into())), None),
-                    Err(_) => (Some(Data::Binary(body.to_vec())), None),
-                }
-            }
+            Some(ct) if ct.to_ascii_lowercase().starts_with("text/") => match core::str::from_utf8(body) {
+                Ok(s) => (Some(Data::Text(s.into())), None),
+                Err(_) => (Some(Data::Binary(body.to_vec())), None),
+            },
             Some(_) => (Some(Data::Binary(body.to_vec())), None),
             None => match serde_json::from_slice(body) {
                 Ok(v) => (Some(Data::Json(v)), Some("application/json")),
-                Err(_) => (
-                    Some(Data::Binary(body.to_vec())),
-                    Some("application/octet-stream"),
-                ),
+                Err(_) => (Some(Data::Binary(body.to_vec())), Some("application/octet-stream")),
             },
         }
     }
@@ -146,10 +123,7 @@ impl Data {
 fn check_string(name: &str, value: &str) -> Result<(), CloudEventError> {
     let bad = value.chars().any(|c| {
         let cp = u32::from(c);
-        cp <= 0x1f
-            || (0x7f..=0x9f).contains(&cp)
-            || (0xfdd0..=0xfdef).contains(&cp)
-            || cp & 0xfffe == 0xfffe
+        cp <= 0x1f || (0x7f..=0x9f).contains(&cp) || (0xfdd0..=0xfdef).contains(&cp) || cp & 0xfffe == 0xfffe
     });
     if bad {
         return Err(CloudEventError::InvalidAttribute {
@@ -161,10 +135,7 @@ fn check_string(name: &str, value: &str) -> Result<(), CloudEventError> {
 }
 
 fn invalid(name: &str, reason: &'static str) -> CloudEventError {
-    CloudEventError::InvalidAttribute {
-        name: name.into(),
-        reason,
-    }
+    CloudEventError::InvalidAttribute { name: name.into(), reason }
 }
 
 fn check_required(name: &'static str, value: &str) -> Result<(), CloudEventError> {
@@ -177,9 +148,7 @@ fn check_required(name: &'static str, value: &str) -> Result<(), CloudEventError
 /// A URI-reference as far as a receiver can check without a full parser: no spaces or characters RFC 3986 never
 /// allows unescaped.
 fn check_uri_reference(name: &str, value: &str) -> Result<(), CloudEventError> {
-    if value.chars().any(|c| {
-        c.is_whitespace() || matches!(c, '"' | '<' | '>' | '\\' | '^' | '`' | '{' | '|' | '}')
-    }) {
+    if value.chars().any(|c| c.is_whitespace() || matches!(c, '"' | '<' | '>' | '\\' | '^' | '`' | '{' | '|' | '}')) {
         return Err(invalid(name, "is not a URI-reference"));
     }
     Ok(())
@@ -201,11 +170,7 @@ fn check_absolute_uri(name: &str, value: &str) -> Result<(), CloudEventError> {
 /// A media type per RFC 2046: `type/subtype` of token characters, then optional parameters.
 fn check_media_type(name: &str, value: &str) -> Result<(), CloudEventError> {
     let essence = value.split(';').next().unwrap_or_default().trim();
-    let token = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
-    };
+    let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
     match essence.split_once('/') {
         Some((t, s)) if token(t) && token(s) => Ok(()),
         _ => Err(invalid(name, "is not a media type (type/subtype)")),
@@ -214,11 +179,7 @@ fn check_media_type(name: &str, value: &str) -> Result<(), CloudEventError> {
 
 /// Whether `name` is a valid extension attribute name: lower-case ASCII letters and digits, not a reserved name.
 pub(crate) fn is_valid_extension_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && !RESERVED.contains(&name)
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) && !RESERVED.contains(&name)
 }
 
 impl CloudEvent {
@@ -287,15 +248,9 @@ impl CloudEvent {
             "dataschema" => slot(&mut self.dataschema),
             "subject" => slot(&mut self.subject),
             "time" => slot(&mut self.time),
-            _ if !is_valid_extension_name(name) => {
-                Err(CloudEventError::InvalidAttributeName(name.into()))
-            }
+            _ if !is_valid_extension_name(name) => Err(CloudEventError::InvalidAttributeName(name.into())),
             _ => {
-                if self
-                    .extensions
-                    .insert(name.into(), ExtensionValue::String(value.into()))
-                    .is_some()
-                {
+                if self.extensions.insert(name.into(), ExtensionValue::String(value.into())).is_some() {
                     return Err(CloudEventError::DuplicateAttribute(name.into()));
                 }
                 Ok(())
@@ -318,11 +273,7 @@ impl CloudEvent {
         context
             .into_iter()
             .filter_map(|(name, value)| value.map(|v| (name, String::from(v))))
-            .chain(
-                self.extensions
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.to_canonical_string())),
-            )
+            .chain(self.extensions.iter().map(|(k, v)| (k.as_str(), v.to_canonical_string())))
     }
 }
 
@@ -331,12 +282,7 @@ mod tests {
     use super::*;
 
     fn event() -> CloudEvent {
-        CloudEvent {
-            id: "1".into(),
-            source: "/s".into(),
-            ty: "t".into(),
-            ..CloudEvent::default()
-        }
+        CloudEvent { id: "1".into(), source: "/s".into(), ty: "t".into(), ..CloudEvent::default() }
     }
 
     #[test]
@@ -344,26 +290,17 @@ mod tests {
         assert!(event().validate().is_ok());
         let mut e = event();
         e.id.clear();
-        assert_eq!(
-            e.validate(),
-            Err(invalid("id", "must be a non-empty string"))
-        );
+        assert_eq!(e.validate(), Err(invalid("id", "must be a non-empty string")));
     }
 
     #[test]
     fn extension_names_are_lower_case_alphanumerics() {
         let mut e = event();
         e.extensions.insert("Device-Id".into(), "x".into());
-        assert_eq!(
-            e.validate(),
-            Err(CloudEventError::InvalidAttributeName("Device-Id".into()))
-        );
+        assert_eq!(e.validate(), Err(CloudEventError::InvalidAttributeName("Device-Id".into())));
         assert!(e.set_attribute("data", "x").is_err());
         assert!(e.set_attribute("deviceid", "x").is_ok());
-        assert_eq!(
-            e.set_attribute("deviceid", "y"),
-            Err(CloudEventError::DuplicateAttribute("deviceid".into()))
-        );
+        assert_eq!(e.set_attribute("deviceid", "y"), Err(CloudEventError::DuplicateAttribute("deviceid".into())));
     }
 
     #[test]
@@ -384,25 +321,15 @@ mod tests {
         e.subject = Some("line\nbreak".into());
         assert!(e.validate().is_err());
         let mut e = event();
-        e.extensions
-            .insert("big".into(), ExtensionValue::Integer(1 << 40));
+        e.extensions.insert("big".into(), ExtensionValue::Integer(1 << 40));
         assert!(e.validate().is_err());
     }
 
     #[test]
     fn data_is_classified_by_content_type_then_sniffed() {
-        assert!(matches!(
-            Data::from_bytes(None, b"{\"a\":1}"),
-            (Some(Data::Json(_)), Some("application/json"))
-        ));
-        assert!(matches!(
-            Data::from_bytes(None, b"\xff"),
-            (Some(Data::Binary(_)), Some("application/octet-stream"))
-        ));
-        assert!(matches!(
-            Data::from_bytes(Some("text/plain"), b"hi"),
-            (Some(Data::Text(_)), None)
-        ));
+        assert!(matches!(Data::from_bytes(None, b"{\"a\":1}"), (Some(Data::Json(_)), Some("application/json"))));
+        assert!(matches!(Data::from_bytes(None, b"\xff"), (Some(Data::Binary(_)), Some("application/octet-stream"))));
+        assert!(matches!(Data::from_bytes(Some("text/plain"), b"hi"), (Some(Data::Text(_)), None)));
         assert!(matches!(
             Data::from_bytes(Some("application/vnd.x+json; charset=utf-8"), b"[1]"),
             (Some(Data::Json(_)), None)

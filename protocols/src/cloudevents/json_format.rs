@@ -6,26 +6,20 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 
 use super::event::is_valid_extension_name;
-use super::{
-    CloudEvent, CloudEventError, Data, ExtensionValue, SPEC_VERSION, is_json_content_type,
-};
+use super::{CloudEvent, CloudEventError, Data, ExtensionValue, SPEC_VERSION, is_json_content_type};
 
 fn string_attr(name: &str, v: Value) -> Result<Option<String>, CloudEventError> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s)),
-        _ => Err(CloudEventError::InvalidAttribute {
-            name: name.into(),
-            reason: "must be a JSON string",
-        }),
+        _ => Err(CloudEventError::InvalidAttribute { name: name.into(), reason: "must be a JSON string" }),
     }
 }
 
 impl CloudEvent {
     /// Reads a structured-mode event and validates it.
     pub fn from_json_slice(json: &[u8]) -> Result<CloudEvent, CloudEventError> {
-        let value: Value = serde_json::from_slice(json)
-            .map_err(|e| CloudEventError::InvalidJson(e.to_string()))?;
+        let value: Value = serde_json::from_slice(json).map_err(|e| CloudEventError::InvalidJson(e.to_string()))?;
         CloudEvent::from_json_value(value)
     }
 
@@ -33,9 +27,7 @@ impl CloudEvent {
     /// absent.
     pub fn from_json_value(value: Value) -> Result<CloudEvent, CloudEventError> {
         let Value::Object(map) = value else {
-            return Err(CloudEventError::InvalidJson(
-                "an event must be a JSON object".into(),
-            ));
+            return Err(CloudEventError::InvalidJson("an event must be a JSON object".into()));
         };
         let mut event = CloudEvent::default();
         let mut specversion = None;
@@ -61,14 +53,9 @@ impl CloudEvent {
                         Value::Null => continue,
                         Value::String(s) => ExtensionValue::String(s),
                         Value::Bool(b) => ExtensionValue::Boolean(b),
-                        Value::Number(n) => {
-                            ExtensionValue::Integer(n.as_i64().ok_or_else(|| {
-                                CloudEventError::InvalidAttribute {
-                                    name: name.clone(),
-                                    reason: "must be an integer",
-                                }
-                            })?)
-                        }
+                        Value::Number(n) => ExtensionValue::Integer(n.as_i64().ok_or_else(|| {
+                            CloudEventError::InvalidAttribute { name: name.clone(), reason: "must be an integer" }
+                        })?),
                         _ => {
                             return Err(CloudEventError::InvalidAttribute {
                                 name,
@@ -85,33 +72,20 @@ impl CloudEvent {
             Some(SPEC_VERSION) => {}
             Some(other) => return Err(CloudEventError::UnsupportedSpecVersion(other.into())),
         }
-        for (name, value) in [
-            ("id", &event.id),
-            ("source", &event.source),
-            ("type", &event.ty),
-        ] {
+        for (name, value) in [("id", &event.id), ("source", &event.source), ("type", &event.ty)] {
             if value.is_empty() {
                 return Err(CloudEventError::MissingAttribute(name));
             }
         }
         event.data = match (data, data_base64) {
             (Some(Value::Null) | None, None) => None,
-            (None | Some(Value::Null), Some(b64)) => {
-                Some(Data::Binary(BASE64.decode(b64.as_bytes()).map_err(
-                    |_| CloudEventError::InvalidData("data_base64 is not base64"),
-                )?))
-            }
+            (None | Some(Value::Null), Some(b64)) => Some(Data::Binary(
+                BASE64.decode(b64.as_bytes()).map_err(|_| CloudEventError::InvalidData("data_base64 is not base64"))?,
+            )),
             (Some(_), Some(_)) => {
-                return Err(CloudEventError::InvalidData(
-                    "both data and data_base64 are present",
-                ));
+                return Err(CloudEventError::InvalidData("both data and data_base64 are present"));
             }
-            (Some(Value::String(s)), None)
-                if !event
-                    .datacontenttype
-                    .as_deref()
-                    .is_none_or(is_json_content_type) =>
-            {
+            (Some(Value::String(s)), None) if !event.datacontenttype.as_deref().is_none_or(is_json_content_type) => {
                 Some(Data::Text(s))
             }
             (Some(v), None) => Some(Data::Json(v)),
@@ -180,14 +154,8 @@ mod tests {
         }"#;
         let e = CloudEvent::from_json_slice(json).unwrap();
         assert_eq!(e.data, Some(Data::Text("<much wow=\"xml\"/>".into())));
-        assert_eq!(
-            e.extensions.get("comexampleothervalue"),
-            Some(&ExtensionValue::Integer(5))
-        );
-        assert_eq!(
-            CloudEvent::from_json_slice(e.to_json_string().as_bytes()).unwrap(),
-            e
-        );
+        assert_eq!(e.extensions.get("comexampleothervalue"), Some(&ExtensionValue::Integer(5)));
+        assert_eq!(CloudEvent::from_json_slice(e.to_json_string().as_bytes()).unwrap(), e);
     }
 
     #[test]
@@ -208,21 +176,24 @@ mod tests {
     fn malformed_events_are_refused_with_a_reason() {
         let cases: [(&[u8], CloudEventError); 5] = [
             (br#"{"id":"1","source":"/s","type":"t"}"#, CloudEventError::MissingAttribute("specversion")),
-            (br#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#, CloudEventError::UnsupportedSpecVersion("0.3".into())),
+            (
+                br#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#,
+                CloudEventError::UnsupportedSpecVersion("0.3".into()),
+            ),
             (br#"{"specversion":"1.0","source":"/s","type":"t"}"#, CloudEventError::MissingAttribute("id")),
-            (br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Bad":1}"#, CloudEventError::InvalidAttributeName("Bad".into())),
-            (br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#, CloudEventError::InvalidData("both data and data_base64 are present")),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Bad":1}"#,
+                CloudEventError::InvalidAttributeName("Bad".into()),
+            ),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#,
+                CloudEventError::InvalidData("both data and data_base64 are present"),
+            ),
         ];
         for (json, err) in cases {
             assert_eq!(CloudEvent::from_json_slice(json), Err(err));
         }
-        assert!(matches!(
-            CloudEvent::from_json_slice(b"[1]"),
-            Err(CloudEventError::InvalidJson(_))
-        ));
-        assert!(matches!(
-            CloudEvent::from_json_slice(b"{"),
-            Err(CloudEventError::InvalidJson(_))
-        ));
+        assert!(matches!(CloudEvent::from_json_slice(b"[1]"), Err(CloudEventError::InvalidJson(_))));
+        assert!(matches!(CloudEvent::from_json_slice(b"{"), Err(CloudEventError::InvalidJson(_))));
     }
 }

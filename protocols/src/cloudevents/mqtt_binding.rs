@@ -26,18 +26,9 @@ pub fn decode_mqtt(
     properties: &Properties<'_>,
     payload: &[u8],
 ) -> Result<Option<CloudEvent>, CloudEventError> {
-    let content_type = if version.is_v5() {
-        properties.content_type
-    } else {
-        None
-    };
+    let content_type = if version.is_v5() { properties.content_type } else { None };
     if let Some(ct) = content_type {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         if essence.starts_with("application/cloudevents") {
             if essence != STRUCTURED_CONTENT_TYPE && essence != "application/cloudevents" {
                 return Err(CloudEventError::UnsupportedFormat(ct.into()));
@@ -45,12 +36,7 @@ pub fn decode_mqtt(
             return CloudEvent::from_json_slice(payload).map(Some);
         }
     }
-    if version.is_v5()
-        && properties
-            .user_properties
-            .iter()
-            .any(|p| p.name == "specversion")
-    {
+    if version.is_v5() && properties.user_properties.iter().any(|p| p.name == "specversion") {
         return decode_binary(content_type, properties, payload).map(Some);
     }
     if content_type.is_none_or(is_json_content_type) && looks_structured(payload) {
@@ -72,11 +58,7 @@ fn decode_binary(
         }
         event.set_attribute(p.name, p.value)?;
     }
-    for (name, value) in [
-        ("id", &event.id),
-        ("source", &event.source),
-        ("type", &event.ty),
-    ] {
+    for (name, value) in [("id", &event.id), ("source", &event.source), ("type", &event.ty)] {
         if value.is_empty() {
             return Err(CloudEventError::MissingAttribute(name));
         }
@@ -114,10 +96,7 @@ pub struct BinaryMessage {
 pub fn encode_mqtt5_binary(event: &CloudEvent) -> BinaryMessage {
     BinaryMessage {
         content_type: event.datacontenttype.clone(),
-        user_properties: event
-            .binary_attributes()
-            .map(|(k, v)| (String::from(k), v))
-            .collect(),
+        user_properties: event.binary_attributes().map(|(k, v)| (String::from(k), v)).collect(),
         payload: event.data.as_ref().map(Data::to_bytes).unwrap_or_default(),
     }
 }
@@ -128,49 +107,21 @@ mod tests {
     use crate::mqtt::{PropertyList, UserProperty};
 
     fn props<'a>(ct: Option<&'a str>, user: &'a [UserProperty<'a>]) -> Properties<'a> {
-        Properties {
-            content_type: ct,
-            user_properties: PropertyList::new(user),
-            ..Properties::default()
-        }
+        Properties { content_type: ct, user_properties: PropertyList::new(user), ..Properties::default() }
     }
 
     const ATTRS: [UserProperty<'static>; 5] = [
-        UserProperty {
-            name: "specversion",
-            value: "1.0",
-        },
-        UserProperty {
-            name: "id",
-            value: "42",
-        },
-        UserProperty {
-            name: "source",
-            value: "/dev/7",
-        },
-        UserProperty {
-            name: "type",
-            value: "io.example.reading",
-        },
-        UserProperty {
-            name: "deviceid",
-            value: "d7",
-        },
+        UserProperty { name: "specversion", value: "1.0" },
+        UserProperty { name: "id", value: "42" },
+        UserProperty { name: "source", value: "/dev/7" },
+        UserProperty { name: "type", value: "io.example.reading" },
+        UserProperty { name: "deviceid", value: "d7" },
     ];
 
     #[test]
     fn binary_mode_reads_user_properties_and_content_type() {
-        let e = decode_mqtt(
-            Version::V5,
-            &props(Some("application/json"), &ATTRS),
-            b"{\"t\":1}",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (e.id.as_str(), e.source.as_str(), e.ty.as_str()),
-            ("42", "/dev/7", "io.example.reading")
-        );
+        let e = decode_mqtt(Version::V5, &props(Some("application/json"), &ATTRS), b"{\"t\":1}").unwrap().unwrap();
+        assert_eq!((e.id.as_str(), e.source.as_str(), e.ty.as_str()), ("42", "/dev/7", "io.example.reading"));
         assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
         assert_eq!(e.extensions.get("deviceid"), Some(&"d7".into()));
         let out = encode_mqtt5_binary(&e);
@@ -187,42 +138,13 @@ mod tests {
     #[test]
     fn structured_mode_is_recognised_by_content_type_or_shape() {
         let json = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
-        assert!(
-            decode_mqtt(
-                Version::V5,
-                &props(Some(STRUCTURED_CONTENT_TYPE), &[]),
-                json
-            )
-            .unwrap()
-            .is_some()
-        );
-        assert!(
-            decode_mqtt(Version::V311, &Properties::default(), json)
-                .unwrap()
-                .is_some()
-        );
-        assert_eq!(
-            decode_mqtt(Version::V311, &Properties::default(), b"{\"t\":21.5}"),
-            Ok(None)
-        );
-        assert_eq!(
-            decode_mqtt(Version::V5, &props(Some("text/plain"), &[]), json),
-            Ok(None)
-        );
-        assert!(
-            decode_mqtt(
-                Version::V5,
-                &props(Some(STRUCTURED_CONTENT_TYPE), &[]),
-                b"{}"
-            )
-            .is_err()
-        );
+        assert!(decode_mqtt(Version::V5, &props(Some(STRUCTURED_CONTENT_TYPE), &[]), json).unwrap().is_some());
+        assert!(decode_mqtt(Version::V311, &Properties::default(), json).unwrap().is_some());
+        assert_eq!(decode_mqtt(Version::V311, &Properties::default(), b"{\"t\":21.5}"), Ok(None));
+        assert_eq!(decode_mqtt(Version::V5, &props(Some("text/plain"), &[]), json), Ok(None));
+        assert!(decode_mqtt(Version::V5, &props(Some(STRUCTURED_CONTENT_TYPE), &[]), b"{}").is_err());
         assert!(matches!(
-            decode_mqtt(
-                Version::V5,
-                &props(Some("application/cloudevents+avro"), &[]),
-                b""
-            ),
+            decode_mqtt(Version::V5, &props(Some("application/cloudevents+avro"), &[]), b""),
             Err(CloudEventError::UnsupportedFormat(_))
         ));
     }

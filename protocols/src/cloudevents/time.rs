@@ -6,11 +6,7 @@ pub fn validate_timestamp(s: &str) -> Result<(), &'static str> {
     let digits = |range: core::ops::Range<usize>| -> Result<u32, &'static str> {
         let part = b.get(range).ok_or("is not an RFC 3339 timestamp")?;
         part.iter().try_fold(0u32, |acc, &c| {
-            if c.is_ascii_digit() {
-                Ok(acc * 10 + u32::from(c - b'0'))
-            } else {
-                Err("is not an RFC 3339 timestamp")
-            }
+            if c.is_ascii_digit() { Ok(acc * 10 + u32::from(c - b'0')) } else { Err("is not an RFC 3339 timestamp") }
         })
     };
     let sep = |i: usize, allowed: &[u8]| -> Result<(), &'static str> {
@@ -58,11 +54,7 @@ pub fn validate_timestamp(s: &str) -> Result<(), &'static str> {
             let oh = digits(i + 1..i + 3)?;
             sep(i + 3, b":")?;
             let om = digits(i + 4..i + 6)?;
-            if oh > 23 || om > 59 {
-                Err("has an offset out of range")
-            } else {
-                Ok(())
-            }
+            if oh > 23 || om > 59 { Err("has an offset out of range") } else { Ok(()) }
         }
         _ => Err("is not an RFC 3339 timestamp"),
     }
@@ -74,12 +66,9 @@ mod tests {
 
     #[test]
     fn accepts_rfc3339_forms() {
-        for ok in [
-            "2018-04-05T17:31:00Z",
-            "2026-11-23T12:00:00.123456+01:00",
-            "2024-02-29t00:00:00z",
-            "1990-12-31T23:59:60Z",
-        ] {
+        for ok in
+            ["2018-04-05T17:31:00Z", "2026-11-23T12:00:00.123456+01:00", "2024-02-29t00:00:00z", "1990-12-31T23:59:60Z"]
+        {
             assert_eq!(validate_timestamp(ok), Ok(()), "{ok}");
         }
     }

@@ -78,50 +78,23 @@ impl<'a> Connect<'a> {
             return Err(Malformed::PasswordWithoutUsername);
         }
         let keep_alive = r.u16()?;
-        let properties = if version.is_v5() {
-            Properties::read(r, CTX_CONNECT)?
-        } else {
-            Properties::default()
-        };
+        let properties = if version.is_v5() { Properties::read(r, CTX_CONNECT)? } else { Properties::default() };
         let client_id = r.utf8()?;
         let will = if will_flag {
-            let properties = if version.is_v5() {
-                Properties::read(r, Context::Will)?
-            } else {
-                Properties::default()
-            };
+            let properties = if version.is_v5() { Properties::read(r, Context::Will)? } else { Properties::default() };
             let topic = r.utf8()?;
             topic::validate_name(topic)?;
             let payload = r.binary()?;
-            Some(Will {
-                topic,
-                payload,
-                qos: will_qos,
-                retain: will_retain,
-                properties,
-            })
+            Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
         } else {
             None
         };
         let username = if has_username { Some(r.utf8()?) } else { None };
-        let password = if has_password {
-            Some(r.binary()?)
-        } else {
-            None
-        };
+        let password = if has_password { Some(r.binary()?) } else { None };
         if !r.is_empty() {
             return Err(Malformed::TrailingBytes);
         }
-        Ok(Connect {
-            version,
-            clean_start,
-            keep_alive,
-            properties,
-            client_id,
-            will,
-            username,
-            password,
-        })
+        Ok(Connect { version, clean_start, keep_alive, properties, client_id, will, username, password })
     }
 
     pub(crate) fn body_len(&self) -> usize {
@@ -208,26 +181,14 @@ impl<'a> ConnAck<'a> {
         if !r.is_empty() {
             return Err(Malformed::TrailingBytes);
         }
-        Ok(ConnAck {
-            session_present: flags & 1 != 0,
-            code,
-            properties,
-        })
+        Ok(ConnAck { session_present: flags & 1 != 0, code, properties })
     }
 
     pub(crate) fn body_len(&self, version: Version) -> usize {
-        2 + if version.is_v5() {
-            self.properties.wire_len()
-        } else {
-            0
-        }
+        2 + if version.is_v5() { self.properties.wire_len() } else { 0 }
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: Version,
-        w: &mut Writer<'_>,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u8(u8::from(self.session_present))?;
         w.u8(self.code.0)?;
         if version.is_v5() {

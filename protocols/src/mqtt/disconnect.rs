@@ -35,11 +35,7 @@ fn body_len(reason: ReasonCode, properties: &Properties<'_>) -> usize {
     }
 }
 
-fn write_body(
-    reason: ReasonCode,
-    properties: &Properties<'_>,
-    w: &mut Writer<'_>,
-) -> Result<(), EncodeError> {
+fn write_body(reason: ReasonCode, properties: &Properties<'_>, w: &mut Writer<'_>) -> Result<(), EncodeError> {
     let len = body_len(reason, properties);
     if len >= 1 {
         w.u8(reason.0)?;
@@ -63,10 +59,7 @@ pub struct Disconnect<'a> {
 impl<'a> Disconnect<'a> {
     /// A DISCONNECT with a reason code and no properties.
     pub fn with_reason(reason: ReasonCode) -> Self {
-        Disconnect {
-            reason,
-            properties: Properties::default(),
-        }
+        Disconnect { reason, properties: Properties::default() }
     }
 
     pub(crate) fn read(r: &mut Reader<'a>, version: Version) -> Result<Self, Malformed> {
@@ -76,32 +69,17 @@ impl<'a> Disconnect<'a> {
             }
             return Ok(Disconnect::default());
         }
-        let (reason, properties) = read_reason_and_properties(
-            r,
-            PacketType::Disconnect,
-            ReasonCode::allowed_in_disconnect,
-        )?;
+        let (reason, properties) =
+            read_reason_and_properties(r, PacketType::Disconnect, ReasonCode::allowed_in_disconnect)?;
         Ok(Disconnect { reason, properties })
     }
 
     pub(crate) fn body_len(&self, version: Version) -> usize {
-        if version.is_v5() {
-            body_len(self.reason, &self.properties)
-        } else {
-            0
-        }
+        if version.is_v5() { body_len(self.reason, &self.properties) } else { 0 }
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: Version,
-        w: &mut Writer<'_>,
-    ) -> Result<(), EncodeError> {
-        if version.is_v5() {
-            write_body(self.reason, &self.properties, w)
-        } else {
-            Ok(())
-        }
+    pub(crate) fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        if version.is_v5() { write_body(self.reason, &self.properties, w) } else { Ok(()) }
     }
 }
 
@@ -117,8 +95,7 @@ pub struct Auth<'a> {
 
 impl<'a> Auth<'a> {
     pub(crate) fn read(r: &mut Reader<'a>) -> Result<Self, Malformed> {
-        let (reason, properties) =
-            read_reason_and_properties(r, PacketType::Auth, ReasonCode::allowed_in_auth)?;
+        let (reason, properties) = read_reason_and_properties(r, PacketType::Auth, ReasonCode::allowed_in_auth)?;
         Ok(Auth { reason, properties })
     }
 

@@ -150,12 +150,8 @@ impl Malformed {
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Malformed::RemainingLength => {
-                f.write_str("remaining length is not a minimal 1-4 byte integer")
-            }
-            Malformed::VariableByteInteger => {
-                f.write_str("variable byte integer is not minimal or too long")
-            }
+            Malformed::RemainingLength => f.write_str("remaining length is not a minimal 1-4 byte integer"),
+            Malformed::VariableByteInteger => f.write_str("variable byte integer is not minimal or too long"),
             Malformed::UnknownPacketType(t) => write!(f, "unknown packet type {t}"),
             Malformed::ReservedFlags { packet_type, flags } => {
                 write!(f, "reserved flags {flags:#x} on packet type {packet_type}")
@@ -170,9 +166,7 @@ impl fmt::Display for Malformed {
             Malformed::UnsupportedProtocolVersion(v) => write!(f, "unsupported protocol level {v}"),
             Malformed::ConnectReservedFlag => f.write_str("CONNECT reserved flag is set"),
             Malformed::WillFlags => f.write_str("will QoS/retain inconsistent with the will flag"),
-            Malformed::PasswordWithoutUsername => {
-                f.write_str("password flag without user name flag")
-            }
+            Malformed::PasswordWithoutUsername => f.write_str("password flag without user name flag"),
             Malformed::WildcardInTopicName => f.write_str("topic name contains a wildcard"),
             Malformed::EmptyTopic => f.write_str("empty topic"),
             Malformed::InvalidTopicFilter => f.write_str("invalid topic filter"),
@@ -181,14 +175,8 @@ impl fmt::Display for Malformed {
             Malformed::SubscriptionOptions => f.write_str("invalid subscription options"),
             Malformed::UnknownProperty(p) => write!(f, "unknown property {p:#04x}"),
             Malformed::DuplicateProperty(p) => write!(f, "duplicate property {p:#04x}"),
-            Malformed::PropertyNotAllowed {
-                property,
-                packet_type,
-            } => {
-                write!(
-                    f,
-                    "property {property:#04x} not allowed on packet type {packet_type}"
-                )
+            Malformed::PropertyNotAllowed { property, packet_type } => {
+                write!(f, "property {property:#04x} not allowed on packet type {packet_type}")
             }
             Malformed::PropertyValue(p) => write!(f, "invalid value for property {p:#04x}"),
             Malformed::InvalidReasonCode(c) => write!(f, "reason code {c:#04x} not allowed here"),

@@ -83,16 +83,11 @@ impl FixedHeader {
         };
         let type_bits = first >> 4;
         let flags = first & 0x0f;
-        let packet_type =
-            PacketType::from_bits(type_bits).ok_or(Malformed::UnknownPacketType(type_bits))?;
+        let packet_type = PacketType::from_bits(type_bits).ok_or(Malformed::UnknownPacketType(type_bits))?;
         if let Some(required) = packet_type.required_flags()
             && flags != required
         {
-            return Err(Malformed::ReservedFlags {
-                packet_type: type_bits,
-                flags,
-            }
-            .into());
+            return Err(Malformed::ReservedFlags { packet_type: type_bits, flags }.into());
         }
         let (remaining_length, len_bytes) = match decode_varint(rest) {
             VarInt::Value(v, n) => (v as usize, n),
@@ -102,17 +97,9 @@ impl FixedHeader {
         let header_len = 1 + len_bytes;
         let size = header_len + remaining_length;
         if size > max_packet_size {
-            return Err(DecodeError::TooLarge {
-                size,
-                max: max_packet_size,
-            });
+            return Err(DecodeError::TooLarge { size, max: max_packet_size });
         }
-        Ok(FixedHeader {
-            packet_type,
-            flags,
-            remaining_length,
-            header_len,
-        })
+        Ok(FixedHeader { packet_type, flags, remaining_length, header_len })
     }
 
     /// The packet's total size in bytes.

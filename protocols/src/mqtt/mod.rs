@@ -51,9 +51,7 @@ pub use packet::Packet;
 pub use properties::{Properties, UserProperty};
 pub use publish::{PubResponse, PubResponseKind, Publish};
 pub use reason::ReasonCode;
-pub use subscribe::{
-    RetainHandling, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions, UnsubAck, Unsubscribe,
-};
+pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions, UnsubAck, Unsubscribe};
 
 /// The largest value a remaining length (a four-byte variable byte integer) can hold: 268,435,455.
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;

@@ -2,9 +2,8 @@
 
 use super::wire::{Reader, Writer, varint_len};
 use super::{
-    Auth, ConnAck, Connect, DecodeError, Disconnect, EncodeError, FixedHeader,
-    MAX_REMAINING_LENGTH, Malformed, PacketType, PubResponse, PubResponseKind, Publish, SubAck,
-    Subscribe, UnsubAck, Unsubscribe, Version,
+    Auth, ConnAck, Connect, DecodeError, Disconnect, EncodeError, FixedHeader, MAX_REMAINING_LENGTH, Malformed,
+    PacketType, PubResponse, PubResponseKind, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 
 /// Any MQTT control packet, borrowing from the bytes it was decoded from.
@@ -35,30 +34,19 @@ impl<'a> Packet<'a> {
     /// `version` is the connection's protocol level; CONNECT carries its own and ignores it. `max_packet_size`
     /// bounds the whole packet, fixed header included, and is checked as soon as the fixed header is complete.
     /// On success returns the packet and the number of bytes it took.
-    pub fn decode(
-        buf: &'a [u8],
-        version: Version,
-        max_packet_size: usize,
-    ) -> Result<(Packet<'a>, usize), DecodeError> {
+    pub fn decode(buf: &'a [u8], version: Version, max_packet_size: usize) -> Result<(Packet<'a>, usize), DecodeError> {
         let header = FixedHeader::parse(buf, max_packet_size)?;
         let len = header.packet_len();
         let Some(body) = buf.get(header.header_len..len) else {
-            return Err(DecodeError::Incomplete {
-                needed: len - buf.len(),
-            });
+            return Err(DecodeError::Incomplete { needed: len - buf.len() });
         };
         let mut r = Reader::new(body);
         let packet = Self::decode_body(&header, &mut r, version)?;
         Ok((packet, len))
     }
 
-    fn decode_body(
-        header: &FixedHeader,
-        r: &mut Reader<'a>,
-        version: Version,
-    ) -> Result<Packet<'a>, Malformed> {
-        let ack =
-            |kind, r: &mut Reader<'a>| PubResponse::read(r, kind, version).map(Packet::PubResponse);
+    fn decode_body(header: &FixedHeader, r: &mut Reader<'a>, version: Version) -> Result<Packet<'a>, Malformed> {
+        let ack = |kind, r: &mut Reader<'a>| PubResponse::read(r, kind, version).map(Packet::PubResponse);
         let packet = match header.packet_type {
             PacketType::Connect => Packet::Connect(Connect::read(r)?),
             PacketType::ConnAck => Packet::ConnAck(ConnAck::read(r, version)?),
@@ -75,11 +63,7 @@ impl<'a> Packet<'a> {
                 if r.remaining() != 0 {
                     return Err(Malformed::TrailingBytes);
                 }
-                if header.packet_type == PacketType::PingReq {
-                    Packet::PingReq
-                } else {
-                    Packet::PingResp
-                }
+                if header.packet_type == PacketType::PingReq { Packet::PingReq } else { Packet::PingResp }
             }
             PacketType::Disconnect => Packet::Disconnect(Disconnect::read(r, version)?),
             PacketType::Auth if version.is_v5() => Packet::Auth(Auth::read(r)?),

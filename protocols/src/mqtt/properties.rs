@@ -40,17 +40,8 @@ const UNSUBACK: u16 = 1 << 11;
 const DISCONNECT: u16 = 1 << 14;
 const AUTH: u16 = 1 << 15;
 const WILL: u16 = 1;
-const ALL: u16 = CONNECT
-    | CONNACK
-    | PUBLISH
-    | PUB_ACKS
-    | SUBSCRIBE
-    | SUBACK
-    | UNSUBSCRIBE
-    | UNSUBACK
-    | DISCONNECT
-    | AUTH
-    | WILL;
+const ALL: u16 =
+    CONNECT | CONNACK | PUBLISH | PUB_ACKS | SUBSCRIBE | SUBACK | UNSUBSCRIBE | UNSUBACK | DISCONNECT | AUTH | WILL;
 
 /// The wire type of a property's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,10 +74,7 @@ const fn spec(id: u8) -> Option<(Kind, u16)> {
         0x19 => (Kind::Byte, CONNECT),
         0x1A => (Kind::Str, CONNACK),
         0x1C => (Kind::Str, CONNACK | DISCONNECT),
-        0x1F => (
-            Kind::Str,
-            CONNACK | PUB_ACKS | SUBACK | UNSUBACK | DISCONNECT | AUTH,
-        ),
+        0x1F => (Kind::Str, CONNACK | PUB_ACKS | SUBACK | UNSUBACK | DISCONNECT | AUTH),
         0x21 => (Kind::U16, CONNECT | CONNACK),
         0x22 => (Kind::U16, CONNECT | CONNACK),
         0x23 => (Kind::U16, PUBLISH),
@@ -162,9 +150,7 @@ pub(crate) struct RawProperties<'a> {
 
 impl<'a> RawProperties<'a> {
     pub(crate) fn new(block: &'a [u8]) -> Self {
-        RawProperties {
-            r: Reader::new(block),
-        }
+        RawProperties { r: Reader::new(block) }
     }
 
     fn read_one(r: &mut Reader<'a>) -> Result<(u8, PropertyValue<'a>), Malformed> {
@@ -298,11 +284,7 @@ fn flag(id: u8, v: u8) -> Result<bool, Malformed> {
 }
 
 fn non_zero_u16(id: u8, v: u16) -> Result<u16, Malformed> {
-    if v == 0 {
-        Err(Malformed::PropertyValue(id))
-    } else {
-        Ok(v)
-    }
+    if v == 0 { Err(Malformed::PropertyValue(id)) } else { Ok(v) }
 }
 
 fn set<T>(slot: &mut Option<T>, id: u8, v: T) -> Result<(), Malformed> {
@@ -333,10 +315,7 @@ impl<'a> Properties<'a> {
             let (id, value) = RawProperties::read_one(&mut r)?;
             let (_, allowed) = spec(id).ok_or(Malformed::UnknownProperty(id))?;
             if allowed & ctx.bit() == 0 {
-                return Err(Malformed::PropertyNotAllowed {
-                    property: id,
-                    packet_type: ctx.type_byte(),
-                });
+                return Err(Malformed::PropertyNotAllowed { property: id, packet_type: ctx.type_byte() });
             }
             use PropertyValue as V;
             match (id, value) {
@@ -372,11 +351,7 @@ impl<'a> Properties<'a> {
                 (0x22, V::U16(v)) => set(&mut p.topic_alias_maximum, id, v)?,
                 (0x23, V::U16(v)) => set(&mut p.topic_alias, id, non_zero_u16(id, v)?)?,
                 (0x24, V::Byte(v)) => {
-                    let qos = if flag(id, v)? {
-                        QoS::AtLeastOnce
-                    } else {
-                        QoS::AtMostOnce
-                    };
+                    let qos = if flag(id, v)? { QoS::AtLeastOnce } else { QoS::AtMostOnce };
                     set(&mut p.maximum_qos, id, qos)?
                 }
                 (0x25, V::Byte(v)) => set(&mut p.retain_available, id, flag(id, v)?)?,
@@ -387,12 +362,8 @@ impl<'a> Properties<'a> {
                     }
                     set(&mut p.maximum_packet_size, id, v)?
                 }
-                (0x28, V::Byte(v)) => {
-                    set(&mut p.wildcard_subscription_available, id, flag(id, v)?)?
-                }
-                (0x29, V::Byte(v)) => {
-                    set(&mut p.subscription_identifier_available, id, flag(id, v)?)?
-                }
+                (0x28, V::Byte(v)) => set(&mut p.wildcard_subscription_available, id, flag(id, v)?)?,
+                (0x29, V::Byte(v)) => set(&mut p.subscription_identifier_available, id, flag(id, v)?)?,
                 (0x2A, V::Byte(v)) => set(&mut p.shared_subscription_available, id, flag(id, v)?)?,
                 _ => return Err(Malformed::UnknownProperty(id)),
             }
@@ -487,20 +458,15 @@ mod tests {
     #[test]
     fn duplicate_single_properties_are_protocol_errors() {
         let block = [0x21, 0x00, 0x0a, 0x21, 0x00, 0x0b];
-        assert_eq!(
-            parse(&block, PacketType::Connect),
-            Err(Malformed::DuplicateProperty(0x21))
-        );
+        assert_eq!(parse(&block, PacketType::Connect), Err(Malformed::DuplicateProperty(0x21)));
     }
 
     #[test]
     fn user_properties_repeat_and_keep_their_order() {
         let block = [0x26, 0, 1, b'a', 0, 1, b'1', 0x26, 0, 1, b'a', 0, 1, b'2'];
         let p = parse(&block, PacketType::Publish).unwrap();
-        let values: [&str; 2] = [
-            p.user_properties.iter().next().unwrap().value,
-            p.user_properties.iter().nth(1).unwrap().value,
-        ];
+        let values: [&str; 2] =
+            [p.user_properties.iter().next().unwrap().value, p.user_properties.iter().nth(1).unwrap().value];
         assert_eq!(values, ["1", "2"]);
     }
 
@@ -509,35 +475,17 @@ mod tests {
         let block = [0x23, 0x00, 0x01]; // Topic Alias on CONNECT
         assert_eq!(
             parse(&block, PacketType::Connect),
-            Err(Malformed::PropertyNotAllowed {
-                property: 0x23,
-                packet_type: 1
-            })
+            Err(Malformed::PropertyNotAllowed { property: 0x23, packet_type: 1 })
         );
     }
 
     #[test]
     fn forbidden_values_are_refused() {
-        assert_eq!(
-            parse(&[0x21, 0, 0], PacketType::Connect),
-            Err(Malformed::PropertyValue(0x21))
-        );
-        assert_eq!(
-            parse(&[0x01, 2], PacketType::Publish),
-            Err(Malformed::PropertyValue(0x01))
-        );
-        assert_eq!(
-            parse(&[0x0B, 0], PacketType::Subscribe),
-            Err(Malformed::PropertyValue(0x0B))
-        );
-        assert_eq!(
-            parse(&[0x0B, 1, 0x0B, 2], PacketType::Subscribe),
-            Err(Malformed::DuplicateProperty(0x0B))
-        );
+        assert_eq!(parse(&[0x21, 0, 0], PacketType::Connect), Err(Malformed::PropertyValue(0x21)));
+        assert_eq!(parse(&[0x01, 2], PacketType::Publish), Err(Malformed::PropertyValue(0x01)));
+        assert_eq!(parse(&[0x0B, 0], PacketType::Subscribe), Err(Malformed::PropertyValue(0x0B)));
+        assert_eq!(parse(&[0x0B, 1, 0x0B, 2], PacketType::Subscribe), Err(Malformed::DuplicateProperty(0x0B)));
         assert!(parse(&[0x0B, 1, 0x0B, 2], PacketType::Publish).is_ok());
-        assert_eq!(
-            parse(&[0x7f, 0], PacketType::Publish),
-            Err(Malformed::UnknownProperty(0x7f))
-        );
+        assert_eq!(parse(&[0x7f, 0], PacketType::Publish), Err(Malformed::UnknownProperty(0x7f)));
     }
 }

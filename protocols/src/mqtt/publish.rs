@@ -53,15 +53,7 @@ impl<'a> Publish<'a> {
             return Err(Malformed::EmptyTopic);
         }
         let payload = r.rest();
-        Ok(Publish {
-            dup,
-            qos,
-            retain,
-            topic,
-            packet_id,
-            properties,
-            payload,
-        })
+        Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
     }
 
     pub(crate) fn flags(&self) -> u8 {
@@ -71,19 +63,11 @@ impl<'a> Publish<'a> {
     pub(crate) fn body_len(&self, version: Version) -> usize {
         prefixed_len(self.topic.len())
             + if self.qos == QoS::AtMostOnce { 0 } else { 2 }
-            + if version.is_v5() {
-                self.properties.wire_len()
-            } else {
-                0
-            }
+            + if version.is_v5() { self.properties.wire_len() } else { 0 }
             + self.payload.len()
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: Version,
-        w: &mut Writer<'_>,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.utf8(self.topic)?;
         if self.qos != QoS::AtMostOnce {
             w.u16(self.packet_id.unwrap_or(0))?;
@@ -146,18 +130,10 @@ pub struct PubResponse<'a> {
 impl<'a> PubResponse<'a> {
     /// A successful acknowledgement of `kind` for `packet_id`.
     pub fn new(kind: PubResponseKind, packet_id: u16) -> Self {
-        PubResponse {
-            kind,
-            packet_id,
-            ..PubResponse::default()
-        }
+        PubResponse { kind, packet_id, ..PubResponse::default() }
     }
 
-    pub(crate) fn read(
-        r: &mut Reader<'a>,
-        kind: PubResponseKind,
-        version: Version,
-    ) -> Result<Self, Malformed> {
+    pub(crate) fn read(r: &mut Reader<'a>, kind: PubResponseKind, version: Version) -> Result<Self, Malformed> {
         let packet_id = r.u16()?;
         if packet_id == 0 {
             return Err(Malformed::ZeroPacketId);
@@ -176,12 +152,7 @@ impl<'a> PubResponse<'a> {
         if !r.is_empty() {
             return Err(Malformed::TrailingBytes);
         }
-        Ok(PubResponse {
-            kind,
-            packet_id,
-            reason,
-            properties,
-        })
+        Ok(PubResponse { kind, packet_id, reason, properties })
     }
 
     pub(crate) fn body_len(&self, version: Version) -> usize {
@@ -195,11 +166,7 @@ impl<'a> PubResponse<'a> {
         }
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: Version,
-        w: &mut Writer<'_>,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u16(self.packet_id)?;
         let len = self.body_len(version);
         if len >= 3 {
@@ -220,10 +187,7 @@ mod tests {
     fn a_publish_topic_may_be_empty_only_with_an_alias() {
         // topic "" , QoS 0, v5, properties: none
         let mut r = Reader::new(&[0, 0, 0]);
-        assert_eq!(
-            Publish::read(&mut r, 0, Version::V5),
-            Err(Malformed::EmptyTopic)
-        );
+        assert_eq!(Publish::read(&mut r, 0, Version::V5), Err(Malformed::EmptyTopic));
         let mut r = Reader::new(&[0, 0, 3, 0x23, 0, 1]);
         assert!(Publish::read(&mut r, 0, Version::V5).is_ok());
     }
@@ -231,9 +195,6 @@ mod tests {
     #[test]
     fn qos_above_zero_needs_a_non_zero_packet_id() {
         let mut r = Reader::new(&[0, 1, b'a', 0, 0]);
-        assert_eq!(
-            Publish::read(&mut r, 0b0010, Version::V311),
-            Err(Malformed::ZeroPacketId)
-        );
+        assert_eq!(Publish::read(&mut r, 0b0010, Version::V311), Err(Malformed::ZeroPacketId));
     }
 }

@@ -74,13 +74,9 @@ pub struct SubscribeFilter<'a> {
 
 fn validate_subscription_filter(filter: &str) -> Result<(), Malformed> {
     match topic::split_shared(filter) {
-        Some((group, inner)) if !group.is_empty() && !group.contains(['+', '#']) => {
-            topic::validate_filter(inner)
-        }
+        Some((group, inner)) if !group.is_empty() && !group.contains(['+', '#']) => topic::validate_filter(inner),
         Some(_) => Err(Malformed::InvalidTopicFilter),
-        None if filter == "$share" || filter.starts_with("$share/") => {
-            Err(Malformed::InvalidTopicFilter)
-        }
+        None if filter == "$share" || filter.starts_with("$share/") => Err(Malformed::InvalidTopicFilter),
         None => topic::validate_filter(filter),
     }
 }
@@ -126,27 +122,15 @@ fn read_packet_id(r: &mut Reader<'_>) -> Result<u16, Malformed> {
     }
 }
 
-fn read_properties<'a>(
-    r: &mut Reader<'a>,
-    version: Version,
-    t: PacketType,
-) -> Result<Properties<'a>, Malformed> {
-    if version.is_v5() {
-        Properties::read(r, Context::Packet(t))
-    } else {
-        Ok(Properties::default())
-    }
+fn read_properties<'a>(r: &mut Reader<'a>, version: Version, t: PacketType) -> Result<Properties<'a>, Malformed> {
+    if version.is_v5() { Properties::read(r, Context::Packet(t)) } else { Ok(Properties::default()) }
 }
 
 fn properties_len(p: &Properties<'_>, version: Version) -> usize {
     if version.is_v5() { p.wire_len() } else { 0 }
 }
 
-fn write_properties(
-    p: &Properties<'_>,
-    version: Version,
-    w: &mut Writer<'_>,
-) -> Result<(), EncodeError> {
+fn write_properties(p: &Properties<'_>, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
     if version.is_v5() { p.write(w) } else { Ok(()) }
 }
 
@@ -170,29 +154,17 @@ impl<'a> Subscribe<'a> {
         if filters.is_empty() {
             return Err(Malformed::NoTopicFilters);
         }
-        if !version.is_v5()
-            && filters
-                .iter()
-                .any(|f| f.options.to_byte(Version::V5) & 0xfc != 0)
-        {
+        if !version.is_v5() && filters.iter().any(|f| f.options.to_byte(Version::V5) & 0xfc != 0) {
             return Err(Malformed::SubscriptionOptions);
         }
-        Ok(Subscribe {
-            packet_id,
-            properties,
-            filters,
-        })
+        Ok(Subscribe { packet_id, properties, filters })
     }
 
     pub(crate) fn body_len(&self, version: Version) -> usize {
         2 + properties_len(&self.properties, version) + self.filters.wire_len()
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: Version,
-        w: &mut Writer<'_>,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u16(self.packet_id)?;
         write_properties(&self.properties, version, w)?;
         if version.is_v5() {
@@ -223,31 +195,19 @@ impl<'a> SubAck<'a> {
         let properties = read_properties(r, version, PacketType::SubAck)?;
         let codes = r.rest();
         for &c in codes {
-            let ok = if version.is_v5() {
-                ReasonCode(c).allowed_in_suback()
-            } else {
-                matches!(c, 0 | 1 | 2 | 0x80)
-            };
+            let ok = if version.is_v5() { ReasonCode(c).allowed_in_suback() } else { matches!(c, 0 | 1 | 2 | 0x80) };
             if !ok {
                 return Err(Malformed::InvalidReasonCode(c));
             }
         }
-        Ok(SubAck {
-            packet_id,
-            properties,
-            codes,
-        })
+        Ok(SubAck { packet_id, properties, codes })
     }
 
     pub(crate) fn body_len(&self, version: Version) -> usize {
         2 + properties_len(&self.properties, version) + self.codes.len()
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: Version,
-        w: &mut Writer<'_>,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u16(self.packet_id)?;
         write_properties(&self.properties, version, w)?;
         w.bytes(self.codes)
@@ -274,22 +234,14 @@ impl<'a> Unsubscribe<'a> {
         if filters.is_empty() {
             return Err(Malformed::NoTopicFilters);
         }
-        Ok(Unsubscribe {
-            packet_id,
-            properties,
-            filters,
-        })
+        Ok(Unsubscribe { packet_id, properties, filters })
     }
 
     pub(crate) fn body_len(&self, version: Version) -> usize {
         2 + properties_len(&self.properties, version) + self.filters.wire_len()
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: Version,
-        w: &mut Writer<'_>,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u16(self.packet_id)?;
         write_properties(&self.properties, version, w)?;
         self.filters.write(w)
@@ -316,32 +268,17 @@ impl<'a> UnsubAck<'a> {
         if !version.is_v5() && !codes.is_empty() {
             return Err(Malformed::TrailingBytes);
         }
-        if let Some(&bad) = codes
-            .iter()
-            .find(|&&c| !ReasonCode(c).allowed_in_unsuback())
-        {
+        if let Some(&bad) = codes.iter().find(|&&c| !ReasonCode(c).allowed_in_unsuback()) {
             return Err(Malformed::InvalidReasonCode(bad));
         }
-        Ok(UnsubAck {
-            packet_id,
-            properties,
-            codes,
-        })
+        Ok(UnsubAck { packet_id, properties, codes })
     }
 
     pub(crate) fn body_len(&self, version: Version) -> usize {
-        2 + if version.is_v5() {
-            self.properties.wire_len() + self.codes.len()
-        } else {
-            0
-        }
+        2 + if version.is_v5() { self.properties.wire_len() + self.codes.len() } else { 0 }
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: Version,
-        w: &mut Writer<'_>,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.u16(self.packet_id)?;
         if version.is_v5() {
             self.properties.write(w)?;

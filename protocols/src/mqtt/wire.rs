@@ -145,14 +145,8 @@ impl<'a> Writer<'a> {
     }
 
     pub(crate) fn bytes(&mut self, data: &[u8]) -> Result<(), EncodeError> {
-        let end = self
-            .pos
-            .checked_add(data.len())
-            .ok_or(EncodeError::TooLarge)?;
-        let dst = self
-            .buf
-            .get_mut(self.pos..end)
-            .ok_or(EncodeError::BufferTooSmall { needed: end })?;
+        let end = self.pos.checked_add(data.len()).ok_or(EncodeError::TooLarge)?;
+        let dst = self.buf.get_mut(self.pos..end).ok_or(EncodeError::BufferTooSmall { needed: end })?;
         dst.copy_from_slice(data);
         self.pos = end;
         Ok(())
@@ -207,19 +201,10 @@ mod tests {
     #[test]
     fn varint_rejects_non_minimal_and_five_byte_encodings() {
         assert!(matches!(decode_varint(&[0x80, 0x00]), VarInt::Invalid));
-        assert!(matches!(
-            decode_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f]),
-            VarInt::Invalid
-        ));
+        assert!(matches!(decode_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f]), VarInt::Invalid));
         assert!(matches!(decode_varint(&[0x80]), VarInt::Incomplete));
-        assert!(matches!(
-            decode_varint(&[0xff, 0xff, 0xff, 0x7f]),
-            VarInt::Value(268_435_455, 4)
-        ));
-        assert!(matches!(
-            decode_varint(&[0xc1, 0x02]),
-            VarInt::Value(321, 2)
-        ));
+        assert!(matches!(decode_varint(&[0xff, 0xff, 0xff, 0x7f]), VarInt::Value(268_435_455, 4)));
+        assert!(matches!(decode_varint(&[0xc1, 0x02]), VarInt::Value(321, 2)));
     }
 
     #[test]
