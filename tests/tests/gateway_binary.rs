@@ -210,3 +210,35 @@ fn unsupported_protocol_levels_are_answered_in_a_form_the_client_reads() -> anyh
     assert_eq!(c.recv()?, Reply::ConnAck(false, ReasonCode(1)));
     Ok(())
 }
+
+#[test]
+fn a_storage_failure_is_refused_never_acknowledged_and_makes_the_gateway_unready() -> anyhow::Result<()> {
+    // /dev/full accepts the open and fails every write with ENOSPC: a disk that filled up.
+    let gw =
+        Gateway::start_with(|b| b + "\n[[uplinks]]\nname = \"full-disk\"\nkind = \"file\"\npath = \"/dev/full\"\n")?;
+    let mut v5 = RawClient::connect(gw.mqtt, Version::V5, "disk-full-5", 30)?;
+    v5.send(&Packet::Publish(Publish {
+        topic: "t",
+        payload: b"1",
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(1),
+        ..Publish::default()
+    }))?;
+    assert_eq!(v5.recv()?, Reply::Ack(4, 1, ReasonCode::UNSPECIFIED_ERROR));
+    let mut v311 = RawClient::connect(gw.mqtt, Version::V311, "disk-full-311", 30)?;
+    v311.send(&Packet::Publish(Publish {
+        topic: "t",
+        payload: b"1",
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(1),
+        ..Publish::default()
+    }))?;
+    assert_eq!(v311.recv()?, Reply::Closed, "MQTT 3.1.1 cannot say no, so the connection is closed instead");
+    let (status, body) = gw.admin_get("/readyz")?;
+    assert_eq!(status, 503);
+    assert!(body.contains("no uplink is healthy"), "{body}");
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    assert!(metrics.contains("meshgate_rejects_total{protocol=\"mqtt\",reason=\"storage_failed\"} 2"), "{metrics}");
+    assert!(metrics.contains("meshgate_messages_acknowledged_total{protocol=\"mqtt\"} 0"), "{metrics}");
+    Ok(())
+}
