@@ -160,10 +160,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Reads CONNECT, authenticates, registers the client id and answers CONNACK.
     async fn handshake(&mut self) -> Result<(), Closed> {
-        let connect_len = loop {
-            match Packet::decode(&self.rbuf, Version::V5, self.max_packet()) {
-                Ok((Packet::Connect(_), len)) => break len,
-                Ok(_) => return Err(Closed::Refused("first packet was not CONNECT")),
+        loop {
+            // The buffer is moved out while a packet borrows it, and put back before it is read into again.
+            let rbuf = std::mem::take(&mut self.rbuf);
+            let step = match Packet::decode(&rbuf, Version::V5, self.max_packet()) {
+                Ok((Packet::Connect(connect), len)) => Ok(self.accept(&connect).await.map(|()| len)),
+                Ok(_) => Ok(Err(Closed::Refused("first packet was not CONNECT"))),
+                Err(e) => Err(e),
+            };
+            self.rbuf = rbuf;
+            match step {
+                Ok(Ok(len)) => {
+                    self.rbuf.advance(len);
+                    return Ok(());
+                }
+                Ok(Err(closed)) => return Err(closed),
                 Err(DecodeError::Incomplete { .. }) => {
                     if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                         return Err(Closed::Dropped);
@@ -191,15 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Err(Closed::Refused("malformed CONNECT"));
                 }
             }
-        };
-        let rbuf = std::mem::take(&mut self.rbuf);
-        let result = match Packet::decode(&rbuf, Version::V5, self.max_packet()) {
-            Ok((Packet::Connect(connect), _)) => self.accept(&connect).await,
-            _ => Err(Closed::Refused("CONNECT changed under us")),
-        };
-        self.rbuf = rbuf;
-        self.rbuf.advance(connect_len);
-        result
+        }
     }
 
     async fn accept(&mut self, connect: &Connect<'_>) -> Result<(), Closed> {
