@@ -43,13 +43,13 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn u16(&mut self) -> Result<u16, Malformed> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        let b = self.take(2)?.try_into().map_err(|_| Malformed::Truncated)?;
+        Ok(u16::from_be_bytes(b))
     }
 
     pub(crate) fn u32(&mut self) -> Result<u32, Malformed> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        let b = self.take(4)?.try_into().map_err(|_| Malformed::Truncated)?;
+        Ok(u32::from_be_bytes(b))
     }
 
     /// A variable byte integer inside a packet (property lengths, subscription identifiers).
