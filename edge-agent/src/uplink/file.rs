@@ -38,7 +38,7 @@ impl Uplink for FileUplink {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
             for event in batch {
-                serde_json::to_writer(&mut buf, &event.to_json_value()).map_err(std::io::Error::other)?;
+                serde_json::to_writer(&mut buf, event).map_err(std::io::Error::other)?;
                 buf.push(b'\n');
             }
             let file = Arc::clone(&self.file);

@@ -1,9 +1,10 @@
 //! The CloudEvents JSON event format (structured mode): one JSON object per event.
 
 use alloc::string::{String, ToString};
-use base64::Engine;
+use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde_json::{Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
 
 use super::event::is_valid_extension_name;
 use super::{CloudEvent, CloudEventError, Data, ExtensionValue, SPEC_VERSION, is_json_content_type};
@@ -96,11 +97,25 @@ impl CloudEvent {
 
     /// The event in the JSON format, as a JSON value.
     pub fn to_json_value(&self) -> Value {
-        let mut map = Map::new();
-        map.insert("specversion".into(), SPEC_VERSION.into());
-        map.insert("id".into(), self.id.clone().into());
-        map.insert("source".into(), self.source.clone().into());
-        map.insert("type".into(), self.ty.clone().into());
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The event in the JSON format, as one line of text (no newlines inside).
+    pub fn to_json_string(&self) -> String {
+        // Serializing string-keyed maps of strings, numbers and JSON values into a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Writes the JSON format directly, without building a JSON value: context attributes first, then extensions,
+/// then the data.
+impl Serialize for CloudEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("specversion", SPEC_VERSION)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("source", &self.source)?;
+        map.serialize_entry("type", &self.ty)?;
         for (name, value) in [
             ("datacontenttype", &self.datacontenttype),
             ("dataschema", &self.dataschema),
@@ -108,35 +123,32 @@ impl CloudEvent {
             ("time", &self.time),
         ] {
             if let Some(v) = value {
-                map.insert(name.into(), v.clone().into());
+                map.serialize_entry(name, v)?;
             }
         }
         for (name, value) in &self.extensions {
-            let v = match value {
-                ExtensionValue::String(s) => Value::from(s.clone()),
-                ExtensionValue::Boolean(b) => Value::from(*b),
-                ExtensionValue::Integer(i) => Value::from(*i),
-            };
-            map.insert(name.clone(), v);
+            match value {
+                ExtensionValue::String(s) => map.serialize_entry(name, s)?,
+                ExtensionValue::Boolean(b) => map.serialize_entry(name, b)?,
+                ExtensionValue::Integer(i) => map.serialize_entry(name, i)?,
+            }
         }
         match &self.data {
             None => {}
-            Some(Data::Json(v)) => {
-                map.insert("data".into(), v.clone());
-            }
-            Some(Data::Text(s)) => {
-                map.insert("data".into(), s.clone().into());
-            }
-            Some(Data::Binary(b)) => {
-                map.insert("data_base64".into(), BASE64.encode(b).into());
-            }
+            Some(Data::Json(v)) => map.serialize_entry("data", v)?,
+            Some(Data::Text(s)) => map.serialize_entry("data", s)?,
+            Some(Data::Binary(b)) => map.serialize_entry("data_base64", &Base64(b))?,
         }
-        Value::Object(map)
+        map.end()
     }
+}
 
-    /// The event in the JSON format, as one line of text (no newlines inside).
-    pub fn to_json_string(&self) -> String {
-        self.to_json_value().to_string()
+/// Bytes serialized as a standard base64 string, encoded straight into the output.
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&base64::display::Base64Display::new(self.0, &BASE64))
     }
 }
 
