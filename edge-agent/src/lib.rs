@@ -12,7 +12,9 @@
 //! and resolve receipts on its fsync, and a forwarder will drain the spool into the uplinks.
 
 pub mod config;
+pub mod forwarder;
 pub mod pipeline;
+pub mod spool;
 pub mod uplink;
 
 pub use meshgate_protocols::cloudevents::CloudEvent;

@@ -1,0 +1,275 @@
+//! The spool: an append-only, group-committed log of events on disk, between the listeners and the uplinks.
+//!
+//! Invariants:
+//! - A record is durable once the fsync covering it returned; only then does its append resolve, and only then
+//!   may a device be acknowledged. Readers never see a record that is not durable.
+//! - Record ids increase strictly in file order, across segments and restarts (gaps appear only where recovery
+//!   quarantined damage).
+//! - Each consumer (an uplink) has a cursor in the ledger: the highest id its uplink confirmed. A segment file is
+//!   deleted once every consumer's cursor has passed its last record, and never while it is the active segment.
+//! - The spool never holds more than `max_bytes`: a full spool makes appends wait (backpressure); it never drops
+//!   what it has stored.
+//!
+//! On disk, in the spool directory: `NNNNNNNNNNNNNNNNNNNN.seg` segment files named by the first id they may hold
+//! (records framed as in [`record`]), `ledger.json` with the cursors, and `quarantine/` with any corrupt stretches
+//! that recovery cut out.
+//!
+//! Appends are group-committed by one writer thread: it takes every append waiting in its queue (up to
+//! `max_batch`), writes them with one `write`, and covers them with one `fdatasync`. Light traffic gets an fsync
+//! per event; heavy traffic gets batches as large as the time one fsync takes.
+
+pub mod ledger;
+pub mod reader;
+pub mod record;
+pub mod segment;
+mod writer;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::ledger::Ledger;
+pub use self::reader::Reader;
+pub use self::record::StoredRecord;
+use self::segment::Segment;
+
+/// `[spool]`: bounds of the spool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// The directory; relative paths are under the data directory.
+    pub dir: PathBuf,
+    /// The most bytes the segment files may hold; a full spool slows devices down.
+    pub max_bytes: u64,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Appends that may wait for the writer before appenders themselves wait.
+    pub queue_capacity: usize,
+    /// The most appends one fsync covers.
+    pub max_batch: usize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("spool"),
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            queue_capacity: 8192,
+            max_batch: 4096,
+        }
+    }
+}
+
+/// Why an append did not become durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    /// Writing or syncing failed (disk full, I/O error); nothing of the batch counts as stored.
+    #[error("spool write failed: {0}")]
+    Io(String),
+    /// The spool is shutting down.
+    #[error("the spool is stopped")]
+    Stopped,
+}
+
+/// What recovery found when the spool opened.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Valid records found.
+    pub records: u64,
+    /// Segments whose torn tail was cut.
+    pub torn_tails: u64,
+    /// Corrupt stretches quarantined.
+    pub quarantined: u64,
+}
+
+pub(crate) struct State {
+    segments: VecDeque<Segment>,
+    total_bytes: u64,
+    ledger: Ledger,
+    consumers: Vec<String>,
+}
+
+impl State {
+    /// Deletes the segments before the active one whose records every consumer confirmed.
+    fn release_acked(&mut self) -> std::io::Result<bool> {
+        let low = self.low_water();
+        let mut freed = false;
+        while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.last_id.is_none_or(|l| l <= low)) {
+            if let Some(seg) = self.segments.pop_front() {
+                std::fs::remove_file(&seg.path)?;
+                self.total_bytes = self.total_bytes.saturating_sub(seg.bytes);
+                freed = true;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Whether every record of the active segment is confirmed by every consumer.
+    fn active_fully_acked(&self) -> bool {
+        let low = self.low_water();
+        self.segments.back().is_some_and(|s| s.bytes > 0 && s.last_id.is_none_or(|l| l <= low))
+    }
+
+    /// The lowest cursor over all consumers: everything up to it may be deleted.
+    fn low_water(&self) -> u64 {
+        self.consumers.iter().map(|c| self.ledger.cursors.get(c).copied().unwrap_or(0)).min().unwrap_or(u64::MAX)
+    }
+}
+
+pub(crate) struct Shared {
+    dir: PathBuf,
+    state: Mutex<State>,
+    /// Signalled when acknowledgements free space.
+    space: Condvar,
+    durable: watch::Sender<u64>,
+    healthy: AtomicBool,
+    quarantined: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct Append {
+    record: StoredRecord,
+    done: Option<oneshot::Sender<Result<u64, SpoolError>>>,
+}
+
+/// A handle on the spool; cheap to clone. When every handle is gone, the writer commits what is queued and ends.
+#[derive(Clone)]
+pub struct Spool {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Append>,
+}
+
+/// The writer thread; join it after dropping every [`Spool`] handle to know every queued append is committed.
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits for the writer to commit what is queued and end.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Spool {
+    /// Opens (creating or recovering) the spool in `dir` for `consumers`, and starts its writer thread.
+    /// Consumers the ledger knows but `consumers` does not name are forgotten, so they hold nothing back.
+    pub fn open(
+        dir: &Path,
+        config: &SpoolConfig,
+        consumers: &[&str],
+    ) -> std::io::Result<(Spool, WriterThread, Recovery)> {
+        std::fs::create_dir_all(dir)?;
+        let mut ledger = Ledger::load(dir)?;
+        ledger.cursors.retain(|name, _| consumers.contains(&name.as_str()));
+        let mut segments = VecDeque::new();
+        let mut recovery = Recovery::default();
+        let quarantine = dir.join("quarantine");
+        for (base_id, path) in segment::list(dir)? {
+            let (seg, repair) = segment::recover(base_id, &path, &quarantine)?;
+            recovery.records += repair.records;
+            recovery.torn_tails += u64::from(repair.torn_bytes > 0);
+            recovery.quarantined += repair.quarantined;
+            segments.push_back(seg);
+        }
+        let last_record = segments.iter().rev().find_map(|s| s.last_id).unwrap_or(0);
+        let last_base = segments.back().map_or(0, |s| s.base_id);
+        let last_cursor = ledger.cursors.values().copied().max().unwrap_or(0);
+        let next_id = last_record.max(last_cursor).max(last_base.saturating_sub(1)) + 1;
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let state =
+            State { segments, total_bytes, ledger, consumers: consumers.iter().map(|c| c.to_string()).collect() };
+        let (durable, _) = watch::channel(next_id - 1);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(state),
+            space: Condvar::new(),
+            durable,
+            healthy: AtomicBool::new(true),
+            quarantined: AtomicU64::new(recovery.quarantined),
+        });
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let writer = writer::Writer::new(Arc::clone(&shared), config, next_id)?;
+        let handle = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(rx))?;
+        if recovery != Recovery::default() {
+            tracing::info!(?recovery, next_id, "spool recovered");
+        }
+        Ok((Spool { shared, tx }, WriterThread(handle), recovery))
+    }
+
+    /// Appends a record, waiting while the queue is full. With `confirm`, returns the receiver that resolves to the
+    /// record's id once it is durable (or to the error that kept it from being stored).
+    pub async fn append(
+        &self,
+        record: StoredRecord,
+        confirm: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
+        let (done, rx) = if confirm {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.tx.send(Append { record, done }).await.map_err(|_| SpoolError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// A reader for `consumer`, starting after its cursor.
+    pub fn reader(&self, consumer: &str) -> Reader {
+        let cursor = self.shared.lock().ledger.cursors.get(consumer).copied().unwrap_or(0);
+        Reader::new(Arc::clone(&self.shared), cursor)
+    }
+
+    /// Records that `consumer` confirmed everything up to `id`, durably, and deletes segments nobody needs.
+    pub fn ack(&self, consumer: &str, id: u64) -> std::io::Result<()> {
+        let mut state = self.shared.lock();
+        let cursor = state.ledger.cursors.entry(consumer.to_string()).or_insert(0);
+        if id <= *cursor {
+            return Ok(());
+        }
+        *cursor = id;
+        state.ledger.store(&self.shared.dir)?;
+        let freed = state.release_acked()?;
+        drop(state);
+        if freed {
+            self.shared.space.notify_all();
+        }
+        Ok(())
+    }
+
+    /// The highest durable record id; changes as commits land.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable.subscribe()
+    }
+
+    /// Whether the last commit succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held in segment files.
+    pub fn bytes(&self) -> u64 {
+        self.shared.lock().total_bytes
+    }
+
+    /// Corrupt stretches quarantined since the spool opened (recovery included).
+    pub fn quarantined(&self) -> u64 {
+        self.shared.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// The cursor of a consumer.
+    pub fn cursor(&self, consumer: &str) -> u64 {
+        self.shared.lock().ledger.cursors.get(consumer).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

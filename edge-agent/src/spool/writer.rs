@@ -1,0 +1,136 @@
+//! The writer thread: group commit. One `write` and one `fdatasync` for every append waiting when it wakes.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::segment::{self, Segment};
+use super::{Append, Shared, SpoolConfig, SpoolError, record};
+
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    max_bytes: u64,
+    segment_bytes: u64,
+    max_batch: usize,
+    next_id: u64,
+    active: File,
+    buf: Vec<u8>,
+}
+
+fn io_error(e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Io(e.to_string())
+}
+
+impl Writer {
+    /// Opens the newest segment for appending, or creates the first one.
+    pub(super) fn new(shared: Arc<Shared>, config: &SpoolConfig, next_id: u64) -> std::io::Result<Writer> {
+        let existing = shared.lock().segments.back().map(|s| s.path.clone());
+        let active = match existing {
+            Some(path) => OpenOptions::new().append(true).open(path)?,
+            None => Self::create_segment(&shared, next_id)?,
+        };
+        Ok(Writer {
+            shared,
+            max_bytes: config.max_bytes,
+            segment_bytes: config.segment_bytes.max(1),
+            max_batch: config.max_batch.max(1),
+            next_id,
+            active,
+            buf: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    fn create_segment(shared: &Shared, base_id: u64) -> std::io::Result<File> {
+        let path = shared.dir.join(segment::file_name(base_id));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        File::open(&shared.dir)?.sync_all()?;
+        shared.lock().segments.push_back(Segment { path, base_id, last_id: None, bytes: 0 });
+        Ok(file)
+    }
+
+    /// Commits batches until every appender is gone and the queue is empty.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&batch);
+            for (i, append) in batch.drain(..).enumerate() {
+                if let Some(done) = append.done {
+                    let _ = done.send(result.clone().map(|first_id| first_id + i as u64));
+                }
+            }
+        }
+    }
+
+    /// Writes and syncs a batch; returns the id of its first record.
+    fn commit(&mut self, batch: &[Append]) -> Result<u64, SpoolError> {
+        self.buf.clear();
+        for (i, append) in batch.iter().enumerate() {
+            record::encode(self.next_id + i as u64, &append.record, &mut self.buf).map_err(io_error)?;
+        }
+        let len = self.buf.len() as u64;
+        self.wait_for_space(len).map_err(io_error)?;
+        let active_bytes = self.shared.lock().segments.back().map_or(0, |s| s.bytes);
+        if active_bytes > 0 && active_bytes + len > self.segment_bytes {
+            self.active = Self::create_segment(&self.shared, self.next_id).map_err(io_error)?;
+        }
+        let before = self.active.metadata().map_err(io_error)?.len();
+        let written = self.active.write_all(&self.buf).and_then(|()| self.active.sync_data());
+        if let Err(e) = written {
+            // Leave no partial batch behind for the next commit to follow.
+            let _ = self.active.set_len(before);
+            self.shared.healthy.store(false, Ordering::Relaxed);
+            tracing::error!(error = %e, records = batch.len(), "spool commit failed; refusing the batch");
+            return Err(io_error(e));
+        }
+        let first = self.next_id;
+        let last = first + batch.len() as u64 - 1;
+        self.next_id = last + 1;
+        {
+            let mut state = self.shared.lock();
+            if let Some(seg) = state.segments.back_mut() {
+                seg.last_id = Some(last);
+                seg.bytes += len;
+            }
+            state.total_bytes += len;
+        }
+        self.shared.healthy.store(true, Ordering::Relaxed);
+        self.shared.durable.send_replace(last);
+        Ok(first)
+    }
+
+    /// Blocks while `len` more bytes would overflow `max_bytes` (backpressure), freeing a fully confirmed active
+    /// segment by starting a new one. An empty spool takes any batch.
+    fn wait_for_space(&mut self, len: u64) -> std::io::Result<()> {
+        loop {
+            let mut state = self.shared.lock();
+            if state.total_bytes == 0 || state.total_bytes + len <= self.max_bytes {
+                return Ok(());
+            }
+            if state.active_fully_acked() {
+                drop(state);
+                self.active = Self::create_segment(&self.shared, self.next_id)?;
+                if self.shared.lock().release_acked()? {
+                    continue;
+                }
+                state = self.shared.lock();
+            }
+            let (guard, _) = self
+                .shared
+                .space
+                .wait_timeout(state, Duration::from_millis(200))
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            drop(guard);
+        }
+    }
+}
