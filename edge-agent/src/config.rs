@@ -1,4 +1,5 @@
-//! Configuration of the mesh-facing side: the `[[uplinks]]` tables and the pipeline's bounds.
+//! Configuration of the mesh-facing side: the `[[uplinks]]` tables. (`[spool]` and `[forwarder]` live with
+//! their rooms: [`crate::spool::SpoolConfig`], [`crate::forwarder::ForwarderConfig`].)
 
 use std::path::PathBuf;
 
@@ -40,21 +41,5 @@ fn default_file_path() -> PathBuf {
 impl Default for UplinkConfig {
     fn default() -> Self {
         UplinkConfig::File(FileUplinkConfig { name: "local".into(), path: default_file_path() })
-    }
-}
-
-/// Bounds of the ingest pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineConfig {
-    /// How many events may wait for the next commit before submitters are made to wait.
-    pub queue_capacity: usize,
-    /// The most events one commit takes.
-    pub max_batch: usize,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig { queue_capacity: 8192, max_batch: 1024 }
     }
 }

@@ -1,1 +1,156 @@
-//! placeholder
+//! The forwarder: one task per uplink that drains the spool in order into the uplink, advancing the uplink's
+//! cursor only when the uplink confirmed a batch, and retrying failures with capped exponential backoff and
+//! jitter. A batch is retried as a whole until it succeeds, so per-device order holds and nothing confirmed to a
+//! device is skipped; a restart resends what was not confirmed (at least once, each event keeping its `id`).
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::CloudEvent;
+use crate::spool::{Reader, Spool, StoredRecord};
+use crate::uplink::NamedUplink;
+
+/// `[forwarder]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwarderConfig {
+    /// The most events handed to an uplink at once.
+    pub max_batch: usize,
+    /// The first retry delay after a failed batch, in milliseconds.
+    pub backoff_initial_ms: u64,
+    /// The cap on the retry delay, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        ForwarderConfig { max_batch: 1024, backoff_initial_ms: 100, backoff_max_ms: 30_000 }
+    }
+}
+
+impl ForwarderConfig {
+    /// The delay before retry number `attempt` (0-based): exponential, capped, with "full jitter" between half the
+    /// delay and the delay, so a fleet of gateways does not retry in step.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.backoff_initial_ms.saturating_mul(1u64 << attempt.min(20));
+        let capped = exp.min(self.backoff_max_ms).max(1);
+        let jittered = rand::thread_rng().gen_range(capped / 2..=capped);
+        Duration::from_millis(jittered)
+    }
+}
+
+/// Reads a batch on the blocking pool (file IO), handing the reader back (a fresh one from the cursor if the
+/// blocking task was lost).
+async fn read_batch(
+    spool: &Spool,
+    name: &str,
+    mut reader: Reader,
+    max: usize,
+) -> (Reader, std::io::Result<Vec<(u64, StoredRecord)>>) {
+    let task = tokio::task::spawn_blocking(move || {
+        let batch = reader.read_batch(max);
+        (reader, batch)
+    });
+    match task.await {
+        Ok(done) => done,
+        Err(e) => (spool.reader(name), Err(std::io::Error::other(e))),
+    }
+}
+
+/// Resolves once `stop` turns true; holds no watch guard after it returns.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Drains the spool into `uplink` until `stop` turns true and everything durable has been forwarded (or the
+/// uplink is failing, in which case the rest waits in the spool for the next start).
+pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig, mut stop: watch::Receiver<bool>) {
+    let name = uplink.name.clone();
+    let mut reader = Some(spool.reader(&name));
+    let mut durable = spool.durable();
+    loop {
+        durable.borrow_and_update();
+        let Some(r) = reader.take() else { return };
+        let (r, batch) = read_batch(&spool, &name, r, config.max_batch.max(1)).await;
+        reader = Some(r);
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(uplink = %name, error = %e, "reading the spool failed");
+                if wait_or_stop(&mut stop, config.backoff(3)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(&(last_id, _)) = batch.last() else {
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = durable.changed() => {}
+                _ = stopped(&mut stop) => {}
+            }
+            continue;
+        };
+        let events: Vec<CloudEvent> =
+            batch.iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.to_event()).collect();
+        if !events.is_empty() {
+            let refs: Vec<&CloudEvent> = events.iter().collect();
+            let mut attempt = 0;
+            loop {
+                match uplink.uplink.send(&refs).await {
+                    Ok(()) => {
+                        uplink.stats.record(refs.len(), true);
+                        break;
+                    }
+                    Err(e) => {
+                        uplink.stats.record(0, false);
+                        let delay = config.backoff(attempt);
+                        tracing::warn!(uplink = %name, error = %e, retry_in = ?delay, "uplink failed a batch; retrying");
+                        attempt = attempt.saturating_add(1);
+                        if *stop.borrow() || wait_or_stop(&mut stop, delay).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let acking = spool.clone();
+        let uplink_name = name.clone();
+        match tokio::task::spawn_blocking(move || acking.ack(&uplink_name, last_id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(uplink = %name, error = %e, "could not record the uplink's cursor"),
+            Err(e) => tracing::error!(uplink = %name, error = %e, "cursor task failed"),
+        }
+    }
+}
+
+/// Sleeps for `delay`; returns `true` if `stop` turned true first.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stopped(stop) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let c = ForwarderConfig { max_batch: 1, backoff_initial_ms: 100, backoff_max_ms: 1000 };
+        for _ in 0..50 {
+            let d0 = c.backoff(0).as_millis();
+            assert!((50..=100).contains(&d0), "{d0}");
+            let d3 = c.backoff(3).as_millis();
+            assert!((400..=800).contains(&d3), "{d3}");
+            let d9 = c.backoff(30).as_millis();
+            assert!((500..=1000).contains(&d9), "{d9}");
+        }
+    }
+}

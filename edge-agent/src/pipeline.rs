@@ -1,22 +1,27 @@
-//! The ingest pipeline: a bounded queue from listeners to the uplinks, with group commit and per-event receipts.
+//! The ingest pipeline: listeners append events to the spool and acknowledge devices on the spool's fsync;
+//! forwarders drain the spool into the uplinks.
 //!
-//! Listeners call [`IngestHandle::submit`], which waits while the queue is full (that wait is the backpressure a
-//! listener turns into its protocol's own: MQTT stops reading the socket). The committer takes every event that
-//! is waiting, up to [`PipelineConfig::max_batch`], hands each uplink the events routed to it in one batch, and
-//! resolves each event's [`Receipt`] with the outcome. A receipt resolves `Ok` only when every uplink the event was
-//! routed to confirmed it; the listener acknowledges the device only then.
+//! ```text
+//! listeners ──submit──▶ spool (group commit, fsync) ──▶ forwarder per uplink ──▶ uplink
+//!     ▲                      │
+//!     └──── Receipt: durable ┘
+//! ```
 //!
-//! When every handle is dropped, the committer drains what is queued, commits it, and ends.
+//! Backpressure: `submit` waits while the spool's queue is full, and the spool's writer waits while the spool is
+//! at `max_bytes`; a listener that waits stops reading its sockets, which slows its devices in their protocol.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
 
 use crate::CloudEvent;
-use crate::config::PipelineConfig;
+use crate::forwarder::{self, ForwarderConfig};
+use crate::spool::{Appender, Recovery, Spool, SpoolConfig, SpoolError, StoredRecord, WriterThread};
 use crate::uplink::{NamedUplink, UplinkStats};
 
 /// Which uplinks an event goes to.
@@ -29,24 +34,24 @@ pub enum Route {
     Uplinks(Arc<[Arc<str>]>),
 }
 
-impl Route {
-    fn includes(&self, name: &str) -> bool {
-        match self {
-            Route::All => true,
-            Route::Uplinks(names) => names.iter().any(|n| &**n == name),
-        }
-    }
-}
-
-/// Why an event was not delivered.
+/// Why an event was not stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
-    /// An uplink failed to store the batch holding the event.
-    #[error("uplink `{0}` failed to store the event")]
-    Uplink(Arc<str>),
-    /// The pipeline stopped before the event was committed.
+    /// The spool could not write it (disk full, I/O error).
+    #[error("{0}")]
+    Storage(String),
+    /// The pipeline stopped before the event was stored.
     #[error("the pipeline stopped")]
     Stopped,
+}
+
+impl From<SpoolError> for DeliveryError {
+    fn from(e: SpoolError) -> Self {
+        match e {
+            SpoolError::Io(msg) => DeliveryError::Storage(msg),
+            SpoolError::Stopped => DeliveryError::Stopped,
+        }
+    }
 }
 
 /// The pipeline no longer takes events (the gateway is shutting down).
@@ -54,21 +59,15 @@ pub enum DeliveryError {
 #[error("the ingest pipeline is closed")]
 pub struct PipelineClosed;
 
-struct Submission {
-    event: CloudEvent,
-    route: Route,
-    done: Option<oneshot::Sender<Result<(), DeliveryError>>>,
-}
-
-/// Resolves when the event it was issued for is durable (or could not be made so).
+/// Resolves when the event it was issued for is durable in the spool (or could not be made so).
 #[derive(Debug)]
-pub struct Receipt(oneshot::Receiver<Result<(), DeliveryError>>);
+pub struct Receipt(oneshot::Receiver<Result<u64, SpoolError>>);
 
 impl Receipt {
     /// The outcome if it is already known, without waiting.
     pub fn try_result(&mut self) -> Option<Result<(), DeliveryError>> {
         match self.0.try_recv() {
-            Ok(r) => Some(r),
+            Ok(r) => Some(r.map(|_| ()).map_err(DeliveryError::from)),
             Err(oneshot::error::TryRecvError::Empty) => None,
             Err(oneshot::error::TryRecvError::Closed) => Some(Err(DeliveryError::Stopped)),
         }
@@ -79,87 +78,91 @@ impl Future for Receipt {
     type Output = Result<(), DeliveryError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(DeliveryError::Stopped)))
+        Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(DeliveryError::Stopped),
+        })
     }
 }
 
 /// A cloneable handle listeners submit events through.
 #[derive(Clone)]
 pub struct IngestHandle {
-    tx: mpsc::Sender<Submission>,
+    spool: Appender,
 }
 
 impl IngestHandle {
-    /// Queues an event, waiting while the queue is full, and returns the receipt for its commit.
+    /// Appends an event, waiting while the spool's queue is full, and returns the receipt for its fsync.
     pub async fn submit(&self, event: CloudEvent, route: Route) -> Result<Receipt, PipelineClosed> {
-        let (done, rx) = oneshot::channel();
-        self.tx.send(Submission { event, route, done: Some(done) }).await.map_err(|_| PipelineClosed)?;
-        Ok(Receipt(rx))
+        let record = StoredRecord::new(&event, &route);
+        match self.spool.append(record, true).await {
+            Ok(Some(rx)) => Ok(Receipt(rx)),
+            _ => Err(PipelineClosed),
+        }
     }
 
-    /// Queues an event whose outcome nobody waits for (MQTT QoS 0).
+    /// Appends an event whose outcome nobody waits for (MQTT QoS 0).
     pub async fn submit_unconfirmed(&self, event: CloudEvent, route: Route) -> Result<(), PipelineClosed> {
-        self.tx.send(Submission { event, route, done: None }).await.map_err(|_| PipelineClosed)
+        let record = StoredRecord::new(&event, &route);
+        self.spool.append(record, false).await.map(|_| ()).map_err(|_| PipelineClosed)
     }
 }
 
-/// The committing half, to be spawned with [`Pipeline::run`].
+/// The running pipeline: the spool's writer and one forwarder per uplink.
 pub struct Pipeline {
-    rx: mpsc::Receiver<Submission>,
-    uplinks: Vec<NamedUplink>,
-    max_batch: usize,
+    spool: Spool,
+    writer: WriterThread,
+    forwarders: JoinSet<()>,
+    stop: watch::Sender<bool>,
+    stats: Vec<(Arc<str>, Arc<UplinkStats>)>,
+    recovery: Recovery,
 }
 
 impl Pipeline {
-    /// A pipeline over `uplinks` and the handle that feeds it.
-    pub fn new(config: PipelineConfig, uplinks: Vec<NamedUplink>) -> (Pipeline, IngestHandle) {
-        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        (Pipeline { rx, uplinks, max_batch: config.max_batch.max(1) }, IngestHandle { tx })
+    /// Opens (recovering) the spool in `spool_dir` and starts a forwarder for each uplink. Call from a tokio
+    /// runtime.
+    pub fn start(
+        spool_dir: &Path,
+        spool: &SpoolConfig,
+        forwarder: ForwarderConfig,
+        uplinks: Vec<NamedUplink>,
+    ) -> std::io::Result<(Pipeline, IngestHandle)> {
+        let names: Vec<&str> = uplinks.iter().map(|u| &*u.name).collect();
+        let (handle, appender, writer, recovery) = Spool::open(spool_dir, spool, &names)?;
+        let stats = uplinks.iter().map(|u| (Arc::clone(&u.name), Arc::clone(&u.stats))).collect();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut forwarders = JoinSet::new();
+        for uplink in uplinks {
+            forwarders.spawn(forwarder::run(handle.clone(), uplink, forwarder, stop_rx.clone()));
+        }
+        let ingest = IngestHandle { spool: appender };
+        Ok((Pipeline { spool: handle, writer, forwarders, stop, stats, recovery }, ingest))
     }
 
     /// The counters of every uplink, by name.
     pub fn stats(&self) -> Vec<(Arc<str>, Arc<UplinkStats>)> {
-        self.uplinks.iter().map(|u| (Arc::clone(&u.name), Arc::clone(&u.stats))).collect()
+        self.stats.clone()
     }
 
-    /// Commits batches until every handle is gone and the queue is empty.
-    pub async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        let mut outcome: Vec<Result<(), DeliveryError>> = Vec::with_capacity(self.max_batch);
-        loop {
-            if self.rx.recv_many(&mut batch, self.max_batch).await == 0 {
-                break;
-            }
-            outcome.clear();
-            outcome.resize(batch.len(), Ok(()));
-            for uplink in &mut self.uplinks {
-                let (indices, events): (Vec<usize>, Vec<&CloudEvent>) = batch
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.route.includes(&uplink.name))
-                    .map(|(i, s)| (i, &s.event))
-                    .unzip();
-                if events.is_empty() {
-                    continue;
-                }
-                let result = uplink.uplink.send(&events).await;
-                uplink.stats.record(events.len(), result.is_ok());
-                if let Err(e) = result {
-                    tracing::error!(uplink = %uplink.name, error = %e, events = events.len(), "uplink failed a batch");
-                    for i in indices {
-                        if let Some(slot) = outcome.get_mut(i) {
-                            *slot = Err(DeliveryError::Uplink(Arc::clone(&uplink.name)));
-                        }
-                    }
-                }
-            }
-            for (submission, result) in batch.drain(..).zip(outcome.drain(..)) {
-                if let Some(done) = submission.done {
-                    // The submitter may have gone (a closed connection); nothing to tell then.
-                    let _ = done.send(result);
-                }
-            }
-        }
+    /// The spool (for readiness and metrics).
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// What recovery found at start.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Stops the pipeline once every [`IngestHandle`] is gone: the writer commits what is queued, then the
+    /// forwarders send what is durable (while their uplinks accept it) and stop. What they could not send stays in
+    /// the spool for the next start.
+    pub async fn shutdown(self) {
+        let Pipeline { writer, mut forwarders, stop, .. } = self;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let _ = stop.send(true);
+        while forwarders.join_next().await.is_some() {}
     }
 }
 
@@ -168,16 +171,21 @@ mod tests {
     use super::*;
     use crate::uplink::{BoxFuture, Uplink, UplinkError};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Records batches; fails the batches whose first event id is "fail".
-    struct Recorder(Arc<Mutex<Vec<Vec<String>>>>);
+    /// Records event ids; fails the first `fail_first` batches.
+    struct Flaky {
+        seen: Arc<Mutex<Vec<String>>>,
+        fail_first: Arc<AtomicUsize>,
+    }
 
-    impl Uplink for Recorder {
+    impl Uplink for Flaky {
         fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
-            let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
-            let fail = ids.first().is_some_and(|id| id == "fail");
-            self.0.lock().unwrap().push(ids);
-            Box::pin(async move { if fail { Err(std::io::Error::other("disk on fire").into()) } else { Ok(()) } })
+            let fail = self.fail_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+            if !fail {
+                self.seen.lock().unwrap().extend(batch.iter().map(|e| e.id.clone()));
+            }
+            Box::pin(async move { if fail { Err(std::io::Error::other("mesh down").into()) } else { Ok(()) } })
         }
     }
 
@@ -185,44 +193,38 @@ mod tests {
         CloudEvent { id: id.into(), source: "/s".into(), ty: "t".into(), ..CloudEvent::default() }
     }
 
-    fn named(name: &str, log: &Arc<Mutex<Vec<Vec<String>>>>) -> NamedUplink {
-        NamedUplink {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_events_reach_every_routed_uplink_in_order_despite_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen_a = Arc::new(Mutex::new(Vec::new()));
+        let seen_b = Arc::new(Mutex::new(Vec::new()));
+        let uplink = |name: &str, seen: &Arc<Mutex<Vec<String>>>, fail: usize| NamedUplink {
             name: name.into(),
             stats: Arc::new(UplinkStats::new()),
-            uplink: Box::new(Recorder(Arc::clone(log))),
-        }
-    }
-
-    #[tokio::test]
-    async fn events_waiting_together_are_committed_together_in_order() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (pipeline, handle) = Pipeline::new(PipelineConfig::default(), vec![named("a", &log)]);
-        let mut receipts = Vec::new();
+            uplink: Box::new(Flaky { seen: Arc::clone(seen), fail_first: Arc::new(AtomicUsize::new(fail)) }),
+        };
+        let forwarder = ForwarderConfig { max_batch: 3, backoff_initial_ms: 5, backoff_max_ms: 20 };
+        let (pipeline, ingest) = Pipeline::start(
+            dir.path(),
+            &SpoolConfig::default(),
+            forwarder,
+            vec![uplink("a", &seen_a, 0), uplink("b", &seen_b, 3)],
+        )
+        .unwrap();
+        let only_a = Route::Uplinks(vec![Arc::<str>::from("a")].into());
         for i in 0..10 {
-            receipts.push(handle.submit(event(&i.to_string()), Route::All).await.unwrap());
+            let route = if i % 2 == 0 { Route::All } else { only_a.clone() };
+            ingest.submit(event(&i.to_string()), route).await.unwrap().await.unwrap();
         }
-        drop(handle);
-        pipeline.run().await;
-        for r in receipts {
-            assert_eq!(r.await, Ok(()));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (seen_a.lock().unwrap().len() < 10 || seen_b.lock().unwrap().len() < 5)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let batches = log.lock().unwrap().clone();
-        assert_eq!(batches.len(), 1, "one commit for events queued while none ran");
-        assert_eq!(batches[0], (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
-    }
-
-    #[tokio::test]
-    async fn a_failed_batch_resolves_its_receipts_with_the_error_and_routes_are_kept() {
-        let log_a = Arc::new(Mutex::new(Vec::new()));
-        let log_b = Arc::new(Mutex::new(Vec::new()));
-        let (pipeline, handle) = Pipeline::new(PipelineConfig::default(), vec![named("a", &log_a), named("b", &log_b)]);
-        let only_b = Route::Uplinks(vec![Arc::<str>::from("b")].into());
-        let to_b = handle.submit(event("fail"), only_b).await.unwrap();
-        let to_all = handle.submit(event("x"), Route::All).await.unwrap();
-        drop(handle);
-        pipeline.run().await;
-        assert_eq!(to_b.await, Err(DeliveryError::Uplink("b".into())));
-        assert_eq!(to_all.await, Err(DeliveryError::Uplink("b".into())));
-        assert_eq!(log_a.lock().unwrap().clone(), vec![vec!["x".to_string()]]);
+        assert_eq!(*seen_a.lock().unwrap(), (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(*seen_b.lock().unwrap(), ["0", "2", "4", "6", "8"]);
+        drop(ingest);
+        pipeline.shutdown().await;
     }
 }

@@ -41,6 +41,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if !writable {
         problems.push("the data directory is not writable");
     }
+    if !state.metrics.spool_healthy() {
+        problems.push("the spool cannot write");
+    }
     if !state.metrics.uplinks_healthy() {
         problems.push("no uplink is healthy");
     }

@@ -8,7 +8,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use meshgate_edge_agent::config::{PipelineConfig, UplinkConfig};
+use meshgate_edge_agent::config::UplinkConfig;
+use meshgate_edge_agent::forwarder::ForwarderConfig;
+use meshgate_edge_agent::spool::SpoolConfig;
 use serde::Deserialize;
 
 use crate::auth::PasswordHash;
@@ -44,9 +46,12 @@ pub struct Config {
     /// `[[uplinks]]`: where events go; none configured means the default file uplink.
     #[serde(default)]
     pub uplinks: Vec<UplinkConfig>,
-    /// `[pipeline]`: bounds of the ingest queue.
+    /// `[spool]`: where and how much the edge stores.
     #[serde(default)]
-    pub pipeline: PipelineConfig,
+    pub spool: SpoolConfig,
+    /// `[forwarder]`: batching and retries towards the uplinks.
+    #[serde(default)]
+    pub forwarder: ForwarderConfig,
 }
 
 /// `[gateway]`.
@@ -212,6 +217,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, p: &str| Err((k.to_string(), p.to_string()));
+        if self.spool.segment_bytes == 0 || self.spool.segment_bytes > self.spool.max_bytes / 2 {
+            return err("spool.segment_bytes", "must be non-zero and at most half of spool.max_bytes");
+        }
         if self.gateway.id.is_empty() {
             return err("gateway.id", "must not be empty");
         }

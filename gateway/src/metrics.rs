@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use meshgate_edge_agent::spool::Spool;
 use meshgate_edge_agent::uplink::UplinkStats;
 
 /// The device protocols the gateway terminates.
@@ -97,6 +98,7 @@ pub struct Metrics {
     acknowledged: [AtomicU64; PROTOCOLS],
     rejects: [[AtomicU64; REASONS]; PROTOCOLS],
     uplinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<UplinkStats>)>>,
+    spool: std::sync::OnceLock<Spool>,
 }
 
 fn reason_index(r: RejectReason) -> usize {
@@ -107,6 +109,16 @@ impl Metrics {
     /// Registers the uplinks whose counters `/metrics` reports.
     pub fn set_uplinks(&self, uplinks: Vec<(Arc<str>, Arc<UplinkStats>)>) {
         let _ = self.uplinks.set(uplinks);
+    }
+
+    /// Registers the spool whose state `/metrics` and `/readyz` report.
+    pub fn set_spool(&self, spool: Spool) {
+        let _ = self.spool.set(spool);
+    }
+
+    /// Whether the spool's last commit succeeded.
+    pub fn spool_healthy(&self) -> bool {
+        self.spool.get().is_some_and(Spool::is_healthy)
     }
 
     /// A connection was accepted.
@@ -178,6 +190,14 @@ impl Metrics {
                     r.as_str()
                 );
             }
+        }
+        if let Some(spool) = self.spool.get() {
+            header(&mut out, "meshgate_spool_bytes", "gauge", "Bytes held in spool segment files.");
+            let _ = writeln!(out, "meshgate_spool_bytes {}", spool.bytes());
+            header(&mut out, "meshgate_spool_healthy", "gauge", "1 when the spool's last commit succeeded.");
+            let _ = writeln!(out, "meshgate_spool_healthy {}", u8::from(spool.is_healthy()));
+            header(&mut out, "meshgate_spool_quarantined_total", "counter", "Corrupt spool stretches quarantined.");
+            let _ = writeln!(out, "meshgate_spool_quarantined_total {}", spool.quarantined());
         }
         let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
         let per_uplink: [(&str, &str, StatReader); 2] = [

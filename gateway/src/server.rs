@@ -46,8 +46,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let built = uplink::build(u, &data_dir).await.with_context(|| format!("uplinks[{i}] `{}`", u.name()))?;
         uplinks.push(built);
     }
-    let (pipeline, ingest) = Pipeline::new(config.pipeline, uplinks);
+    let spool_dir = data_dir.join(&config.spool.dir);
+    let (pipeline, ingest) = Pipeline::start(&spool_dir, &config.spool, config.forwarder, uplinks)
+        .with_context(|| format!("spool.dir: cannot open the spool in {}", spool_dir.display()))?;
     metrics.set_uplinks(pipeline.stats());
+    metrics.set_spool(pipeline.spool().clone());
     let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let listeners_bound = Arc::new(AtomicBool::new(false));
@@ -61,7 +64,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None => None,
     };
 
-    let pipeline_task = tokio::spawn(pipeline.run());
     let mut mqtt_task = None;
     if let (Some(listener), Some(cfg)) = (mqtt_listener, &config.listeners.mqtt) {
         announce("mqtt", &listener)?;
@@ -102,9 +104,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Some(task) = admin_task {
         let _ = task.await;
     }
-    // Every ingest handle is gone now, so the pipeline commits what is queued and ends.
-    if tokio::time::timeout(grace, pipeline_task).await.is_err() {
-        tracing::error!("the pipeline did not drain within the grace period");
+    // Every ingest handle is gone now: the spool commits what is queued, the forwarders send what they can.
+    if tokio::time::timeout(grace, pipeline.shutdown()).await.is_err() {
+        tracing::warn!("forwarders did not catch up within the grace period; the rest stays in the spool");
     }
     tracing::info!("meshgate stopped");
     Ok(())

@@ -91,6 +91,7 @@ fn sigterm_shuts_down_cleanly_keeping_every_acknowledged_event() -> anyhow::Resu
     assert!(status.success(), "{status:?}");
     // The connected client was told why.
     assert_eq!(c.recv()?, Reply::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
+    // Acknowledged means in the spool; the forwarders delivered it before the gateway exited.
     assert_eq!(gw.events()?.len(), 50);
     Ok(())
 }
@@ -176,7 +177,7 @@ fn empty_client_ids_are_assigned_over_v5_and_need_a_clean_session_over_311() -> 
         ..Publish::default()
     }))?;
     assert_eq!(c.recv()?, Reply::Ack(4, 9, ReasonCode::SUCCESS));
-    let events = gw.events()?;
+    let events = gw.wait_for_events(1, Duration::from_secs(10))?;
     let device = events[0]["deviceid"].as_str().unwrap_or_default();
     assert!(device.starts_with("mg-"), "assigned id {device}");
     Ok(())
@@ -197,7 +198,8 @@ fn qos2_resends_before_pubrel_are_stored_once() -> anyhow::Result<()> {
         5,
     )))?;
     assert_eq!(c.recv()?, Reply::Ack(7, 5, ReasonCode::SUCCESS));
-    assert_eq!(gw.events()?.len(), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(gw.wait_for_events(1, Duration::from_secs(10))?.len(), 1);
     Ok(())
 }
 
@@ -211,34 +213,98 @@ fn unsupported_protocol_levels_are_answered_in_a_form_the_client_reads() -> anyh
     Ok(())
 }
 
+fn publish_qos1(c: &mut RawClient, id: u16, payload: &[u8]) -> anyhow::Result<Reply> {
+    c.send(&Packet::Publish(Publish {
+        topic: "t",
+        payload,
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(id),
+        ..Publish::default()
+    }))?;
+    c.recv()
+}
+
 #[test]
-fn a_storage_failure_is_refused_never_acknowledged_and_makes_the_gateway_unready() -> anyhow::Result<()> {
-    // /dev/full accepts the open and fails every write with ENOSPC: a disk that filled up.
-    let gw =
-        Gateway::start_with(|b| b + "\n[[uplinks]]\nname = \"full-disk\"\nkind = \"file\"\npath = \"/dev/full\"\n")?;
-    let mut v5 = RawClient::connect(gw.mqtt, Version::V5, "disk-full-5", 30)?;
-    v5.send(&Packet::Publish(Publish {
-        topic: "t",
-        payload: b"1",
-        qos: QoS::AtLeastOnce,
-        packet_id: Some(1),
-        ..Publish::default()
-    }))?;
-    assert_eq!(v5.recv()?, Reply::Ack(4, 1, ReasonCode::UNSPECIFIED_ERROR));
-    let mut v311 = RawClient::connect(gw.mqtt, Version::V311, "disk-full-311", 30)?;
-    v311.send(&Packet::Publish(Publish {
-        topic: "t",
-        payload: b"1",
-        qos: QoS::AtLeastOnce,
-        packet_id: Some(1),
-        ..Publish::default()
-    }))?;
-    assert_eq!(v311.recv()?, Reply::Closed, "MQTT 3.1.1 cannot say no, so the connection is closed instead");
+fn a_failing_uplink_keeps_acknowledged_events_in_the_spool_until_it_recovers() -> anyhow::Result<()> {
+    // /dev/full accepts the open and fails every write with ENOSPC: an uplink whose destination is full.
+    let data_dir = tempfile::tempdir()?;
+    let spool_dir = data_dir.path().join("spool-kept");
+    let spool_key = format!("\n[spool]\ndir = \"{}\"\n", spool_dir.display());
+    let broken = spool_key.clone() + "\n[[uplinks]]\nname = \"local\"\nkind = \"file\"\npath = \"/dev/full\"\n";
+    let mut gw = Gateway::start_with(|b| b + &broken)?;
+    let mut c = RawClient::connect(gw.mqtt, Version::V5, "through-outage", 30)?;
+    for id in 1..=5u16 {
+        assert_eq!(publish_qos1(&mut c, id, id.to_string().as_bytes())?, Reply::Ack(4, id, ReasonCode::SUCCESS));
+    }
     let (status, body) = gw.admin_get("/readyz")?;
     assert_eq!(status, 503);
     assert!(body.contains("no uplink is healthy"), "{body}");
     let (_, metrics) = gw.admin_get("/metrics")?;
-    assert!(metrics.contains("meshgate_rejects_total{protocol=\"mqtt\",reason=\"storage_failed\"} 2"), "{metrics}");
-    assert!(metrics.contains("meshgate_messages_acknowledged_total{protocol=\"mqtt\"} 0"), "{metrics}");
+    assert!(!metrics.contains("meshgate_uplink_failures_total{uplink=\"local\"} 0"), "{metrics}");
+    assert!(gw.terminate()?.success());
+
+    // The same spool, the uplink repaired: everything acknowledged arrives, in order.
+    let gw = Gateway::start_with(|b| b + &spool_key)?;
+    let events = gw.wait_for_events(5, Duration::from_secs(10))?;
+    let payloads: Vec<_> = events.iter().map(|e| e["data"].clone()).collect();
+    assert_eq!(payloads, (1..=5).map(serde_json::Value::from).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// A tmpfs of a fixed size, unmounted on drop: a disk that really fills up.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> anyhow::Result<SmallDisk> {
+        let dir = tempfile::tempdir()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()?;
+        anyhow::ensure!(status.success(), "mounting a tmpfs failed: this test needs root (CI runs as root)");
+        Ok(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_new_messages_cleanly_and_keeps_every_acknowledged_one() -> anyhow::Result<()> {
+    let disk = SmallDisk::mount("256k")?;
+    let spool_key = format!("\n[spool]\ndir = \"{}\"\n", disk.0.path().display());
+    // The uplink is down too, so the spool has to hold everything until the disk is full.
+    let broken = spool_key.clone() + "\n[[uplinks]]\nname = \"local\"\nkind = \"file\"\npath = \"/dev/full\"\n";
+    let mut gw = Gateway::start_with(|b| b + &broken)?;
+    let mut c = RawClient::connect(gw.mqtt, Version::V5, "filler", 30)?;
+    let payload = vec![b'x'; 8 * 1024];
+    let mut acknowledged = 0u16;
+    let refused = loop {
+        let id = acknowledged + 1;
+        anyhow::ensure!(id < 200, "a 256 KiB disk never filled up");
+        match publish_qos1(&mut c, id, &payload)? {
+            Reply::Ack(4, got, ReasonCode::SUCCESS) if got == id => acknowledged += 1,
+            other => break other,
+        }
+    };
+    assert_eq!(refused, Reply::Ack(4, acknowledged + 1, ReasonCode::UNSPECIFIED_ERROR));
+    assert!(acknowledged > 5, "only {acknowledged} fitted");
+    // The connection and the gateway stay up; readiness says why it refuses.
+    c.send(&Packet::PingReq)?;
+    assert_eq!(c.recv()?, Reply::PingResp);
+    let (status, body) = gw.admin_get("/readyz")?;
+    assert_eq!(status, 503);
+    assert!(body.contains("the spool cannot write"), "{body}");
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    assert!(metrics.contains("meshgate_spool_healthy 0"), "{metrics}");
+    assert!(gw.terminate()?.success());
+
+    // Restart on the full disk with a working uplink: every acknowledged message is delivered.
+    let gw = Gateway::start_with(|b| b + &spool_key)?;
+    let events = gw.wait_for_events(usize::from(acknowledged), Duration::from_secs(20))?;
+    assert_eq!(events.len(), usize::from(acknowledged));
     Ok(())
 }

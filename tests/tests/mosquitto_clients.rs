@@ -103,7 +103,7 @@ fn mosquitto_pub_v5_user_properties_become_the_cloudevent() -> anyhow::Result<()
     )?;
     // mosquitto_pub exits 0 but reports the refusal it received.
     assert!(stderr.contains("Payload format invalid"), "{stderr}");
-    let events = gw.events()?;
+    let events = gw.wait_for_events(1, Duration::from_secs(10))?;
     assert_eq!(
         events,
         vec![json!({

@@ -129,7 +129,7 @@ async fn a_hundred_clients_publishing_a_hundred_messages_each_lose_nothing_and_k
         t.await??;
     }
     // Every message was acknowledged, so every event is already on disk.
-    let events = gw.events()?;
+    let events = gw.wait_for_events(CLIENTS * MESSAGES, Duration::from_secs(30))?;
     assert_eq!(events.len(), CLIENTS * MESSAGES);
     let mut per_client: HashMap<String, Vec<u64>> = HashMap::new();
     for e in &events {
@@ -176,7 +176,7 @@ async fn a_v5_publish_with_cloudevents_user_properties_comes_out_with_exactly_th
         )
         .await?;
     assert_eq!(wait_acks_v5(&mut el, 1).await?, vec![PubAckReason::Success]);
-    let events = gw.events()?;
+    let events = gw.wait_for_events(1, Duration::from_secs(10))?;
     let mut expected: serde_json::Map<String, Value> = attrs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     expected.insert("datacontenttype".into(), json!("application/json"));
     expected.insert("data".into(), json!({"c": 21.5}));
@@ -210,7 +210,7 @@ async fn a_structured_json_cloudevent_comes_out_unchanged() -> anyhow::Result<()
         )
         .await?;
     assert_eq!(wait_acks_v5(&mut el5, 1).await?, vec![PubAckReason::Success]);
-    assert_eq!(gw.events()?, vec![event, second]);
+    assert_eq!(gw.wait_for_events(2, Duration::from_secs(10))?, vec![event, second]);
     Ok(())
 }
 
@@ -235,7 +235,7 @@ async fn an_invalid_cloudevent_is_refused_with_0x99_and_never_forwarded() -> any
         reasons,
         vec![PubAckReason::PayloadFormatInvalid, PubAckReason::PayloadFormatInvalid, PubAckReason::Success]
     );
-    let events = gw.events()?;
+    let events = gw.wait_for_events(1, Duration::from_secs(10))?;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["subject"], "t/good");
     let (_, metrics) = gw.admin_get("/metrics")?;
@@ -253,7 +253,7 @@ async fn an_invalid_cloudevent_is_refused_with_0x99_and_never_forwarded() -> any
         }
     };
     assert!(closed, "an invalid event must not be acknowledged over MQTT 3.1.1");
-    assert_eq!(gw.events()?.len(), 1);
+    assert_eq!(gw.wait_for_events(1, Duration::from_secs(10))?.len(), 1);
     Ok(())
 }
 

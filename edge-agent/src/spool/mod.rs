@@ -142,14 +142,26 @@ struct Append {
     done: Option<oneshot::Sender<Result<u64, SpoolError>>>,
 }
 
-/// A handle on the spool; cheap to clone. When every handle is gone, the writer commits what is queued and ends.
+/// A handle for reading and confirming; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("dir", &self.shared.dir).finish_non_exhaustive()
+    }
+}
+
+/// A handle for appending; cheap to clone. When every appender is gone, the writer commits what is queued and
+/// ends.
+#[derive(Clone)]
+pub struct Appender {
     tx: mpsc::Sender<Append>,
 }
 
-/// The writer thread; join it after dropping every [`Spool`] handle to know every queued append is committed.
+/// The writer thread; join it after dropping every [`Appender`] to know every queued append is committed.
 pub struct WriterThread(std::thread::JoinHandle<()>);
 
 impl WriterThread {
@@ -166,7 +178,7 @@ impl Spool {
         dir: &Path,
         config: &SpoolConfig,
         consumers: &[&str],
-    ) -> std::io::Result<(Spool, WriterThread, Recovery)> {
+    ) -> std::io::Result<(Spool, Appender, WriterThread, Recovery)> {
         std::fs::create_dir_all(dir)?;
         let mut ledger = Ledger::load(dir)?;
         ledger.cursors.retain(|name, _| consumers.contains(&name.as_str()));
@@ -202,24 +214,7 @@ impl Spool {
         if recovery != Recovery::default() {
             tracing::info!(?recovery, next_id, "spool recovered");
         }
-        Ok((Spool { shared, tx }, WriterThread(handle), recovery))
-    }
-
-    /// Appends a record, waiting while the queue is full. With `confirm`, returns the receiver that resolves to the
-    /// record's id once it is durable (or to the error that kept it from being stored).
-    pub async fn append(
-        &self,
-        record: StoredRecord,
-        confirm: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
-        let (done, rx) = if confirm {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        self.tx.send(Append { record, done }).await.map_err(|_| SpoolError::Stopped)?;
-        Ok(rx)
+        Ok((Spool { shared }, Appender { tx }, WriterThread(handle), recovery))
     }
 
     /// A reader for `consumer`, starting after its cursor.
@@ -268,6 +263,25 @@ impl Spool {
     /// The cursor of a consumer.
     pub fn cursor(&self, consumer: &str) -> u64 {
         self.shared.lock().ledger.cursors.get(consumer).copied().unwrap_or(0)
+    }
+}
+
+impl Appender {
+    /// Appends a record, waiting while the queue is full. With `confirm`, returns the receiver that resolves to the
+    /// record's id once it is durable (or to the error that kept it from being stored).
+    pub async fn append(
+        &self,
+        record: StoredRecord,
+        confirm: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
+        let (done, rx) = if confirm {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.tx.send(Append { record, done }).await.map_err(|_| SpoolError::Stopped)?;
+        Ok(rx)
     }
 }
 

@@ -44,7 +44,7 @@ fn record(n: u64, size: usize) -> StoredRecord {
     StoredRecord::new(&event, &Route::All)
 }
 
-fn open(dir: &Path) -> (Spool, WriterThread, Recovery) {
+fn open(dir: &Path) -> (Spool, Appender, WriterThread, Recovery) {
     Spool::open(dir, &config(), &CONSUMERS).expect("open spool")
 }
 
@@ -71,7 +71,7 @@ proptest! {
     fn the_recovered_spool_always_matches_the_model(actions in proptest::collection::vec(action(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut spool, mut writer, _) = open(dir.path());
+        let (mut spool, mut appender, mut writer, _) = open(dir.path());
         // The model: every durable record (id, event id) in order, and each consumer's cursor.
         let mut model: Vec<(u64, String)> = Vec::new();
         let mut cursors = [0u64; 2];
@@ -83,7 +83,7 @@ proptest! {
                         let mut receipts = Vec::new();
                         for _ in 0..count {
                             counter += 1;
-                            let rx = spool.append(record(counter, size), true).await.expect("append").expect("receipt");
+                            let rx = appender.append(record(counter, size), true).await.expect("append").expect("receipt");
                             receipts.push((counter, rx));
                         }
                         let mut out = Vec::new();
@@ -105,13 +105,13 @@ proptest! {
                     }
                 }
                 Action::Restart => {
-                    drop(spool);
+                    drop(appender);
                     writer.join();
-                    (spool, writer, _) = open(dir.path());
+                    (spool, appender, writer, _) = open(dir.path());
                 }
                 Action::TornTail { garbage } => {
                     // A crash in the middle of a write nobody was told about: bytes after the durable ones.
-                    drop(spool);
+                    drop(appender);
                     writer.join();
                     let path = newest_segment(dir.path());
                     let mut bytes = std::fs::read(&path).expect("read segment");
@@ -122,7 +122,7 @@ proptest! {
                     bytes.extend_from_slice(&partial[..partial.len().min(garbage.len() + 8)]);
                     std::fs::write(&path, bytes).expect("write segment");
                     let recovery;
-                    (spool, writer, recovery) = open(dir.path());
+                    (spool, appender, writer, recovery) = open(dir.path());
                     prop_assert_eq!(recovery.quarantined + recovery.torn_tails, 1);
                 }
             }
@@ -146,16 +146,16 @@ fn a_full_spool_holds_appends_until_acknowledgements_free_space() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config =
         SpoolConfig { segment_bytes: 1024, max_bytes: 4096, queue_capacity: 4, max_batch: 4, ..SpoolConfig::default() };
-    let (spool, writer, _) = Spool::open(dir.path(), &config, &["a"]).expect("open");
+    let (spool, appender, writer, _) = Spool::open(dir.path(), &config, &["a"]).expect("open");
     rt.block_on(async {
         let mut ids = Vec::new();
         // Fill the spool.
         while spool.bytes() < 3500 {
-            let rx = spool.append(record(ids.len() as u64, 200), true).await.expect("append").expect("rx");
+            let rx = appender.append(record(ids.len() as u64, 200), true).await.expect("append").expect("rx");
             ids.push(rx.await.expect("answer").expect("durable"));
         }
         // The next append waits for space.
-        let blocked = spool.append(record(999, 2000), true).await.expect("append").expect("rx");
+        let blocked = appender.append(record(999, 2000), true).await.expect("append").expect("rx");
         let blocked = tokio::spawn(blocked);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(!blocked.is_finished(), "an append beyond max_bytes must wait");
@@ -165,6 +165,6 @@ fn a_full_spool_holds_appends_until_acknowledgements_free_space() {
         let id = tokio::time::timeout(std::time::Duration::from_secs(5), blocked).await.expect("freed").expect("join");
         assert!(id.expect("answer").expect("durable") > last);
     });
-    drop(spool);
+    drop(appender);
     writer.join();
 }
