@@ -43,8 +43,10 @@ pub struct Gateway {
     pub mqtt: SocketAddr,
     /// The admin endpoint's address.
     pub admin: SocketAddr,
-    /// The scratch data directory (removed on drop).
-    pub data_dir: tempfile::TempDir,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Removes a scratch data directory on drop.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 /// The base configuration every test starts from: ephemeral ports, the scratch data dir, anonymous allowed.
@@ -63,9 +65,17 @@ impl Gateway {
 
     /// Starts a gateway on the configuration `edit` makes of the base one.
     pub fn start_with(edit: impl FnOnce(String) -> String) -> Result<Gateway> {
-        let data_dir = tempfile::tempdir()?;
-        let config_path = data_dir.path().join("meshgate.toml");
-        std::fs::write(&config_path, edit(base_config(data_dir.path())))?;
+        let scratch = tempfile::tempdir()?;
+        let mut gw = Gateway::start_in(scratch.path(), edit)?;
+        gw._scratch = Some(scratch);
+        Ok(gw)
+    }
+
+    /// Starts a gateway whose data directory is `data_dir` (kept after the gateway is gone, so a test can
+    /// restart on the same spool).
+    pub fn start_in(data_dir: &Path, edit: impl FnOnce(String) -> String) -> Result<Gateway> {
+        let config_path = data_dir.join("meshgate.toml");
+        std::fs::write(&config_path, edit(base_config(data_dir)))?;
         let mut child = Command::new(meshgate_bin())
             .arg("--config")
             .arg(&config_path)
@@ -103,12 +113,12 @@ impl Gateway {
             }
         }
         let (Some(mqtt), Some(admin)) = (mqtt, admin) else { bail!("unparseable announcement") };
-        Ok(Gateway { child: Some(child), mqtt, admin, data_dir })
+        Ok(Gateway { child: Some(child), mqtt, admin, data_dir: data_dir.to_path_buf(), _scratch: None })
     }
 
     /// The CloudEvents the default file uplink has written, in order.
     pub fn events(&self) -> Result<Vec<Value>> {
-        read_events(&self.data_dir.path().join("events.jsonl"))
+        read_events(&self.data_dir.join("events.jsonl"))
     }
 
     /// Waits until at least `n` events are written (QoS 0 has no acknowledgement to wait for).
@@ -134,6 +144,14 @@ impl Gateway {
         let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("HTTP status")?;
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         Ok((status, body))
+    }
+
+    /// Kills the process with SIGKILL, as a power cut or the OOM killer would, and waits for it.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     /// Sends SIGTERM and waits for the process to exit.
