@@ -47,7 +47,7 @@ fn every_acknowledged_message_survives_twenty_sigkills_in_order() -> anyhow::Res
     // Small segments so that kills also land around rotations and deletions.
     let config = |base: String| base + "\n[spool]\nsegment_bytes = 65536\n";
     let acked: Vec<Arc<Mutex<Vec<u64>>>> = (0..PUBLISHERS).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
-    let mut next_seq = vec![0u64; PUBLISHERS];
+    let mut next_seq = [0u64; PUBLISHERS];
     let mut rng_state = 0x2545_f491_4f6c_dd1du64;
     for cycle in 0..CYCLES {
         let mut gw = Gateway::start_in(dir.path(), config)?;
@@ -82,10 +82,10 @@ fn every_acknowledged_message_survives_twenty_sigkills_in_order() -> anyhow::Res
         let events = gw.events()?;
         let mut have: Vec<HashSet<u64>> = vec![HashSet::new(); PUBLISHERS];
         for e in &events {
-            if let (Some(c), Some(s)) = (e["data"]["client"].as_u64(), e["data"]["seq"].as_u64()) {
-                if let Some(set) = have.get_mut(c as usize) {
-                    set.insert(s);
-                }
+            if let (Some(c), Some(s)) = (e["data"]["client"].as_u64(), e["data"]["seq"].as_u64())
+                && let Some(set) = have.get_mut(c as usize)
+            {
+                set.insert(s);
             }
         }
         let missing: usize = wanted.iter().zip(&have).map(|(w, h)| w.difference(h).count()).sum();
