@@ -129,6 +129,7 @@ pub(crate) struct Shared {
     durable: watch::Sender<u64>,
     healthy: AtomicBool,
     quarantined: AtomicU64,
+    commits: AtomicU64,
 }
 
 impl Shared {
@@ -207,6 +208,7 @@ impl Spool {
             durable,
             healthy: AtomicBool::new(true),
             quarantined: AtomicU64::new(recovery.quarantined),
+            commits: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let writer = writer::Writer::new(Arc::clone(&shared), config, next_id)?;
@@ -258,6 +260,11 @@ impl Spool {
     /// Corrupt stretches quarantined since the spool opened (recovery included).
     pub fn quarantined(&self) -> u64 {
         self.shared.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Group commits (fsyncs of a batch) since the spool opened.
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// The cursor of a consumer.

@@ -105,6 +105,7 @@ impl Writer {
             state.total_bytes += len;
         }
         self.shared.healthy.store(true, Ordering::Relaxed);
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
         self.shared.durable.send_replace(last);
         Ok(first)
     }
