@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::CloudEvent;
 use crate::forwarder::{self, ForwarderConfig};
-use crate::spool::{Appender, Recovery, Spool, SpoolConfig, SpoolError, StoredRecord, WriterThread};
+use crate::spool::{Appender, Recovery, Spool, SpoolConfig, SpoolError, StoredRecord, WhenFull, WriterThread};
 use crate::uplink::{NamedUplink, UplinkStats};
 
 /// Which uplinks an event goes to.
@@ -102,9 +102,16 @@ impl IngestHandle {
         }
     }
 
-    /// Appends an event whose outcome nobody waits for (MQTT QoS 0).
-    pub async fn submit_unconfirmed(&self, event: CloudEvent, route: Route) -> Result<(), PipelineClosed> {
-        let record = StoredRecord::new(&event, &route);
+    /// Appends an event whose outcome nobody waits for (MQTT QoS 0). With [`WhenFull::DropOldest`] a full spool
+    /// may later discard it to make room for newer telemetry.
+    pub async fn submit_unconfirmed(
+        &self,
+        event: CloudEvent,
+        route: Route,
+        when_full: WhenFull,
+    ) -> Result<(), PipelineClosed> {
+        let mut record = StoredRecord::new(&event, &route);
+        record.droppable = when_full == WhenFull::DropOldest;
         self.spool.append(record, false).await.map(|_| ()).map_err(|_| PipelineClosed)
     }
 }

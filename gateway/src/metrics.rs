@@ -198,6 +198,10 @@ impl Metrics {
             let _ = writeln!(out, "meshgate_spool_healthy {}", u8::from(spool.is_healthy()));
             header(&mut out, "meshgate_spool_quarantined_total", "counter", "Corrupt spool stretches quarantined.");
             let _ = writeln!(out, "meshgate_spool_quarantined_total {}", spool.quarantined());
+            header(&mut out, "meshgate_spool_dropped_total", "counter", "drop-oldest telemetry discarded when full.");
+            let _ = writeln!(out, "meshgate_spool_dropped_total {}", spool.dropped());
+            header(&mut out, "meshgate_spool_commits_total", "counter", "Group commits (one fdatasync each).");
+            let _ = writeln!(out, "meshgate_spool_commits_total {}", spool.commits());
         }
         let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
         let per_uplink: [(&str, &str, StatReader); 2] = [

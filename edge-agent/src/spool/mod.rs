@@ -65,6 +65,18 @@ impl Default for SpoolConfig {
     }
 }
 
+/// What an append does when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Wait for space: the listener stops reading, the device slows down. The default, and the only choice for
+    /// anything a device was promised.
+    #[default]
+    Block,
+    /// QoS 0 telemetry only, by explicit opt-in: discard the oldest segments holding nothing but such telemetry.
+    DropOldest,
+}
+
 /// Why an append did not become durable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpoolError {
@@ -92,6 +104,7 @@ pub(crate) struct State {
     total_bytes: u64,
     ledger: Ledger,
     consumers: Vec<String>,
+    dropped: u64,
 }
 
 impl State {
@@ -107,6 +120,25 @@ impl State {
             }
         }
         Ok(freed)
+    }
+
+    /// Deletes the oldest non-active segment made only of droppable records, confirmed or not. Returns whether one
+    /// was found.
+    fn evict_droppable(&mut self) -> std::io::Result<bool> {
+        let active = self.segments.len().saturating_sub(1);
+        let Some(i) = self.segments.iter().take(active).position(|s| s.droppable && s.records > 0) else {
+            return Ok(false);
+        };
+        let Some(seg) = self.segments.remove(i) else { return Ok(false) };
+        std::fs::remove_file(&seg.path)?;
+        self.total_bytes = self.total_bytes.saturating_sub(seg.bytes);
+        self.dropped += seg.records;
+        tracing::warn!(
+            records = seg.records,
+            segment = seg.base_id,
+            "spool full: dropped the oldest drop-oldest telemetry"
+        );
+        Ok(true)
     }
 
     /// Whether every record of the active segment is confirmed by every consumer.
@@ -198,8 +230,13 @@ impl Spool {
         let last_cursor = ledger.cursors.values().copied().max().unwrap_or(0);
         let next_id = last_record.max(last_cursor).max(last_base.saturating_sub(1)) + 1;
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
-        let state =
-            State { segments, total_bytes, ledger, consumers: consumers.iter().map(|c| c.to_string()).collect() };
+        let state = State {
+            segments,
+            total_bytes,
+            ledger,
+            consumers: consumers.iter().map(|c| c.to_string()).collect(),
+            dropped: 0,
+        };
         let (durable, _) = watch::channel(next_id - 1);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -260,6 +297,11 @@ impl Spool {
     /// Corrupt stretches quarantined since the spool opened (recovery included).
     pub fn quarantined(&self) -> u64 {
         self.shared.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Droppable records discarded to make room since the spool opened.
+    pub fn dropped(&self) -> u64 {
+        self.shared.lock().dropped
     }
 
     /// Group commits (fsyncs of a batch) since the spool opened.

@@ -47,6 +47,8 @@ pub struct StoredRecord {
     pub extensions: Vec<(String, StoredExtension)>,
     /// The data.
     pub data: StoredData,
+    /// QoS 0 telemetry on a `drop-oldest` route: a full spool may discard it to make room.
+    pub droppable: bool,
 }
 
 /// An extension attribute's value.
@@ -106,6 +108,7 @@ impl StoredRecord {
                 Some(Data::Text(s)) => StoredData::Text(s.clone()),
                 Some(Data::Binary(b)) => StoredData::Binary(b.clone()),
             },
+            droppable: false,
         }
     }
 

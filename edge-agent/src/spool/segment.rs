@@ -19,6 +19,10 @@ pub struct Segment {
     pub last_id: Option<u64>,
     /// Its size in bytes.
     pub bytes: u64,
+    /// How many records it holds.
+    pub records: u64,
+    /// Whether every record in it is droppable (a full spool may then delete it unconfirmed).
+    pub droppable: bool,
 }
 
 /// The file name of the segment whose records start at `base_id`.
@@ -64,12 +68,14 @@ pub fn recover(base_id: u64, path: &Path, quarantine: &Path) -> std::io::Result<
     let mut scratch = AlignedVec::new();
     let mut offset = 0usize;
     let mut last_id = None;
+    let mut droppable = true;
     let mut repair = Repair::default();
     loop {
         let rest = bytes.get(offset..).unwrap_or_default();
         match record::decode(rest, &mut scratch) {
-            Frame::Record(id, _, len) if last_id.is_none_or(|last| id > last) && id >= base_id => {
+            Frame::Record(id, rec, len) if last_id.is_none_or(|last| id > last) && id >= base_id => {
                 last_id = Some(id);
+                droppable &= rec.droppable;
                 offset += len;
                 repair.records += 1;
             }
@@ -98,5 +104,13 @@ pub fn recover(base_id: u64, path: &Path, quarantine: &Path) -> std::io::Result<
         f.set_len(offset as u64)?;
         f.sync_all()?;
     }
-    Ok((Segment { path: path.to_path_buf(), base_id, last_id, bytes: offset as u64 }, repair))
+    let segment = Segment {
+        path: path.to_path_buf(),
+        base_id,
+        last_id,
+        bytes: offset as u64,
+        records: repair.records,
+        droppable,
+    };
+    Ok((segment, repair))
 }

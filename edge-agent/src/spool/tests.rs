@@ -168,3 +168,55 @@ fn a_full_spool_holds_appends_until_acknowledgements_free_space() {
     drop(appender);
     writer.join();
 }
+
+#[test]
+fn drop_oldest_evicts_only_segments_of_droppable_telemetry() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config =
+        SpoolConfig { segment_bytes: 1024, max_bytes: 4096, queue_capacity: 4, max_batch: 1, ..SpoolConfig::default() };
+    let (spool, appender, writer, _) = Spool::open(dir.path(), &config, &["a"]).expect("open");
+    let droppable = |n: u64| {
+        let mut r = record(n, 200);
+        r.droppable = true;
+        r
+    };
+    rt.block_on(async {
+        // Two records a device was promised, then telemetry until the spool is full.
+        for n in 0..2 {
+            appender
+                .append(record(n, 300), true)
+                .await
+                .expect("append")
+                .expect("rx")
+                .await
+                .expect("answer")
+                .expect("ok");
+        }
+        let mut n = 2;
+        while spool.bytes() < 3700 {
+            appender.append(droppable(n), true).await.expect("append").expect("rx").await.expect("answer").expect("ok");
+            n += 1;
+        }
+        // More telemetry does not wait: old telemetry makes room.
+        for m in n..n + 10 {
+            let more = appender.append(droppable(m), true).await.expect("append").expect("rx");
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(2), more).await.expect("no wait");
+            answer.expect("answer").expect("ok");
+        }
+        assert!(spool.dropped() > 0);
+        assert!(spool.bytes() <= 4096);
+        // A record a device is waiting on still waits for confirmed space: it never evicts.
+        let promised = appender.append(record(999, 2000), true).await.expect("append").expect("rx");
+        let promised = tokio::spawn(promised);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!promised.is_finished());
+        promised.abort();
+    });
+    // The promised records survived the eviction.
+    let read = read_all(&spool, "a");
+    assert_eq!(read.first().map(|(_, id)| id.as_str()), Some("e0"));
+    assert_eq!(read.get(1).map(|(_, id)| id.as_str()), Some("e1"));
+    drop(appender);
+    writer.join();
+}

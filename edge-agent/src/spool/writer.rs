@@ -48,7 +48,8 @@ impl Writer {
         let path = shared.dir.join(segment::file_name(base_id));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         File::open(&shared.dir)?.sync_all()?;
-        shared.lock().segments.push_back(Segment { path, base_id, last_id: None, bytes: 0 });
+        let segment = Segment { path, base_id, last_id: None, bytes: 0, records: 0, droppable: true };
+        shared.lock().segments.push_back(segment);
         Ok(file)
     }
 
@@ -63,7 +64,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let result = self.commit(&batch);
+            let result = self.commit(&batch, &rx);
             for (i, append) in batch.drain(..).enumerate() {
                 if let Some(done) = append.done {
                     let _ = done.send(result.clone().map(|first_id| first_id + i as u64));
@@ -73,13 +74,17 @@ impl Writer {
     }
 
     /// Writes and syncs a batch; returns the id of its first record.
-    fn commit(&mut self, batch: &[Append]) -> Result<u64, SpoolError> {
+    fn commit(&mut self, batch: &[Append], rx: &mpsc::Receiver<Append>) -> Result<u64, SpoolError> {
         self.buf.clear();
         for (i, append) in batch.iter().enumerate() {
             record::encode(self.next_id + i as u64, &append.record, &mut self.buf).map_err(io_error)?;
         }
         let len = self.buf.len() as u64;
-        self.wait_for_space(len).map_err(io_error)?;
+        let droppable = batch.iter().all(|a| a.record.droppable);
+        if !self.wait_for_space(len, droppable, rx).map_err(io_error)? {
+            // Shutting down with the spool full: these appends were never acknowledged; refuse them.
+            return Err(SpoolError::Stopped);
+        }
         let active_bytes = self.shared.lock().segments.back().map_or(0, |s| s.bytes);
         if active_bytes > 0 && active_bytes + len > self.segment_bytes {
             self.active = Self::create_segment(&self.shared, self.next_id).map_err(io_error)?;
@@ -101,6 +106,8 @@ impl Writer {
             if let Some(seg) = state.segments.back_mut() {
                 seg.last_id = Some(last);
                 seg.bytes += len;
+                seg.records += batch.len() as u64;
+                seg.droppable &= droppable;
             }
             state.total_bytes += len;
         }
@@ -111,12 +118,20 @@ impl Writer {
     }
 
     /// Blocks while `len` more bytes would overflow `max_bytes` (backpressure), freeing a fully confirmed active
-    /// segment by starting a new one. An empty spool takes any batch.
-    fn wait_for_space(&mut self, len: u64) -> std::io::Result<()> {
+    /// segment by starting a new one. A batch of droppable records first evicts the oldest segments made only of
+    /// droppable records (never one holding anything else). An empty spool takes any batch. Returns `false` if
+    /// every appender is gone while waiting (shutdown), so a full spool never holds the process up.
+    fn wait_for_space(&mut self, len: u64, droppable: bool, rx: &mpsc::Receiver<Append>) -> std::io::Result<bool> {
         loop {
             let mut state = self.shared.lock();
             if state.total_bytes == 0 || state.total_bytes + len <= self.max_bytes {
-                return Ok(());
+                return Ok(true);
+            }
+            if rx.is_closed() {
+                return Ok(false);
+            }
+            if droppable && state.evict_droppable()? {
+                continue;
             }
             if state.active_fully_acked() {
                 drop(state);

@@ -25,7 +25,7 @@ use super::inbound::{Admission, InboundState};
 use super::{MqttContext, registry::Registration};
 use crate::auth::AuthOutcome;
 use crate::metrics::{Protocol, RejectReason};
-use crate::normalize::MqttInbound;
+use crate::normalize::{MqttInbound, Normalized};
 
 const PROTOCOL: Protocol = Protocol::Mqtt;
 
@@ -511,7 +511,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             payload: publish.payload,
         };
         let normalized = self.ctx.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now());
-        let (event, route) = normalized.map_err(|e| {
+        let Normalized { event, route, when_full } = normalized.map_err(|e| {
             tracing::debug!(error = %e, topic, "invalid CloudEvent refused");
             self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
             (ReasonCode::PAYLOAD_FORMAT_INVALID, "invalid CloudEvent")
@@ -521,7 +521,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if confirmed {
             self.ctx.ingest.submit(event, route).await.map(Some).map_err(|_| stopped)
         } else {
-            self.ctx.ingest.submit_unconfirmed(event, route).await.map(|()| None).map_err(|_| stopped)
+            self.ctx.ingest.submit_unconfirmed(event, route, when_full).await.map(|()| None).map_err(|_| stopped)
         }
     }
 

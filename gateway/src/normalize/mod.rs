@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use meshgate_edge_agent::pipeline::Route;
+use meshgate_edge_agent::spool::WhenFull;
 use meshgate_protocols::cloudevents::{CloudEvent, CloudEventError, Data, decode_mqtt};
 use meshgate_protocols::mqtt::{Properties, Version};
 pub use rules::{Pattern, Rule, RuleConfig, Vars};
@@ -47,6 +48,17 @@ pub struct MqttInbound<'a> {
     pub payload: &'a [u8],
 }
 
+/// A normalized message: the event, where it goes, and what a full spool may do with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalized {
+    /// The CloudEvent.
+    pub event: CloudEvent,
+    /// The uplinks it goes to.
+    pub route: Route,
+    /// What a full spool does with it if nobody waits for its acknowledgement.
+    pub when_full: WhenFull,
+}
+
 /// Turns inbound messages into CloudEvents.
 #[derive(Debug, Clone)]
 pub struct Normalizer {
@@ -72,10 +84,12 @@ impl Normalizer {
         msg: &MqttInbound<'_>,
         id: uuid::Uuid,
         now: DateTime<Utc>,
-    ) -> Result<(CloudEvent, Route), CloudEventError> {
+    ) -> Result<Normalized, CloudEventError> {
         if let Some(event) = decode_mqtt(msg.version, msg.properties, msg.payload)? {
-            let matched = self.first_match(msg.topic).and_then(|(r, _)| r.route().cloned());
-            return Ok((event, matched.map_or(Route::All, Route::Uplinks)));
+            let rule = self.first_match(msg.topic).map(|(r, _)| r);
+            let route = rule.and_then(Rule::route).cloned().map_or(Route::All, Route::Uplinks);
+            let when_full = rule.map_or(WhenFull::Block, Rule::when_full);
+            return Ok(Normalized { event, route, when_full });
         }
         let content_type = if msg.version.is_v5() { msg.properties.content_type } else { None };
         let inbound = Inbound {
@@ -89,12 +103,7 @@ impl Normalizer {
     }
 
     /// Wraps a message that is not a CloudEvent with the default mapping and the first matching rule.
-    pub fn wrap(
-        &self,
-        msg: &Inbound<'_>,
-        id: uuid::Uuid,
-        now: DateTime<Utc>,
-    ) -> Result<(CloudEvent, Route), CloudEventError> {
+    pub fn wrap(&self, msg: &Inbound<'_>, id: uuid::Uuid, now: DateTime<Utc>) -> Result<Normalized, CloudEventError> {
         let protocol = msg.protocol.as_str();
         let (data, sniffed) = Data::from_bytes(msg.content_type, msg.payload);
         let mut event = CloudEvent {
@@ -120,14 +129,16 @@ impl Normalizer {
         event.extensions.insert("gatewayid".into(), (*self.gateway_id).into());
         event.extensions.insert("protocol".into(), protocol.into());
         let mut route = Route::All;
+        let mut when_full = WhenFull::Block;
         if let Some((rule, _)) = &matched {
             rule.apply(&mut event, &vars);
             if let Some(r) = rule.route() {
                 route = Route::Uplinks(Arc::clone(r));
             }
+            when_full = rule.when_full();
         }
         event.validate()?;
-        Ok((event, route))
+        Ok(Normalized { event, route, when_full })
     }
 }
 
@@ -162,7 +173,7 @@ mod tests {
         properties: &Properties<'_>,
         payload: &[u8],
     ) -> Result<(CloudEvent, Route), CloudEventError> {
-        n.mqtt(&MqttInbound { version, client_id, topic, properties, payload }, id(), now())
+        n.mqtt(&MqttInbound { version, client_id, topic, properties, payload }, id(), now()).map(|n| (n.event, n.route))
     }
 
     fn id() -> uuid::Uuid {
@@ -198,6 +209,7 @@ mod tests {
             source = "/plants/north/{deviceid}"
             extensions = { site = "north" }
             uplinks = ["local"]
+            when_full = "drop-oldest"
             [[rules]]
             topic = "#"
             type = "never.used.for.devices"
@@ -214,6 +226,16 @@ mod tests {
         assert_eq!(e.extensions.get("deviceid"), Some(&ExtensionValue::from("d9")));
         assert_eq!(e.extensions.get("site"), Some(&ExtensionValue::from("north")));
         assert_eq!(route, Route::Uplinks(vec![Arc::<str>::from("local")].into()));
+        let inbound = MqttInbound {
+            version: Version::V5,
+            client_id: "c1",
+            topic: "devices/d9/events/temp",
+            properties: &Properties::default(),
+            payload: b"1",
+        };
+        assert_eq!(n.mqtt(&inbound, id(), now()).unwrap().when_full, WhenFull::DropOldest);
+        let other = MqttInbound { topic: "elsewhere", ..inbound };
+        assert_eq!(n.mqtt(&other, id(), now()).unwrap().when_full, WhenFull::Block);
     }
 
     #[test]

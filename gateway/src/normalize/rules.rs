@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use meshgate_edge_agent::spool::WhenFull;
 use meshgate_protocols::cloudevents::CloudEvent;
 use meshgate_protocols::mqtt::topic;
 use serde::Deserialize;
@@ -30,6 +31,10 @@ pub struct RuleConfig {
     pub extensions: BTreeMap<String, String>,
     /// Uplinks the matching events go to; omitted means every uplink.
     pub uplinks: Option<Vec<String>>,
+    /// What a full spool does with matching QoS 0 messages: `block` (default: slow the device) or `drop-oldest`
+    /// (discard the oldest such telemetry). Messages a device waits an acknowledgement for always block.
+    #[serde(default)]
+    pub when_full: WhenFull,
 }
 
 const BUILTINS: [&str; 4] = ["topic", "clientid", "gatewayid", "protocol"];
@@ -217,6 +222,11 @@ impl Rule {
         self.route.as_ref()
     }
 
+    /// What a full spool does with this rule's QoS 0 messages.
+    pub fn when_full(&self) -> WhenFull {
+        self.config.when_full
+    }
+
     /// Applies the rule's templates to a wrapped event.
     pub fn apply(&self, event: &mut CloudEvent, vars: &Vars<'_>) {
         if let Some(t) = &self.config.ty {
@@ -259,6 +269,7 @@ mod tests {
             subject: None,
             extensions: BTreeMap::new(),
             uplinks: None,
+            when_full: WhenFull::Block,
         };
         let (key, problem) = rule.validate(&["local"]).unwrap_err();
         assert_eq!(key, "type");
