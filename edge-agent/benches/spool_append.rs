@@ -27,7 +27,7 @@ fn record() -> StoredRecord {
     let mut pad = 0;
     loop {
         event.data = Some(Data::Binary(vec![b'x'; pad]));
-        let r = StoredRecord::new(&event, &Route::All);
+        let r = StoredRecord::new(event.clone(), &Route::All);
         let mut buf = Vec::new();
         record::encode(1, &r, &mut buf).expect("encode");
         if buf.len() >= RECORD_BYTES {

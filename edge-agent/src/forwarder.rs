@@ -97,7 +97,7 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
             continue;
         };
         let events: Vec<CloudEvent> =
-            batch.iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.to_event()).collect();
+            batch.into_iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.into_event()).collect();
         if !events.is_empty() {
             let refs: Vec<&CloudEvent> = events.iter().collect();
             let mut attempt = 0;

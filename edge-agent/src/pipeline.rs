@@ -95,7 +95,7 @@ pub struct IngestHandle {
 impl IngestHandle {
     /// Appends an event, waiting while the spool's queue is full, and returns the receipt for its fsync.
     pub async fn submit(&self, event: CloudEvent, route: Route) -> Result<Receipt, PipelineClosed> {
-        let record = StoredRecord::new(&event, &route);
+        let record = StoredRecord::new(event, &route);
         match self.spool.append(record, true).await {
             Ok(Some(rx)) => Ok(Receipt(rx)),
             _ => Err(PipelineClosed),
@@ -110,7 +110,7 @@ impl IngestHandle {
         route: Route,
         when_full: WhenFull,
     ) -> Result<(), PipelineClosed> {
-        let mut record = StoredRecord::new(&event, &route);
+        let mut record = StoredRecord::new(event, &route);
         record.droppable = when_full == WhenFull::DropOldest;
         self.spool.append(record, false).await.map(|_| ()).map_err(|_| PipelineClosed)
     }

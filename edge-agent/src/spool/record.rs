@@ -76,37 +76,37 @@ pub enum StoredData {
 }
 
 impl StoredRecord {
-    /// The record for an event and its route.
-    pub fn new(event: &CloudEvent, route: &Route) -> StoredRecord {
+    /// The record for an event and its route (the event's fields move in; nothing is copied).
+    pub fn new(event: CloudEvent, route: &Route) -> StoredRecord {
         StoredRecord {
             route: match route {
                 Route::All => None,
                 Route::Uplinks(names) => Some(names.iter().map(|n| n.to_string()).collect()),
             },
-            id: event.id.clone(),
-            source: event.source.clone(),
-            ty: event.ty.clone(),
-            datacontenttype: event.datacontenttype.clone(),
-            dataschema: event.dataschema.clone(),
-            subject: event.subject.clone(),
-            time: event.time.clone(),
+            id: event.id,
+            source: event.source,
+            ty: event.ty,
+            datacontenttype: event.datacontenttype,
+            dataschema: event.dataschema,
+            subject: event.subject,
+            time: event.time,
             extensions: event
                 .extensions
-                .iter()
+                .into_iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        ExtensionValue::String(s) => StoredExtension::String(s.clone()),
-                        ExtensionValue::Boolean(b) => StoredExtension::Boolean(*b),
-                        ExtensionValue::Integer(i) => StoredExtension::Integer(*i),
+                        ExtensionValue::String(s) => StoredExtension::String(s),
+                        ExtensionValue::Boolean(b) => StoredExtension::Boolean(b),
+                        ExtensionValue::Integer(i) => StoredExtension::Integer(i),
                     };
-                    (k.clone(), v)
+                    (k, v)
                 })
                 .collect(),
-            data: match &event.data {
+            data: match event.data {
                 None => StoredData::None,
-                Some(Data::Json(v)) => StoredData::Json(serde_json::to_vec(v).unwrap_or_default()),
-                Some(Data::Text(s)) => StoredData::Text(s.clone()),
-                Some(Data::Binary(b)) => StoredData::Binary(b.clone()),
+                Some(Data::Json(v)) => StoredData::Json(serde_json::to_vec(&v).unwrap_or_default()),
+                Some(Data::Text(s)) => StoredData::Text(s),
+                Some(Data::Binary(b)) => StoredData::Binary(b),
             },
             droppable: false,
         }
@@ -117,35 +117,36 @@ impl StoredRecord {
         self.route.as_ref().is_none_or(|r| r.iter().any(|n| n == name))
     }
 
-    /// The event again.
-    pub fn to_event(&self) -> CloudEvent {
+    /// The event again (the record's fields move out).
+    pub fn into_event(self) -> CloudEvent {
         CloudEvent {
-            id: self.id.clone(),
-            source: self.source.clone(),
-            ty: self.ty.clone(),
-            datacontenttype: self.datacontenttype.clone(),
-            dataschema: self.dataschema.clone(),
-            subject: self.subject.clone(),
-            time: self.time.clone(),
+            id: self.id,
+            source: self.source,
+            ty: self.ty,
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            subject: self.subject,
+            time: self.time,
             extensions: self
                 .extensions
-                .iter()
+                .into_iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        StoredExtension::String(s) => ExtensionValue::String(s.clone()),
-                        StoredExtension::Boolean(b) => ExtensionValue::Boolean(*b),
-                        StoredExtension::Integer(i) => ExtensionValue::Integer(*i),
+                        StoredExtension::String(s) => ExtensionValue::String(s),
+                        StoredExtension::Boolean(b) => ExtensionValue::Boolean(b),
+                        StoredExtension::Integer(i) => ExtensionValue::Integer(i),
                     };
-                    (k.clone(), v)
+                    (k, v)
                 })
                 .collect(),
-            data: match &self.data {
+            data: match self.data {
                 StoredData::None => None,
-                StoredData::Json(bytes) => {
-                    Some(serde_json::from_slice(bytes).map_or_else(|_| Data::Binary(bytes.clone()), Data::Json))
-                }
-                StoredData::Text(s) => Some(Data::Text(s.clone())),
-                StoredData::Binary(b) => Some(Data::Binary(b.clone())),
+                StoredData::Json(bytes) => Some(match serde_json::from_slice(&bytes) {
+                    Ok(v) => Data::Json(v),
+                    Err(_) => Data::Binary(bytes),
+                }),
+                StoredData::Text(s) => Some(Data::Text(s)),
+                StoredData::Binary(b) => Some(Data::Binary(b)),
             },
         }
     }
@@ -214,7 +215,7 @@ mod tests {
         let mut e = CloudEvent { id: "e1".into(), source: "/s".into(), ty: "t".into(), ..CloudEvent::default() };
         e.extensions.insert("deviceid".into(), "d".into());
         e.data = Some(Data::Json(serde_json::json!({"t": 1})));
-        StoredRecord::new(&e, &Route::All)
+        StoredRecord::new(e, &Route::All)
     }
 
     #[test]
@@ -236,6 +237,6 @@ mod tests {
         flipped[last] ^= 0x40;
         assert!(matches!(decode(&flipped, &mut scratch), Frame::Corrupt("checksum mismatch")));
         assert!(matches!(decode(&[0u8; 16], &mut scratch), Frame::Corrupt(_)));
-        assert_eq!(record().to_event().extensions.get("deviceid"), Some(&"d".into()));
+        assert_eq!(record().into_event().extensions.get("deviceid"), Some(&"d".into()));
     }
 }

@@ -41,7 +41,7 @@ fn record(n: u64, size: usize) -> StoredRecord {
         data: Some(meshgate_protocols::cloudevents::Data::Binary(vec![(n % 251) as u8; size])),
         ..CloudEvent::default()
     };
-    StoredRecord::new(&event, &Route::All)
+    StoredRecord::new(event, &Route::All)
 }
 
 fn open(dir: &Path) -> (Spool, Appender, WriterThread, Recovery) {
