@@ -101,6 +101,10 @@ pub struct MqttListenerConfig {
     pub connect_timeout_secs: u64,
     /// The most connections served at once; further ones are closed at accept.
     pub max_connections: usize,
+    /// Whether a QoS 0 publish is made durable before the next packet of its connection is read. Off by default:
+    /// QoS 0 promises nothing, so it is appended without waiting. On, a device's QoS 0 stream is paced by the
+    /// spool's fsyncs and a storage failure ends its connection (MQTT 5: DISCONNECT 0x80).
+    pub qos0_wait_durable: bool,
 }
 
 impl Default for MqttListenerConfig {
@@ -112,6 +116,7 @@ impl Default for MqttListenerConfig {
             topic_alias_maximum: 32,
             connect_timeout_secs: 10,
             max_connections: 100_000,
+            qos0_wait_durable: false,
         }
     }
 }

@@ -278,7 +278,9 @@ fn a_full_disk_refuses_new_messages_cleanly_and_keeps_every_acknowledged_one() -
     let spool_key = format!("\n[spool]\ndir = \"{}\"\n", disk.0.path().display());
     // The uplink is down too, so the spool has to hold everything until the disk is full.
     let broken = spool_key.clone() + "\n[[uplinks]]\nname = \"local\"\nkind = \"file\"\npath = \"/dev/full\"\n";
-    let mut gw = Gateway::start_with(|b| b + &broken)?;
+    // QoS 0 waits for durability here, so a QoS 0 device learns of the full disk too.
+    let qos0_durable = |b: String| b.replace("[admin]", "qos0_wait_durable = true\n\n[admin]");
+    let mut gw = Gateway::start_with(|b| qos0_durable(b) + &broken)?;
     let mut c = RawClient::connect(gw.mqtt, Version::V5, "filler", 30)?;
     let payload = vec![b'x'; 8 * 1024];
     let mut acknowledged = 0u16;
@@ -295,6 +297,9 @@ fn a_full_disk_refuses_new_messages_cleanly_and_keeps_every_acknowledged_one() -
     // The connection and the gateway stay up; readiness says why it refuses.
     c.send(&Packet::PingReq)?;
     assert_eq!(c.recv()?, Reply::PingResp);
+    let mut telemetry = RawClient::connect(gw.mqtt, Version::V5, "qos0", 30)?;
+    telemetry.send(&Packet::Publish(Publish { topic: "t", payload: &payload, ..Publish::default() }))?;
+    assert_eq!(telemetry.recv()?, Reply::Disconnect(ReasonCode::UNSPECIFIED_ERROR));
     let (status, body) = gw.admin_get("/readyz")?;
     assert_eq!(status, 503);
     assert!(body.contains("the spool cannot write"), "{body}");

@@ -473,13 +473,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
         }
-        let refusal = self.normalize_and_submit(publish, &topic, ack_kind.is_some()).await;
+        let wait_durable = ack_kind.is_some() || self.ctx.config.qos0_wait_durable;
+        let refusal = self.normalize_and_submit(publish, &topic, wait_durable).await;
         match (refusal, ack_kind) {
             (Ok(receipt), Some(kind)) => {
                 self.queue_ack(kind, publish.qos, packet_id, receipt, ReasonCode::SUCCESS);
                 None
             }
-            (Ok(_), None) => None,
+            (Ok(Some(receipt)), None) => match receipt.await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "QoS 0 event not stored");
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+                    Some(self.close_with(ReasonCode::UNSPECIFIED_ERROR, "event could not be stored").await)
+                }
+            },
+            (Ok(None), None) => None,
             (Err((reason, why)), Some(kind)) if v5 => {
                 // Refused in order with the other acknowledgements; the flow ends with the error code.
                 self.queue_ack(kind, publish.qos, packet_id, None, reason);
