@@ -87,6 +87,7 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
             }
         };
         let Some(&(last_id, _)) = batch.last() else {
+            uplink.stats.oldest_pending_ms.store(0, std::sync::atomic::Ordering::Relaxed);
             if *stop.borrow() {
                 return;
             }
@@ -96,6 +97,8 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
             }
             continue;
         };
+        let oldest = batch.first().map_or(0, |(_, r)| r.accepted_at_ms);
+        uplink.stats.oldest_pending_ms.store(oldest, std::sync::atomic::Ordering::Relaxed);
         let events: Vec<CloudEvent> =
             batch.into_iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.into_event()).collect();
         if !events.is_empty() {

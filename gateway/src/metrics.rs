@@ -214,6 +214,14 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{uplink=\"{u}\"}} {}", read(s));
             }
         }
+        let name = "meshgate_uplink_oldest_pending_seconds";
+        header(&mut out, name, "gauge", "Age of the oldest event an uplink has not confirmed yet (0: caught up).");
+        let now = meshgate_edge_agent::spool::record::now_ms();
+        for (u, s) in uplinks {
+            let oldest = s.oldest_pending_ms.load(Ordering::Relaxed);
+            let age = if oldest == 0 { 0.0 } else { now.saturating_sub(oldest) as f64 / 1000.0 };
+            let _ = writeln!(out, "{name}{{uplink=\"{u}\"}} {age:.3}");
+        }
         out
     }
 

@@ -239,8 +239,15 @@ fn a_failing_uplink_keeps_acknowledged_events_in_the_spool_until_it_recovers() -
     let (status, body) = gw.admin_get("/readyz")?;
     assert_eq!(status, 503);
     assert!(body.contains("no uplink is healthy"), "{body}");
+    std::thread::sleep(Duration::from_millis(1100));
     let (_, metrics) = gw.admin_get("/metrics")?;
     assert!(!metrics.contains("meshgate_uplink_failures_total{uplink=\"local\"} 0"), "{metrics}");
+    let age = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshgate_uplink_oldest_pending_seconds{uplink=\"local\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(age >= 1.0, "the backlog's age must show: {age}\n{metrics}");
     assert!(gw.terminate()?.success());
 
     // The same spool, the uplink repaired: everything acknowledged arrives, in order.

@@ -49,6 +49,8 @@ pub struct StoredRecord {
     pub data: StoredData,
     /// QoS 0 telemetry on a `drop-oldest` route: a full spool may discard it to make room.
     pub droppable: bool,
+    /// When the gateway accepted it, in milliseconds since the Unix epoch (for backlog age).
+    pub accepted_at_ms: u64,
 }
 
 /// An extension attribute's value.
@@ -109,6 +111,7 @@ impl StoredRecord {
                 Some(Data::Binary(b)) => StoredData::Binary(b),
             },
             droppable: false,
+            accepted_at_ms: now_ms(),
         }
     }
 
@@ -150,6 +153,11 @@ impl StoredRecord {
             },
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Appends the framed record `id` to `out`.

@@ -41,6 +41,8 @@ pub struct UplinkStats {
     pub failures: AtomicU64,
     /// Whether the last batch succeeded (true before the first).
     healthy: AtomicBool,
+    /// When the oldest event not yet confirmed by this uplink was accepted (ms since the epoch; 0: none).
+    pub oldest_pending_ms: AtomicU64,
 }
 
 impl UplinkStats {
