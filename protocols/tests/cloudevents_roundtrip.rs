@@ -1,7 +1,10 @@
 //! Property tests for the CloudEvents decoders: any valid event survives the JSON format and MQTT 5 binary mode
 //! unchanged; arbitrary bytes never panic the decoders, and whatever they accept is valid.
 
-use meshgate_protocols::cloudevents::{CloudEvent, Data, ExtensionValue, decode_mqtt, encode_mqtt5_binary};
+use meshgate_protocols::cloudevents::{
+    AmqpMessage, CloudEvent, Data, ExtensionValue, HeaderValue, decode_amqp, decode_mqtt, encode_amqp_binary,
+    encode_amqp_structured, encode_mqtt5_binary,
+};
 use meshgate_protocols::mqtt::{Properties, PropertyList, UserProperty, Version};
 use proptest::prelude::*;
 
@@ -71,6 +74,25 @@ proptest! {
         let props = Properties { content_type: msg.content_type.as_deref(), user_properties: PropertyList::new(&user), ..Properties::default() };
         let decoded = decode_mqtt(Version::V5, &props, &msg.payload);
         prop_assert_eq!(decoded, Ok(Some(e)));
+    }
+
+    #[test]
+    fn valid_events_survive_both_amqp_modes(e in event()) {
+        for m in [encode_amqp_binary(&e), encode_amqp_structured(&e)] {
+            let decoded = decode_amqp(m.content_type.as_deref(), m.headers.iter().map(|(k, v)| (k.as_str(), v)), &m.body);
+            prop_assert_eq!(decoded, Ok(Some(e.clone())));
+        }
+    }
+
+    #[test]
+    fn arbitrary_amqp_headers_never_panic_and_accepted_events_are_valid(
+        headers in proptest::collection::vec((prop_oneof![Just("cloudEvents_".to_string()), Just("cloudEvents:".to_string()), Just("x-".to_string())], prop_oneof![Just("specversion".to_string()), Just("id".to_string()), Just("source".to_string()), Just("type".to_string()), Just("time".to_string()), "[a-zA-Z0-9]{1,6}"], prop_oneof![text().prop_map(HeaderValue::String), Just(HeaderValue::String("1.0".into())), any::<bool>().prop_map(HeaderValue::Bool), any::<i64>().prop_map(HeaderValue::Int), any::<u64>().prop_map(HeaderValue::Timestamp)]), 0..8),
+        body in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let m = AmqpMessage { content_type: None, headers: headers.into_iter().map(|(p, n, v)| (p + &n, v)).collect(), body };
+        if let Ok(Some(e)) = decode_amqp(None, m.headers.iter().map(|(k, v)| (k.as_str(), v)), &m.body) {
+            prop_assert!(e.validate().is_ok());
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! CloudEvents 1.0 for meshgate: the event model with the specification's attribute rules, the JSON event format,
-//! and the MQTT protocol binding (binary mode for MQTT 5, structured mode for 5 and 3.1.1).
+//! the MQTT protocol binding (binary mode for MQTT 5, structured mode for 5 and 3.1.1) and the AMQP binding.
 //!
 //! `cloudevents-sdk` is std-only and has no MQTT or AMQP binding, so the bindings every meshgate component shares
 //! live here, next to the wire codecs they ride on.
@@ -13,12 +13,16 @@
 //! assert_eq!(CloudEvent::from_json_slice(event.to_json_string().as_bytes()).unwrap(), event);
 //! ```
 
+mod amqp_binding;
 mod error;
 mod event;
 mod json_format;
 mod mqtt_binding;
 mod time;
 
+pub use amqp_binding::{
+    AMQP_PREFIX, AMQP_PREFIX_COLON, AmqpMessage, HeaderValue, decode_amqp, encode_amqp_binary, encode_amqp_structured,
+};
 pub use error::CloudEventError;
 pub use event::{CloudEvent, Data, ExtensionValue, SPEC_VERSION, is_json_content_type};
 pub use mqtt_binding::{BinaryMessage, STRUCTURED_CONTENT_TYPE, decode_mqtt, encode_mqtt5_binary};
