@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use crate::uplink::rabbitmq::config::AmqpUplinkConfig;
+
 /// One `[[uplinks]]` table. `kind` selects the variant.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind")]
@@ -12,6 +14,9 @@ pub enum UplinkConfig {
     /// `kind = "file"`: a JSON-lines file of structured CloudEvents, one per line.
     #[serde(rename = "file")]
     File(FileUplinkConfig),
+    /// `kind = "amqp"`: a RabbitMQ exchange, with publisher confirms.
+    #[serde(rename = "amqp")]
+    Amqp(AmqpUplinkConfig),
 }
 
 impl UplinkConfig {
@@ -19,6 +24,7 @@ impl UplinkConfig {
     pub fn name(&self) -> &str {
         match self {
             UplinkConfig::File(c) => &c.name,
+            UplinkConfig::Amqp(c) => &c.name,
         }
     }
 }

@@ -38,7 +38,8 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("MESHGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin::returned_messages=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

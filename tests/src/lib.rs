@@ -79,7 +79,7 @@ impl Gateway {
         let mut child = Command::new(meshgate_bin())
             .arg("--config")
             .arg(&config_path)
-            .env("MESHGATE_LOG", std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("MESHGATE_LOG", std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "warn,lapin=error".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -4,6 +4,7 @@
 //! batch; an error means none of the batch may be counted as delivered (it is retried or refused upstream).
 
 mod file;
+pub mod rabbitmq;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use file::FileUplink;
+pub use rabbitmq::RabbitMqUplink;
 
 use crate::CloudEvent;
 use crate::config::UplinkConfig;
@@ -24,6 +26,12 @@ pub enum UplinkError {
     /// Writing to local storage failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The broker connection or channel failed.
+    #[error("broker error: {0}")]
+    Broker(String),
+    /// The broker refused or returned events.
+    #[error("refused by the broker: {0}")]
+    Refused(String),
 }
 
 /// A destination for events.
@@ -80,6 +88,7 @@ pub struct NamedUplink {
 pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<NamedUplink, UplinkError> {
     let uplink: Box<dyn Uplink> = match config {
         UplinkConfig::File(c) => Box::new(FileUplink::open(&data_dir.join(&c.path)).await?),
+        UplinkConfig::Amqp(c) => Box::new(RabbitMqUplink::new(c.clone(), data_dir)),
     };
     Ok(NamedUplink { name: config.name().into(), stats: Arc::new(UplinkStats::new()), uplink })
 }

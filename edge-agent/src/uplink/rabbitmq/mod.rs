@@ -1,0 +1,137 @@
+//! The RabbitMQ uplink: CloudEvents over AMQP 0-9-1 with publisher confirms, on lapin.
+//!
+//! A batch counts as delivered only when the broker confirmed every message of it (basic.ack under
+//! confirm.select). Messages are persistent (delivery mode 2) and carry the event id as `message-id`. With
+//! `mandatory`, an unroutable event comes back and follows `on_return`: retry the batch (default) or append the
+//! event to a dead-letter file. Any connection or channel error drops the connection; the forwarder retries the
+//! batch with backoff, and the next attempt reconnects (and re-declares). Delivery is at least once: a batch
+//! retried after a partial confirm resends events that keep their `id`, so consumers can deduplicate.
+
+pub mod config;
+pub mod encoder;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use self::config::{AmqpUplinkConfig, OnReturn};
+use super::{BoxFuture, Uplink, UplinkError};
+use crate::CloudEvent;
+
+/// Publishes events to a RabbitMQ exchange.
+pub struct RabbitMqUplink {
+    config: AmqpUplinkConfig,
+    dead_letter: PathBuf,
+    link: Option<(Connection, Channel)>,
+}
+
+fn amqp_error(e: lapin::Error) -> UplinkError {
+    UplinkError::Broker(e.to_string())
+}
+
+impl RabbitMqUplink {
+    /// An uplink for `config`; it connects on first use. Relative paths resolve under `data_dir`.
+    pub fn new(config: AmqpUplinkConfig, data_dir: &Path) -> RabbitMqUplink {
+        let dead_letter = data_dir.join(&config.dead_letter_path);
+        RabbitMqUplink { config, dead_letter, link: None }
+    }
+
+    /// The channel, connecting, enabling confirms and declaring (or checking) the exchange when needed.
+    async fn channel(&mut self) -> Result<Channel, UplinkError> {
+        if let Some((conn, ch)) = &self.link
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        self.link = None;
+        let conn = Connection::connect(&self.config.uri, ConnectionProperties::default()).await.map_err(amqp_error)?;
+        let ch = conn.create_channel().await.map_err(amqp_error)?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp_error)?;
+        let kind = match self.config.exchange_type.as_str() {
+            "topic" => ExchangeKind::Topic,
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "headers" => ExchangeKind::Headers,
+            other => ExchangeKind::Custom(other.to_string()),
+        };
+        let options = if self.config.declare {
+            ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() }
+        } else {
+            // Only check that it exists: a missing exchange is a clear 404 here rather than on every publish.
+            ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() }
+        };
+        ch.exchange_declare(ShortString::from(self.config.exchange.as_str()), kind, options, FieldTable::default())
+            .await
+            .map_err(amqp_error)?;
+        tracing::info!(uplink = %self.config.name, exchange = %self.config.exchange, "connected to the AMQP broker");
+        self.link = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    async fn publish(&mut self, batch: &[&CloudEvent]) -> Result<(), UplinkError> {
+        let ch = self.channel().await?;
+        let options = BasicPublishOptions { mandatory: self.config.mandatory, ..BasicPublishOptions::default() };
+        let exchange = ShortString::from(self.config.exchange.as_str());
+        let mut pending = Vec::with_capacity(batch.len());
+        for event in batch {
+            let encoded = encoder::encode(event, &self.config);
+            let confirm = ch
+                .basic_publish(
+                    exchange.clone(),
+                    ShortString::from(encoded.routing_key),
+                    options,
+                    &encoded.body,
+                    encoded.properties,
+                )
+                .await
+                .map_err(amqp_error)?;
+            pending.push((event, confirm));
+        }
+        for (event, confirm) in pending {
+            let confirmation = confirm.await.map_err(amqp_error)?;
+            if confirmation.is_nack() {
+                return Err(UplinkError::Refused(format!("broker nacked event {}", event.id)));
+            }
+            if let Some(returned) = confirmation.take_message() {
+                let why = format!("{} {}", returned.reply_code, returned.reply_text);
+                match self.config.on_return {
+                    OnReturn::Retry => {
+                        return Err(UplinkError::Refused(format!("event {} returned as unroutable: {why}", event.id)));
+                    }
+                    OnReturn::DeadLetter => {
+                        tracing::warn!(uplink = %self.config.name, event = %event.id, why, "unroutable; dead-lettered");
+                        self.dead_letter(event)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&self, event: &CloudEvent) -> Result<(), UplinkError> {
+        let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut f = OpenOptions::new().create(true).append(true).open(&self.dead_letter)?;
+        f.write_all(&line)?;
+        f.sync_data()?;
+        Ok(())
+    }
+}
+
+impl Uplink for RabbitMqUplink {
+    fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
+        Box::pin(async move {
+            let result = self.publish(batch).await;
+            if matches!(result, Err(UplinkError::Broker(_))) {
+                // Start from a fresh connection next time.
+                self.link = None;
+            }
+            result
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! The RabbitMQ uplink against the real broker on this machine (127.0.0.1:5672, guest/guest): MQTT devices →
+//! meshgate → an exchange → a queue read by lapin. Fails loudly if RabbitMQ is not running (`.ci/setup` starts
+//! it).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use meshgate_protocols::cloudevents::{CloudEvent, HeaderValue, decode_amqp};
+use meshgate_protocols::mqtt::{Packet, Publish, QoS, ReasonCode, Version};
+use meshgate_tests::Gateway;
+use meshgate_tests::raw::{RawClient, Reply};
+
+const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+async fn broker() -> anyhow::Result<(Connection, Channel)> {
+    let conn = Connection::connect(BROKER, ConnectionProperties::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("RabbitMQ must run on 127.0.0.1:5672 for this test: {e}"))?;
+    let ch = conn.create_channel().await?;
+    Ok((conn, ch))
+}
+
+/// A durable topic exchange (as meshgate declares it) and an exclusive queue bound to it with `#`.
+async fn exchange_with_queue(ch: &Channel, exchange: &str) -> anyhow::Result<String> {
+    let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    ch.exchange_declare(ShortString::from(exchange), ExchangeKind::Topic, options, FieldTable::default()).await?;
+    let queue = ch
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions { exclusive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = queue.name().to_string();
+    ch.queue_bind(
+        ShortString::from(name.as_str()),
+        ShortString::from(exchange),
+        ShortString::from("#"),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(name)
+}
+
+fn amqp_uplink(exchange: &str, extra: &str) -> String {
+    format!("\n[[uplinks]]\nname = \"rabbit\"\nkind = \"amqp\"\nuri = \"{BROKER}\"\nexchange = \"{exchange}\"\n{extra}")
+}
+
+/// Reads one message as a CloudEvent through the project's AMQP binding.
+fn to_event(delivery: &lapin::message::Delivery) -> anyhow::Result<CloudEvent> {
+    let mut headers: Vec<(String, HeaderValue)> = Vec::new();
+    if let Some(table) = delivery.properties.headers() {
+        for (k, v) in table.inner() {
+            let v = match v {
+                AMQPValue::LongString(s) => HeaderValue::String(s.to_string()),
+                AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+                AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
+                AMQPValue::Timestamp(t) => HeaderValue::Timestamp(*t),
+                other => anyhow::bail!("unexpected header type {other:?}"),
+            };
+            headers.push((k.to_string(), v));
+        }
+    }
+    let content_type = delivery.properties.content_type().as_ref().map(|c| c.to_string());
+    let event = decode_amqp(content_type.as_deref(), headers.iter().map(|(k, v)| (k.as_str(), v)), &delivery.data)?
+        .ok_or_else(|| anyhow::anyhow!("not a CloudEvent"))?;
+    Ok(event)
+}
+
+async fn drain(ch: &Channel, queue: &str, want: usize, timeout: Duration) -> anyhow::Result<Vec<CloudEvent>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = Vec::new();
+    while events.len() < want && tokio::time::Instant::now() < deadline {
+        match ch.basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true }).await? {
+            Some(message) => events.push(to_event(&message.delivery)?),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    Ok(events)
+}
+
+fn publish_all(addr: std::net::SocketAddr, client: usize, count: u16) -> anyhow::Result<()> {
+    let mut c = RawClient::connect(addr, Version::V5, &format!("dev-{client}"), 30)?;
+    for seq in 1..=count {
+        let payload = serde_json::json!({"client": client, "seq": seq}).to_string();
+        c.send(&Packet::Publish(Publish {
+            topic: &format!("devices/dev-{client}/telemetry"),
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(seq),
+            payload: payload.as_bytes(),
+            ..Publish::default()
+        }))?;
+        anyhow::ensure!(c.recv()? == Reply::Ack(4, seq, ReasonCode::SUCCESS), "publish {seq} not acknowledged");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_devices_reach_a_rabbitmq_queue_as_cloudevents_with_counts_and_order_intact() -> anyhow::Result<()> {
+    const CLIENTS: usize = 5;
+    const MESSAGES: u16 = 50;
+    let (_conn, ch) = broker().await?;
+    let exchange = unique("meshgate-test");
+    let queue = exchange_with_queue(&ch, &exchange).await?;
+    let gw = Gateway::start_with(|b| b + &amqp_uplink(&exchange, ""))?;
+    let addr = gw.mqtt;
+    let publishers: Vec<_> = (0..CLIENTS).map(|c| std::thread::spawn(move || publish_all(addr, c, MESSAGES))).collect();
+    for p in publishers {
+        p.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    }
+    let events = drain(&ch, &queue, CLIENTS * usize::from(MESSAGES), Duration::from_secs(20)).await?;
+    assert_eq!(events.len(), CLIENTS * usize::from(MESSAGES));
+    let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in &events {
+        assert!(e.validate().is_ok());
+        assert_eq!(e.ty, "io.meshgate.mqtt.message");
+        let device = e.extensions.get("deviceid").map(|d| d.to_canonical_string()).unwrap_or_default();
+        let Some(meshgate_protocols::cloudevents::Data::Json(data)) = &e.data else { anyhow::bail!("data: {e:?}") };
+        per_device.entry(device).or_default().push(data["seq"].as_u64().unwrap_or_default());
+    }
+    assert_eq!(per_device.len(), CLIENTS);
+    for (device, seqs) in per_device {
+        assert_eq!(seqs, (1..=u64::from(MESSAGES)).collect::<Vec<_>>(), "order of {device}");
+    }
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    let expected = format!("meshgate_uplink_events_total{{uplink=\"rabbit\"}} {}", CLIENTS * usize::from(MESSAGES));
+    assert!(metrics.contains(&expected), "{metrics}");
+    ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_events_are_dead_lettered_when_configured_and_devices_are_still_served() -> anyhow::Result<()> {
+    let (_conn, ch) = broker().await?;
+    let exchange = unique("meshgate-unroutable");
+    // The exchange exists but nothing is bound: every event comes back (mandatory).
+    let gw = Gateway::start_with(|b| b + &amqp_uplink(&exchange, "on_return = \"dead-letter\"\n"))?;
+    publish_all(gw.mqtt, 0, 3)?;
+    let path = gw.data_dir.join("amqp-returned.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines = std::fs::read_to_string(&path).unwrap_or_default().lines().count();
+        if lines >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lines, 3);
+    publish_all(gw.mqtt, 1, 2)?;
+    ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_exchange_with_declare_false_is_reported_and_events_wait_in_the_spool() -> anyhow::Result<()> {
+    let exchange = unique("meshgate-missing");
+    let gw = Gateway::start_with(|b| b + &amqp_uplink(&exchange, "declare = false\n"))?;
+    // Devices are served: their events are durable in the spool while the uplink retries.
+    publish_all(gw.mqtt, 0, 2)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = gw.admin_get("/readyz")?;
+    assert_eq!(status, 503, "{body}");
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    assert!(!metrics.contains("meshgate_uplink_failures_total{uplink=\"rabbit\"} 0"), "{metrics}");
+    assert!(metrics.contains("meshgate_uplink_events_total{uplink=\"rabbit\"} 0"), "{metrics}");
+    Ok(())
+}
