@@ -2,6 +2,7 @@
 //! directory, read back the addresses it bound, read the CloudEvents its file uplink wrote, and stop it with a
 //! signal like an operator would.
 
+pub mod proxy;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -144,6 +145,11 @@ impl Gateway {
         let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("HTTP status")?;
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         Ok((status, body))
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
     }
 
     /// Kills the process with SIGKILL, as a power cut or the OOM killer would, and waits for it.

@@ -59,6 +59,10 @@ pub struct AmqpUplinkConfig {
     /// The dead-letter file for `on_return = "dead-letter"`, relative to the data directory.
     #[serde(default = "default_dead_letter")]
     pub dead_letter_path: PathBuf,
+    /// How long connecting, or waiting for a batch's confirms, may take before the link is dropped and retried
+    /// (a broker behind a black hole never answers).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 fn default_uri() -> String {
@@ -81,6 +85,10 @@ fn default_dead_letter() -> PathBuf {
     PathBuf::from("amqp-returned.jsonl")
 }
 
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
 fn yes() -> bool {
     true
 }
@@ -100,6 +108,7 @@ impl AmqpUplinkConfig {
             mandatory: true,
             on_return: OnReturn::Retry,
             dead_letter_path: default_dead_letter(),
+            timeout_ms: default_timeout_ms(),
         }
     }
 }

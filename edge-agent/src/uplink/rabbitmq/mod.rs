@@ -126,7 +126,11 @@ impl RabbitMqUplink {
 impl Uplink for RabbitMqUplink {
     fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
         Box::pin(async move {
-            let result = self.publish(batch).await;
+            let limit = std::time::Duration::from_millis(self.config.timeout_ms.max(1));
+            let result = match tokio::time::timeout(limit, self.publish(batch)).await {
+                Ok(result) => result,
+                Err(_) => Err(UplinkError::Broker(format!("no answer from the broker within {limit:?}"))),
+            };
             if matches!(result, Err(UplinkError::Broker(_))) {
                 // Start from a fresh connection next time.
                 self.link = None;
