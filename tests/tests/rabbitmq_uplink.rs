@@ -274,3 +274,44 @@ async fn an_outage_between_gateway_and_broker_loses_nothing_acknowledged_and_kee
     ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_python_consumer_parses_the_events_with_the_cloudevents_sdk() -> anyhow::Result<()> {
+    let (_conn, ch) = broker().await?;
+    let exchange = unique("meshgate-pika");
+    let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    ch.exchange_declare(ShortString::from(exchange.as_str()), ExchangeKind::Topic, options, FieldTable::default())
+        .await?;
+    // A named queue: the Python consumer reads it over its own connection.
+    let queue = unique("meshgate-pika-q");
+    ch.queue_declare(ShortString::from(queue.as_str()), QueueDeclareOptions::default(), FieldTable::default()).await?;
+    ch.queue_bind(
+        ShortString::from(queue.as_str()),
+        ShortString::from(exchange.as_str()),
+        ShortString::from("#"),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let gw = Gateway::start_with(|b| b + &amqp_uplink(&exchange, ""))?;
+    publish_all(gw.mqtt, 3, 10)?;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/consume_cloudevents.py");
+    let out = tokio::process::Command::new("python3").arg(script).arg(&queue).arg("10").output().await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.success(),
+        "the Python consumer failed (pika and cloudevents come from `.ci/setup`): {stderr}"
+    );
+    let events: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(events.len(), 10);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["type"], "io.meshgate.mqtt.message");
+        assert_eq!(e["deviceid"], "dev-3");
+        assert_eq!(e["data"]["seq"], i + 1);
+    }
+    ch.queue_delete(ShortString::from(queue.as_str()), Default::default()).await?;
+    ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
+    Ok(())
+}
