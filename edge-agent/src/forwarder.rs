@@ -98,6 +98,8 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
             continue;
         };
         let oldest = batch.first().map_or(0, |(_, r)| r.accepted_at_ms);
+        let accepted: Vec<u64> =
+            batch.iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.accepted_at_ms).collect();
         uplink.stats.oldest_pending_ms.store(oldest, std::sync::atomic::Ordering::Relaxed);
         let events: Vec<CloudEvent> =
             batch.into_iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.into_event()).collect();
@@ -108,6 +110,10 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
                 match uplink.uplink.send(&refs).await {
                     Ok(()) => {
                         uplink.stats.record(refs.len(), true);
+                        let now = crate::spool::record::now_ms();
+                        for at in &accepted {
+                            uplink.stats.latency.observe(now.saturating_sub(*at), 1);
+                        }
                         break;
                     }
                     Err(e) => {

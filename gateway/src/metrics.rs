@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use meshgate_edge_agent::spool::Spool;
-use meshgate_edge_agent::uplink::UplinkStats;
+use meshgate_edge_agent::uplink::{LATENCY_BUCKETS_MS, UplinkStats};
 
 /// The device protocols the gateway terminates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -204,15 +204,33 @@ impl Metrics {
             let _ = writeln!(out, "meshgate_spool_commits_total {}", spool.commits());
         }
         let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
-        let per_uplink: [(&str, &str, StatReader); 2] = [
+        let per_uplink: [(&str, &str, StatReader); 4] = [
             ("meshgate_uplink_events_total", "Events each uplink confirmed.", |s| s.events.load(Ordering::Relaxed)),
-            ("meshgate_uplink_failures_total", "Batches each uplink failed.", |s| s.failures.load(Ordering::Relaxed)),
+            ("meshgate_uplink_failures_total", "Batches each uplink failed (each is retried).", |s| {
+                s.failures.load(Ordering::Relaxed)
+            }),
+            ("meshgate_uplink_returned_total", "Events the destination returned (e.g. unroutable).", |s| {
+                s.returned.load(Ordering::Relaxed)
+            }),
+            ("meshgate_uplink_connects_total", "Connections (re)established.", |s| s.connects.load(Ordering::Relaxed)),
         ];
         for (name, help, read) in per_uplink {
             header(&mut out, name, "counter", help);
             for (u, s) in uplinks {
                 let _ = writeln!(out, "{name}{{uplink=\"{u}\"}} {}", read(s));
             }
+        }
+        let name = "meshgate_uplink_forward_latency_seconds";
+        header(&mut out, name, "histogram", "Acceptance at the gateway to confirmation by the uplink, per event.");
+        for (u, s) in uplinks {
+            let mut cumulative = 0;
+            for (i, bucket) in s.latency.buckets.iter().enumerate() {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let le = LATENCY_BUCKETS_MS.get(i).map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+                let _ = writeln!(out, "{name}_bucket{{uplink=\"{u}\",le=\"{le}\"}} {cumulative}");
+            }
+            let sum = s.latency.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+            let _ = writeln!(out, "{name}_sum{{uplink=\"{u}\"}} {sum}\n{name}_count{{uplink=\"{u}\"}} {cumulative}");
         }
         let name = "meshgate_uplink_oldest_pending_seconds";
         header(&mut out, name, "gauge", "Age of the oldest event an uplink has not confirmed yet (0: caught up).");

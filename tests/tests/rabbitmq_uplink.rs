@@ -136,6 +136,12 @@ async fn mqtt_devices_reach_a_rabbitmq_queue_as_cloudevents_with_counts_and_orde
     let (_, metrics) = gw.admin_get("/metrics")?;
     let expected = format!("meshgate_uplink_events_total{{uplink=\"rabbit\"}} {}", CLIENTS * usize::from(MESSAGES));
     assert!(metrics.contains(&expected), "{metrics}");
+    assert!(metrics.contains("meshgate_uplink_connects_total{uplink=\"rabbit\"} 1"), "{metrics}");
+    let count = format!(
+        "meshgate_uplink_forward_latency_seconds_count{{uplink=\"rabbit\"}} {}",
+        CLIENTS * usize::from(MESSAGES)
+    );
+    assert!(metrics.contains(&count), "{metrics}");
     ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
     Ok(())
 }
@@ -157,6 +163,8 @@ async fn unroutable_events_are_dead_lettered_when_configured_and_devices_are_sti
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(lines, 3);
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    assert!(metrics.contains("meshgate_uplink_returned_total{uplink=\"rabbit\"} 3"), "{metrics}");
     publish_all(gw.mqtt, 1, 2)?;
     ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
     Ok(())
@@ -269,6 +277,13 @@ async fn an_outage_between_gateway_and_broker_loses_nothing_acknowledged_and_kee
     for (client, seqs) in order.iter().enumerate() {
         assert_eq!(seqs, &(1..=sent[client]).collect::<Vec<_>>(), "order of device {client}");
     }
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    let connects = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshgate_uplink_connects_total{uplink=\"rabbit\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_default();
+    assert!(connects >= 2, "the uplink reconnected after the outage: {connects}");
     eprintln!("outage: {total} events; RSS {rss_before} KiB before the cut, {rss_during} KiB after 10 s of outage");
     assert!(rss_during < rss_before + 32 * 1024, "memory grew with the backlog: {rss_before} → {rss_during} KiB");
     ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
@@ -313,5 +328,23 @@ async fn an_independent_python_consumer_parses_the_events_with_the_cloudevents_s
     }
     ch.queue_delete(ShortString::from(queue.as_str()), Default::default()).await?;
     ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_refuses_access_is_reported_while_devices_are_served() -> anyhow::Result<()> {
+    let exchange = unique("meshgate-denied");
+    let wrong = format!(
+        "\n[[uplinks]]\nname = \"rabbit\"\nkind = \"amqp\"\nuri = \"amqp://guest:wrong-password@127.0.0.1:5672/%2f\"\nexchange = \"{exchange}\"\n"
+    );
+    let gw = Gateway::start_with(|b| b + &wrong)?;
+    publish_all(gw.mqtt, 0, 3)?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, _) = gw.admin_get("/readyz")?;
+    assert_eq!(status, 503);
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    assert!(metrics.contains("meshgate_uplink_connects_total{uplink=\"rabbit\"} 0"), "{metrics}");
+    assert!(!metrics.contains("meshgate_uplink_failures_total{uplink=\"rabbit\"} 0"), "{metrics}");
+    assert!(metrics.contains("meshgate_messages_acknowledged_total{protocol=\"mqtt\"} 3"), "{metrics}");
     Ok(())
 }

@@ -51,6 +51,35 @@ pub struct UplinkStats {
     healthy: AtomicBool,
     /// When the oldest event not yet confirmed by this uplink was accepted (ms since the epoch; 0: none).
     pub oldest_pending_ms: AtomicU64,
+    /// Events the destination returned or refused individually (e.g. unroutable).
+    pub returned: AtomicU64,
+    /// Connections (re)established to the destination.
+    pub connects: AtomicU64,
+    /// Forward latency (acceptance at the gateway → confirmation by the destination), per event, by bucket.
+    pub latency: LatencyHistogram,
+}
+
+/// Upper bounds of the forward-latency buckets, in milliseconds (the last bucket is +Inf).
+pub const LATENCY_BUCKETS_MS: [u64; 10] = [1, 5, 10, 50, 100, 500, 1_000, 5_000, 30_000, 300_000];
+
+/// A fixed-bucket histogram of forward latencies, lock-free.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Counts per bucket of [`LATENCY_BUCKETS_MS`], then +Inf (not cumulative).
+    pub buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    /// Sum of observed latencies in milliseconds.
+    pub sum_ms: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records `count` events that took `ms` each.
+    pub fn observe(&self, ms: u64, count: u64) {
+        let i = LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BUCKETS_MS.len());
+        if let Some(bucket) = self.buckets.get(i) {
+            bucket.fetch_add(count, Ordering::Relaxed);
+        }
+        self.sum_ms.fetch_add(ms.saturating_mul(count), Ordering::Relaxed);
+    }
 }
 
 impl UplinkStats {
@@ -86,9 +115,10 @@ pub struct NamedUplink {
 
 /// Builds the uplink a config table describes. Relative paths resolve under `data_dir`.
 pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<NamedUplink, UplinkError> {
+    let stats = Arc::new(UplinkStats::new());
     let uplink: Box<dyn Uplink> = match config {
         UplinkConfig::File(c) => Box::new(FileUplink::open(&data_dir.join(&c.path)).await?),
-        UplinkConfig::Amqp(c) => Box::new(RabbitMqUplink::new(c.clone(), data_dir)),
+        UplinkConfig::Amqp(c) => Box::new(RabbitMqUplink::new(c.clone(), data_dir, Arc::clone(&stats))),
     };
-    Ok(NamedUplink { name: config.name().into(), stats: Arc::new(UplinkStats::new()), uplink })
+    Ok(NamedUplink { name: config.name().into(), stats, uplink })
 }

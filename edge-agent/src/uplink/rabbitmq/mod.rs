@@ -19,7 +19,10 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use self::config::{AmqpUplinkConfig, OnReturn};
-use super::{BoxFuture, Uplink, UplinkError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{BoxFuture, Uplink, UplinkError, UplinkStats};
 use crate::CloudEvent;
 
 /// Publishes events to a RabbitMQ exchange.
@@ -27,6 +30,7 @@ pub struct RabbitMqUplink {
     config: AmqpUplinkConfig,
     dead_letter: PathBuf,
     link: Option<(Connection, Channel)>,
+    stats: Arc<UplinkStats>,
 }
 
 fn amqp_error(e: lapin::Error) -> UplinkError {
@@ -35,9 +39,9 @@ fn amqp_error(e: lapin::Error) -> UplinkError {
 
 impl RabbitMqUplink {
     /// An uplink for `config`; it connects on first use. Relative paths resolve under `data_dir`.
-    pub fn new(config: AmqpUplinkConfig, data_dir: &Path) -> RabbitMqUplink {
+    pub fn new(config: AmqpUplinkConfig, data_dir: &Path, stats: Arc<UplinkStats>) -> RabbitMqUplink {
         let dead_letter = data_dir.join(&config.dead_letter_path);
-        RabbitMqUplink { config, dead_letter, link: None }
+        RabbitMqUplink { config, dead_letter, link: None, stats }
     }
 
     /// The channel, connecting, enabling confirms and declaring (or checking) the exchange when needed.
@@ -68,6 +72,7 @@ impl RabbitMqUplink {
         ch.exchange_declare(ShortString::from(self.config.exchange.as_str()), kind, options, FieldTable::default())
             .await
             .map_err(amqp_error)?;
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(uplink = %self.config.name, exchange = %self.config.exchange, "connected to the AMQP broker");
         self.link = Some((conn, ch.clone()));
         Ok(ch)
@@ -98,6 +103,7 @@ impl RabbitMqUplink {
                 return Err(UplinkError::Refused(format!("broker nacked event {}", event.id)));
             }
             if let Some(returned) = confirmation.take_message() {
+                self.stats.returned.fetch_add(1, Ordering::Relaxed);
                 let why = format!("{} {}", returned.reply_code, returned.reply_text);
                 match self.config.on_return {
                     OnReturn::Retry => {
@@ -131,9 +137,12 @@ impl Uplink for RabbitMqUplink {
                 Ok(result) => result,
                 Err(_) => Err(UplinkError::Broker(format!("no answer from the broker within {limit:?}"))),
             };
-            if matches!(result, Err(UplinkError::Broker(_))) {
-                // Start from a fresh connection next time.
-                self.link = None;
+            if let Err(e) = &result {
+                tracing::warn!(uplink = %self.config.name, error = %e, "AMQP publish failed");
+                if matches!(e, UplinkError::Broker(_)) {
+                    // Start from a fresh connection next time.
+                    self.link = None;
+                }
             }
             result
         })
