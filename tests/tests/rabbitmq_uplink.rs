@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use cloudevents::AttributesReader;
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -124,6 +125,9 @@ async fn mqtt_devices_reach_a_rabbitmq_queue_as_cloudevents_with_counts_and_orde
     let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
     for e in &events {
         assert!(e.validate().is_ok());
+        // A second opinion on every event: the CloudEvents Rust SDK parses its JSON form.
+        let sdk: cloudevents::Event = serde_json::from_str(&e.to_json_string())?;
+        assert_eq!((sdk.id(), sdk.ty(), sdk.source().as_str()), (e.id.as_str(), e.ty.as_str(), e.source.as_str()));
         assert_eq!(e.ty, "io.meshgate.mqtt.message");
         let device = e.extensions.get("deviceid").map(|d| d.to_canonical_string()).unwrap_or_default();
         let Some(meshgate_protocols::cloudevents::Data::Json(data)) = &e.data else { anyhow::bail!("data: {e:?}") };
