@@ -46,19 +46,8 @@ pub struct AmqpMessage {
 /// Lays an event out in binary mode: `cloudEvents_` headers, `content-type` = `datacontenttype`, body = data.
 pub fn encode_amqp_binary(event: &CloudEvent) -> AmqpMessage {
     let mut headers: Vec<(String, HeaderValue)> = Vec::with_capacity(8 + event.extensions.len());
-    let context = [
-        ("specversion", Some(super::SPEC_VERSION)),
-        ("id", Some(event.id.as_str())),
-        ("source", Some(event.source.as_str())),
-        ("type", Some(event.ty.as_str())),
-        ("dataschema", event.dataschema.as_deref()),
-        ("subject", event.subject.as_deref()),
-        ("time", event.time.as_deref()),
-    ];
-    for (name, value) in context {
-        if let Some(v) = value {
-            headers.push((format!("{AMQP_PREFIX}{name}"), HeaderValue::String(v.into())));
-        }
+    for (name, value) in event.context_attributes() {
+        headers.push((format!("{AMQP_PREFIX}{name}"), HeaderValue::String(value.into())));
     }
     for (name, value) in &event.extensions {
         let v = match value {
@@ -96,11 +85,7 @@ pub fn decode_amqp<'h>(
     body: &[u8],
 ) -> Result<Option<CloudEvent>, CloudEventError> {
     if let Some(ct) = content_type {
-        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        if essence.starts_with("application/cloudevents") {
-            if essence != STRUCTURED_CONTENT_TYPE && essence != "application/cloudevents" {
-                return Err(CloudEventError::UnsupportedFormat(ct.into()));
-            }
+        if super::event::is_structured(ct)? {
             return CloudEvent::from_json_slice(body).map(Some);
         }
     }
@@ -129,11 +114,7 @@ pub fn decode_amqp<'h>(
             }
         }
     }
-    for (name, value) in [("id", &event.id), ("source", &event.source), ("type", &event.ty)] {
-        if value.is_empty() {
-            return Err(CloudEventError::MissingAttribute(name));
-        }
-    }
+    event.check_required_present()?;
     event.datacontenttype = content_type.map(String::from);
     event.data = Data::from_bytes(content_type, body).0;
     event.validate()?;

@@ -76,10 +76,29 @@ pub enum Data {
     Binary(Vec<u8>),
 }
 
+/// A media type without its parameters, lower-cased.
+fn essence(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
 /// Whether `content_type` is JSON: `application/json`, `text/json` or any `+json` suffix, parameters ignored.
 pub fn is_json_content_type(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = essence(content_type);
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// Whether a binding's content type marks a structured-mode event: `Ok(true)` for the JSON event format,
+/// `Ok(false)` for any other content, an error for another event format (`application/cloudevents+avro`, ...).
+pub(crate) fn is_structured(content_type: &str) -> Result<bool, CloudEventError> {
+    let essence = essence(content_type);
+    if !essence.starts_with("application/cloudevents") {
+        return Ok(false);
+    }
+    if essence == super::STRUCTURED_CONTENT_TYPE || essence == "application/cloudevents" {
+        Ok(true)
+    } else {
+        Err(CloudEventError::UnsupportedFormat(content_type.into()))
+    }
 }
 
 impl Data {
@@ -218,6 +237,32 @@ impl CloudEvent {
         Ok(())
     }
 
+    /// Checks that the required attributes a binding or format may leave out (`id`, `source`, `type`) are there.
+    pub fn check_required_present(&self) -> Result<(), CloudEventError> {
+        for (name, value) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
+            if value.is_empty() {
+                return Err(CloudEventError::MissingAttribute(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every context attribute that is set, except `datacontenttype` (which bindings carry in their own content
+    /// type), as `(name, value)`, starting with `specversion`.
+    pub fn context_attributes(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        [
+            ("specversion", Some(SPEC_VERSION)),
+            ("id", Some(self.id.as_str())),
+            ("source", Some(self.source.as_str())),
+            ("type", Some(self.ty.as_str())),
+            ("dataschema", self.dataschema.as_deref()),
+            ("subject", self.subject.as_deref()),
+            ("time", self.time.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+    }
+
     /// Sets an attribute from its binary-mode string form (a context attribute or an extension).
     ///
     /// `specversion` must be `1.0`; `datacontenttype` is not set this way in the MQTT binding but is accepted.
@@ -261,18 +306,8 @@ impl CloudEvent {
     /// Every attribute but `datacontenttype` as `(name, canonical string)`, in a stable order: the context
     /// attributes first, then extensions by name. This is what binary-mode bindings put in their headers.
     pub fn binary_attributes(&self) -> impl Iterator<Item = (&str, String)> + '_ {
-        let context = [
-            ("specversion", Some(SPEC_VERSION)),
-            ("id", Some(self.id.as_str())),
-            ("source", Some(self.source.as_str())),
-            ("type", Some(self.ty.as_str())),
-            ("dataschema", self.dataschema.as_deref()),
-            ("subject", self.subject.as_deref()),
-            ("time", self.time.as_deref()),
-        ];
-        context
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|v| (name, String::from(v))))
+        self.context_attributes()
+            .map(|(name, v)| (name, String::from(v)))
             .chain(self.extensions.iter().map(|(k, v)| (k.as_str(), v.to_canonical_string())))
     }
 }

@@ -73,11 +73,7 @@ impl CloudEvent {
             Some(SPEC_VERSION) => {}
             Some(other) => return Err(CloudEventError::UnsupportedSpecVersion(other.into())),
         }
-        for (name, value) in [("id", &event.id), ("source", &event.source), ("type", &event.ty)] {
-            if value.is_empty() {
-                return Err(CloudEventError::MissingAttribute(name));
-            }
-        }
+        event.check_required_present()?;
         event.data = match (data, data_base64) {
             (Some(Value::Null) | None, None) => None,
             (None | Some(Value::Null), Some(b64)) => Some(Data::Binary(

@@ -28,11 +28,7 @@ pub fn decode_mqtt(
 ) -> Result<Option<CloudEvent>, CloudEventError> {
     let content_type = if version.is_v5() { properties.content_type } else { None };
     if let Some(ct) = content_type {
-        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        if essence.starts_with("application/cloudevents") {
-            if essence != STRUCTURED_CONTENT_TYPE && essence != "application/cloudevents" {
-                return Err(CloudEventError::UnsupportedFormat(ct.into()));
-            }
+        if super::event::is_structured(ct)? {
             return CloudEvent::from_json_slice(payload).map(Some);
         }
     }
@@ -58,11 +54,7 @@ fn decode_binary(
         }
         event.set_attribute(p.name, p.value)?;
     }
-    for (name, value) in [("id", &event.id), ("source", &event.source), ("type", &event.ty)] {
-        if value.is_empty() {
-            return Err(CloudEventError::MissingAttribute(name));
-        }
-    }
+    event.check_required_present()?;
     event.datacontenttype = content_type.map(String::from);
     event.data = Data::from_bytes(content_type, payload).0;
     event.validate()?;
