@@ -84,10 +84,10 @@ pub fn decode_amqp<'h>(
     headers: impl IntoIterator<Item = (&'h str, &'h HeaderValue)> + Clone,
     body: &[u8],
 ) -> Result<Option<CloudEvent>, CloudEventError> {
-    if let Some(ct) = content_type {
-        if super::event::is_structured(ct)? {
-            return CloudEvent::from_json_slice(body).map(Some);
-        }
+    if let Some(ct) = content_type
+        && super::event::is_structured(ct)?
+    {
+        return CloudEvent::from_json_slice(body).map(Some);
     }
     let binary = headers.clone().into_iter().any(|(k, _)| attribute_name(k) == Some("specversion"));
     if !binary {

@@ -27,10 +27,10 @@ pub fn decode_mqtt(
     payload: &[u8],
 ) -> Result<Option<CloudEvent>, CloudEventError> {
     let content_type = if version.is_v5() { properties.content_type } else { None };
-    if let Some(ct) = content_type {
-        if super::event::is_structured(ct)? {
-            return CloudEvent::from_json_slice(payload).map(Some);
-        }
+    if let Some(ct) = content_type
+        && super::event::is_structured(ct)?
+    {
+        return CloudEvent::from_json_slice(payload).map(Some);
     }
     if version.is_v5() && properties.user_properties.iter().any(|p| p.name == "specversion") {
         return decode_binary(content_type, properties, payload).map(Some);
