@@ -131,7 +131,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::run(config, shutdown_signal())) {
+    let outcome = runtime.block_on(server::run(config, shutdown_signal()));
+    // Everything owed was flushed within the grace periods; do not wait on a blocking task that is stuck (a
+    // writer waiting for space on a full spool, say).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshgate: {e:#}");
