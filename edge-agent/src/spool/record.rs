@@ -228,12 +228,14 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_every_damage_is_detected() {
+        // One record: each carries its own acceptance time.
+        let original = record();
         let mut buf = Vec::new();
-        encode(7, &record(), &mut buf).unwrap();
+        encode(7, &original, &mut buf).unwrap();
         let mut scratch = AlignedVec::new();
         match decode(&buf, &mut scratch) {
             Frame::Record(7, r, n) => {
-                assert_eq!(*r, record());
+                assert_eq!(*r, original);
                 assert_eq!(n, buf.len());
             }
             other => panic!("{other:?}"),
