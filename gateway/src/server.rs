@@ -63,6 +63,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(a) => Some(bind(a.bind, "admin.bind").await?),
         None => None,
     };
+    // Bound now; announced (and served) just below.
+    listeners_bound.store(true, Ordering::Relaxed);
 
     let mut mqtt_task = None;
     if let (Some(listener), Some(cfg)) = (mqtt_listener, &config.listeners.mqtt) {
@@ -89,7 +91,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         };
         admin_task = Some(tokio::spawn(admin::run(listener, state, stop_rx.clone())));
     }
-    listeners_bound.store(true, Ordering::Relaxed);
     tracing::info!(gateway = %config.gateway.id, data_dir = %data_dir.display(), "meshgate started");
 
     shutdown.await;

@@ -160,6 +160,22 @@ impl Gateway {
         Ok(())
     }
 
+    /// Polls `/readyz` until it answers `status` (readiness follows background work such as a forwarder's first
+    /// attempt); returns the last body.
+    pub fn wait_for_readyz(&self, status: u16, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (got, body) = self.admin_get("/readyz")?;
+            if got == status {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                bail!("/readyz stayed {got} ({}), expected {status}", body.trim());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;

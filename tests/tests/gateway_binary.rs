@@ -55,8 +55,8 @@ fn check_validates_without_starting_and_names_file_key_and_problem() -> anyhow::
 fn the_admin_endpoint_reports_health_readiness_and_metrics() -> anyhow::Result<()> {
     let gw = Gateway::start()?;
     assert_eq!(gw.admin_get("/healthz")?.0, 200);
-    let (status, body) = gw.admin_get("/readyz")?;
-    assert_eq!((status, body.trim()), (200, "ready"));
+    let body = gw.wait_for_readyz(200, Duration::from_secs(10))?;
+    assert_eq!(body.trim(), "ready");
     let (status, metrics) = gw.admin_get("/metrics")?;
     assert_eq!(status, 200);
     for family in [
@@ -236,8 +236,7 @@ fn a_failing_uplink_keeps_acknowledged_events_in_the_spool_until_it_recovers() -
     for id in 1..=5u16 {
         assert_eq!(publish_qos1(&mut c, id, id.to_string().as_bytes())?, Reply::Ack(4, id, ReasonCode::SUCCESS));
     }
-    let (status, body) = gw.admin_get("/readyz")?;
-    assert_eq!(status, 503);
+    let body = gw.wait_for_readyz(503, Duration::from_secs(10))?;
     assert!(body.contains("no uplink is healthy"), "{body}");
     std::thread::sleep(Duration::from_millis(1100));
     let (_, metrics) = gw.admin_get("/metrics")?;
@@ -307,8 +306,7 @@ fn a_full_disk_refuses_new_messages_cleanly_and_keeps_every_acknowledged_one() -
     let mut telemetry = RawClient::connect(gw.mqtt, Version::V5, "qos0", 30)?;
     telemetry.send(&Packet::Publish(Publish { topic: "t", payload: &payload, ..Publish::default() }))?;
     assert_eq!(telemetry.recv()?, Reply::Disconnect(ReasonCode::UNSPECIFIED_ERROR));
-    let (status, body) = gw.admin_get("/readyz")?;
-    assert_eq!(status, 503);
+    let body = gw.wait_for_readyz(503, Duration::from_secs(10))?;
     assert!(body.contains("the spool cannot write"), "{body}");
     let (_, metrics) = gw.admin_get("/metrics")?;
     assert!(metrics.contains("meshgate_spool_healthy 0"), "{metrics}");

@@ -180,9 +180,7 @@ async fn a_missing_exchange_with_declare_false_is_reported_and_events_wait_in_th
     let gw = Gateway::start_with(|b| b + &amqp_uplink(&exchange, "declare = false\n"))?;
     // Devices are served: their events are durable in the spool while the uplink retries.
     publish_all(gw.mqtt, 0, 2)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, body) = gw.admin_get("/readyz")?;
-    assert_eq!(status, 503, "{body}");
+    gw.wait_for_readyz(503, Duration::from_secs(10))?;
     let (_, metrics) = gw.admin_get("/metrics")?;
     assert!(!metrics.contains("meshgate_uplink_failures_total{uplink=\"rabbit\"} 0"), "{metrics}");
     assert!(metrics.contains("meshgate_uplink_events_total{uplink=\"rabbit\"} 0"), "{metrics}");
@@ -343,9 +341,7 @@ async fn a_broker_that_refuses_access_is_reported_while_devices_are_served() -> 
     );
     let gw = Gateway::start_with(|b| b + &wrong)?;
     publish_all(gw.mqtt, 0, 3)?;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let (status, _) = gw.admin_get("/readyz")?;
-    assert_eq!(status, 503);
+    gw.wait_for_readyz(503, Duration::from_secs(10))?;
     let (_, metrics) = gw.admin_get("/metrics")?;
     assert!(metrics.contains("meshgate_uplink_connects_total{uplink=\"rabbit\"} 0"), "{metrics}");
     assert!(!metrics.contains("meshgate_uplink_failures_total{uplink=\"rabbit\"} 0"), "{metrics}");
