@@ -1,9 +1,8 @@
-//! The admin HTTP endpoint: `/healthz` (the process runs), `/readyz` (listeners bound, data directory writable,
-//! at least one uplink healthy) and `/metrics` (Prometheus text).
+//! The admin HTTP endpoint: `/healthz` (the process runs), `/readyz` (data directory writable, spool writing, at
+//! least one uplink healthy; it is served only once every listener is bound) and `/metrics` (Prometheus text).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -20,8 +19,6 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Set once every listener is bound.
-    pub listeners_bound: Arc<AtomicBool>,
     /// The data directory, probed for writability.
     pub data_dir: PathBuf,
 }
@@ -32,9 +29,6 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let mut problems = Vec::new();
-    if !state.listeners_bound.load(Ordering::Relaxed) {
-        problems.push("listeners are not bound yet");
-    }
     let probe = state.data_dir.join(".readyz-probe");
     let writable = tokio::fs::write(&probe, b"ok").await.is_ok();
     let _ = tokio::fs::remove_file(&probe).await;

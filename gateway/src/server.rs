@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -53,7 +52,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     metrics.set_spool(pipeline.spool().clone());
     let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let listeners_bound = Arc::new(AtomicBool::new(false));
 
     let mqtt_listener = match &config.listeners.mqtt {
         Some(m) => Some(bind(m.bind, "listeners.mqtt.bind").await?),
@@ -63,8 +61,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(a) => Some(bind(a.bind, "admin.bind").await?),
         None => None,
     };
-    // Bound now; announced (and served) just below.
-    listeners_bound.store(true, Ordering::Relaxed);
 
     let mut mqtt_task = None;
     if let (Some(listener), Some(cfg)) = (mqtt_listener, &config.listeners.mqtt) {
@@ -84,11 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut admin_task = None;
     if let Some(listener) = admin_listener {
         announce("admin", &listener)?;
-        let state = AdminState {
-            metrics: Arc::clone(&metrics),
-            listeners_bound: Arc::clone(&listeners_bound),
-            data_dir: data_dir.clone(),
-        };
+        let state = AdminState { metrics: Arc::clone(&metrics), data_dir: data_dir.clone() };
         admin_task = Some(tokio::spawn(admin::run(listener, state, stop_rx.clone())));
     }
     tracing::info!(gateway = %config.gateway.id, data_dir = %data_dir.display(), "meshgate started");

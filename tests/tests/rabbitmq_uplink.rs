@@ -31,17 +31,14 @@ async fn broker() -> anyhow::Result<(Connection, Channel)> {
     Ok((conn, ch))
 }
 
-/// A durable topic exchange (as meshgate declares it) and an exclusive queue bound to it with `#`.
-async fn exchange_with_queue(ch: &Channel, exchange: &str) -> anyhow::Result<String> {
+/// A durable topic exchange (as meshgate declares it) and a queue bound to it with `#`: exclusive to this
+/// connection, or with `name` so that another client can read it.
+async fn exchange_with_queue(ch: &Channel, exchange: &str, name: Option<&str>) -> anyhow::Result<String> {
     let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     ch.exchange_declare(ShortString::from(exchange), ExchangeKind::Topic, options, FieldTable::default()).await?;
-    let queue = ch
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions { exclusive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
+    let queue_options = QueueDeclareOptions { exclusive: name.is_none(), ..Default::default() };
+    let queue =
+        ch.queue_declare(ShortString::from(name.unwrap_or_default()), queue_options, FieldTable::default()).await?;
     let name = queue.name().to_string();
     ch.queue_bind(
         ShortString::from(name.as_str()),
@@ -113,7 +110,7 @@ async fn mqtt_devices_reach_a_rabbitmq_queue_as_cloudevents_with_counts_and_orde
     const MESSAGES: u16 = 50;
     let (_conn, ch) = broker().await?;
     let exchange = unique("meshgate-test");
-    let queue = exchange_with_queue(&ch, &exchange).await?;
+    let queue = exchange_with_queue(&ch, &exchange, None).await?;
     let gw = Gateway::start_with(|b| b + &amqp_uplink(&exchange, ""))?;
     let addr = gw.mqtt;
     let publishers: Vec<_> = (0..CLIENTS).map(|c| std::thread::spawn(move || publish_all(addr, c, MESSAGES))).collect();
@@ -202,7 +199,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn an_outage_between_gateway_and_broker_loses_nothing_acknowledged_and_keeps_order() -> anyhow::Result<()> {
     let (_conn, ch) = broker().await?;
     let exchange = unique("meshgate-outage");
-    let queue = exchange_with_queue(&ch, &exchange).await?;
+    let queue = exchange_with_queue(&ch, &exchange, None).await?;
     let proxy = meshgate_tests::proxy::FaultProxy::start("127.0.0.1:5672".parse()?).await?;
     let uri = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     let uplink = format!(
@@ -296,20 +293,8 @@ async fn an_outage_between_gateway_and_broker_loses_nothing_acknowledged_and_kee
 async fn an_independent_python_consumer_parses_the_events_with_the_cloudevents_sdk() -> anyhow::Result<()> {
     let (_conn, ch) = broker().await?;
     let exchange = unique("meshgate-pika");
-    let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
-    ch.exchange_declare(ShortString::from(exchange.as_str()), ExchangeKind::Topic, options, FieldTable::default())
-        .await?;
     // A named queue: the Python consumer reads it over its own connection.
-    let queue = unique("meshgate-pika-q");
-    ch.queue_declare(ShortString::from(queue.as_str()), QueueDeclareOptions::default(), FieldTable::default()).await?;
-    ch.queue_bind(
-        ShortString::from(queue.as_str()),
-        ShortString::from(exchange.as_str()),
-        ShortString::from("#"),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    let queue = exchange_with_queue(&ch, &exchange, Some(&unique("meshgate-pika-q"))).await?;
     let gw = Gateway::start_with(|b| b + &amqp_uplink(&exchange, ""))?;
     publish_all(gw.mqtt, 3, 10)?;
 

@@ -64,6 +64,26 @@ pub enum StoredExtension {
     Integer(i64),
 }
 
+impl From<ExtensionValue> for StoredExtension {
+    fn from(v: ExtensionValue) -> Self {
+        match v {
+            ExtensionValue::String(s) => StoredExtension::String(s),
+            ExtensionValue::Boolean(b) => StoredExtension::Boolean(b),
+            ExtensionValue::Integer(i) => StoredExtension::Integer(i),
+        }
+    }
+}
+
+impl From<StoredExtension> for ExtensionValue {
+    fn from(v: StoredExtension) -> Self {
+        match v {
+            StoredExtension::String(s) => ExtensionValue::String(s),
+            StoredExtension::Boolean(b) => ExtensionValue::Boolean(b),
+            StoredExtension::Integer(i) => ExtensionValue::Integer(i),
+        }
+    }
+}
+
 /// An event's data.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum StoredData {
@@ -92,18 +112,7 @@ impl StoredRecord {
             dataschema: event.dataschema,
             subject: event.subject,
             time: event.time,
-            extensions: event
-                .extensions
-                .into_iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        ExtensionValue::String(s) => StoredExtension::String(s),
-                        ExtensionValue::Boolean(b) => StoredExtension::Boolean(b),
-                        ExtensionValue::Integer(i) => StoredExtension::Integer(i),
-                    };
-                    (k, v)
-                })
-                .collect(),
+            extensions: event.extensions.into_iter().map(|(k, v)| (k, v.into())).collect(),
             data: match event.data {
                 None => StoredData::None,
                 Some(Data::Json(v)) => StoredData::Json(serde_json::to_vec(&v).unwrap_or_default()),
@@ -130,18 +139,7 @@ impl StoredRecord {
             dataschema: self.dataschema,
             subject: self.subject,
             time: self.time,
-            extensions: self
-                .extensions
-                .into_iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        StoredExtension::String(s) => ExtensionValue::String(s),
-                        StoredExtension::Boolean(b) => ExtensionValue::Boolean(b),
-                        StoredExtension::Integer(i) => ExtensionValue::Integer(i),
-                    };
-                    (k, v)
-                })
-                .collect(),
+            extensions: self.extensions.into_iter().map(|(k, v)| (k, v.into())).collect(),
             data: match self.data {
                 StoredData::None => None,
                 StoredData::Json(bytes) => Some(match serde_json::from_slice(&bytes) {
