@@ -23,3 +23,6 @@ pub mod mqtt;
 
 #[cfg(feature = "cloudevents")]
 pub mod cloudevents;
+
+#[cfg(feature = "eventmesh")]
+pub mod eventmesh;

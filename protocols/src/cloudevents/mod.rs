@@ -26,4 +26,4 @@ pub use amqp_binding::{
 pub use error::CloudEventError;
 pub use event::{CloudEvent, Data, ExtensionValue, SPEC_VERSION, is_json_content_type};
 pub use mqtt_binding::{BinaryMessage, STRUCTURED_CONTENT_TYPE, decode_mqtt, encode_mqtt5_binary};
-pub use time::validate_timestamp;
+pub use time::{format_timestamp, parse_timestamp, validate_timestamp};
