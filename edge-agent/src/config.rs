@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use crate::uplink::eventmesh::config::{EventMeshUplinkConfig, Policy, Protocol};
 pub use crate::uplink::rabbitmq::config::AmqpUplinkConfig;
 
 /// One `[[uplinks]]` table. `kind` selects the variant.
@@ -17,6 +18,15 @@ pub enum UplinkConfig {
     /// `kind = "amqp"`: a RabbitMQ exchange, with publisher confirms.
     #[serde(rename = "amqp")]
     Amqp(AmqpUplinkConfig),
+    /// `kind = "eventmesh-grpc"`: Apache EventMesh over gRPC (`PublisherService/publish`).
+    #[serde(rename = "eventmesh-grpc")]
+    EventMeshGrpc(EventMeshUplinkConfig),
+    /// `kind = "eventmesh-http"`: Apache EventMesh's HTTP request-code API.
+    #[serde(rename = "eventmesh-http")]
+    EventMeshHttp(EventMeshUplinkConfig),
+    /// `kind = "eventmesh-tcp"`: Apache EventMesh's framed TCP protocol.
+    #[serde(rename = "eventmesh-tcp")]
+    EventMeshTcp(EventMeshUplinkConfig),
 }
 
 impl UplinkConfig {
@@ -25,6 +35,18 @@ impl UplinkConfig {
         match self {
             UplinkConfig::File(c) => &c.name,
             UplinkConfig::Amqp(c) => &c.name,
+            UplinkConfig::EventMeshGrpc(c) | UplinkConfig::EventMeshHttp(c) | UplinkConfig::EventMeshTcp(c) => &c.name,
+        }
+    }
+
+    /// Checks the table's values beyond their types; the error names the key (relative to the table) and the
+    /// problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self {
+            UplinkConfig::File(_) | UplinkConfig::Amqp(_) => Ok(()),
+            UplinkConfig::EventMeshGrpc(c) => c.validate(Protocol::Grpc),
+            UplinkConfig::EventMeshHttp(c) => c.validate(Protocol::Http),
+            UplinkConfig::EventMeshTcp(c) => c.validate(Protocol::Tcp),
         }
     }
 }

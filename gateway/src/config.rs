@@ -247,6 +247,7 @@ impl Config {
             if !names.insert(u.name()) {
                 return err(&format!("uplinks[{i}].name"), &format!("`{}` is used by two uplinks", u.name()));
             }
+            u.validate().map_err(|(k, p)| (format!("uplinks[{i}].{k}"), p))?;
         }
         let uplinks = self.uplinks();
         let known: Vec<&str> = uplinks.iter().map(|u| u.name()).collect();

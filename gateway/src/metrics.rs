@@ -86,6 +86,9 @@ impl RejectReason {
 /// Reads one counter of an uplink.
 type StatReader = fn(&UplinkStats) -> u64;
 
+/// Reads one figure of an uplink endpoint.
+type EndpointReader = fn(&meshgate_edge_agent::uplink::eventmesh::EndpointState) -> u64;
+
 const PROTOCOLS: usize = Protocol::ALL.len();
 const REASONS: usize = RejectReason::ALL.len();
 
@@ -204,7 +207,7 @@ impl Metrics {
             let _ = writeln!(out, "meshgate_spool_commits_total {}", spool.commits());
         }
         let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
-        let per_uplink: [(&str, &str, StatReader); 4] = [
+        let per_uplink: [(&str, &str, StatReader); 6] = [
             ("meshgate_uplink_events_total", "Events each uplink confirmed.", |s| s.events.load(Ordering::Relaxed)),
             ("meshgate_uplink_failures_total", "Batches each uplink failed (each is retried).", |s| {
                 s.failures.load(Ordering::Relaxed)
@@ -213,11 +216,36 @@ impl Metrics {
                 s.returned.load(Ordering::Relaxed)
             }),
             ("meshgate_uplink_connects_total", "Connections (re)established.", |s| s.connects.load(Ordering::Relaxed)),
+            ("meshgate_uplink_dead_lettered_total", "Events set aside in the dead-letter file, never retried.", |s| {
+                s.dead_lettered.load(Ordering::Relaxed)
+            }),
+            ("meshgate_uplink_busy_total", "Answers asking to slow down (overload, rate limit).", |s| {
+                s.busy.load(Ordering::Relaxed)
+            }),
         ];
         for (name, help, read) in per_uplink {
             header(&mut out, name, "counter", help);
             for (u, s) in uplinks {
                 let _ = writeln!(out, "{name}{{uplink=\"{u}\"}} {}", read(s));
+            }
+        }
+        let endpoint_gauges: [(&str, &str, &str, EndpointReader); 3] = [
+            ("meshgate_uplink_endpoint_up", "gauge", "1 while an endpoint takes traffic, 0 while ejected.", |e| {
+                u64::from(e.up.load(Ordering::Relaxed))
+            }),
+            ("meshgate_uplink_endpoint_in_flight", "gauge", "Requests in flight to an endpoint.", |e| {
+                e.in_flight.load(Ordering::Relaxed) as u64
+            }),
+            ("meshgate_uplink_endpoint_ejections_total", "counter", "Times an endpoint was ejected.", |e| {
+                e.ejections.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, kind, help, read) in endpoint_gauges {
+            header(&mut out, name, kind, help);
+            for (u, s) in uplinks {
+                for e in s.endpoints.get().map(Vec::as_slice).unwrap_or_default() {
+                    let _ = writeln!(out, "{name}{{uplink=\"{u}\",endpoint=\"{}\"}} {}", e.address, read(e));
+                }
             }
         }
         let name = "meshgate_uplink_forward_latency_seconds";

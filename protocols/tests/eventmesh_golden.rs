@@ -45,7 +45,8 @@ fn a_heartbeat_frame_has_the_v1_9_length_rule() {
 
 #[test]
 fn a_message_frame_carries_properties_and_a_body() {
-    let header = br#"{"cmd":"ASYNC_MESSAGE_TO_SERVER","code":0,"seq":"42","properties":{"protocoltype":"cloudevents"}}"#;
+    let header =
+        br#"{"cmd":"ASYNC_MESSAGE_TO_SERVER","code":0,"seq":"42","properties":{"protocoltype":"cloudevents"}}"#;
     let mut expected = b"EventMesh0000".to_vec();
     expected.extend_from_slice(&[0, 0, 0, 114]); // 13 + 97 + 4
     expected.extend_from_slice(&[0, 0, 0, 97]);
@@ -131,14 +132,21 @@ fn a_protobuf_cloudevent_has_the_cncf_field_numbers() {
         data: Some(grpc::cloud_event::Data::TextData("x".into())),
     };
     let expected: Vec<u8> = [
-        &[0x0a, 1][..], b"1", // id = 1, length-delimited
-        &[0x12, 2], b"/s", // source = 2
-        &[0x1a, 3], b"1.0", // spec_version = 3
-        &[0x22, 1], b"t", // type = 4
+        &[0x0a, 1][..],
+        b"1", // id = 1, length-delimited
+        &[0x12, 2],
+        b"/s", // source = 2
+        &[0x1a, 3],
+        b"1.0", // spec_version = 3
+        &[0x22, 1],
+        b"t",        // type = 4
         &[0x2a, 14], // attributes = 5: one map entry of 14 bytes
-        &[0x0a, 7], b"subject", // entry key = 1
-        &[0x12, 3, 0x1a, 1], b"a", // entry value = 2: CloudEventAttributeValue { ce_string = 3 }
-        &[0x3a, 1], b"x", // text_data = 7
+        &[0x0a, 7],
+        b"subject", // entry key = 1
+        &[0x12, 3, 0x1a, 1],
+        b"a", // entry value = 2: CloudEventAttributeValue { ce_string = 3 }
+        &[0x3a, 1],
+        b"x", // text_data = 7
     ]
     .concat();
     assert_eq!(message.encode_to_vec(), expected);
@@ -196,7 +204,12 @@ fn a_grpc_publish_carries_every_required_attribute_as_ce_string() {
         top.iter().filter(|f| f.0 <= 4).map(|f| (f.0, String::from_utf8(f.2.clone()).unwrap())).collect();
     assert_eq!(
         strings,
-        [(1, "e-1".into()), (2, "/meshgate/edge-1/mqtt/d7".into()), (3, "1.0".into()), (4, "io.meshgate.mqtt.message".into())]
+        [
+            (1, "e-1".into()),
+            (2, "/meshgate/edge-1/mqtt/d7".into()),
+            (3, "1.0".into()),
+            (4, "io.meshgate.mqtt.message".into())
+        ]
     );
     let mut attributes = std::collections::BTreeMap::new();
     for entry in top.iter().filter(|f| f.0 == 5) {

@@ -3,19 +3,24 @@
 //! An uplink takes batches of events and reports success only when the destination holds every event of the
 //! batch; an error means none of the batch may be counted as delivered (it is retried or refused upstream).
 
+pub mod dead_letter;
+pub mod eventmesh;
 mod file;
 pub mod rabbitmq;
+pub mod template;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+pub use eventmesh::EventMeshUplink;
 pub use file::FileUplink;
 pub use rabbitmq::RabbitMqUplink;
 
 use crate::CloudEvent;
 use crate::config::UplinkConfig;
+use eventmesh::config::Protocol;
 
 /// A boxed future, as uplink methods return them (one per batch, not per event).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -57,6 +62,12 @@ pub struct UplinkStats {
     pub connects: AtomicU64,
     /// Forward latency (acceptance at the gateway → confirmation by the destination), per event, by bucket.
     pub latency: LatencyHistogram,
+    /// Events set aside in the dead-letter file (poison for the destination, or unroutable).
+    pub dead_lettered: AtomicU64,
+    /// Answers that asked the gateway to slow down (overload, rate limit).
+    pub busy: AtomicU64,
+    /// The destination's endpoints and their health, for uplinks that balance over several.
+    pub endpoints: std::sync::OnceLock<Vec<Arc<eventmesh::EndpointState>>>,
 }
 
 /// Upper bounds of the forward-latency buckets, in milliseconds (the last bucket is +Inf).
@@ -119,6 +130,15 @@ pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<
     let uplink: Box<dyn Uplink> = match config {
         UplinkConfig::File(c) => Box::new(FileUplink::open(&data_dir.join(&c.path)).await?),
         UplinkConfig::Amqp(c) => Box::new(RabbitMqUplink::new(c.clone(), data_dir, Arc::clone(&stats))),
+        UplinkConfig::EventMeshGrpc(c) => {
+            Box::new(EventMeshUplink::new(Protocol::Grpc, c.clone(), data_dir, Arc::clone(&stats))?)
+        }
+        UplinkConfig::EventMeshHttp(c) => {
+            Box::new(EventMeshUplink::new(Protocol::Http, c.clone(), data_dir, Arc::clone(&stats))?)
+        }
+        UplinkConfig::EventMeshTcp(c) => {
+            Box::new(EventMeshUplink::new(Protocol::Tcp, c.clone(), data_dir, Arc::clone(&stats))?)
+        }
     };
     Ok(NamedUplink { name: config.name().into(), stats, uplink })
 }

@@ -22,4 +22,3 @@ pub mod status;
 pub mod tcp;
 
 pub use identity::{Identity, PROTOCOL_TYPE, PROTOCOL_VERSION, mesh_event, sequence_number};
-

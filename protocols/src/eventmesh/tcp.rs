@@ -128,9 +128,7 @@ pub struct Header {
 }
 
 /// Jackson writes absent maps as `null`.
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, serde_json::Value>, D::Error> {
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, serde_json::Value>, D::Error> {
     Ok(Option::<BTreeMap<String, serde_json::Value>>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -216,8 +214,7 @@ impl Frame {
         };
         let header_bytes = frame.get(PREFIX_LEN..PREFIX_LEN + header_len).ok_or(FrameError::BadLength)?;
         let body = frame.get(PREFIX_LEN + header_len..).ok_or(FrameError::BadLength)?;
-        let header: Header =
-            serde_json::from_slice(header_bytes).map_err(|e| FrameError::BadHeader(e.to_string()))?;
+        let header: Header = serde_json::from_slice(header_bytes).map_err(|e| FrameError::BadHeader(e.to_string()))?;
         Ok((Frame { header, body: body.to_vec() }, total))
     }
 

@@ -52,4 +52,3 @@ pub fn event() -> impl Strategy<Value = CloudEvent> {
             ..CloudEvent::default()
         })
 }
-

@@ -18,34 +18,9 @@ pub struct Encoded {
     pub body: Vec<u8>,
 }
 
-/// Fills a routing-key template: `{subject}` (with `/` as `.`), `{type}`, `{source}`, `{id}` and any extension by
-/// name. A missing value renders empty.
+/// Fills a routing-key template (see [`crate::uplink::template`]); in `{subject}`, `/` becomes `.`.
 pub fn routing_key(template: &str, event: &CloudEvent) -> String {
-    let mut out = String::with_capacity(template.len() + 32);
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
-            return out;
-        };
-        let name = &after[..close];
-        match name {
-            "subject" => out.push_str(&event.subject.as_deref().unwrap_or_default().replace('/', ".")),
-            "type" => out.push_str(&event.ty),
-            "source" => out.push_str(&event.source),
-            "id" => out.push_str(&event.id),
-            other => {
-                if let Some(v) = event.extensions.get(other) {
-                    out.push_str(&v.to_canonical_string());
-                }
-            }
-        }
-        rest = &after[close + 1..];
-    }
-    out.push_str(rest);
-    out
+    crate::uplink::template::render(template, event, Some('.'))
 }
 
 /// Encodes an event as the configuration asks.

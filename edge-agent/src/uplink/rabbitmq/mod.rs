@@ -10,9 +10,7 @@
 pub mod config;
 pub mod encoder;
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -22,13 +20,14 @@ use self::config::{AmqpUplinkConfig, OnReturn};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::dead_letter::{DeadLetter, DeadLetterFile};
 use super::{BoxFuture, Uplink, UplinkError, UplinkStats};
 use crate::CloudEvent;
 
 /// Publishes events to a RabbitMQ exchange.
 pub struct RabbitMqUplink {
     config: AmqpUplinkConfig,
-    dead_letter: PathBuf,
+    dead_letter: DeadLetterFile,
     link: Option<(Connection, Channel)>,
     stats: Arc<UplinkStats>,
 }
@@ -40,7 +39,7 @@ fn amqp_error(e: lapin::Error) -> UplinkError {
 impl RabbitMqUplink {
     /// An uplink for `config`; it connects on first use. Relative paths resolve under `data_dir`.
     pub fn new(config: AmqpUplinkConfig, data_dir: &Path, stats: Arc<UplinkStats>) -> RabbitMqUplink {
-        let dead_letter = data_dir.join(&config.dead_letter_path);
+        let dead_letter = DeadLetterFile::new(&data_dir.join(&config.dead_letter_path));
         RabbitMqUplink { config, dead_letter, link: None, stats }
     }
 
@@ -111,20 +110,13 @@ impl RabbitMqUplink {
                     }
                     OnReturn::DeadLetter => {
                         tracing::warn!(uplink = %self.config.name, event = %event.id, why, "unroutable; dead-lettered");
-                        self.dead_letter(event)?;
+                        let code = Some(i64::from(returned.reply_code));
+                        let why = DeadLetter { uplink: &self.config.name, endpoint: None, code, reason: &why };
+                        self.dead_letter.append(event, &why)?;
                     }
                 }
             }
         }
-        Ok(())
-    }
-
-    fn dead_letter(&self, event: &CloudEvent) -> Result<(), UplinkError> {
-        let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.dead_letter)?;
-        f.write_all(&line)?;
-        f.sync_data()?;
         Ok(())
     }
 }
