@@ -89,10 +89,10 @@ proptest! {
 
     #[test]
     fn arbitrary_protobuf_never_panics_the_mapping(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        if let Ok(message) = ProtoEvent::decode(bytes.as_slice()) {
-            if let Ok(event) = to_event(&message) {
-                prop_assert_eq!(event.validate(), Ok(()));
-            }
+        if let Ok(message) = ProtoEvent::decode(bytes.as_slice())
+            && let Ok(event) = to_event(&message)
+        {
+            prop_assert_eq!(event.validate(), Ok(()));
         }
     }
 }

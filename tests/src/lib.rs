@@ -2,8 +2,11 @@
 //! directory, read back the addresses it bound, read the CloudEvents its file uplink wrote, and stop it with a
 //! signal like an operator would.
 
+pub mod eventmesh;
 pub mod proxy;
 pub mod raw;
+
+pub use raw::publish_numbered;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -95,3 +95,22 @@ impl RawClient {
         }
     }
 }
+
+/// Connects as MQTT 5 client `dev-{client}` and publishes `count` QoS 1 messages `{"client": client, "seq": n}`
+/// to `devices/dev-{client}/telemetry`, each acknowledged (PUBACK 0x00) before the next.
+pub fn publish_numbered(addr: SocketAddr, client: usize, count: u16) -> Result<()> {
+    use meshgate_protocols::mqtt::{Publish, QoS};
+    let mut c = RawClient::connect(addr, Version::V5, &format!("dev-{client}"), 30)?;
+    for seq in 1..=count {
+        let payload = serde_json::json!({"client": client, "seq": seq}).to_string();
+        c.send(&Packet::Publish(Publish {
+            topic: &format!("devices/dev-{client}/telemetry"),
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(seq),
+            payload: payload.as_bytes(),
+            ..Publish::default()
+        }))?;
+        anyhow::ensure!(c.recv()? == Reply::Ack(4, seq, ReasonCode::SUCCESS), "publish {seq} not acknowledged");
+    }
+    Ok(())
+}

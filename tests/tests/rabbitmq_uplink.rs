@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use meshgate_protocols::cloudevents::{CloudEvent, HeaderValue, decode_amqp};
 use meshgate_protocols::mqtt::{Packet, Publish, QoS, ReasonCode, Version};
-use meshgate_tests::Gateway;
+use meshgate_tests::{Gateway, publish_numbered as publish_all};
 use meshgate_tests::raw::{RawClient, Reply};
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -86,22 +86,6 @@ async fn drain(ch: &Channel, queue: &str, want: usize, timeout: Duration) -> any
         }
     }
     Ok(events)
-}
-
-fn publish_all(addr: std::net::SocketAddr, client: usize, count: u16) -> anyhow::Result<()> {
-    let mut c = RawClient::connect(addr, Version::V5, &format!("dev-{client}"), 30)?;
-    for seq in 1..=count {
-        let payload = serde_json::json!({"client": client, "seq": seq}).to_string();
-        c.send(&Packet::Publish(Publish {
-            topic: &format!("devices/dev-{client}/telemetry"),
-            qos: QoS::AtLeastOnce,
-            packet_id: Some(seq),
-            payload: payload.as_bytes(),
-            ..Publish::default()
-        }))?;
-        anyhow::ensure!(c.recv()? == Reply::Ack(4, seq, ReasonCode::SUCCESS), "publish {seq} not acknowledged");
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
