@@ -134,44 +134,61 @@ impl Runtime {
         Runtime::start_on(protocol, "127.0.0.1:0".parse()?, Arc::new(State::default()))
     }
 
-    /// Starts a double on `addr` with `state` (a restart keeps what it stored).
+    /// Starts a double on `addr` with `state` (a restart keeps what it stored). The double gets a thread and a
+    /// tokio runtime of its own, so killing it drops every connection it has, from any context.
     fn start_on(protocol: Protocol, addr: SocketAddr, state: Arc<State>) -> anyhow::Result<Runtime> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let listener = rt.block_on(async {
-            // The port may still be held by the dying predecessor's sockets for a moment.
-            let mut tries = 0;
-            loop {
-                match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => return Ok(l),
-                    Err(e) if tries < 50 => {
-                        tries += 1;
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (kill, killed) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<anyhow::Result<(SocketAddr, Option<tcp::Control>)>>();
+        let thread_state = Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let bound = rt.block_on(async {
+                // The port may still be held by the dying predecessor's sockets for a moment.
+                let mut tries = 0;
+                loop {
+                    match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => return Ok(l),
+                        Err(_) if tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
+                }
+            });
+            let listener = match bound {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let local = listener.local_addr();
+            let mut control = None;
+            match protocol {
+                Protocol::Grpc => {
+                    rt.spawn(grpc::serve(listener, thread_state));
+                }
+                Protocol::Http => {
+                    rt.spawn(http::serve(listener, thread_state));
+                }
+                Protocol::Tcp => {
+                    let c = tcp::Control::new();
+                    rt.spawn(tcp::serve(listener, thread_state, c.clone()));
+                    control = Some(c);
                 }
             }
-        })?;
-        let addr = listener.local_addr()?;
-        let mut tcp = None;
-        match protocol {
-            Protocol::Grpc => {
-                rt.spawn(grpc::serve(listener, Arc::clone(&state)));
-            }
-            Protocol::Http => {
-                rt.spawn(http::serve(listener, Arc::clone(&state)));
-            }
-            Protocol::Tcp => {
-                let control = tcp::Control::new();
-                rt.spawn(tcp::serve(listener, Arc::clone(&state), control.clone()));
-                tcp = Some(control);
-            }
-        }
-        let (kill, killed) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
+            let _ = ready_tx.send(local.map(|a| (a, control)).map_err(Into::into));
             let _ = killed.recv();
             rt.shutdown_background();
         });
+        let (addr, tcp) = ready.recv()??;
         Ok(Runtime { addr, protocol, state, kill: Some(kill), thread: Some(thread), tcp })
     }
 
