@@ -16,11 +16,13 @@ use meshgate_tests::raw::{RawClient, Reply};
 use meshgate_tests::{Gateway, publish_numbered};
 use serde_json::Value;
 
-/// A file uplink (the device's events as the gateway made them) and an EventMesh uplink named `mesh`.
+/// A file uplink (the device's events as the gateway made them) and an EventMesh uplink named `mesh` with quick
+/// health checks; `extra` adds keys to the `mesh` table (a `timeout_ms` there replaces the default 2 s).
 fn uplinks(protocol: Protocol, endpoints: &[SocketAddr], extra: &str) -> String {
     let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let timeout = if extra.contains("timeout_ms") { "" } else { "timeout_ms = 2000\n" };
     format!(
-        "\n[[uplinks]]\nname = \"local\"\nkind = \"file\"\n\n[[uplinks]]\nname = \"mesh\"\nkind = \"{}\"\nendpoints = [{}]\nhealth_check_interval_ms = 200\ntimeout_ms = 2000\nconnect_timeout_ms = 500\n{extra}\n[forwarder]\nbackoff_initial_ms = 20\nbackoff_max_ms = 300\n",
+        "\n[[uplinks]]\nname = \"local\"\nkind = \"file\"\n\n[[uplinks]]\nname = \"mesh\"\nkind = \"{}\"\nendpoints = [{}]\nhealth_check_interval_ms = 200\nejection_ms = 300\nconnect_timeout_ms = 500\n{timeout}{extra}\n[forwarder]\nbackoff_initial_ms = 20\nbackoff_max_ms = 300\n",
         protocol.kind(),
         endpoints.join(", ")
     )
@@ -82,7 +84,8 @@ fn check_stored_events(protocol: Protocol, gateway_events: &[Value], stored: &[S
             Protocol::Grpc => {
                 let (secs, nanos) = parse_timestamp(time).map_err(anyhow::Error::msg)?;
                 anyhow::ensure!(str_of(e, "time") == format!("@{secs}.{nanos:09}"), "time: {e}");
-                for key in ["env", "idc", "ip", "pid", "sys", "username", "passwd", "language", "producergroup", "ttl"] {
+                for key in ["env", "idc", "ip", "pid", "sys", "username", "passwd", "language", "producergroup", "ttl"]
+                {
                     anyhow::ensure!(!str_of(e, key).is_empty(), "attribute {key} missing: {e}");
                 }
             }
@@ -108,7 +111,11 @@ async fn every_device_event_arrives_with_its_attributes_in_order(protocol: Proto
     let stored = rt.wait_for(200, Duration::from_secs(30)).await;
     let events = gw.wait_for_events(200, Duration::from_secs(10))?;
     check_stored_events(protocol, &events, &stored)?;
-    assert_eq!(metric(&gw, "meshgate_uplink_events_total{uplink=\"mesh\"}")?, 200.0);
+    // The counter moves when the forwarder's whole batch is confirmed, a moment after the last store.
+    assert_eq!(
+        wait_metric(&gw, "meshgate_uplink_events_total{uplink=\"mesh\"}", 200.0, Duration::from_secs(5)).await?,
+        200.0
+    );
     assert_eq!(metric(&gw, "meshgate_uplink_dead_lettered_total{uplink=\"mesh\"}")?, 0.0);
     assert_eq!(metric(&gw, &format!("meshgate_uplink_endpoint_up{{uplink=\"mesh\",endpoint=\"{}\"}}", rt.addr))?, 1.0);
     gw.wait_for_readyz(200, Duration::from_secs(5))?;
@@ -223,7 +230,10 @@ async fn a_runtime_killed_mid_stream_loses_nothing_and_is_readmitted(protocol: P
             anyhow::ensure!(ids.len() == 1, "device {d} seq {seq} stored under several ids: {ids:?}");
         }
     }
-    assert!(metric(&gw, &format!("meshgate_uplink_endpoint_ejections_total{{uplink=\"mesh\",endpoint=\"{}\"}}", a.addr))? >= 1.0);
+    assert!(
+        metric(&gw, &format!("meshgate_uplink_endpoint_ejections_total{{uplink=\"mesh\",endpoint=\"{}\"}}", a.addr))?
+            >= 1.0
+    );
     println!("{protocol:?}: {total} acknowledged, A stored {}, B stored {}", a.stored().len(), b.stored().len());
     Ok(())
 }
@@ -327,8 +337,11 @@ async fn a_poison_event_is_dead_lettered_while_the_rest_flows(protocol: Protocol
     };
     assert_eq!(line["code"], code, "{line}");
     assert!(str_of(line, "reason").contains(words), "{line}");
-    assert_eq!(metric(&gw, "meshgate_uplink_dead_lettered_total{uplink=\"mesh\"}")?, 1.0);
-    assert_eq!(metric(&gw, "meshgate_uplink_events_total{uplink=\"mesh\"}")?, 21.0, "the poison event is settled");
+    let dead = wait_metric(&gw, "meshgate_uplink_dead_lettered_total{uplink=\"mesh\"}", 1.0, Duration::from_secs(5));
+    assert_eq!(dead.await?, 1.0);
+    let settled =
+        wait_metric(&gw, "meshgate_uplink_events_total{uplink=\"mesh\"}", 21.0, Duration::from_secs(5)).await?;
+    assert_eq!(settled, 21.0, "the poison event is settled");
     Ok(())
 }
 
@@ -405,5 +418,24 @@ async fn a_weighted_uplink_spreads_events_by_weight() -> anyhow::Result<()> {
     let (na, nb) = (a.stored().len(), b.stored().len());
     assert_eq!(na + nb, 200);
     assert_eq!((na, nb), (150, 50), "smooth weighted round-robin 3:1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_runtime_is_ejected_and_its_events_go_to_another() -> anyhow::Result<()> {
+    // A stalls: it answers heartbeats but never answers (or stores) a publish, like a runtime whose storage hangs.
+    let a = Runtime::start(Protocol::Grpc)?;
+    let b = Runtime::start(Protocol::Grpc)?;
+    a.stall(true);
+    let gw = Gateway::start_with(|base| {
+        base + &uplinks(Protocol::Grpc, &[a.addr, b.addr], "timeout_ms = 300\neject_after_failures = 1\n")
+    })?;
+    publish_from_devices(&gw, 2, 20).await?;
+    let stored = b.wait_for(40, Duration::from_secs(20)).await;
+    let events = gw.wait_for_events(40, Duration::from_secs(10))?;
+    check_stored_events(Protocol::Grpc, &events, &stored)?;
+    assert!(a.stored().is_empty());
+    let ejections = format!("meshgate_uplink_endpoint_ejections_total{{uplink=\"mesh\",endpoint=\"{}\"}}", a.addr);
+    assert!(metric(&gw, &ejections)? >= 1.0, "the stalled runtime was ejected");
     Ok(())
 }

@@ -13,8 +13,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use meshgate_protocols::cloudevents::{CloudEvent, HeaderValue, decode_amqp};
 use meshgate_protocols::mqtt::{Packet, Publish, QoS, ReasonCode, Version};
-use meshgate_tests::{Gateway, publish_numbered as publish_all};
 use meshgate_tests::raw::{RawClient, Reply};
+use meshgate_tests::{Gateway, publish_numbered as publish_all};
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 

@@ -58,7 +58,8 @@ fn header_ok(event: &CloudEvent) -> bool {
 /// `ServiceUtils.validateCloudEventData`: status 7 when `uniqueid`, `producergroup`, `subject` or `ttl` is blank,
 /// or the data field the content type calls for is empty.
 fn body_ok(event: &CloudEvent) -> bool {
-    let required = ["uniqueid", "producergroup", "subject", "ttl"].iter().all(|k| !ce_string(event, k).trim().is_empty());
+    let required =
+        ["uniqueid", "producergroup", "subject", "ttl"].iter().all(|k| !ce_string(event, k).trim().is_empty());
     let ct = ce_string(event, "datacontenttype").to_ascii_lowercase();
     let textual = ct.starts_with("text/")
         || ct == "application/json"

@@ -88,7 +88,11 @@ async fn handle(state: &State, method: &Method, headers: &HeaderMap, body: &[u8]
     let topic = cloudevents::AttributesReader::subject(&event).unwrap_or_default().to_string();
     if !has("bizseqno") || !has("uniqueid") || topic.is_empty() || !data_present {
         state.refused.fetch_add(1, Ordering::SeqCst);
-        return ret(StatusCode::OK, 7, "eventMesh protocol body err: bizseqno, uniqueid, subject and data are required");
+        return ret(
+            StatusCode::OK,
+            7,
+            "eventMesh protocol body err: bizseqno, uniqueid, subject and data are required",
+        );
     }
     if data_chars(&json) > MAX_EVENT_SIZE {
         state.refused.fetch_add(1, Ordering::SeqCst);

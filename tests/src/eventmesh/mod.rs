@@ -270,7 +270,9 @@ impl Drop for Runtime {
 pub(crate) fn data_chars(event: &Value) -> usize {
     match event.get("data") {
         Some(Value::String(s)) => s.chars().count(),
-        Some(v @ (Value::Object(_) | Value::Array(_) | Value::Number(_) | Value::Bool(_))) => v.to_string().chars().count(),
+        Some(v @ (Value::Object(_) | Value::Array(_) | Value::Number(_) | Value::Bool(_))) => {
+            v.to_string().chars().count()
+        }
         _ => event.get("data_base64").and_then(Value::as_str).map_or(0, |s| s.chars().count()),
     }
 }

@@ -149,14 +149,14 @@ async fn session(stream: TcpStream, state: Arc<State>, mut control: broadcast::R
                             let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                             if data_chars(&json) > MAX_EVENT_SIZE {
                                 state.refused.fetch_add(1, Ordering::SeqCst);
-                                let desc = format!("java.lang.Exception: event size exceeds the limit: {MAX_EVENT_SIZE}");
+                                let desc =
+                                    format!("java.lang.Exception: event size exceeds the limit: {MAX_EVENT_SIZE}");
                                 frame(&reply(ack, 1, &desc, &seq), &[])
                             } else {
                                 match state.decide() {
-                                    Decision::Overload | Decision::RateLimited => frame(
-                                        &reply(ack, 1, "Tps overload, global flow control", &seq),
-                                        &[],
-                                    ),
+                                    Decision::Overload | Decision::RateLimited => {
+                                        frame(&reply(ack, 1, "Tps overload, global flow control", &seq), &[])
+                                    }
                                     Decision::Stall => continue,
                                     Decision::Store => {
                                         let topic = cloudevents::AttributesReader::subject(&event)

@@ -27,6 +27,8 @@ pub struct EndpointState {
     pub ejections: AtomicU64,
     /// Consecutive failures since the last success.
     failures: AtomicU32,
+    /// While ejected: the earliest moment (ms since the Unix epoch) a passing health check may re-admit it.
+    ejected_until_ms: AtomicU64,
     /// Bounds the requests in flight.
     permits: Arc<Semaphore>,
 }
@@ -50,14 +52,23 @@ pub struct Balancer {
     endpoints: Vec<Arc<EndpointState>>,
     policy: Policy,
     eject_after: u32,
+    ejection_ms: u64,
     next: AtomicUsize,
     /// Smooth weighted round-robin: each endpoint's current weight.
     current_weights: Mutex<Vec<i64>>,
 }
 
 impl Balancer {
-    /// A balancer over `(address, weight)` pairs, all up.
-    pub fn new(endpoints: &[(String, u32)], policy: Policy, max_in_flight: usize, eject_after: u32) -> Balancer {
+    /// A balancer over `(address, weight)` pairs, all up. An endpoint is ejected after `eject_after` failures in a
+    /// row, for at least `ejection_ms` times the number of its ejections so far (capped at ten), as Envoy's outlier
+    /// detection does, so a runtime that answers probes but not publishes does not flap back in at once.
+    pub fn new(
+        endpoints: &[(String, u32)],
+        policy: Policy,
+        max_in_flight: usize,
+        eject_after: u32,
+        ejection_ms: u64,
+    ) -> Balancer {
         let endpoints: Vec<_> = endpoints
             .iter()
             .map(|(address, weight)| {
@@ -68,12 +79,20 @@ impl Balancer {
                     in_flight: AtomicUsize::new(0),
                     ejections: AtomicU64::new(0),
                     failures: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
                     permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
                 })
             })
             .collect();
         let current_weights = Mutex::new(vec![0; endpoints.len()]);
-        Balancer { endpoints, policy, eject_after: eject_after.max(1), next: AtomicUsize::new(0), current_weights }
+        Balancer {
+            endpoints,
+            policy,
+            eject_after: eject_after.max(1),
+            ejection_ms,
+            next: AtomicUsize::new(0),
+            current_weights,
+        }
     }
 
     /// Every endpoint's state, in configuration order.
@@ -129,11 +148,15 @@ impl Balancer {
         Some(Slot { endpoint, _permit: permit })
     }
 
-    /// Records an answer from endpoint `i`: it is alive. Re-admits it if it was ejected.
-    pub fn succeeded(&self, i: usize) {
+    /// Records an answer from endpoint `i` at `now_ms`: it is alive. An ejected endpoint is re-admitted once its
+    /// ejection time is over.
+    pub fn succeeded(&self, i: usize, now_ms: u64) {
         if let Some(e) = self.endpoints.get(i) {
             e.failures.store(0, Ordering::Relaxed);
-            if !e.up.swap(true, Ordering::Relaxed) {
+            if !e.up.load(Ordering::Relaxed)
+                && now_ms >= e.ejected_until_ms.load(Ordering::Relaxed)
+                && !e.up.swap(true, Ordering::Relaxed)
+            {
                 tracing::info!(endpoint = %e.address, "EventMesh endpoint re-admitted");
             }
         }
@@ -141,12 +164,14 @@ impl Balancer {
 
     /// Records a connection failure or timeout on endpoint `i`; ejects it after `eject_after` in a row. Returns
     /// whether this failure ejected it.
-    pub fn failed(&self, i: usize, why: &str) -> bool {
+    pub fn failed(&self, i: usize, why: &str, now_ms: u64) -> bool {
         let Some(e) = self.endpoints.get(i) else { return false };
         let failures = e.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         if failures >= self.eject_after && e.up.swap(false, Ordering::Relaxed) {
-            e.ejections.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(endpoint = %e.address, failures, error = why, "EventMesh endpoint ejected");
+            let ejections = e.ejections.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let ejected_for = self.ejection_ms.saturating_mul(ejections.min(10));
+            e.ejected_until_ms.store(now_ms.saturating_add(ejected_for), Ordering::Relaxed);
+            tracing::warn!(endpoint = %e.address, failures, ejected_for_ms = ejected_for, error = why, "EventMesh endpoint ejected");
             return true;
         }
         false
@@ -159,7 +184,7 @@ mod tests {
 
     fn balancer(policy: Policy, weights: &[u32]) -> Balancer {
         let eps: Vec<(String, u32)> = weights.iter().enumerate().map(|(i, w)| (format!("h{i}:1"), *w)).collect();
-        Balancer::new(&eps, policy, 4, 2)
+        Balancer::new(&eps, policy, 4, 2, 1000)
     }
 
     #[test]
@@ -167,13 +192,21 @@ mod tests {
         let b = balancer(Policy::RoundRobin, &[1, 1, 1]);
         let picks: Vec<_> = (0..6).map(|_| b.pick(&[]).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        assert!(!b.failed(1, "x"));
-        assert!(b.failed(1, "x"), "ejected at the second failure in a row");
+        assert!(!b.failed(1, "x", 0));
+        assert!(b.failed(1, "x", 0), "ejected at the second failure in a row");
         assert!((0..10).all(|_| b.pick(&[]) != Some(1)));
         assert_eq!(b.pick(&[0, 2]), None);
-        b.succeeded(1);
+        b.succeeded(1, 999);
+        assert_eq!(b.pick(&[0, 2]), None, "not before the ejection time is over");
+        b.succeeded(1, 1000);
         assert_eq!(b.pick(&[0, 2]), Some(1));
         assert_eq!(b.endpoints()[1].ejections.load(Ordering::Relaxed), 1);
+        b.failed(1, "x", 5000);
+        assert!(b.failed(1, "x", 5000));
+        b.succeeded(1, 6999);
+        assert_eq!(b.pick(&[0, 2]), None, "the second ejection lasts twice as long");
+        b.succeeded(1, 7000);
+        assert_eq!(b.pick(&[0, 2]), Some(1));
     }
 
     #[test]

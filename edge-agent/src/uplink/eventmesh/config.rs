@@ -66,7 +66,10 @@ pub struct EventMeshUplinkConfig {
     /// Consecutive failures (connection errors, timeouts, failed health checks) that eject an endpoint.
     #[serde(default = "default_eject_after")]
     pub eject_after_failures: u32,
-    /// How often every endpoint is probed; an ejected endpoint that answers is re-admitted.
+    /// How long an ejected endpoint sits out at least, times its number of ejections so far (capped at ten).
+    #[serde(default = "default_ejection_ms")]
+    pub ejection_ms: u64,
+    /// How often every endpoint is probed; an ejected endpoint that answers after its ejection time is re-admitted.
     #[serde(default = "default_health_interval_ms")]
     pub health_check_interval_ms: u64,
     /// The topic template (`{subject}`, `{type}`, `{source}`, `{id}`, extensions by name); the runtime routes by
@@ -132,6 +135,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_eject_after() -> u32 {
     2
+}
+fn default_ejection_ms() -> u64 {
+    5_000
 }
 fn default_health_interval_ms() -> u64 {
     2_000

@@ -6,6 +6,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use super::Shared;
+use crate::spool::record::now_ms;
 
 /// Starts the checker; it stops by itself once the uplink is dropped.
 pub(crate) fn spawn(shared: Weak<Shared>) {
@@ -22,12 +23,12 @@ pub(crate) fn spawn(shared: Weak<Shared>) {
                 let s = &s;
                 async move {
                     match tokio::time::timeout(timeout, t.probe()).await {
-                        Ok(Ok(())) => s.balancer.succeeded(i),
+                        Ok(Ok(())) => s.balancer.succeeded(i, now_ms()),
                         Ok(Err(e)) => {
-                            s.balancer.failed(i, &format!("health check: {e}"));
+                            s.balancer.failed(i, &format!("health check: {e}"), now_ms());
                         }
                         Err(_) => {
-                            s.balancer.failed(i, "health check timed out");
+                            s.balancer.failed(i, "health check timed out", now_ms());
                         }
                     }
                 }

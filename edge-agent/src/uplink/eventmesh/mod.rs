@@ -17,7 +17,8 @@
 //!   event goes to the dead-letter file with the reason and the rest flows; anything else → retry with backoff.
 //! - A connection error or timeout moves the event to another endpoint at once (its earlier attempt may have been
 //!   stored: delivery is at least once, the event keeping its `id` and `uniqueid`), and counts towards ejecting
-//!   the endpoint. Active health checks probe every endpoint and re-admit ejected ones that answer.
+//!   the endpoint. An ejected endpoint sits out `ejection_ms` times its number of ejections; then the active health
+//!   checks, which probe every endpoint, re-admit it as soon as it answers.
 //! - A batch that fails part-way is retried by the forwarder as a whole; events this uplink already delivered from
 //!   it are remembered and not sent again.
 
@@ -44,6 +45,7 @@ use self::config::{EventMeshUplinkConfig, Protocol};
 use super::dead_letter::{DeadLetter, DeadLetterFile};
 use super::{BoxFuture, Uplink, UplinkError, UplinkStats};
 use crate::CloudEvent;
+use crate::spool::record::now_ms;
 
 /// A runtime's answer to one publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +133,13 @@ impl EventMeshUplink {
     ) -> Result<EventMeshUplink, UplinkError> {
         let endpoints: Vec<(String, u32)> =
             config.endpoints.iter().enumerate().map(|(i, e)| (e.clone(), config.weight(i))).collect();
-        let balancer = Balancer::new(&endpoints, config.policy, config.max_in_flight, config.eject_after_failures);
+        let balancer = Balancer::new(
+            &endpoints,
+            config.policy,
+            config.max_in_flight,
+            config.eject_after_failures,
+            config.ejection_ms,
+        );
         let _ = stats.endpoints.set(balancer.endpoints().to_vec());
         let mut transports: Vec<Box<dyn Transport>> = Vec::with_capacity(endpoints.len());
         for (address, _) in &endpoints {
@@ -181,7 +189,7 @@ impl Shared {
             drop(slot);
             match result {
                 Ok(Ok(answer)) => {
-                    self.balancer.succeeded(i);
+                    self.balancer.succeeded(i, now_ms());
                     if answer.verdict == Verdict::Busy {
                         self.stats.busy.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(uplink = %self.name, endpoint = %state.address, code = ?answer.code, message = %answer.message, "runtime busy");
@@ -192,12 +200,12 @@ impl Shared {
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(uplink = %self.name, endpoint = %state.address, error = %e, "no answer; trying another endpoint");
-                    self.balancer.failed(i, &e);
+                    self.balancer.failed(i, &e, now_ms());
                     last_error = format!("{}: {e}", state.address);
                 }
                 Err(_) => {
                     let e = format!("no answer within {timeout:?}");
-                    self.balancer.failed(i, &e);
+                    self.balancer.failed(i, &e, now_ms());
                     last_error = format!("{}: {e}", state.address);
                 }
             }
