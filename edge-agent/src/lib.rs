@@ -2,14 +2,14 @@
 //!
 //! Everything between "a device's message is a valid CloudEvent" and "a mesh runtime has it":
 //!
-//! - [`pipeline`]: the ingest queue. Listeners [`submit`](pipeline::IngestHandle::submit) events and get a
-//!   [`Receipt`](pipeline::Receipt) that resolves once the event is durable; only then do they acknowledge the
-//!   device. Events that arrive while a write is in flight are committed together in the next one.
-//! - [`uplink`]: the [`Uplink`](uplink::Uplink) abstraction and its implementations. Today: the embedded default, a
-//!   JSON-lines file of structured CloudEvents in the data directory.
-//!
-//! The durable spool and the forwarder slot in between the two (issue 3): the pipeline will append to the spool
-//! and resolve receipts on its fsync, and a forwarder will drain the spool into the uplinks.
+//! - [`pipeline`]: listeners [`submit`](pipeline::IngestHandle::submit) events and get a
+//!   [`Receipt`](pipeline::Receipt) that resolves once the event is durable in the [`spool`] (group-committed,
+//!   fsynced); only then do they acknowledge the device.
+//! - [`spool`]: the append-only log on disk, with a cursor per uplink, crash recovery and a byte bound.
+//! - [`forwarder`]: one task per uplink that drains the spool in order, retrying with backoff, and advances the
+//!   uplink's cursor only on confirmation.
+//! - [`uplink`]: the [`Uplink`](uplink::Uplink) trait and its implementations: a JSON-lines file (the embedded
+//!   default), RabbitMQ, and Apache EventMesh over gRPC, HTTP and TCP with load balancing and failover.
 
 pub mod config;
 pub mod forwarder;

@@ -5,7 +5,9 @@
 //! - [`mqtt`]: the MQTT 3.1.1 and 5.0 packet codec, client and server packets alike. Decoding borrows from the
 //!   caller's bytes; encoding writes into the caller's buffer. No allocation, no IO, no clock.
 //! - [`cloudevents`] (feature `cloudevents`, needs an allocator): the CloudEvents 1.0 model with attribute
-//!   validation, the JSON event format and the MQTT protocol binding.
+//!   validation, the JSON event format and the MQTT and AMQP protocol bindings.
+//! - [`eventmesh`] (feature `eventmesh`, needs an allocator): Apache EventMesh's wire formats: the TCP frame
+//!   codec, the HTTP request-code publish, and the gRPC CloudEvent messages generated from `proto/` at build time.
 //!
 //! The crate is `#![no_std]` unless the `std` feature is on, and never touches a socket: callers feed bytes in and
 //! take bytes out, the way quinn-proto and smoltcp do.
