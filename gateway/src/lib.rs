@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod metrics;
 pub mod mqtt;

@@ -1,0 +1,343 @@
+//! The broker core: sessions, the subscription index, retained messages and routing. Sans-IO: it never touches
+//! a socket or reads a clock (`now_ms` is passed in); connection drivers feed it and send what it returns.
+//!
+//! The gateway shares one `Broker` behind a mutex; every call is short and synchronous, and no caller holds the
+//! lock across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use meshgate_protocols::mqtt::topic::{matches, split_shared};
+use meshgate_protocols::mqtt::{QoS, RetainHandling, SubscriptionOptions, Version};
+
+use super::message::Message;
+use super::session::{Delivery, Outbound, Session, Subscription};
+use super::topic_tree::TopicTree;
+
+/// Limits of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Messages queued per session beyond those in flight.
+    pub max_queued_messages: usize,
+}
+
+/// A subscription's key in the index: the client, and the share group for `$share/{group}/...`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SubKey {
+    share: Option<Arc<str>>,
+    client: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+struct SubValue {
+    /// The filter as subscribed (with its `$share/` prefix).
+    filter: Arc<str>,
+    sub: Subscription,
+}
+
+/// What `connect` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// Whether an existing session was resumed.
+    pub session_present: bool,
+    /// Flows in flight to resend, in order.
+    pub resend: Vec<Outbound>,
+}
+
+/// The broker.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    sessions: HashMap<Arc<str>, Session>,
+    tree: TopicTree<SubKey, SubValue>,
+    retained: BTreeMap<String, Arc<Message>>,
+    /// Next member per shared subscription, for round-robin.
+    share_turn: HashMap<Arc<str>, usize>,
+}
+
+impl Broker {
+    /// An empty broker.
+    pub fn new(config: BrokerConfig) -> Broker {
+        Broker {
+            config,
+            sessions: HashMap::new(),
+            tree: TopicTree::new(),
+            retained: BTreeMap::new(),
+            share_turn: HashMap::new(),
+        }
+    }
+
+    /// A broker holding `sessions` (all disconnected, as after a restart at `now_ms`) and `retained` messages.
+    pub fn restore(
+        config: BrokerConfig,
+        sessions: Vec<(String, Session)>,
+        retained: Vec<Message>,
+        now_ms: u64,
+    ) -> Broker {
+        let mut broker = Broker::new(config);
+        for m in retained {
+            broker.retained.insert(m.topic.clone(), Arc::new(m));
+        }
+        for (client, mut session) in sessions {
+            let client: Arc<str> = client.into();
+            session.disconnected_at_ms.get_or_insert(now_ms);
+            for (filter, sub) in &session.subscriptions {
+                broker.index(&client, filter, *sub);
+            }
+            broker.sessions.insert(client, session);
+        }
+        broker
+    }
+
+    fn index(&mut self, client: &Arc<str>, filter: &str, sub: Subscription) {
+        let (share, inner) = match split_shared(filter) {
+            Some((group, inner)) => (Some(Arc::from(group)), inner),
+            None => (None, filter),
+        };
+        let key = SubKey { share, client: Arc::clone(client) };
+        self.tree.insert(inner, key, SubValue { filter: filter.into(), sub });
+    }
+
+    fn unindex(&mut self, client: &Arc<str>, filter: &str) {
+        let (share, inner) = match split_shared(filter) {
+            Some((group, inner)) => (Some(Arc::from(group)), inner),
+            None => (None, filter),
+        };
+        self.tree.remove(inner, &SubKey { share, client: Arc::clone(client) });
+    }
+
+    /// A client connects. `clean_start` discards an existing session; `expiry_secs` is how long the session
+    /// outlives the connection (3.1.1: 0 for clean session, forever otherwise).
+    pub fn connect(
+        &mut self,
+        client: &str,
+        version: Version,
+        clean_start: bool,
+        expiry_secs: u32,
+        receive_maximum: u16,
+        now_ms: u64,
+    ) -> Connected {
+        if clean_start {
+            self.end_session(client, now_ms);
+        }
+        let key: Arc<str> = client.into();
+        let session_present = self.sessions.contains_key(client);
+        let session = self.sessions.entry(key).or_insert_with(|| Session::new(version, expiry_secs));
+        session.expiry_secs = expiry_secs;
+        let resend = session.connected(version, receive_maximum);
+        Connected { session_present, resend }
+    }
+
+    /// The client's connection ended at `now_ms`; a session with expiry 0 ends with it. `expiry_secs` replaces
+    /// the session's expiry when the client set a new one in DISCONNECT.
+    pub fn disconnect(&mut self, client: &str, expiry_secs: Option<u32>, now_ms: u64) {
+        let Some(session) = self.sessions.get_mut(client) else { return };
+        if let Some(e) = expiry_secs {
+            session.expiry_secs = e;
+        }
+        session.disconnected_at_ms = Some(now_ms);
+        if session.expiry_secs == 0 {
+            self.end_session(client, now_ms);
+        }
+    }
+
+    /// Ends sessions whose expiry passed by `now_ms`; returns their client ids.
+    pub fn expire_sessions(&mut self, now_ms: u64) -> Vec<String> {
+        let expired: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.expiry_secs != u32::MAX
+                    && s.disconnected_at_ms
+                        .is_some_and(|at| now_ms >= at.saturating_add(u64::from(s.expiry_secs) * 1000))
+            })
+            .map(|(c, _)| c.to_string())
+            .collect();
+        for c in &expired {
+            self.end_session(c, now_ms);
+        }
+        expired
+    }
+
+    /// Removes a session and its subscriptions; shared messages it had not acknowledged go to another member.
+    fn end_session(&mut self, client: &str, now_ms: u64) {
+        let Some((key, mut session)) = self.sessions.remove_entry(client) else { return };
+        for filter in session.subscriptions.keys() {
+            self.unindex(&key, filter);
+        }
+        for delivery in session.take_unacknowledged() {
+            if let Some(filter) = delivery.shared.clone() {
+                self.route_shared(&filter, delivery.message, now_ms);
+            }
+        }
+    }
+
+    /// Whether `client` has a session.
+    pub fn has_session(&self, client: &str) -> bool {
+        self.sessions.contains_key(client)
+    }
+
+    /// `client`'s session.
+    pub fn session(&self, client: &str) -> Option<&Session> {
+        self.sessions.get(client)
+    }
+
+    /// `client`'s session, to acknowledge flows.
+    pub fn session_mut(&mut self, client: &str) -> Option<&mut Session> {
+        self.sessions.get_mut(client)
+    }
+
+    /// Adds a subscription (or replaces one with the same filter) and queues the retained messages it should
+    /// get. Returns the QoS granted.
+    pub fn subscribe(
+        &mut self,
+        client: &str,
+        filter: &str,
+        options: &SubscriptionOptions,
+        id: Option<u32>,
+        now_ms: u64,
+    ) -> QoS {
+        let Some((key, session)) = self.sessions.get_key_value(client) else { return options.qos };
+        let key = Arc::clone(key);
+        let sub = Subscription::new(options, id);
+        let existed = session.subscriptions.contains_key(filter);
+        self.index(&key, filter, sub);
+        let max_queued = self.config.max_queued_messages;
+        let retained: Vec<Arc<Message>> = match (split_shared(filter), options.retain_handling) {
+            // Retained messages are not sent for shared subscriptions (MQTT 5 section 4.8.2).
+            (Some(_), _) | (None, RetainHandling::DoNotSend) => Vec::new(),
+            (None, RetainHandling::SendIfNew) if existed => Vec::new(),
+            (None, _) => {
+                self.retained.values().filter(|m| matches(filter, &m.topic) && !m.is_expired(now_ms)).cloned().collect()
+            }
+        };
+        if let Some(session) = self.sessions.get_mut(client) {
+            session.subscriptions.insert(filter.to_string(), sub);
+            for message in retained {
+                let qos = Session::delivery_qos(&message, &sub) as u8;
+                let delivery =
+                    Delivery { message, qos, retain: true, subscription_ids: id.into_iter().collect(), shared: None };
+                session.enqueue(delivery, max_queued);
+            }
+        }
+        options.qos
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&mut self, client: &str, filter: &str) -> bool {
+        let Some((key, session)) = self.sessions.get_key_value(client) else { return false };
+        let key = Arc::clone(key);
+        if !session.subscriptions.contains_key(filter) {
+            return false;
+        }
+        self.unindex(&key, filter);
+        if let Some(session) = self.sessions.get_mut(client) {
+            session.subscriptions.remove(filter);
+        }
+        true
+    }
+
+    /// The retained messages, for persistence.
+    pub fn retained(&self) -> impl Iterator<Item = &Message> {
+        self.retained.values().map(AsRef::as_ref)
+    }
+
+    /// The sessions that outlive their connection, for persistence.
+    pub fn persistent_sessions(&self) -> impl Iterator<Item = (&str, &Session)> {
+        self.sessions.iter().filter(|(_, s)| s.expiry_secs > 0).map(|(c, s)| (c.as_ref(), s))
+    }
+
+    /// Routes a message to every matching subscription and, with RETAIN, updates the retained store (an empty
+    /// payload clears the topic). Returns the clients with new deliveries, to wake.
+    pub fn publish(&mut self, message: Message, now_ms: u64) -> Vec<Arc<str>> {
+        let message = Arc::new(message);
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.remove(&message.topic);
+            } else {
+                let mut stored = (*message).clone();
+                stored.retain = true;
+                self.retained.insert(message.topic.clone(), Arc::new(stored));
+            }
+        }
+        // Overlapping subscriptions of one client deliver once, at the highest QoS, with every identifier.
+        let mut direct: BTreeMap<Arc<str>, (u8, bool, Vec<u32>)> = BTreeMap::new();
+        let mut shared: BTreeMap<Arc<str>, ()> = BTreeMap::new();
+        let publisher = message.publisher.as_str();
+        self.tree.for_each_match(&message.topic, |key, value| match &key.share {
+            None => {
+                if value.sub.no_local && &*key.client == publisher {
+                    return;
+                }
+                let entry = direct.entry(Arc::clone(&key.client)).or_insert((0, false, Vec::new()));
+                entry.0 = entry.0.max(value.sub.qos);
+                entry.1 |= value.sub.retain_as_published;
+                entry.2.extend(value.sub.id);
+            }
+            Some(_) => {
+                shared.insert(Arc::clone(&value.filter), ());
+            }
+        });
+        let max_queued = self.config.max_queued_messages;
+        let mut woken = Vec::with_capacity(direct.len() + shared.len());
+        for (client, (sub_qos, rap, ids)) in direct {
+            if let Some(session) = self.sessions.get_mut(&client) {
+                let qos = message.qos.min(sub_qos);
+                let retain = rap && message.retain;
+                let delivery =
+                    Delivery { message: Arc::clone(&message), qos, retain, subscription_ids: ids, shared: None };
+                session.enqueue(delivery, max_queued);
+                woken.push(client);
+            }
+        }
+        for filter in shared.into_keys() {
+            woken.extend(self.route_shared(&filter, Arc::clone(&message), now_ms));
+        }
+        woken
+    }
+
+    /// Hands a message to one member of the shared subscription `filter`, round-robin, connected members first.
+    fn route_shared(&mut self, filter: &str, message: Arc<Message>, now_ms: u64) -> Option<Arc<str>> {
+        let (group, _) = split_shared(filter)?;
+        let mut members: Vec<(Arc<str>, Subscription)> = Vec::new();
+        self.tree.for_each_match(&message.topic, |key, value| {
+            if key.share.as_deref() == Some(group) && &*value.filter == filter {
+                members.push((Arc::clone(&key.client), value.sub));
+            }
+        });
+        if members.is_empty() || message.is_expired(now_ms) {
+            return None;
+        }
+        let connected: Vec<usize> = (0..members.len())
+            .filter(|&i| {
+                members.get(i).and_then(|(c, _)| self.sessions.get(c)).is_some_and(|s| s.disconnected_at_ms.is_none())
+            })
+            .collect();
+        let turn = self.share_turn.entry(filter.into()).or_insert(0);
+        let pool: Vec<usize> = if connected.is_empty() { (0..members.len()).collect() } else { connected };
+        let pick = *pool.get(*turn % pool.len())?;
+        *turn = turn.wrapping_add(1);
+        let (client, sub) = members.get(pick)?.clone();
+        let session = self.sessions.get_mut(&client)?;
+        let qos = Session::delivery_qos(&message, &sub) as u8;
+        let retain = sub.retain_as_published && message.retain;
+        let delivery = Delivery {
+            message,
+            qos,
+            retain,
+            subscription_ids: sub.id.into_iter().collect(),
+            shared: Some(filter.into()),
+        };
+        session.enqueue(delivery, self.config.max_queued_messages);
+        Some(client)
+    }
+
+    /// The next outbound packets for `client` (at most `max`).
+    pub fn poll_outbound(&mut self, client: &str, now_ms: u64, max: usize) -> Vec<Outbound> {
+        self.sessions.get_mut(client).map(|s| s.poll_outbound(now_ms, max)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,158 @@
+//! An application message as the broker keeps it: owned, with the MQTT 5 properties that travel end to end
+//! (payload format, content type, response topic, correlation data, user properties) and an absolute expiry.
+
+use meshgate_protocols::mqtt::{Properties, Publish, QoS, UserProperty};
+use serde::{Deserialize, Serialize};
+
+/// The properties a server forwards unchanged from publisher to subscriber (MQTT 5 section 3.3.2.3).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MessageProperties {
+    /// Payload Format Indicator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_format_utf8: Option<bool>,
+    /// Content Type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Response Topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_topic: Option<String>,
+    /// Correlation Data.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "base64_opt")]
+    pub correlation_data: Option<Vec<u8>>,
+    /// User Properties, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// A message published to the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The topic name (an inbound alias already resolved).
+    pub topic: String,
+    /// The payload.
+    #[serde(with = "base64_bytes")]
+    pub payload: Vec<u8>,
+    /// The QoS it was published with (0, 1 or 2).
+    pub qos: u8,
+    /// The RETAIN flag as published.
+    pub retain: bool,
+    /// The forwarded properties.
+    #[serde(default)]
+    pub properties: MessageProperties,
+    /// The publishing client's id (for No Local); empty for the gateway's own messages.
+    #[serde(default)]
+    pub publisher: String,
+    /// When it expires, in milliseconds since the Unix epoch (MQTT 5 Message Expiry Interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Message {
+    /// The message a PUBLISH carries, received at `now_ms` from `publisher`.
+    pub fn from_publish(publish: &Publish<'_>, topic: &str, publisher: &str, now_ms: u64) -> Message {
+        let p = &publish.properties;
+        Message {
+            topic: topic.to_string(),
+            payload: publish.payload.to_vec(),
+            qos: publish.qos as u8,
+            retain: publish.retain,
+            properties: MessageProperties::from_properties(p),
+            publisher: publisher.to_string(),
+            expires_at_ms: p.message_expiry_interval.map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
+        }
+    }
+
+    /// Its QoS.
+    pub fn qos(&self) -> QoS {
+        QoS::from_bits(self.qos).unwrap_or(QoS::AtMostOnce)
+    }
+
+    /// Whether it expired by `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+
+    /// The Message Expiry Interval to send at `now_ms`: what is left of it, in whole seconds (at least 1).
+    pub fn remaining_expiry_secs(&self, now_ms: u64) -> Option<u32> {
+        self.expires_at_ms.map(|at| u32::try_from(at.saturating_sub(now_ms).div_ceil(1000).max(1)).unwrap_or(u32::MAX))
+    }
+}
+
+impl MessageProperties {
+    /// The forwarded properties of a PUBLISH.
+    pub fn from_properties(p: &Properties<'_>) -> MessageProperties {
+        MessageProperties {
+            payload_format_utf8: p.payload_format_utf8,
+            content_type: p.content_type.map(str::to_string),
+            response_topic: p.response_topic.map(str::to_string),
+            correlation_data: p.correlation_data.map(<[u8]>::to_vec),
+            user_properties: p.user_properties.iter().map(|u| (u.name.to_string(), u.value.to_string())).collect(),
+        }
+    }
+
+    /// The user properties as the codec takes them.
+    pub fn user_properties(&self) -> Vec<UserProperty<'_>> {
+        self.user_properties.iter().map(|(name, value)| UserProperty { name, value }).collect()
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod base64_opt {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_keep_their_properties_and_expiry_through_a_snapshot() {
+        let m = Message {
+            topic: "a/b".into(),
+            payload: vec![0, 1, 255],
+            qos: 1,
+            retain: true,
+            properties: MessageProperties {
+                content_type: Some("text/plain".into()),
+                correlation_data: Some(vec![9, 8]),
+                user_properties: vec![("k".into(), "v".into())],
+                ..MessageProperties::default()
+            },
+            publisher: "dev-1".into(),
+            expires_at_ms: Some(10_500),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), m);
+        assert_eq!(m.remaining_expiry_secs(9_000), Some(2));
+        assert_eq!(m.remaining_expiry_secs(10_499), Some(1));
+        assert!(!m.is_expired(10_499));
+        assert!(m.is_expired(10_500));
+    }
+}

@@ -1,0 +1,16 @@
+//! The local MQTT broker: devices subscribe to each other and to their commands at the edge, and keep doing so
+//! while the mesh is unreachable.
+//!
+//! - [`core`]: the sans-IO broker: sessions, routing, retained messages, shared subscriptions.
+//! - [`session`]: one client's session: subscriptions, the bounded queue, outbound QoS 1/2 flows.
+//! - [`topic_tree`]: the subscription index.
+//! - [`message`]: a message as the broker keeps it.
+
+pub mod core;
+pub mod message;
+pub mod session;
+pub mod topic_tree;
+
+pub use self::core::{Broker, BrokerConfig, Connected};
+pub use self::message::{Message, MessageProperties};
+pub use self::session::{Delivery, Outbound, Session, Subscription};

@@ -1,0 +1,193 @@
+//! The broker core against the specification, without sockets: sessions, routing, retained messages, shared
+//! subscriptions.
+
+use meshgate_protocols::mqtt::{QoS, RetainHandling, SubscriptionOptions, Version};
+
+use super::*;
+use crate::broker::message::MessageProperties;
+
+const CONFIG: BrokerConfig = BrokerConfig { max_queued_messages: 100 };
+
+fn msg(topic: &str, qos: u8, retain: bool, payload: &str, publisher: &str) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: payload.as_bytes().to_vec(),
+        qos,
+        retain,
+        properties: MessageProperties::default(),
+        publisher: publisher.into(),
+        expires_at_ms: None,
+    }
+}
+
+fn opts(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions { qos, ..SubscriptionOptions::default() }
+}
+
+/// (packet id, qos, retain, payload, subscription ids) of every publish polled for `client`.
+fn polled(b: &mut Broker, client: &str) -> Vec<(u16, u8, bool, String, Vec<u32>)> {
+    b.poll_outbound(client, 0, 100)
+        .into_iter()
+        .filter_map(|o| match o {
+            Outbound::Publish { packet_id, delivery, .. } => Some((
+                packet_id,
+                delivery.qos,
+                delivery.retain,
+                String::from_utf8_lossy(&delivery.message.payload).into_owned(),
+                delivery.subscription_ids,
+            )),
+            Outbound::PubRel(_) => None,
+        })
+        .collect()
+}
+
+fn connect(b: &mut Broker, client: &str, clean: bool, expiry: u32) -> Connected {
+    b.connect(client, Version::V5, clean, expiry, 10, 0)
+}
+
+#[test]
+fn delivery_qos_is_the_lower_of_publish_and_subscription() {
+    let mut b = Broker::new(CONFIG);
+    connect(&mut b, "s", true, 0);
+    assert_eq!(b.subscribe("s", "a/+", &opts(QoS::AtLeastOnce), None, 0), QoS::AtLeastOnce);
+    b.publish(msg("a/b", 2, false, "x", "p"), 0);
+    b.publish(msg("a/b", 0, false, "y", "p"), 0);
+    assert_eq!(polled(&mut b, "s"), [(1, 1, false, "x".into(), vec![]), (0, 0, false, "y".into(), vec![])]);
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_with_every_identifier() {
+    let mut b = Broker::new(CONFIG);
+    connect(&mut b, "s", true, 0);
+    b.subscribe("s", "a/#", &opts(QoS::AtMostOnce), Some(1), 0);
+    b.subscribe("s", "a/b", &opts(QoS::ExactlyOnce), Some(2), 0);
+    b.subscribe("s", "c", &opts(QoS::ExactlyOnce), Some(3), 0);
+    let woken = b.publish(msg("a/b", 2, false, "x", "p"), 0);
+    assert_eq!(woken.len(), 1);
+    assert_eq!(polled(&mut b, "s"), [(1, 2, false, "x".into(), vec![1, 2])]);
+}
+
+#[test]
+fn no_local_and_retain_as_published_are_honoured() {
+    let mut b = Broker::new(CONFIG);
+    connect(&mut b, "me", true, 0);
+    let no_local = SubscriptionOptions { no_local: true, ..opts(QoS::AtMostOnce) };
+    b.subscribe("me", "t", &no_local, None, 0);
+    b.publish(msg("t", 0, false, "mine", "me"), 0);
+    b.publish(msg("t", 0, false, "theirs", "you"), 0);
+    assert_eq!(polled(&mut b, "me"), [(0, 0, false, "theirs".into(), vec![])]);
+
+    connect(&mut b, "rap", true, 0);
+    b.subscribe("rap", "r/+", &SubscriptionOptions { retain_as_published: true, ..opts(QoS::AtMostOnce) }, None, 0);
+    connect(&mut b, "plain", true, 0);
+    b.subscribe("plain", "r/+", &opts(QoS::AtMostOnce), None, 0);
+    b.publish(msg("r/1", 0, true, "v", "p"), 0);
+    assert_eq!(polled(&mut b, "rap"), [(0, 0, true, "v".into(), vec![])]);
+    assert_eq!(polled(&mut b, "plain"), [(0, 0, false, "v".into(), vec![])], "RETAIN cleared on live delivery");
+}
+
+#[test]
+fn retained_messages_follow_retain_handling_and_an_empty_payload_clears_them() {
+    let mut b = Broker::new(CONFIG);
+    b.publish(msg("status/1", 1, true, "up", "p"), 0);
+    b.publish(msg("status/2", 1, true, "down", "p"), 0);
+    b.publish(msg("status/2", 0, true, "", "p"), 0);
+    connect(&mut b, "s", true, 0);
+    b.subscribe("s", "status/+", &opts(QoS::ExactlyOnce), None, 0);
+    assert_eq!(polled(&mut b, "s"), [(1, 1, true, "up".into(), vec![])], "sent with RETAIN set");
+    let if_new = SubscriptionOptions { retain_handling: RetainHandling::SendIfNew, ..opts(QoS::AtLeastOnce) };
+    b.subscribe("s", "status/+", &if_new, None, 0);
+    assert!(polled(&mut b, "s").is_empty(), "not again for an existing subscription");
+    let never = SubscriptionOptions { retain_handling: RetainHandling::DoNotSend, ..opts(QoS::AtLeastOnce) };
+    b.subscribe("s", "status/#", &never, None, 0);
+    assert!(polled(&mut b, "s").is_empty());
+    assert_eq!(b.retained().count(), 1);
+}
+
+#[test]
+fn a_persistent_session_keeps_subscriptions_and_queues_while_offline() {
+    let mut b = Broker::new(CONFIG);
+    assert!(!connect(&mut b, "d", false, u32::MAX).session_present);
+    b.subscribe("d", "cmd/d", &opts(QoS::AtLeastOnce), None, 0);
+    b.publish(msg("cmd/d", 1, false, "one", "p"), 0);
+    assert_eq!(polled(&mut b, "d").len(), 1, "sent, not acknowledged");
+    b.disconnect("d", None, 0);
+    b.publish(msg("cmd/d", 1, false, "two", "p"), 0);
+    let again = connect(&mut b, "d", false, u32::MAX);
+    assert!(again.session_present);
+    assert!(matches!(&again.resend[..], [Outbound::Publish { packet_id: 1, dup: true, .. }]));
+    assert_eq!(polled(&mut b, "d"), [(2, 1, false, "two".into(), vec![])]);
+    // A clean start discards it.
+    assert!(!connect(&mut b, "d", true, 0).session_present);
+    b.publish(msg("cmd/d", 1, false, "three", "p"), 0);
+    assert!(polled(&mut b, "d").is_empty());
+}
+
+#[test]
+fn sessions_expire_after_their_interval() {
+    let mut b = Broker::new(CONFIG);
+    connect(&mut b, "d", false, 10);
+    b.disconnect("d", None, 1_000);
+    assert!(b.expire_sessions(10_999).is_empty());
+    assert_eq!(b.expire_sessions(11_000), ["d"]);
+    assert!(!b.has_session("d"));
+}
+
+#[test]
+fn shared_subscriptions_spread_messages_and_hand_over_when_a_member_leaves() {
+    let mut b = Broker::new(CONFIG);
+    for c in ["w1", "w2"] {
+        connect(&mut b, c, true, 0);
+        b.subscribe(c, "$share/g/jobs/+", &opts(QoS::AtLeastOnce), None, 0);
+    }
+    for n in 0..4 {
+        b.publish(msg("jobs/x", 1, false, &n.to_string(), "p"), 0);
+    }
+    let w1 = polled(&mut b, "w1");
+    let w2 = polled(&mut b, "w2");
+    assert_eq!((w1.len(), w2.len()), (2, 2), "round-robin across the group");
+    // w1 leaves with two unacknowledged messages: they go to w2.
+    b.disconnect("w1", None, 0);
+    let handed: Vec<String> = polled(&mut b, "w2").into_iter().map(|p| p.3).collect();
+    let mut expected: Vec<String> = w1.into_iter().map(|p| p.3).collect();
+    expected.sort();
+    let mut handed_sorted = handed.clone();
+    handed_sorted.sort();
+    assert_eq!(handed_sorted, expected);
+    // Retained messages are not sent to shared subscriptions.
+    b.publish(msg("jobs/r", 0, true, "kept", "p"), 0);
+    polled(&mut b, "w2");
+    connect(&mut b, "w3", true, 0);
+    b.subscribe("w3", "$share/g/jobs/+", &opts(QoS::AtLeastOnce), None, 0);
+    assert!(polled(&mut b, "w3").is_empty());
+}
+
+#[test]
+fn expired_messages_are_not_delivered() {
+    let mut b = Broker::new(CONFIG);
+    connect(&mut b, "s", true, 0);
+    b.subscribe("s", "t", &opts(QoS::AtLeastOnce), None, 0);
+    let mut m = msg("t", 1, false, "old", "p");
+    m.expires_at_ms = Some(500);
+    b.publish(m, 0);
+    assert!(b.poll_outbound("s", 500, 10).is_empty());
+}
+
+#[test]
+fn a_restored_broker_has_the_sessions_and_retained_messages_of_its_snapshot() {
+    let mut b = Broker::new(CONFIG);
+    connect(&mut b, "d", false, u32::MAX);
+    b.subscribe("d", "cmd/#", &opts(QoS::AtLeastOnce), None, 0);
+    b.publish(msg("cmd/1", 1, true, "queued", "p"), 0);
+    let sessions: Vec<(String, Session)> = b
+        .persistent_sessions()
+        .map(|(c, s)| (c.to_string(), serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap()))
+        .collect();
+    let retained: Vec<Message> = b.retained().cloned().collect();
+    let mut r = Broker::restore(CONFIG, sessions, retained, 5);
+    assert!(connect(&mut r, "d", false, u32::MAX).session_present);
+    assert_eq!(polled(&mut r, "d"), [(1, 1, false, "queued".into(), vec![])]);
+    r.publish(msg("cmd/2", 1, false, "live", "p"), 5);
+    assert_eq!(polled(&mut r, "d").len(), 1, "the subscription is indexed again");
+    assert_eq!(r.retained().count(), 1);
+}
