@@ -52,6 +52,24 @@ pub struct Config {
     /// `[forwarder]`: batching and retries towards the uplinks.
     #[serde(default)]
     pub forwarder: ForwarderConfig,
+    /// `[broker]`: the local MQTT broker.
+    #[serde(default)]
+    pub broker: BrokerSection,
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// Messages queued per session (beyond those in flight) while its client is slow or offline; when full, QoS 0
+    /// messages are dropped first, then the oldest.
+    pub max_queued_messages: usize,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection { max_queued_messages: 1000 }
+    }
 }
 
 /// `[gateway]`.
@@ -227,6 +245,9 @@ impl Config {
         }
         if self.gateway.id.is_empty() {
             return err("gateway.id", "must not be empty");
+        }
+        if self.broker.max_queued_messages == 0 {
+            return err("broker.max_queued_messages", "must be at least 1");
         }
         if self.listeners.amqp.is_some() {
             return err("listeners.amqp", "the AMQP listener is not available in this version of meshgate");

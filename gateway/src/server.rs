@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::auth::Authenticator;
+use crate::broker::{BrokerConfig, LocalBroker};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttContext};
@@ -62,6 +63,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None => None,
     };
 
+    let broker_dir = data_dir.join("broker");
+    let broker_config = BrokerConfig { max_queued_messages: config.broker.max_queued_messages };
+    let broker = Arc::new(
+        LocalBroker::open(&broker_dir, broker_config)
+            .with_context(|| format!("gateway.data_dir: cannot open the broker state in {}", broker_dir.display()))?,
+    );
+    let maintenance = tokio::spawn(Arc::clone(&broker).run_maintenance(stop_rx.clone()));
+
     let mut mqtt_task = None;
     if let (Some(listener), Some(cfg)) = (mqtt_listener, &config.listeners.mqtt) {
         announce("mqtt", &listener)?;
@@ -72,6 +81,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             ingest: ingest.clone(),
             metrics: Arc::clone(&metrics),
             registry: mqtt::registry::Registry::default(),
+            broker: Arc::clone(&broker),
             shutdown: stop_rx.clone(),
         });
         mqtt_task = Some(tokio::spawn(mqtt::listener::run(listener, ctx)));
@@ -96,6 +106,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     if let Some(task) = admin_task {
         let _ = task.await;
+    }
+    let _ = maintenance.await;
+    let saving = Arc::clone(&broker);
+    match tokio::task::spawn_blocking(move || saving.save()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "could not save the broker's sessions and retained messages"),
+        Err(e) => tracing::error!(error = %e, "broker save failed"),
     }
     // Every ingest handle is gone now: the spool commits what is queued, the forwarders send what they can.
     if tokio::time::timeout(grace, pipeline.shutdown()).await.is_err() {

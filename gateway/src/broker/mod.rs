@@ -5,12 +5,15 @@
 //! - [`session`]: one client's session: subscriptions, the bounded queue, outbound QoS 1/2 flows.
 //! - [`topic_tree`]: the subscription index.
 //! - [`message`]: a message as the broker keeps it.
+//! - [`local`]: the broker as the gateway runs it: shared, waking connections, persisted in the data directory.
 
 pub mod core;
+pub mod local;
 pub mod message;
 pub mod session;
 pub mod topic_tree;
 
 pub use self::core::{Broker, BrokerConfig, Connected};
+pub use self::local::LocalBroker;
 pub use self::message::{Message, MessageProperties};
 pub use self::session::{Delivery, Outbound, Session, Subscription};

@@ -235,6 +235,12 @@ impl Session {
         }
     }
 
+    /// Ends the flow `id` without an acknowledgement (the message could not be sent, e.g. too large for the
+    /// client).
+    pub fn discard(&mut self, id: u16) {
+        self.inflight.remove(&id);
+    }
+
     /// PUBCOMP from the client: ends a QoS 2 flow. Returns whether it was one.
     pub fn pubcomp(&mut self, id: u16) -> bool {
         matches!(self.inflight.get(&id), Some((Stage::AwaitPubComp, _))) && self.inflight.remove(&id).is_some()

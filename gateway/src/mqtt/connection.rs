@@ -19,11 +19,15 @@ use meshgate_protocols::mqtt::{
     QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::inbound::{Admission, InboundState};
-use super::{MqttContext, registry::Registration};
+use super::will::{self, PendingWill};
+use super::{MqttContext, outbound, registry::Registration};
 use crate::auth::AuthOutcome;
+use crate::broker::local::now_ms;
+use crate::broker::{Message, Outbound};
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{MqttInbound, Normalized};
 
@@ -56,7 +60,12 @@ struct PendingAck {
     /// `None` when the outcome is already known (`reason`).
     receipt: Option<Receipt>,
     reason: ReasonCode,
+    /// The message for local subscribers, routed once the receipt says it is durable.
+    local: Option<Message>,
 }
+
+/// Deliveries written per wake-up before the driver checks its other work again.
+const OUTBOUND_PER_WAKE: usize = 64;
 
 /// Serves one accepted connection until it ends.
 pub async fn serve<S>(stream: S, ctx: Arc<MqttContext>)
@@ -68,6 +77,17 @@ where
     let outcome = conn.run().await;
     if let Some((client_id, reg)) = &conn.session {
         ctx.registry.unregister(client_id, reg.conn_id);
+        if ctx.broker.detach(client_id, reg.conn_id) {
+            let expiry = conn.disconnect_expiry;
+            ctx.broker.with(|b| b.disconnect(client_id, expiry, now_ms()));
+        }
+        let publish_will = match &outcome {
+            Closed::Normal => conn.disconnect_with_will,
+            _ => true,
+        };
+        if let Some(w) = conn.will.take().filter(|_| publish_will) {
+            will::schedule(&ctx, client_id, conn.version, w);
+        }
     }
     ctx.metrics.connection_closed(PROTOCOL);
     let client = conn.session.as_ref().map_or("-", |(c, _)| c.as_str());
@@ -89,6 +109,16 @@ struct Connection<S> {
     deadline: Option<Instant>,
     inbound: InboundState,
     pending: VecDeque<PendingAck>,
+    /// Wakes the driver when the broker queued deliveries for this client.
+    deliveries: Option<Arc<Notify>>,
+    /// The client's Maximum Packet Size (MQTT 5).
+    client_max_packet: usize,
+    /// The will to publish if the connection ends abnormally.
+    will: Option<PendingWill>,
+    /// DISCONNECT 0x04: publish the will even though the client disconnected.
+    disconnect_with_will: bool,
+    /// A Session Expiry Interval sent with DISCONNECT (MQTT 5).
+    disconnect_expiry: Option<u32>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -105,6 +135,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             deadline: None,
             inbound,
             pending: VecDeque::new(),
+            deliveries: None,
+            client_max_packet: usize::MAX,
+            will: None,
+            disconnect_with_will: false,
+            disconnect_expiry: None,
         }
     }
 
@@ -238,6 +273,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if assigned { format!("mg-{}", uuid::Uuid::now_v7().simple()) } else { connect.client_id.to_string() };
         let registration = self.ctx.registry.register(&client_id);
         self.keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // 3.1.1: a clean session ends with the connection, any other lasts until the next clean one.
+        let expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        self.client_max_packet =
+            connect.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        let now = now_ms();
+        self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
+        self.deliveries = Some(self.ctx.broker.attach(&client_id, registration.conn_id));
+        let connected = self
+            .ctx
+            .broker
+            .with(|b| b.connect(&client_id, self.version, connect.clean_start, expiry, client_receive_maximum, now));
         let cfg = &self.ctx.config;
         let properties = if v5 {
             Properties {
@@ -245,21 +298,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 receive_maximum: Some(cfg.receive_maximum),
                 maximum_packet_size: Some(cfg.max_packet_size),
                 topic_alias_maximum: Some(cfg.topic_alias_maximum),
-                retain_available: Some(false),
-                wildcard_subscription_available: Some(false),
-                subscription_identifier_available: Some(false),
-                shared_subscription_available: Some(false),
                 ..Properties::default()
             }
         } else {
             Properties::default()
         };
-        let connack = Packet::ConnAck(ConnAck { session_present: false, code: ReasonCode::SUCCESS, properties });
-        self.send(&connack);
+        let session_present = connected.session_present;
+        self.send(&Packet::ConnAck(ConnAck { session_present, code: ReasonCode::SUCCESS, properties }));
+        self.write_outbound(connected.resend, now);
         self.flush().await?;
         self.session = Some((client_id, registration));
         self.touch();
         Ok(())
+    }
+
+    /// The connected client's id ("" before CONNECT is accepted).
+    fn client_id(&self) -> &str {
+        self.session.as_ref().map_or("", |(c, _)| c.as_str())
+    }
+
+    /// Encodes deliveries into the write buffer; one too large for the client is discarded (its flow ended).
+    fn write_outbound(&mut self, deliveries: Vec<Outbound>, now: u64) {
+        for out in deliveries {
+            if outbound::encode(&out, self.version, now, self.client_max_packet, &mut self.wbuf).is_err()
+                && let Outbound::Publish { packet_id, .. } = out
+            {
+                tracing::debug!(
+                    client = self.client_id(),
+                    "delivery larger than the client's maximum packet size dropped"
+                );
+                let client = self.client_id().to_string();
+                self.ctx.broker.with(|b| b.session_mut(&client).map(|s| s.discard(packet_id)));
+            }
+        }
+    }
+
+    /// Writes what the broker queued for this client, up to [`OUTBOUND_PER_WAKE`] deliveries; wakes itself again
+    /// if more may be waiting.
+    fn pump_outbound(&mut self) {
+        let client = self.client_id().to_string();
+        if client.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let deliveries = self.ctx.broker.with(|b| b.poll_outbound(&client, now, OUTBOUND_PER_WAKE));
+        let full = deliveries.len() == OUTBOUND_PER_WAKE;
+        self.write_outbound(deliveries, now);
+        if full && let Some(n) = &self.deliveries {
+            n.notify_one();
+        }
     }
 
     fn touch(&mut self) {
@@ -275,6 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let Some((_, registration)) = self.session.as_mut() else {
                 return Err(Closed::Refused("no session"));
             };
+            let deliveries = self.deliveries.clone();
             tokio::select! {
                 biased;
                 _ = &mut registration.taken_over => {
@@ -299,6 +387,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     self.drain_acks(false).await?;
                 }
+                _ = notified(deliveries.as_deref()) => {
+                    self.pump_outbound();
+                }
                 _ = sleep_until(deadline) => {
                     self.ctx.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
                     return Ok(self.close_with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep-alive expired").await);
@@ -316,7 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         receipt: Option<Receipt>,
         reason: ReasonCode,
     ) {
-        self.pending.push_back(PendingAck { kind, qos, packet_id, receipt, reason });
+        self.pending.push_back(PendingAck { kind, qos, packet_id, receipt, reason, local: None });
     }
 
     /// Sends every acknowledgement whose outcome is known, in order; with `wait`, waits for all of them.
@@ -345,7 +436,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut reason = ack.reason;
         if ack.receipt.is_some() {
             match result {
-                Ok(()) => self.ctx.metrics.acknowledged(PROTOCOL),
+                Ok(()) => {
+                    self.ctx.metrics.acknowledged(PROTOCOL);
+                    if let Some(message) = ack.local {
+                        self.ctx.broker.publish(message);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "event not stored; refusing the publish");
                     self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
@@ -416,17 +512,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.send(&Packet::PingResp);
                 None
             }
-            Packet::Subscribe(s) => {
-                self.on_subscribe(&s);
-                None
-            }
+            Packet::Subscribe(s) => match self.on_subscribe(&s) {
+                Some(why) => Some(self.protocol_error(why).await),
+                None => None,
+            },
             Packet::Unsubscribe(u) => {
                 self.on_unsubscribe(&u);
                 None
             }
-            Packet::Disconnect(_) => Some(Closed::Normal),
+            Packet::Disconnect(d) => {
+                self.disconnect_with_will = d.reason == ReasonCode::DISCONNECT_WITH_WILL;
+                self.disconnect_expiry = d.properties.session_expiry_interval;
+                Some(Closed::Normal)
+            }
+            Packet::PubResponse(r) => {
+                self.on_delivery_ack(&r);
+                None
+            }
             Packet::Connect(_) => Some(self.protocol_error("second CONNECT").await),
-            Packet::PubResponse(_) => Some(self.protocol_error("acknowledgement for a message never sent").await),
             Packet::Auth(_) => Some(
                 self.close_with(ReasonCode::BAD_AUTHENTICATION_METHOD, "extended authentication unsupported").await,
             ),
@@ -443,10 +546,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn on_publish(&mut self, publish: &Publish<'_>) -> Option<Closed> {
         let v5 = self.version.is_v5();
-        if v5 && publish.retain {
-            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
-            return Some(self.close_with(ReasonCode::RETAIN_NOT_SUPPORTED, "retain not supported").await);
-        }
         let topic = match self.inbound.resolve_topic(publish) {
             Ok(t) => t,
             Err(code) => {
@@ -475,20 +574,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let wait_durable = ack_kind.is_some() || self.ctx.config.qos0_wait_durable;
         let refusal = self.normalize_and_submit(publish, &topic, wait_durable).await;
+        let local = Message::from_publish(publish, &topic, self.client_id(), now_ms());
         match (refusal, ack_kind) {
             (Ok(receipt), Some(kind)) => {
-                self.queue_ack(kind, publish.qos, packet_id, receipt, ReasonCode::SUCCESS);
+                // Local subscribers get it once it is durable, when the acknowledgement goes out.
+                let reason = ReasonCode::SUCCESS;
+                let local = Some(local);
+                self.pending.push_back(PendingAck { kind, qos: publish.qos, packet_id, receipt, reason, local });
                 None
             }
             (Ok(Some(receipt)), None) => match receipt.await {
-                Ok(()) => None,
+                Ok(()) => {
+                    self.ctx.broker.publish(local);
+                    None
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "QoS 0 event not stored");
                     self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
                     Some(self.close_with(ReasonCode::UNSPECIFIED_ERROR, "event could not be stored").await)
                 }
             },
-            (Ok(None), None) => None,
+            (Ok(None), None) => {
+                self.ctx.broker.publish(local);
+                None
+            }
             (Err((reason, why)), Some(kind)) if v5 => {
                 // Refused in order with the other acknowledgements; the flow ends with the error code.
                 self.queue_ack(kind, publish.qos, packet_id, None, reason);
@@ -534,18 +643,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Local subscriptions arrive with the broker core; until then every filter is refused, per filter.
-    fn on_subscribe(&mut self, s: &Subscribe<'_>) {
-        let count = s.filters.len();
-        let codes = vec![ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR.0; count];
-        let codes = if self.version.is_v5() { codes } else { vec![0x80; count] };
+    /// SUBSCRIBE: each filter is granted its requested QoS (the broker serves 0, 1 and 2); retained messages
+    /// follow the SUBACK.
+    fn on_subscribe(&mut self, s: &Subscribe<'_>) -> Option<&'static str> {
+        let v5 = self.version.is_v5();
+        let id = s.properties.subscription_identifiers.iter().next();
+        let client = self.client_id().to_string();
+        let now = now_ms();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for f in s.filters.iter() {
+            if v5 && f.options.no_local && f.filter.starts_with("$share/") {
+                return Some("No Local on a shared subscription");
+            }
+            let granted = self.ctx.broker.with(|b| b.subscribe(&client, f.filter, &f.options, id, now));
+            codes.push(granted as u8);
+        }
         self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), codes: &codes }));
+        self.pump_outbound();
+        None
     }
 
     fn on_unsubscribe(&mut self, u: &Unsubscribe<'_>) {
-        let codes = vec![ReasonCode::NO_SUBSCRIPTION_EXISTED.0; u.filters.len()];
+        let client = self.client_id().to_string();
+        let codes: Vec<u8> = u
+            .filters
+            .iter()
+            .map(|f| {
+                let existed = self.ctx.broker.with(|b| b.unsubscribe(&client, f));
+                if existed { ReasonCode::SUCCESS.0 } else { ReasonCode::NO_SUBSCRIPTION_EXISTED.0 }
+            })
+            .collect();
         let codes: &[u8] = if self.version.is_v5() { &codes } else { &[] };
         self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes }));
+    }
+
+    /// PUBACK, PUBREC or PUBCOMP from the client for a delivery of ours.
+    fn on_delivery_ack(&mut self, r: &PubResponse<'_>) {
+        let client = self.client_id().to_string();
+        let id = r.packet_id;
+        let (known, pubrel) = self.ctx.broker.with(|b| {
+            let Some(session) = b.session_mut(&client) else { return (false, false) };
+            match r.kind {
+                PubResponseKind::PubAck => (session.puback(id), false),
+                PubResponseKind::PubRec => {
+                    let owed = session.pubrec(id, r.reason.is_error());
+                    (owed || r.reason.is_error(), owed)
+                }
+                _ => (session.pubcomp(id), false),
+            }
+        });
+        if r.kind == PubResponseKind::PubRec && !r.reason.is_error() {
+            let mut rel = PubResponse::new(PubResponseKind::PubRel, id);
+            if !pubrel && self.version.is_v5() {
+                rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+            }
+            self.send(&Packet::PubResponse(rel));
+        }
+        if !known {
+            tracing::debug!(client, packet_id = id, kind = ?r.kind, "acknowledgement for no delivery in flight");
+        }
+        self.pump_outbound();
     }
 }
 
@@ -554,6 +711,14 @@ async fn next_receipt(pending: &mut VecDeque<PendingAck>) -> Result<(), Delivery
     match pending.front_mut() {
         Some(PendingAck { receipt: Some(receipt), .. }) => receipt.await,
         Some(PendingAck { receipt: None, .. }) => Ok(()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the broker queued deliveries; never without a notifier.
+async fn notified(deliveries: Option<&Notify>) {
+    match deliveries {
+        Some(n) => n.notified().await,
         None => std::future::pending().await,
     }
 }

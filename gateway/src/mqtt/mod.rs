@@ -4,11 +4,15 @@
 //! - [`connection`]: the per-connection driver (CONNECT, publish flows, keep-alive, takeover, shutdown).
 //! - [`inbound`]: sans-IO bookkeeping of inbound publishes (topic aliases, Receive Maximum, QoS 2 state).
 //! - [`registry`]: live client ids, for session takeover.
+//! - [`outbound`]: broker deliveries as PUBLISH/PUBREL packets.
+//! - [`will`]: publishing wills.
 
 pub mod connection;
 pub mod inbound;
 pub mod listener;
+pub mod outbound;
 pub mod registry;
+pub mod will;
 
 use std::sync::Arc;
 
@@ -16,6 +20,7 @@ use meshgate_edge_agent::pipeline::IngestHandle;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::broker::LocalBroker;
 use crate::config::MqttListenerConfig;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
@@ -34,6 +39,8 @@ pub struct MqttContext {
     pub metrics: Arc<Metrics>,
     /// Live client ids.
     pub registry: registry::Registry,
+    /// The local broker.
+    pub broker: Arc<LocalBroker>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -1,0 +1,116 @@
+//! Broker deliveries as MQTT packets: a PUBLISH with the forwarded MQTT 5 properties (content type, response
+//! topic, correlation data, user properties, payload format, the remaining Message Expiry Interval and the
+//! matching Subscription Identifiers), or a PUBREL.
+
+use meshgate_protocols::mqtt::{Packet, Properties, PropertyList, PubResponse, PubResponseKind, Publish, QoS, Version};
+
+use crate::broker::Outbound;
+
+/// A delivery that was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// The packet exceeds the client's Maximum Packet Size: the server discards the message (MQTT 5 3.1.2.25).
+    TooLarge,
+}
+
+/// Appends the packet for `out` to `buf`, encoded for `version`, with the expiry remaining at `now_ms`.
+pub fn encode(
+    out: &Outbound,
+    version: Version,
+    now_ms: u64,
+    client_max_packet: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), Skipped> {
+    let (packet_id, dup, delivery) = match out {
+        Outbound::PubRel(id) => {
+            write(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubRel, *id)), version, buf);
+            return Ok(());
+        }
+        Outbound::Publish { packet_id, dup, delivery } => (*packet_id, *dup, delivery),
+    };
+    let message = &delivery.message;
+    let qos = QoS::from_bits(delivery.qos).unwrap_or(QoS::AtMostOnce);
+    let user_properties = message.properties.user_properties();
+    let properties = if version.is_v5() {
+        Properties {
+            payload_format_utf8: message.properties.payload_format_utf8,
+            message_expiry_interval: message.remaining_expiry_secs(now_ms),
+            content_type: message.properties.content_type.as_deref(),
+            response_topic: message.properties.response_topic.as_deref(),
+            correlation_data: message.properties.correlation_data.as_deref(),
+            user_properties: PropertyList::new(&user_properties),
+            subscription_identifiers: PropertyList::new(&delivery.subscription_ids),
+            ..Properties::default()
+        }
+    } else {
+        Properties::default()
+    };
+    let packet = Packet::Publish(Publish {
+        dup: dup && qos != QoS::AtMostOnce,
+        qos,
+        retain: delivery.retain,
+        topic: &message.topic,
+        packet_id: (qos != QoS::AtMostOnce).then_some(packet_id),
+        properties,
+        payload: &message.payload,
+    });
+    if packet.encoded_len(version) > client_max_packet {
+        return Err(Skipped::TooLarge);
+    }
+    write(&packet, version, buf);
+    Ok(())
+}
+
+fn write(packet: &Packet<'_>, version: Version, buf: &mut Vec<u8>) {
+    let start = buf.len();
+    buf.resize(start + packet.encoded_len(version), 0);
+    if let Err(e) = packet.encode(version, &mut buf[start..]) {
+        // Only the broker's own packets are encoded here; a failure is a bug, not bad input.
+        tracing::error!(error = %e, "could not encode an outgoing packet");
+        buf.truncate(start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::broker::{Delivery, Message, MessageProperties};
+
+    #[test]
+    fn a_delivery_carries_its_properties_and_remaining_expiry() {
+        let message = Message {
+            topic: "a/b".into(),
+            payload: b"hi".to_vec(),
+            qos: 2,
+            retain: true,
+            properties: MessageProperties {
+                content_type: Some("text/plain".into()),
+                response_topic: Some("r".into()),
+                correlation_data: Some(vec![7]),
+                user_properties: vec![("k".into(), "v".into())],
+                ..MessageProperties::default()
+            },
+            publisher: "p".into(),
+            expires_at_ms: Some(60_000),
+        };
+        let delivery =
+            Delivery { message: Arc::new(message), qos: 1, retain: true, subscription_ids: vec![4, 9], shared: None };
+        let out = Outbound::Publish { packet_id: 3, dup: true, delivery };
+        let mut buf = Vec::new();
+        encode(&out, Version::V5, 30_500, 1 << 20, &mut buf).unwrap();
+        let (packet, used) = Packet::decode(&buf, Version::V5, 1 << 20).unwrap();
+        assert_eq!(used, buf.len());
+        let Packet::Publish(p) = packet else { panic!("{packet:?}") };
+        assert_eq!((p.dup, p.qos, p.retain, p.topic, p.packet_id), (true, QoS::AtLeastOnce, true, "a/b", Some(3)));
+        assert_eq!(p.properties.message_expiry_interval, Some(30));
+        assert_eq!(p.properties.content_type, Some("text/plain"));
+        assert_eq!(p.properties.correlation_data, Some(&[7u8][..]));
+        assert_eq!(p.properties.subscription_identifiers.iter().collect::<Vec<_>>(), [4, 9]);
+        assert_eq!(p.properties.user_properties.iter().count(), 1);
+        let mut small = Vec::new();
+        assert_eq!(encode(&out, Version::V5, 0, 10, &mut small), Err(Skipped::TooLarge));
+        assert!(small.is_empty());
+    }
+}
