@@ -2,6 +2,7 @@
 //! directory, read back the addresses it bound, read the CloudEvents its file uplink wrote, and stop it with a
 //! signal like an operator would.
 
+pub mod clients;
 pub mod eventmesh;
 pub mod proxy;
 pub mod raw;

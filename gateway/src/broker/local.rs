@@ -18,10 +18,13 @@ use super::{Broker, BrokerConfig, Message, Session};
 /// How often sessions are checked for expiry.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Connected clients: their connection's id and the notifier its driver waits on.
+type Wakers = HashMap<Arc<str>, (u64, Arc<Notify>)>;
+
 /// The running broker, shared by every connection.
 pub struct LocalBroker {
     core: Mutex<Broker>,
-    wakers: Mutex<HashMap<Arc<str>, (u64, Arc<Notify>)>>,
+    wakers: Mutex<Wakers>,
     dir: PathBuf,
     retained_dirty: AtomicBool,
     changed: Notify,

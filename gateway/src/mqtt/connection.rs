@@ -52,9 +52,10 @@ impl From<std::io::Error> for Closed {
     }
 }
 
-/// An acknowledgement waiting for its turn.
+/// An acknowledgement waiting for its turn, or (with no `kind`) a QoS 0 message waiting to reach local
+/// subscribers behind earlier publishes that are not durable yet, so a client's messages arrive in order.
 struct PendingAck {
-    kind: PubResponseKind,
+    kind: Option<PubResponseKind>,
     qos: QoS,
     packet_id: u16,
     /// `None` when the outcome is already known (`reason`).
@@ -312,6 +313,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
+    /// Hands a QoS 0 message to local subscribers now, or behind the client's earlier publishes that are still
+    /// waiting to be durable.
+    fn route_in_order(&mut self, message: Message) {
+        if self.pending.is_empty() {
+            self.ctx.broker.publish(message);
+        } else {
+            let reason = ReasonCode::SUCCESS;
+            let (qos, local) = (QoS::AtMostOnce, Some(message));
+            self.pending.push_back(PendingAck { kind: None, qos, packet_id: 0, receipt: None, reason, local });
+        }
+    }
+
     /// The connected client's id ("" before CONNECT is accepted).
     fn client_id(&self) -> &str {
         self.session.as_ref().map_or("", |(c, _)| c.as_str())
@@ -407,7 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         receipt: Option<Receipt>,
         reason: ReasonCode,
     ) {
-        self.pending.push_back(PendingAck { kind, qos, packet_id, receipt, reason, local: None });
+        self.pending.push_back(PendingAck { kind: Some(kind), qos, packet_id, receipt, reason, local: None });
     }
 
     /// Sends every acknowledgement whose outcome is known, in order; with `wait`, waits for all of them.
@@ -430,7 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Pops the oldest pending acknowledgement and queues it with the outcome of its receipt.
     fn complete_front(&mut self, result: Result<(), DeliveryError>) -> Result<(), Closed> {
-        let Some(ack) = self.pending.pop_front() else {
+        let Some(mut ack) = self.pending.pop_front() else {
             return Ok(());
         };
         let mut reason = ack.reason;
@@ -438,7 +451,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             match result {
                 Ok(()) => {
                     self.ctx.metrics.acknowledged(PROTOCOL);
-                    if let Some(message) = ack.local {
+                    if let Some(message) = ack.local.take() {
                         self.ctx.broker.publish(message);
                     }
                 }
@@ -453,11 +466,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
         }
-        let ends_flow = ack.kind == PubResponseKind::PubAck || reason.is_error();
+        let Some(kind) = ack.kind else {
+            // A QoS 0 message that waited for the publishes before it.
+            if let Some(message) = ack.local {
+                self.ctx.broker.publish(message);
+            }
+            return Ok(());
+        };
+        let ends_flow = kind == PubResponseKind::PubAck || reason.is_error();
         if ends_flow {
             self.inbound.completed(ack.qos, ack.packet_id);
         }
-        let mut response = PubResponse::new(ack.kind, ack.packet_id);
+        let mut response = PubResponse::new(kind, ack.packet_id);
         response.reason = reason;
         self.send(&Packet::PubResponse(response));
         Ok(())
@@ -579,13 +599,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             (Ok(receipt), Some(kind)) => {
                 // Local subscribers get it once it is durable, when the acknowledgement goes out.
                 let reason = ReasonCode::SUCCESS;
-                let local = Some(local);
+                let (kind, local) = (Some(kind), Some(local));
                 self.pending.push_back(PendingAck { kind, qos: publish.qos, packet_id, receipt, reason, local });
                 None
             }
             (Ok(Some(receipt)), None) => match receipt.await {
                 Ok(()) => {
-                    self.ctx.broker.publish(local);
+                    self.route_in_order(local);
                     None
                 }
                 Err(e) => {
@@ -595,7 +615,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             },
             (Ok(None), None) => {
-                self.ctx.broker.publish(local);
+                self.route_in_order(local);
                 None
             }
             (Err((reason, why)), Some(kind)) if v5 => {
