@@ -26,6 +26,23 @@ pub enum Reply {
     Ack(u8, u16, ReasonCode),
     /// PINGRESP.
     PingResp,
+    /// A PUBLISH: DUP, QoS, RETAIN, packet id (0 for QoS 0), topic, payload.
+    Publish {
+        /// DUP flag.
+        dup: bool,
+        /// QoS bits.
+        qos: u8,
+        /// RETAIN flag.
+        retain: bool,
+        /// Packet identifier (0 for QoS 0).
+        packet_id: u16,
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// SUBACK codes.
+    SubAck(Vec<u8>),
     /// Any other packet, by type.
     Other(u8),
     /// The server closed the socket.
@@ -47,6 +64,32 @@ impl RawClient {
         match c.recv()? {
             Reply::ConnAck(_, ReasonCode::SUCCESS) => Ok(c),
             other => bail!("connect refused: {other:?}"),
+        }
+    }
+
+    /// Sends `connect` and returns the CONNACK's session-present flag; fails unless accepted.
+    pub fn connect_with(addr: SocketAddr, connect: &Connect<'_>) -> Result<(RawClient, bool)> {
+        let mut c = RawClient::open(addr, connect.version)?;
+        c.send(&Packet::Connect(*connect))?;
+        match c.recv()? {
+            Reply::ConnAck(present, ReasonCode::SUCCESS) => Ok((c, present)),
+            other => bail!("connect refused: {other:?}"),
+        }
+    }
+
+    /// Subscribes to `filter` at `qos` (packet id 1) and returns the SUBACK codes.
+    pub fn subscribe(&mut self, filter: &str, qos: meshgate_protocols::mqtt::QoS) -> Result<Vec<u8>> {
+        use meshgate_protocols::mqtt::{List, Subscribe, SubscribeFilter, SubscriptionOptions};
+        let filters =
+            [SubscribeFilter { filter, options: SubscriptionOptions { qos, ..SubscriptionOptions::default() } }];
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: List::new(&filters),
+            ..Subscribe::default()
+        }))?;
+        match self.recv()? {
+            Reply::SubAck(codes) => Ok(codes),
+            other => bail!("expected SUBACK, got {other:?}"),
         }
     }
 
@@ -73,6 +116,15 @@ impl RawClient {
                         Packet::Disconnect(d) => Reply::Disconnect(d.reason),
                         Packet::PubResponse(r) => Reply::Ack(r.kind.packet_type() as u8, r.packet_id, r.reason),
                         Packet::PingResp => Reply::PingResp,
+                        Packet::Publish(p) => Reply::Publish {
+                            dup: p.dup,
+                            qos: p.qos as u8,
+                            retain: p.retain,
+                            packet_id: p.packet_id.unwrap_or(0),
+                            topic: p.topic.to_string(),
+                            payload: p.payload.to_vec(),
+                        },
+                        Packet::SubAck(s) => Reply::SubAck(s.codes.to_vec()),
                         other => Reply::Other(other.packet_type() as u8),
                     };
                     self.buf.drain(..used);

@@ -307,8 +307,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let session_present = connected.session_present;
         self.send(&Packet::ConnAck(ConnAck { session_present, code: ReasonCode::SUCCESS, properties }));
         self.write_outbound(connected.resend, now);
-        self.flush().await?;
         self.session = Some((client_id, registration));
+        // What the session queued while the client was away follows the CONNACK and the resends.
+        self.pump_outbound();
+        self.flush().await?;
         self.touch();
         Ok(())
     }

@@ -1,0 +1,159 @@
+//! Conformance of the local broker, sessions (MQTT 3.1.1 section 3.1.2.4 and 4.1, MQTT 5 section 3.1.2.4, 3.1.2.11
+//! and 4.1): persistent sessions keep subscriptions and queue messages while the client is away, unacknowledged
+//! deliveries are resent with DUP, Session Present is right, sessions expire, and all of it survives a restart.
+
+use std::time::Duration;
+
+use meshgate_protocols::mqtt::{Connect, Packet, Properties, PubResponse, PubResponseKind, QoS, Version};
+use meshgate_tests::Gateway;
+use meshgate_tests::clients::{Client, Options, Received};
+use meshgate_tests::raw::{RawClient, Reply};
+
+const WAIT: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(300);
+
+fn persistent(v5: bool, id: &str) -> Options {
+    Options { clean: false, session_expiry: v5.then_some(3600), ..Options::new(v5, id) }
+}
+
+async fn a_persistent_session_queues_messages_while_the_client_is_away(v5: bool) -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let (mut dev, connack) = Client::connect(gw.mqtt, &persistent(v5, "dev")).await?;
+    assert_eq!(connack, Received::ConnAck { session_present: false, code: 0 });
+    dev.subscribe(&[("cmd/dev", 1)]).await?;
+    dev.disconnect().await;
+    let (ctl, _) = Client::connect(gw.mqtt, &Options::new(v5, "ctl")).await?;
+    for n in 0..5 {
+        ctl.publish("cmd/dev", 1, false, &format!("c{n}")).await?;
+    }
+    tokio::time::sleep(QUIET).await;
+    let (mut dev, connack) = Client::connect(gw.mqtt, &persistent(v5, "dev")).await?;
+    assert_eq!(connack, Received::ConnAck { session_present: true, code: 0 });
+    let got: Vec<String> = dev.drain(QUIET * 2).await.into_iter().map(|m| m.payload).collect();
+    assert_eq!(got, ["c0", "c1", "c2", "c3", "c4"], "queued while away, in order");
+    dev.disconnect().await;
+    // A clean start discards the session and its subscription.
+    let (mut dev, connack) = Client::connect(gw.mqtt, &Options::new(v5, "dev")).await?;
+    assert_eq!(connack, Received::ConnAck { session_present: false, code: 0 });
+    ctl.publish("cmd/dev", 1, false, "late").await?;
+    assert!(dev.next_publish(QUIET * 2).await.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_queues_messages_while_the_client_is_away_v311() -> anyhow::Result<()> {
+    a_persistent_session_queues_messages_while_the_client_is_away(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_queues_messages_while_the_client_is_away_v5() -> anyhow::Result<()> {
+    a_persistent_session_queues_messages_while_the_client_is_away(true).await
+}
+
+fn connect_packet(version: Version, id: &str) -> Connect<'_> {
+    let properties = Properties { session_expiry_interval: version.is_v5().then_some(3600), ..Properties::default() };
+    Connect { version, clean_start: false, keep_alive: 30, client_id: id, properties, ..Connect::default() }
+}
+
+async fn unacknowledged_deliveries_are_resent_with_dup(version: Version) -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let (mut raw, _) = RawClient::connect_with(gw.mqtt, &connect_packet(version, "slow"))?;
+    assert_eq!(raw.subscribe("jobs", QoS::ExactlyOnce)?, [2]);
+    let (publisher, _) = Client::connect(gw.mqtt, &Options::new(version.is_v5(), "pub")).await?;
+    publisher.publish("jobs", 1, false, "one").await?;
+    publisher.publish("jobs", 2, false, "two").await?;
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        match raw.recv()? {
+            Reply::Publish { dup: false, qos, packet_id, payload, .. } => first.push((qos, packet_id, payload)),
+            other => anyhow::bail!("expected a PUBLISH, got {other:?}"),
+        }
+    }
+    // Acknowledge the QoS 2 message's PUBREC step only, then vanish.
+    let (_, qos2_id, _) =
+        first.iter().find(|(q, _, _)| *q == 2).cloned().ok_or_else(|| anyhow::anyhow!("{first:?}"))?;
+    raw.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubRec, qos2_id)))?;
+    assert_eq!(raw.recv()?, Reply::Ack(6, qos2_id, meshgate_protocols::mqtt::ReasonCode::SUCCESS), "PUBREL");
+    drop(raw);
+    tokio::time::sleep(QUIET).await;
+
+    let (mut raw, present) = RawClient::connect_with(gw.mqtt, &connect_packet(version, "slow"))?;
+    assert!(present, "Session Present");
+    let (qos1_id, _) = first
+        .iter()
+        .find(|(q, _, _)| *q == 1)
+        .map(|(_, id, p)| (*id, p.clone()))
+        .ok_or_else(|| anyhow::anyhow!("{first:?}"))?;
+    match raw.recv()? {
+        Reply::Publish { dup: true, qos: 1, packet_id, payload, .. } => {
+            assert_eq!((packet_id, payload.as_slice()), (qos1_id, &b"one"[..]), "the QoS 1 PUBLISH again, DUP set");
+        }
+        other => anyhow::bail!("expected the QoS 1 resend, got {other:?}"),
+    }
+    assert_eq!(raw.recv()?, Reply::Ack(6, qos2_id, meshgate_protocols::mqtt::ReasonCode::SUCCESS), "PUBREL again");
+    raw.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubAck, qos1_id)))?;
+    raw.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubComp, qos2_id)))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_deliveries_are_resent_with_dup_v311() -> anyhow::Result<()> {
+    unacknowledged_deliveries_are_resent_with_dup(Version::V311).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_deliveries_are_resent_with_dup_v5() -> anyhow::Result<()> {
+    unacknowledged_deliveries_are_resent_with_dup(Version::V5).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v5_session_ends_when_its_expiry_interval_passes() -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let short = Options { clean: false, session_expiry: Some(1), ..Options::new(true, "brief") };
+    let (mut c, _) = Client::connect(gw.mqtt, &short).await?;
+    c.subscribe(&[("x", 1)]).await?;
+    c.disconnect().await;
+    let (c, connack) = Client::connect(gw.mqtt, &short).await?;
+    assert_eq!(connack, Received::ConnAck { session_present: true, code: 0 }, "still there right away");
+    c.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_c, connack) = Client::connect(gw.mqtt, &short).await?;
+    assert_eq!(connack, Received::ConnAck { session_present: false, code: 0 }, "expired after 1 s");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_retained_messages_survive_a_gateway_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    for v5 in [false, true] {
+        let (mut dev, _) = Client::connect(gw.mqtt, &persistent(v5, &format!("dev-{v5}"))).await?;
+        dev.subscribe(&[("cmd/all", 1)]).await?;
+        dev.disconnect().await;
+    }
+    let (ctl, _) = Client::connect(gw.mqtt, &Options::new(true, "ctl")).await?;
+    ctl.publish("cmd/all", 1, false, "queued-before-restart").await?;
+    ctl.publish("status/gw", 1, true, "retained-before-restart").await?;
+    tokio::time::sleep(QUIET).await;
+    ctl.disconnect().await;
+    assert!(gw.terminate()?.success());
+
+    let gw = Gateway::start_in(dir.path(), |b| b)?;
+    for v5 in [false, true] {
+        let (mut dev, connack) = Client::connect(gw.mqtt, &persistent(v5, &format!("dev-{v5}"))).await?;
+        assert_eq!(connack, Received::ConnAck { session_present: true, code: 0 }, "v5 {v5}");
+        let m = dev.next_publish(WAIT).await.ok_or_else(|| anyhow::anyhow!("queued message lost (v5 {v5})"))?;
+        assert_eq!(m.payload, "queued-before-restart");
+        let (ctl, _) = Client::connect(gw.mqtt, &Options::new(v5, "ctl2")).await?;
+        ctl.publish("cmd/all", 1, false, "after-restart").await?;
+        let m = dev.next_publish(WAIT).await.ok_or_else(|| anyhow::anyhow!("subscription lost (v5 {v5})"))?;
+        assert_eq!(m.payload, "after-restart");
+        ctl.disconnect().await;
+        dev.disconnect().await;
+    }
+    let (mut fresh, _) = Client::connect(gw.mqtt, &Options::new(false, "fresh")).await?;
+    fresh.subscribe(&[("status/#", 1)]).await?;
+    let m = fresh.next_publish(WAIT).await.ok_or_else(|| anyhow::anyhow!("retained message lost"))?;
+    assert_eq!((m.payload.as_str(), m.retain), ("retained-before-restart", true));
+    Ok(())
+}
