@@ -94,12 +94,13 @@ mod tests {
     async fn hashed_users_are_checked_and_anonymous_follows_the_switch() {
         let hash = hash_password("s3cret").unwrap();
         let user = UserConfig { username: "d1".into(), password_hash: PasswordHash(hash) };
-        let auth = Authenticator::new(&AuthConfig { allow_anonymous: false, users: vec![user] });
+        let auth =
+            Authenticator::new(&AuthConfig { allow_anonymous: false, users: vec![user], ..AuthConfig::default() });
         assert_eq!(auth.check(Some("d1"), Some(b"s3cret")).await, AuthOutcome::Allowed);
         assert_eq!(auth.check(Some("d1"), Some(b"wrong")).await, AuthOutcome::BadCredentials);
         assert_eq!(auth.check(Some("nobody"), Some(b"s3cret")).await, AuthOutcome::BadCredentials);
         assert_eq!(auth.check(None, None).await, AuthOutcome::NotAuthorized);
-        let open = Authenticator::new(&AuthConfig { allow_anonymous: true, users: vec![] });
+        let open = Authenticator::new(&AuthConfig { allow_anonymous: true, ..AuthConfig::default() });
         assert_eq!(open.check(None, None).await, AuthOutcome::Allowed);
     }
 

@@ -82,11 +82,19 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// Seconds to let connections finish their acknowledgements at shutdown.
     pub shutdown_grace_secs: u64,
+    /// Whether device connects and disconnects become CloudEvents for the mesh
+    /// (`io.meshgate.device.connected` / `io.meshgate.device.disconnected`).
+    pub lifecycle_events: bool,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { id: "edge-1".into(), data_dir: PathBuf::from("./meshgate-data"), shutdown_grace_secs: 10 }
+        GatewayConfig {
+            id: "edge-1".into(),
+            data_dir: PathBuf::from("./meshgate-data"),
+            shutdown_grace_secs: 10,
+            lifecycle_events: false,
+        }
     }
 }
 
@@ -161,6 +169,10 @@ pub struct AuthConfig {
     pub allow_anonymous: bool,
     /// `[[auth.users]]`.
     pub users: Vec<UserConfig>,
+    /// `[[auth.acl]]`: publish and subscribe rules per user.
+    pub acl: Vec<crate::acl::AclRule>,
+    /// What a publish or subscription no rule allows gets: `allow` (default) or `deny`.
+    pub acl_default: crate::acl::AclDefault,
 }
 
 /// `[[auth.users]]`.

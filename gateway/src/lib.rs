@@ -5,12 +5,14 @@
 //!
 //! Rooms:
 //! - [`config`]: the TOML file, environment overrides, defaults and their validation.
-//! - [`auth`]: device credentials (Argon2 hashes) and the anonymous switch.
+//! - [`auth`]: device credentials (Argon2 hashes) and the anonymous switch; [`acl`]: publish/subscribe rules.
+//! - [`broker`]: the local MQTT broker (subscriptions, retained messages, sessions, wills, shared subscriptions).
 //! - [`mqtt`]: the MQTT listener, our own sessions over the `meshgate-protocols` codec.
 //! - [`normalize`]: message → CloudEvent, with mapping rules.
 //! - [`metrics`] and [`admin`]: counters and the health/metrics endpoint.
 //! - [`server`]: process wiring and ordered shutdown.
 
+pub mod acl;
 pub mod admin;
 pub mod auth;
 pub mod broker;

@@ -82,6 +82,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             metrics: Arc::clone(&metrics),
             registry: mqtt::registry::Registry::default(),
             broker: Arc::clone(&broker),
+            acl: crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default),
+            lifecycle_events: config.gateway.lifecycle_events,
             shutdown: stop_rx.clone(),
         });
         mqtt_task = Some(tokio::spawn(mqtt::listener::run(listener, ctx)));

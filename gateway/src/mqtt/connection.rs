@@ -29,7 +29,7 @@ use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms;
 use crate::broker::{Message, Outbound};
 use crate::metrics::{Protocol, RejectReason};
-use crate::normalize::{MqttInbound, Normalized};
+use crate::normalize::{Lifecycle, MqttInbound, Normalized};
 
 const PROTOCOL: Protocol = Protocol::Mqtt;
 
@@ -89,6 +89,15 @@ where
         if let Some(w) = conn.will.take().filter(|_| publish_will) {
             will::schedule(&ctx, client_id, conn.version, w);
         }
+        if ctx.lifecycle_events {
+            let reason = match &outcome {
+                Closed::Normal => "disconnect".to_string(),
+                Closed::Dropped => "connection lost".to_string(),
+                Closed::Refused(why) => (*why).to_string(),
+                Closed::Io(e) => format!("I/O error: {e}"),
+            };
+            lifecycle(&ctx, Lifecycle::Disconnected, client_id, serde_json::json!({ "reason": reason })).await;
+        }
     }
     ctx.metrics.connection_closed(PROTOCOL);
     let client = conn.session.as_ref().map_or("-", |(c, _)| c.as_str());
@@ -120,6 +129,8 @@ struct Connection<S> {
     disconnect_with_will: bool,
     /// A Session Expiry Interval sent with DISCONNECT (MQTT 5).
     disconnect_expiry: Option<u32>,
+    /// What this device may publish and subscribe to.
+    acl: crate::acl::DeviceAcl,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -141,6 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             will: None,
             disconnect_with_will: false,
             disconnect_expiry: None,
+            acl: crate::acl::DeviceAcl::default(),
         }
     }
 
@@ -286,6 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.client_max_packet =
             connect.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let now = now_ms();
+        self.acl = self.ctx.acl.for_device(connect.username, &client_id);
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
         self.deliveries = Some(self.ctx.broker.attach(&client_id, registration.conn_id));
         let connected = self
@@ -307,6 +320,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let session_present = connected.session_present;
         self.send(&Packet::ConnAck(ConnAck { session_present, code: ReasonCode::SUCCESS, properties }));
         self.write_outbound(connected.resend, now);
+        if self.ctx.lifecycle_events {
+            let data = serde_json::json!({
+                "clientid": client_id,
+                "username": connect.username,
+                "version": if v5 { "5" } else { "3.1.1" },
+                "clean_start": connect.clean_start,
+                "session_present": session_present,
+                "keep_alive": connect.keep_alive,
+            });
+            lifecycle(&self.ctx, Lifecycle::Connected, &client_id, data).await;
+        }
         self.session = Some((client_id, registration));
         // What the session queued while the client was away follows the CONNACK and the resends.
         self.pump_outbound();
@@ -594,6 +618,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
         }
+        if !self.acl.may_publish(&topic) {
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+            tracing::debug!(client = self.client_id(), topic = %topic, "publish not authorized");
+            if let Some(kind) = ack_kind {
+                // MQTT 5 refuses with 0x87; 3.1.1 has no refusal short of closing, so it acknowledges and drops.
+                let reason = if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
+                self.queue_ack(kind, publish.qos, packet_id, None, reason);
+            }
+            return None;
+        }
         let wait_durable = ack_kind.is_some() || self.ctx.config.qos0_wait_durable;
         let refusal = self.normalize_and_submit(publish, &topic, wait_durable).await;
         let local = Message::from_publish(publish, &topic, self.client_id(), now_ms());
@@ -677,6 +711,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if v5 && f.options.no_local && f.filter.starts_with("$share/") {
                 return Some("No Local on a shared subscription");
             }
+            if !self.acl.may_subscribe(f.filter) {
+                self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+                codes.push(if v5 { ReasonCode::NOT_AUTHORIZED.0 } else { 0x80 });
+                continue;
+            }
             let granted = self.ctx.broker.with(|b| b.subscribe(&client, f.filter, &f.options, id, now));
             codes.push(granted as u8);
         }
@@ -734,6 +773,16 @@ async fn next_receipt(pending: &mut VecDeque<PendingAck>) -> Result<(), Delivery
         Some(PendingAck { receipt: Some(receipt), .. }) => receipt.await,
         Some(PendingAck { receipt: None, .. }) => Ok(()),
         None => std::future::pending().await,
+    }
+}
+
+/// Sends a lifecycle event for `client` into the pipeline (unconfirmed: nobody waits for it).
+async fn lifecycle(ctx: &MqttContext, what: Lifecycle, client: &str, data: serde_json::Value) {
+    let event = ctx.normalizer.lifecycle(what, PROTOCOL, client, data, uuid::Uuid::now_v7(), Utc::now());
+    let route = meshgate_edge_agent::pipeline::Route::All;
+    let when_full = meshgate_edge_agent::spool::WhenFull::Block;
+    if ctx.ingest.submit_unconfirmed(event, route, when_full).await.is_err() {
+        tracing::debug!(client, "pipeline closed; lifecycle event not sent");
     }
 }
 

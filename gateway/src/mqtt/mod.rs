@@ -41,6 +41,10 @@ pub struct MqttContext {
     pub registry: registry::Registry,
     /// The local broker.
     pub broker: Arc<LocalBroker>,
+    /// Publish and subscribe rules.
+    pub acl: crate::acl::Acl,
+    /// Whether connects and disconnects become CloudEvents.
+    pub lifecycle_events: bool,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

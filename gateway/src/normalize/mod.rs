@@ -142,6 +142,53 @@ impl Normalizer {
     }
 }
 
+/// A device's connection changed: `connected` or `disconnected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// The device connected.
+    Connected,
+    /// The device's connection ended.
+    Disconnected,
+}
+
+impl Normalizer {
+    /// A lifecycle event (`io.meshgate.device.connected` / `.disconnected`) for `client_id` on `protocol`, with
+    /// `data` describing the connection (and, for a disconnect, the reason).
+    pub fn lifecycle(
+        &self,
+        what: Lifecycle,
+        protocol: Protocol,
+        client_id: &str,
+        data: serde_json::Value,
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> CloudEvent {
+        let kind = match what {
+            Lifecycle::Connected => "connected",
+            Lifecycle::Disconnected => "disconnected",
+        };
+        let mut event = CloudEvent {
+            id: id.to_string(),
+            source: format!(
+                "/meshgate/{}/{}/{}",
+                uri_segment(&self.gateway_id),
+                protocol.as_str(),
+                uri_segment(client_id)
+            ),
+            ty: format!("io.meshgate.device.{kind}"),
+            datacontenttype: Some("application/json".into()),
+            subject: Some(client_id.to_string()),
+            time: Some(now.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            data: Some(Data::Json(data)),
+            ..CloudEvent::default()
+        };
+        event.extensions.insert("deviceid".into(), client_id.into());
+        event.extensions.insert("gatewayid".into(), (*self.gateway_id).into());
+        event.extensions.insert("protocol".into(), protocol.as_str().into());
+        event
+    }
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters, so any client id makes a valid URI-reference.
 fn uri_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
