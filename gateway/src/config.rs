@@ -131,6 +131,9 @@ pub struct MqttListenerConfig {
     /// QoS 0 promises nothing, so it is appended without waiting. On, a device's QoS 0 stream is paced by the
     /// spool's fsyncs and a storage failure ends its connection (MQTT 5: DISCONNECT 0x80).
     pub qos0_wait_durable: bool,
+    /// The longest keep-alive accepted, in seconds (0: any). An MQTT 5 client asking for more, or for none, is
+    /// told this one in CONNACK (Server Keep Alive).
+    pub max_keep_alive_secs: u16,
 }
 
 impl Default for MqttListenerConfig {
@@ -143,6 +146,7 @@ impl Default for MqttListenerConfig {
             connect_timeout_secs: 10,
             max_connections: 100_000,
             qos0_wait_durable: false,
+            max_keep_alive_secs: 0,
         }
     }
 }

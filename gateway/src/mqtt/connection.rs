@@ -131,6 +131,10 @@ struct Connection<S> {
     disconnect_expiry: Option<u32>,
     /// What this device may publish and subscribe to.
     acl: crate::acl::DeviceAcl,
+    /// Topic aliases for deliveries to this client (MQTT 5).
+    aliases: outbound::OutboundAliases,
+    /// Whether the client wants reason strings (MQTT 5 Request Problem Information, default yes).
+    problem_info: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -153,6 +157,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             disconnect_with_will: false,
             disconnect_expiry: None,
             acl: crate::acl::DeviceAcl::default(),
+            aliases: outbound::OutboundAliases::default(),
+            problem_info: true,
         }
     }
 
@@ -183,7 +189,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Ends the connection: MQTT 5 hears the reason in a DISCONNECT; MQTT 3.1.1 is just closed.
     async fn close_with(&mut self, reason: ReasonCode, why: &'static str) -> Closed {
         if self.version.is_v5() && self.session.is_some() {
-            self.send(&Packet::Disconnect(Disconnect::with_reason(reason)));
+            let mut disconnect = Disconnect::with_reason(reason);
+            if self.problem_info {
+                disconnect.properties.reason_string = Some(why);
+            }
+            self.send(&Packet::Disconnect(disconnect));
         }
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
@@ -285,7 +295,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let client_id =
             if assigned { format!("mg-{}", uuid::Uuid::now_v7().simple()) } else { connect.client_id.to_string() };
         let registration = self.ctx.registry.register(&client_id);
-        self.keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // MQTT 5: a keep-alive of 0 or above the maximum is replaced by the maximum (Server Keep Alive).
+        let max_keep_alive = self.ctx.config.max_keep_alive_secs;
+        let server_keep_alive =
+            (v5 && max_keep_alive > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive))
+                .then_some(max_keep_alive);
+        let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
+        self.keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        self.aliases = outbound::OutboundAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
+        self.problem_info = connect.properties.request_problem_information != Some(false);
         // 3.1.1: a clean session ends with the connection, any other lasts until the next clean one.
         let expiry = if v5 {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -312,6 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 receive_maximum: Some(cfg.receive_maximum),
                 maximum_packet_size: Some(cfg.max_packet_size),
                 topic_alias_maximum: Some(cfg.topic_alias_maximum),
+                server_keep_alive,
                 ..Properties::default()
             }
         } else {
@@ -359,7 +378,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Encodes deliveries into the write buffer; one too large for the client is discarded (its flow ended).
     fn write_outbound(&mut self, deliveries: Vec<Outbound>, now: u64) {
         for out in deliveries {
-            if outbound::encode(&out, self.version, now, self.client_max_packet, &mut self.wbuf).is_err()
+            if outbound::encode(&out, self.version, now, self.client_max_packet, &mut self.aliases, &mut self.wbuf)
+                .is_err()
                 && let Outbound::Publish { packet_id, .. } = out
             {
                 tracing::debug!(

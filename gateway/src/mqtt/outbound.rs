@@ -1,10 +1,26 @@
 //! Broker deliveries as MQTT packets: a PUBLISH with the forwarded MQTT 5 properties (content type, response
 //! topic, correlation data, user properties, payload format, the remaining Message Expiry Interval and the
-//! matching Subscription Identifiers), or a PUBREL.
+//! matching Subscription Identifiers), or a PUBREL; with topic aliases when the client accepts them.
 
 use meshgate_protocols::mqtt::{Packet, Properties, PropertyList, PubResponse, PubResponseKind, Publish, QoS, Version};
 
 use crate::broker::Outbound;
+
+/// Server-to-client topic aliases of one connection (MQTT 5 section 3.3.2.3.4): a topic gets the next alias
+/// the first time it is sent, while the client's Topic Alias Maximum allows; later deliveries to it carry the alias
+/// and an empty topic. Aliases are never reassigned, so the client's table and ours cannot disagree.
+#[derive(Debug, Default)]
+pub struct OutboundAliases {
+    max: u16,
+    assigned: std::collections::HashMap<String, u16>,
+}
+
+impl OutboundAliases {
+    /// Aliases up to the client's Topic Alias Maximum (0: none).
+    pub fn new(max: u16) -> OutboundAliases {
+        OutboundAliases { max, assigned: std::collections::HashMap::new() }
+    }
+}
 
 /// A delivery that was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +35,7 @@ pub fn encode(
     version: Version,
     now_ms: u64,
     client_max_packet: usize,
+    aliases: &mut OutboundAliases,
     buf: &mut Vec<u8>,
 ) -> Result<(), Skipped> {
     let (packet_id, dup, delivery) = match out {
@@ -45,11 +62,25 @@ pub fn encode(
     } else {
         Properties::default()
     };
+    let mut properties = properties;
+    let mut topic = message.topic.as_str();
+    let mut new_alias = false;
+    if version.is_v5() && aliases.max > 0 {
+        if let Some(&alias) = aliases.assigned.get(topic) {
+            properties.topic_alias = Some(alias);
+            topic = "";
+        } else if let Ok(next) = u16::try_from(aliases.assigned.len() + 1)
+            && next <= aliases.max
+        {
+            properties.topic_alias = Some(next);
+            new_alias = true;
+        }
+    }
     let packet = Packet::Publish(Publish {
         dup: dup && qos != QoS::AtMostOnce,
         qos,
         retain: delivery.retain,
-        topic: &message.topic,
+        topic,
         packet_id: (qos != QoS::AtMostOnce).then_some(packet_id),
         properties,
         payload: &message.payload,
@@ -58,6 +89,9 @@ pub fn encode(
         return Err(Skipped::TooLarge);
     }
     write(&packet, version, buf);
+    if let (true, Some(alias)) = (new_alias, properties.topic_alias) {
+        aliases.assigned.insert(message.topic.clone(), alias);
+    }
     Ok(())
 }
 
@@ -99,7 +133,7 @@ mod tests {
             Delivery { message: Arc::new(message), qos: 1, retain: true, subscription_ids: vec![4, 9], shared: None };
         let out = Outbound::Publish { packet_id: 3, dup: true, delivery };
         let mut buf = Vec::new();
-        encode(&out, Version::V5, 30_500, 1 << 20, &mut buf).unwrap();
+        encode(&out, Version::V5, 30_500, 1 << 20, &mut OutboundAliases::default(), &mut buf).unwrap();
         let (packet, used) = Packet::decode(&buf, Version::V5, 1 << 20).unwrap();
         assert_eq!(used, buf.len());
         let Packet::Publish(p) = packet else { panic!("{packet:?}") };
@@ -110,7 +144,40 @@ mod tests {
         assert_eq!(p.properties.subscription_identifiers.iter().collect::<Vec<_>>(), [4, 9]);
         assert_eq!(p.properties.user_properties.iter().count(), 1);
         let mut small = Vec::new();
-        assert_eq!(encode(&out, Version::V5, 0, 10, &mut small), Err(Skipped::TooLarge));
+        let mut aliases = OutboundAliases::new(1);
+        assert_eq!(encode(&out, Version::V5, 0, 10, &mut aliases, &mut small), Err(Skipped::TooLarge));
         assert!(small.is_empty());
+        assert!(aliases.assigned.is_empty(), "no alias for a packet never sent");
+    }
+
+    #[test]
+    fn topics_get_aliases_up_to_the_clients_maximum() {
+        let delivery = |topic: &str| {
+            let message = Message {
+                topic: topic.into(),
+                payload: vec![],
+                qos: 0,
+                retain: false,
+                properties: MessageProperties::default(),
+                publisher: String::new(),
+                expires_at_ms: None,
+            };
+            let delivery =
+                Delivery { message: Arc::new(message), qos: 0, retain: false, subscription_ids: vec![], shared: None };
+            Outbound::Publish { packet_id: 0, dup: false, delivery }
+        };
+        let mut aliases = OutboundAliases::new(1);
+        let mut sent = Vec::new();
+        for topic in ["a/long/topic", "a/long/topic", "b"] {
+            let mut buf = Vec::new();
+            encode(&delivery(topic), Version::V5, 0, 1 << 20, &mut aliases, &mut buf).unwrap();
+            let Ok((Packet::Publish(p), _)) = Packet::decode(&buf, Version::V5, 1 << 20) else { panic!() };
+            sent.push((p.topic.to_string(), p.properties.topic_alias));
+        }
+        assert_eq!(
+            sent,
+            [("a/long/topic".into(), Some(1)), (String::new(), Some(1)), ("b".into(), None)],
+            "first use names the topic, then the alias alone; none beyond the maximum"
+        );
     }
 }

@@ -1,0 +1,99 @@
+//! Conformance of the local broker, MQTT 5 flow control and corners, with a raw client that shows every byte's
+//! effect: the client's Receive Maximum and Maximum Packet Size bound deliveries, topic aliases are used towards a
+//! client that accepts them, and Server Keep Alive caps the keep-alive.
+
+use std::time::Duration;
+
+use meshgate_protocols::mqtt::{Connect, Packet, Properties, PubResponse, PubResponseKind, QoS, ReasonCode, Version};
+use meshgate_tests::Gateway;
+use meshgate_tests::clients::{Client, Options};
+use meshgate_tests::raw::{RawClient, Reply};
+
+fn v5_connect<'a>(id: &'a str, properties: Properties<'a>) -> Connect<'a> {
+    Connect { version: Version::V5, clean_start: true, keep_alive: 30, client_id: id, properties, ..Connect::default() }
+}
+
+/// Reads PUBLISHes until `n` arrived or the socket is quiet for `quiet`.
+fn read_publishes(c: &mut RawClient, n: usize) -> anyhow::Result<Vec<Reply>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.recv()? {
+            r @ Reply::Publish { .. } => out.push(r),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_receive_maximum_bounds_unacknowledged_deliveries() -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let props = Properties { receive_maximum: Some(2), ..Properties::default() };
+    let (mut raw, _) = RawClient::connect_with(gw.mqtt, &v5_connect("slow", props))?;
+    raw.subscribe("work", QoS::AtLeastOnce)?;
+    let (publisher, _) = Client::connect(gw.mqtt, &Options::new(true, "pub")).await?;
+    for n in 0..5 {
+        publisher.publish("work", 1, false, &n.to_string()).await?;
+    }
+    let first = read_publishes(&mut raw, 2)?;
+    // Nothing more arrives while two are unacknowledged.
+    raw.send(&Packet::PingReq)?;
+    assert_eq!(raw.recv()?, Reply::PingResp, "no third PUBLISH before the PINGRESP");
+    let ids: Vec<u16> = first
+        .iter()
+        .filter_map(|r| if let Reply::Publish { packet_id, .. } = r { Some(*packet_id) } else { None })
+        .collect();
+    raw.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubAck, ids[0])))?;
+    let third = read_publishes(&mut raw, 1)?;
+    assert!(matches!(&third[0], Reply::Publish { payload, .. } if payload == b"2"), "{third:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_clients_maximum_packet_size_is_not_sent() -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let props = Properties { maximum_packet_size: Some(64), ..Properties::default() };
+    let (mut raw, _) = RawClient::connect_with(gw.mqtt, &v5_connect("small", props))?;
+    raw.subscribe("t", QoS::AtLeastOnce)?;
+    let (publisher, _) = Client::connect(gw.mqtt, &Options::new(true, "pub")).await?;
+    publisher.publish("t", 1, false, &"x".repeat(200)).await?;
+    publisher.publish("t", 1, false, "fits").await?;
+    let got = read_publishes(&mut raw, 1)?;
+    assert!(
+        matches!(&got[0], Reply::Publish { payload, .. } if payload == b"fits"),
+        "the big one was discarded: {got:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_use_topic_aliases_when_the_client_accepts_them() -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let props = Properties { topic_alias_maximum: Some(5), ..Properties::default() };
+    let (mut raw, _) = RawClient::connect_with(gw.mqtt, &v5_connect("aliased", props))?;
+    raw.subscribe("plant/+/temperature", QoS::AtMostOnce)?;
+    let (publisher, _) = Client::connect(gw.mqtt, &Options::new(true, "pub")).await?;
+    for _ in 0..3 {
+        publisher.publish("plant/line-1/temperature", 0, false, "21").await?;
+    }
+    let topics: Vec<String> = read_publishes(&mut raw, 3)?
+        .into_iter()
+        .filter_map(|r| if let Reply::Publish { topic, .. } = r { Some(topic) } else { None })
+        .collect();
+    assert_eq!(topics, ["plant/line-1/temperature", "", ""], "the topic once, then its alias alone");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keep_alive_caps_a_clients_longer_keep_alive() -> anyhow::Result<()> {
+    let gw = Gateway::start_with(|b| b.replace("[listeners.mqtt]\n", "[listeners.mqtt]\nmax_keep_alive_secs = 1\n"))?;
+    let connect = Connect { keep_alive: 600, ..v5_connect("lazy", Properties::default()) };
+    let mut raw = RawClient::open(gw.mqtt, Version::V5)?;
+    raw.send(&Packet::Connect(connect))?;
+    assert_eq!(raw.recv()?, Reply::ConnAck(false, ReasonCode::SUCCESS));
+    // The server enforces its 1 s (1.5 s with grace): silence ends the connection with 0x8D.
+    let started = std::time::Instant::now();
+    assert_eq!(raw.recv()?, Reply::Disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT));
+    assert!(started.elapsed() < Duration::from_secs(5), "the server's keep-alive, not the client's 600 s");
+    Ok(())
+}
