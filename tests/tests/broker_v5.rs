@@ -97,3 +97,20 @@ async fn server_keep_alive_caps_a_clients_longer_keep_alive() -> anyhow::Result<
     assert!(started.elapsed() < Duration::from_secs(5), "the server's keep-alive, not the client's 600 s");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eclipse_paho_sees_the_v5_corners_as_the_spec_says() -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/paho_v5_corners.py");
+    let out = tokio::process::Command::new("python3").arg(script).arg(gw.mqtt.port().to_string()).output().await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "paho check failed (needs python3 with paho-mqtt; .ci/setup installs it):\n{stdout}\n{stderr}"
+    );
+    for check in ["no local", "subscription identifier", "response topic", "retain handling 2", "shared split"] {
+        assert!(stdout.contains(&format!("{{\"ok\": \"{check}\"}}")), "{check} not checked:\n{stdout}");
+    }
+    Ok(())
+}
