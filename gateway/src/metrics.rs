@@ -102,6 +102,7 @@ pub struct Metrics {
     rejects: [[AtomicU64; REASONS]; PROTOCOLS],
     uplinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<UplinkStats>)>>,
     spool: std::sync::OnceLock<Spool>,
+    broker: std::sync::OnceLock<Arc<crate::broker::LocalBroker>>,
 }
 
 fn reason_index(r: RejectReason) -> usize {
@@ -117,6 +118,11 @@ impl Metrics {
     /// Registers the spool whose state `/metrics` and `/readyz` report.
     pub fn set_spool(&self, spool: Spool) {
         let _ = self.spool.set(spool);
+    }
+
+    /// Registers the local broker whose figures `/metrics` reports.
+    pub fn set_broker(&self, broker: Arc<crate::broker::LocalBroker>) {
+        let _ = self.broker.set(broker);
     }
 
     /// Whether the spool's last commit succeeded.
@@ -205,6 +211,27 @@ impl Metrics {
             let _ = writeln!(out, "meshgate_spool_dropped_total {}", spool.dropped());
             header(&mut out, "meshgate_spool_commits_total", "counter", "Group commits (one fdatasync each).");
             let _ = writeln!(out, "meshgate_spool_commits_total {}", spool.commits());
+        }
+        if let Some(broker) = self.broker.get() {
+            let b = broker.with(|b| b.stats());
+            let figures: [(&str, &str, &str, u64); 7] = [
+                ("meshgate_broker_sessions", "gauge", "Broker sessions, connected or not.", b.sessions as u64),
+                ("meshgate_broker_subscriptions", "gauge", "Subscriptions.", b.subscriptions as u64),
+                ("meshgate_broker_retained", "gauge", "Retained messages.", b.retained as u64),
+                ("meshgate_broker_queued", "gauge", "Messages queued for subscribers.", b.queued as u64),
+                (
+                    "meshgate_broker_in_flight",
+                    "gauge",
+                    "Deliveries awaiting the subscriber's acknowledgement.",
+                    b.in_flight as u64,
+                ),
+                ("meshgate_broker_delivered_total", "counter", "Messages sent to subscribers.", b.delivered),
+                ("meshgate_broker_dropped_total", "counter", "Messages dropped from full session queues.", b.dropped),
+            ];
+            for (name, kind, help, v) in figures {
+                header(&mut out, name, kind, help);
+                let _ = writeln!(out, "{name} {v}");
+            }
         }
         let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
         let per_uplink: [(&str, &str, StatReader); 6] = [

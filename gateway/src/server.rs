@@ -70,6 +70,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .with_context(|| format!("gateway.data_dir: cannot open the broker state in {}", broker_dir.display()))?,
     );
     let maintenance = tokio::spawn(Arc::clone(&broker).run_maintenance(stop_rx.clone()));
+    metrics.set_broker(Arc::clone(&broker));
 
     let mut mqtt_task = None;
     if let (Some(listener), Some(cfg)) = (mqtt_listener, &config.listeners.mqtt) {

@@ -113,6 +113,10 @@ async fn a_local_publish_is_also_an_event_for_the_mesh() -> anyhow::Result<()> {
     let events = gw.wait_for_events(1, WAIT)?;
     assert_eq!(events[0]["subject"], "devices/thermo-1/telemetry");
     assert_eq!(events[0]["deviceid"], "thermo-1");
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    for line in ["meshgate_broker_sessions 2", "meshgate_broker_subscriptions 1", "meshgate_broker_delivered_total 1"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing:\n{metrics}");
+    }
     Ok(())
 }
 

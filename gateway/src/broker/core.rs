@@ -44,6 +44,25 @@ pub struct Connected {
     pub resend: Vec<Outbound>,
 }
 
+/// Figures for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BrokerStats {
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Subscriptions.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// Messages queued for sessions.
+    pub queued: usize,
+    /// Outbound QoS 1/2 flows in flight.
+    pub in_flight: usize,
+    /// Messages handed to connections for sending, in total.
+    pub delivered: u64,
+    /// Messages dropped from full session queues, in total (of sessions that still exist).
+    pub dropped: u64,
+}
+
 /// The broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -53,6 +72,7 @@ pub struct Broker {
     retained: BTreeMap<String, Arc<Message>>,
     /// Next member per shared subscription, for round-robin.
     share_turn: HashMap<Arc<str>, usize>,
+    delivered: u64,
 }
 
 impl Broker {
@@ -64,7 +84,25 @@ impl Broker {
             tree: TopicTree::new(),
             retained: BTreeMap::new(),
             share_turn: HashMap::new(),
+            delivered: 0,
         }
+    }
+
+    /// Figures for `/metrics` (walks the sessions: call per scrape, not per message).
+    pub fn stats(&self) -> BrokerStats {
+        let mut stats = BrokerStats {
+            sessions: self.sessions.len(),
+            subscriptions: self.tree.len(),
+            retained: self.retained.len(),
+            delivered: self.delivered,
+            ..BrokerStats::default()
+        };
+        for s in self.sessions.values() {
+            stats.queued += s.queued();
+            stats.in_flight += s.in_flight();
+            stats.dropped += s.dropped;
+        }
+        stats
     }
 
     /// A broker holding `sessions` (all disconnected, as after a restart at `now_ms`) and `retained` messages.
@@ -334,7 +372,9 @@ impl Broker {
 
     /// The next outbound packets for `client` (at most `max`).
     pub fn poll_outbound(&mut self, client: &str, now_ms: u64, max: usize) -> Vec<Outbound> {
-        self.sessions.get_mut(client).map(|s| s.poll_outbound(now_ms, max)).unwrap_or_default()
+        let out = self.sessions.get_mut(client).map(|s| s.poll_outbound(now_ms, max)).unwrap_or_default();
+        self.delivered += out.len() as u64;
+        out
     }
 }
 

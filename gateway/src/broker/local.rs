@@ -22,6 +22,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 type Wakers = HashMap<Arc<str>, (u64, Arc<Notify>)>;
 
 /// The running broker, shared by every connection.
+#[derive(Debug)]
 pub struct LocalBroker {
     core: Mutex<Broker>,
     wakers: Mutex<Wakers>,
