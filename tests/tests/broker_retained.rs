@@ -83,3 +83,32 @@ async fn retain_handling_and_retain_as_published_are_honoured() -> anyhow::Resul
     assert!(m.retain, "Retain As Published keeps RETAIN on a live delivery");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_acknowledged_before_a_crash_survives_it() -> anyhow::Result<()> {
+    use meshgate_protocols::mqtt::{Packet, Publish, QoS as Q, ReasonCode, Version};
+    use meshgate_tests::raw::{RawClient, Reply};
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    let mut raw = RawClient::connect(gw.mqtt, Version::V5, "dev", 30)?;
+    for (n, payload) in [(1u16, &b"v1"[..]), (2, b"v2"), (3, b"")] {
+        let topic = if n == 3 { "cfg/cleared" } else { "cfg/kept" };
+        raw.send(&Packet::Publish(Publish {
+            topic,
+            qos: Q::AtLeastOnce,
+            retain: true,
+            packet_id: Some(n),
+            payload,
+            ..Publish::default()
+        }))?;
+        assert_eq!(raw.recv()?, Reply::Ack(4, n, ReasonCode::SUCCESS));
+    }
+    // SIGKILL right after the acknowledgements: no shutdown, no snapshot.
+    gw.kill()?;
+    let gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (mut sub, _) = Client::connect(gw.mqtt, &Options::new(true, "sub")).await?;
+    sub.subscribe(&[("cfg/#", 1)]).await?;
+    let got: Vec<(String, String)> = sub.drain(QUIET * 2).await.into_iter().map(|m| (m.topic, m.payload)).collect();
+    assert_eq!(got, [("cfg/kept".to_string(), "v2".to_string())]);
+    Ok(())
+}

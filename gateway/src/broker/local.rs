@@ -1,9 +1,11 @@
 //! The broker as the gateway runs it: the sans-IO [`Broker`] behind a mutex, the wakers of connected clients,
 //! and persistence of retained messages and persistent sessions in `{data_dir}/broker/`.
 //!
-//! Retained messages are written to `retained.json` (write, fsync, rename) by the maintenance task shortly after
-//! each change, and at shutdown; sessions that outlive their connection are written to `sessions.json` at
-//! shutdown. Both are read back at start. The lock is never held across an await.
+//! A retained publish is appended to `retained.log` and fsynced before the publish goes on to the spool, so a
+//! retained message a device was acknowledged for survives a crash. At start the log is replayed over
+//! `retained.json` and compacted into it (write, fsync, rename); the maintenance task compacts it again when it
+//! grows, and shutdown does too. Sessions that outlive their connection are written to `sessions.json` at
+//! shutdown. The broker's lock is never held across an await.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,9 @@ use super::{Broker, BrokerConfig, Message, Session};
 /// How often sessions are checked for expiry.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The size at which `retained.log` is compacted into `retained.json`.
+const RETAINED_LOG_COMPACT_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Connected clients: their connection's id and the notifier its driver waits on.
 type Wakers = HashMap<Arc<str>, (u64, Arc<Notify>)>;
 
@@ -27,6 +32,8 @@ pub struct LocalBroker {
     core: Mutex<Broker>,
     wakers: Mutex<Wakers>,
     dir: PathBuf,
+    /// `retained.log`, appended under this lock (on the blocking pool, never across an await).
+    retained_log: Arc<Mutex<std::fs::File>>,
     retained_dirty: AtomicBool,
     changed: Notify,
 }
@@ -44,6 +51,29 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Opt
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Applies `retained.log` over `retained` (a set or, with an empty payload, a clear per line); a torn last line
+/// is ignored. Returns how many lines applied.
+fn replay_retained_log(path: &Path, retained: &mut Vec<Message>) -> std::io::Result<usize> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut applied = 0;
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(m) = serde_json::from_slice::<Message>(line) else {
+            tracing::warn!(path = %path.display(), "unreadable retained-log line skipped (torn write)");
+            continue;
+        };
+        retained.retain(|r| r.topic != m.topic);
+        if !m.payload.is_empty() {
+            retained.push(m);
+        }
+        applied += 1;
+    }
+    Ok(applied)
 }
 
 /// Replaces `path` atomically: write a temporary file, fsync it, rename it over, fsync the directory.
@@ -65,7 +95,13 @@ impl LocalBroker {
     /// Opens the broker state in `dir` (created if needed): retained messages and persistent sessions.
     pub fn open(dir: &Path, config: BrokerConfig) -> std::io::Result<LocalBroker> {
         std::fs::create_dir_all(dir)?;
-        let retained: Vec<Message> = read_json(&dir.join("retained.json"))?.unwrap_or_default();
+        let mut retained: Vec<Message> = read_json(&dir.join("retained.json"))?.unwrap_or_default();
+        let log_path = dir.join("retained.log");
+        let replayed = replay_retained_log(&log_path, &mut retained)?;
+        if replayed > 0 {
+            write_json(&dir.join("retained.json"), &retained)?;
+        }
+        let retained_log = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&log_path)?;
         let sessions: Vec<(String, Session)> = read_json(&dir.join("sessions.json"))?.unwrap_or_default();
         if !retained.is_empty() || !sessions.is_empty() {
             tracing::info!(retained = retained.len(), sessions = sessions.len(), "broker state restored");
@@ -75,6 +111,7 @@ impl LocalBroker {
             core: Mutex::new(core),
             wakers: Mutex::new(HashMap::new()),
             dir: dir.to_path_buf(),
+            retained_log: Arc::new(Mutex::new(retained_log)),
             retained_dirty: AtomicBool::new(false),
             changed: Notify::new(),
         })
@@ -131,21 +168,41 @@ impl LocalBroker {
         }
     }
 
-    fn save_retained(&self) -> std::io::Result<()> {
-        if self.retained_dirty.swap(false, Ordering::AcqRel) {
-            let retained: Vec<Message> = self.with(|b| b.retained().cloned().collect());
-            if let Err(e) = write_json(&self.dir.join("retained.json"), &retained) {
-                self.retained_dirty.store(true, Ordering::Release);
-                return Err(e);
-            }
+    /// Makes a retained publish durable before it is acknowledged: one JSON line in `retained.log`, fsynced.
+    pub async fn log_retained(&self, message: &Message) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let log = Arc::clone(&self.retained_log);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+            f.write_all(&line)?;
+            f.sync_data()
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Compacts the retained messages into `retained.json` and empties the log, when the log has grown (or
+    /// `force`).
+    fn save_retained(&self, force: bool) -> std::io::Result<()> {
+        let mut log = self.retained_log.lock().unwrap_or_else(|p| p.into_inner());
+        let size = log.metadata()?.len();
+        if !force && size < RETAINED_LOG_COMPACT_BYTES {
+            return Ok(());
         }
-        Ok(())
+        // Under the log's lock, so no append lands between the snapshot and the truncation.
+        let retained: Vec<Message> = self.with(|b| b.retained().cloned().collect());
+        write_json(&self.dir.join("retained.json"), &retained)?;
+        log.set_len(0)?;
+        use std::io::Seek;
+        log.seek(std::io::SeekFrom::Start(0))?;
+        log.sync_all()
     }
 
     /// Writes retained messages and persistent sessions (at shutdown).
     pub fn save(&self) -> std::io::Result<()> {
-        self.retained_dirty.store(true, Ordering::Release);
-        self.save_retained()?;
+        self.save_retained(true)?;
         let sessions: Vec<(String, Session)> =
             self.with(|b| b.persistent_sessions().map(|(c, s)| (c.to_string(), s.clone())).collect());
         write_json(&self.dir.join("sessions.json"), &sessions)
@@ -164,7 +221,10 @@ impl LocalBroker {
                 tracing::debug!(count = expired.len(), "sessions expired");
             }
             let me = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || me.save_retained()).await {
+            if !self.retained_dirty.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            match tokio::task::spawn_blocking(move || me.save_retained(false)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot write retained messages"),
                 Err(e) => tracing::error!(error = %e, "retained writer failed"),

@@ -648,9 +648,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             return None;
         }
+        let local = Message::from_publish(publish, &topic, self.client_id(), now_ms());
+        if local.retain
+            && let Err(e) = self.ctx.broker.log_retained(&local).await
+        {
+            tracing::warn!(error = %e, "retained message not stored; refusing the publish");
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+            return match ack_kind {
+                Some(kind) if v5 => {
+                    self.queue_ack(kind, publish.qos, packet_id, None, ReasonCode::UNSPECIFIED_ERROR);
+                    None
+                }
+                _ => Some(self.close_with(ReasonCode::UNSPECIFIED_ERROR, "retained message could not be stored").await),
+            };
+        }
         let wait_durable = ack_kind.is_some() || self.ctx.config.qos0_wait_durable;
         let refusal = self.normalize_and_submit(publish, &topic, wait_durable).await;
-        let local = Message::from_publish(publish, &topic, self.client_id(), now_ms());
         match (refusal, ack_kind) {
             (Ok(receipt), Some(kind)) => {
                 // Local subscribers get it once it is durable, when the acknowledgement goes out.
