@@ -23,9 +23,10 @@ use serde_json::Value;
 pub fn meshgate_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        // target/<profile>/deps/<test> → target/<profile>/meshgate
+        // target/<profile>/deps/<test> (tests) or target/<profile>/<bin> (the bench) → target/<profile>/meshgate
         let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let dir = exe.parent().expect("target/<profile>");
+        let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir }.to_path_buf();
         let bin = profile_dir.join("meshgate");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
