@@ -1,7 +1,8 @@
 //! The MQTT listener: MQTT 3.1.1 and 5 device sessions over TCP, on the codec in `meshgate-protocols`.
 //!
 //! - [`listener`]: the accept loop, bounded by `max_connections`.
-//! - [`connection`]: the per-connection driver (CONNECT, publish flows, keep-alive, takeover, shutdown).
+//! - [`connection`]: the per-connection driver (CONNECT, publish flows, keep-alive, takeover, shutdown), and in
+//!   `connection/delivery.rs` its broker side (subscriptions, deliveries, their acknowledgements).
 //! - [`inbound`]: sans-IO bookkeeping of inbound publishes (topic aliases, Receive Maximum, QoS 2 state).
 //! - [`registry`]: live client ids, for session takeover.
 //! - [`outbound`]: broker deliveries as PUBLISH/PUBREL packets.

@@ -1,0 +1,133 @@
+//! The broker side of a connection: subscriptions, deliveries to the client (pumped from the broker's queue for
+//! this session, encoded with topic aliases, bounded by the client's Receive Maximum and Maximum Packet Size), the
+//! client's acknowledgements of them, and local routing of the client's own publishes in order.
+
+use meshgate_protocols::mqtt::{
+    Packet, Properties, PubResponse, PubResponseKind, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Connection, OUTBOUND_PER_WAKE, PROTOCOL, PendingAck};
+use crate::broker::local::now_ms;
+use crate::broker::{Message, Outbound};
+use crate::metrics::RejectReason;
+use crate::mqtt::outbound;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Hands a QoS 0 message to local subscribers now, or behind the client's earlier publishes that are still
+    /// waiting to be durable.
+    pub(super) fn route_in_order(&mut self, message: Message) {
+        if self.pending.is_empty() {
+            self.ctx.broker.publish(message);
+        } else {
+            let reason = ReasonCode::SUCCESS;
+            let (qos, local) = (QoS::AtMostOnce, Some(message));
+            self.pending.push_back(PendingAck { kind: None, qos, packet_id: 0, receipt: None, reason, local });
+        }
+    }
+
+    /// The connected client's id ("" before CONNECT is accepted).
+    pub(super) fn client_id(&self) -> &str {
+        self.session.as_ref().map_or("", |(c, _)| c.as_str())
+    }
+
+    /// Encodes deliveries into the write buffer; one too large for the client is discarded (its flow ended).
+    pub(super) fn write_outbound(&mut self, deliveries: Vec<Outbound>, now: u64) {
+        for out in deliveries {
+            if outbound::encode(&out, self.version, now, self.client_max_packet, &mut self.aliases, &mut self.wbuf)
+                .is_err()
+                && let Outbound::Publish { packet_id, .. } = out
+            {
+                tracing::debug!(
+                    client = self.client_id(),
+                    "delivery larger than the client's maximum packet size dropped"
+                );
+                let client = self.client_id().to_string();
+                self.ctx.broker.with(|b| b.session_mut(&client).map(|s| s.discard(packet_id)));
+            }
+        }
+    }
+
+    /// Writes what the broker queued for this client, up to [`OUTBOUND_PER_WAKE`] deliveries; wakes itself again
+    /// if more may be waiting.
+    pub(super) fn pump_outbound(&mut self) {
+        let client = self.client_id().to_string();
+        if client.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let deliveries = self.ctx.broker.with(|b| b.poll_outbound(&client, now, OUTBOUND_PER_WAKE));
+        let full = deliveries.len() == OUTBOUND_PER_WAKE;
+        self.write_outbound(deliveries, now);
+        if full && let Some(n) = &self.deliveries {
+            n.notify_one();
+        }
+    }
+
+    /// SUBSCRIBE: each filter is granted its requested QoS (the broker serves 0, 1 and 2); retained messages
+    /// follow the SUBACK.
+    pub(super) fn on_subscribe(&mut self, s: &Subscribe<'_>) -> Option<&'static str> {
+        let v5 = self.version.is_v5();
+        let id = s.properties.subscription_identifiers.iter().next();
+        let client = self.client_id().to_string();
+        let now = now_ms();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for f in s.filters.iter() {
+            if v5 && f.options.no_local && f.filter.starts_with("$share/") {
+                return Some("No Local on a shared subscription");
+            }
+            if !self.acl.may_subscribe(f.filter) {
+                self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+                codes.push(if v5 { ReasonCode::NOT_AUTHORIZED.0 } else { 0x80 });
+                continue;
+            }
+            let granted = self.ctx.broker.with(|b| b.subscribe(&client, f.filter, &f.options, id, now));
+            codes.push(granted as u8);
+        }
+        self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), codes: &codes }));
+        self.pump_outbound();
+        None
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, u: &Unsubscribe<'_>) {
+        let client = self.client_id().to_string();
+        let codes: Vec<u8> = u
+            .filters
+            .iter()
+            .map(|f| {
+                let existed = self.ctx.broker.with(|b| b.unsubscribe(&client, f));
+                if existed { ReasonCode::SUCCESS.0 } else { ReasonCode::NO_SUBSCRIPTION_EXISTED.0 }
+            })
+            .collect();
+        let codes: &[u8] = if self.version.is_v5() { &codes } else { &[] };
+        self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes }));
+    }
+
+    /// PUBACK, PUBREC or PUBCOMP from the client for a delivery of ours.
+    pub(super) fn on_delivery_ack(&mut self, r: &PubResponse<'_>) {
+        let client = self.client_id().to_string();
+        let id = r.packet_id;
+        let (known, pubrel) = self.ctx.broker.with(|b| {
+            let Some(session) = b.session_mut(&client) else { return (false, false) };
+            match r.kind {
+                PubResponseKind::PubAck => (session.puback(id), false),
+                PubResponseKind::PubRec => {
+                    let owed = session.pubrec(id, r.reason.is_error());
+                    (owed || r.reason.is_error(), owed)
+                }
+                _ => (session.pubcomp(id), false),
+            }
+        });
+        if r.kind == PubResponseKind::PubRec && !r.reason.is_error() {
+            let mut rel = PubResponse::new(PubResponseKind::PubRel, id);
+            if !pubrel && self.version.is_v5() {
+                rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+            }
+            self.send(&Packet::PubResponse(rel));
+        }
+        if !known {
+            tracing::debug!(client, packet_id = id, kind = ?r.kind, "acknowledgement for no delivery in flight");
+        }
+        self.pump_outbound();
+    }
+}

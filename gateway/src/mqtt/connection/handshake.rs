@@ -1,0 +1,161 @@
+//! The start of a connection: CONNECT read and checked, the device authenticated, its client id registered
+//! (taking over an older connection), its broker session opened or resumed, CONNACK with the negotiated
+//! properties, then whatever the session owes the client.
+
+use std::time::Duration;
+
+use bytes::Buf;
+use meshgate_protocols::mqtt::reason::v311;
+use meshgate_protocols::mqtt::{ConnAck, Connect, DecodeError, Malformed, Packet, Properties, ReasonCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use super::{Closed, Connection, Lifecycle, PROTOCOL, lifecycle};
+use crate::auth::AuthOutcome;
+use crate::broker::local::now_ms;
+use crate::metrics::RejectReason;
+use crate::mqtt::outbound;
+use crate::mqtt::will::PendingWill;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Reads CONNECT, authenticates, registers the client id and answers CONNACK.
+    pub(super) async fn handshake(&mut self) -> Result<(), Closed> {
+        loop {
+            // The buffer is moved out while a packet borrows it, and put back before it is read into again.
+            let rbuf = std::mem::take(&mut self.rbuf);
+            let step = match Packet::decode(&rbuf, Version::V5, self.max_packet()) {
+                Ok((Packet::Connect(connect), len)) => Ok(self.accept(&connect).await.map(|()| len)),
+                Ok(_) => Ok(Err(Closed::Refused("first packet was not CONNECT"))),
+                Err(e) => Err(e),
+            };
+            self.rbuf = rbuf;
+            match step {
+                Ok(Ok(len)) => {
+                    self.rbuf.advance(len);
+                    return Ok(());
+                }
+                Ok(Err(closed)) => return Err(closed),
+                Err(DecodeError::Incomplete { .. }) => {
+                    if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                        return Err(Closed::Dropped);
+                    }
+                }
+                Err(DecodeError::Malformed(Malformed::UnsupportedProtocolVersion(level))) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::UnsupportedVersion);
+                    // Answer in the form the client can read: 3.1.1's return code below level 5, 5's reason above.
+                    self.version = if level < 5 { Version::V311 } else { Version::V5 };
+                    let code = if level < 5 {
+                        ReasonCode(v311::UNACCEPTABLE_PROTOCOL_VERSION)
+                    } else {
+                        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+                    };
+                    self.send(&Packet::ConnAck(ConnAck { code, ..ConnAck::default() }));
+                    self.flush().await?;
+                    return Err(Closed::Refused("unsupported protocol version"));
+                }
+                Err(DecodeError::TooLarge { .. }) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::TooLarge);
+                    return Err(Closed::Refused("CONNECT too large"));
+                }
+                Err(DecodeError::Malformed(_)) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                    return Err(Closed::Refused("malformed CONNECT"));
+                }
+            }
+        }
+    }
+
+    async fn accept(&mut self, connect: &Connect<'_>) -> Result<(), Closed> {
+        self.version = connect.version;
+        let v5 = self.version.is_v5();
+        let refuse = |code_v5: ReasonCode| {
+            let code = if v5 { code_v5 } else { ReasonCode(code_v5.to_v311_connack()) };
+            Packet::ConnAck(ConnAck { code, ..ConnAck::default() })
+        };
+        match self.ctx.auth.check(connect.username, connect.password).await {
+            AuthOutcome::Allowed => {}
+            outcome => {
+                let (code, reason) = if outcome == AuthOutcome::BadCredentials {
+                    (ReasonCode::BAD_USER_NAME_OR_PASSWORD, RejectReason::BadCredentials)
+                } else {
+                    (ReasonCode::NOT_AUTHORIZED, RejectReason::NotAuthorized)
+                };
+                self.ctx.metrics.reject(PROTOCOL, reason);
+                self.send(&refuse(code));
+                self.flush().await?;
+                return Err(Closed::Refused("authentication failed"));
+            }
+        }
+        let assigned = connect.client_id.is_empty();
+        if assigned && !v5 && !connect.clean_start {
+            // MQTT 3.1.1: a zero-length client id requires a clean session.
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+            self.send(&refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
+            self.flush().await?;
+            return Err(Closed::Refused("empty client id without clean session"));
+        }
+        let client_id =
+            if assigned { format!("mg-{}", uuid::Uuid::now_v7().simple()) } else { connect.client_id.to_string() };
+        let registration = self.ctx.registry.register(&client_id);
+        // MQTT 5: a keep-alive of 0 or above the maximum is replaced by the maximum (Server Keep Alive).
+        let max_keep_alive = self.ctx.config.max_keep_alive_secs;
+        let server_keep_alive =
+            (v5 && max_keep_alive > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive))
+                .then_some(max_keep_alive);
+        let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
+        self.keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        self.aliases = outbound::OutboundAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
+        self.problem_info = connect.properties.request_problem_information != Some(false);
+        // 3.1.1: a clean session ends with the connection, any other lasts until the next clean one.
+        let expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        self.client_max_packet =
+            connect.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        let now = now_ms();
+        self.acl = self.ctx.acl.for_device(connect.username, &client_id);
+        self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
+        self.deliveries = Some(self.ctx.broker.attach(&client_id, registration.conn_id));
+        let connected = self
+            .ctx
+            .broker
+            .with(|b| b.connect(&client_id, self.version, connect.clean_start, expiry, client_receive_maximum, now));
+        let cfg = &self.ctx.config;
+        let properties = if v5 {
+            Properties {
+                assigned_client_identifier: assigned.then_some(client_id.as_str()),
+                receive_maximum: Some(cfg.receive_maximum),
+                maximum_packet_size: Some(cfg.max_packet_size),
+                topic_alias_maximum: Some(cfg.topic_alias_maximum),
+                server_keep_alive,
+                ..Properties::default()
+            }
+        } else {
+            Properties::default()
+        };
+        let session_present = connected.session_present;
+        self.send(&Packet::ConnAck(ConnAck { session_present, code: ReasonCode::SUCCESS, properties }));
+        self.write_outbound(connected.resend, now);
+        if self.ctx.lifecycle_events {
+            let data = serde_json::json!({
+                "clientid": client_id,
+                "username": connect.username,
+                "version": if v5 { "5" } else { "3.1.1" },
+                "clean_start": connect.clean_start,
+                "session_present": session_present,
+                "keep_alive": connect.keep_alive,
+            });
+            lifecycle(&self.ctx, Lifecycle::Connected, &client_id, data).await;
+        }
+        self.session = Some((client_id, registration));
+        // What the session queued while the client was away follows the CONNACK and the resends.
+        self.pump_outbound();
+        self.flush().await?;
+        self.touch();
+        Ok(())
+    }
+}
