@@ -50,15 +50,29 @@ pub struct Message {
 impl Message {
     /// The message a PUBLISH carries, received at `now_ms` from `publisher`.
     pub fn from_publish(publish: &Publish<'_>, topic: &str, publisher: &str, now_ms: u64) -> Message {
-        let p = &publish.properties;
+        let Publish { payload, qos, retain, properties, .. } = publish;
+        Message::new(topic, payload, *qos, *retain, properties, publisher, now_ms)
+    }
+
+    /// A message with the forwarded subset of `properties` and an expiry counted from `now_ms` (a PUBLISH, or a
+    /// will at the moment its connection was accepted).
+    pub fn new(
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        properties: &Properties<'_>,
+        publisher: &str,
+        now_ms: u64,
+    ) -> Message {
         Message {
             topic: topic.to_string(),
-            payload: publish.payload.to_vec(),
-            qos: publish.qos as u8,
-            retain: publish.retain,
-            properties: MessageProperties::from_properties(p),
+            payload: payload.to_vec(),
+            qos: qos as u8,
+            retain,
+            properties: MessageProperties::from_properties(properties),
             publisher: publisher.to_string(),
-            expires_at_ms: p.message_expiry_interval.map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
+            expires_at_ms: properties.message_expiry_interval.map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
         }
     }
 

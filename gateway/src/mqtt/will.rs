@@ -9,7 +9,7 @@ use chrono::Utc;
 use meshgate_protocols::mqtt::{Properties, PropertyList, Version, Will};
 
 use super::MqttContext;
-use crate::broker::{Message, MessageProperties};
+use crate::broker::Message;
 use crate::normalize::MqttInbound;
 
 /// A will waiting for its connection to end.
@@ -24,17 +24,9 @@ pub struct PendingWill {
 impl PendingWill {
     /// The will of a CONNECT from `client`, received at `now_ms`.
     pub fn from_connect(will: &Will<'_>, client: &str, now_ms: u64) -> PendingWill {
-        let p = &will.properties;
-        let message = Message {
-            topic: will.topic.to_string(),
-            payload: will.payload.to_vec(),
-            qos: will.qos as u8,
-            retain: will.retain,
-            properties: MessageProperties::from_properties(p),
-            publisher: client.to_string(),
-            expires_at_ms: p.message_expiry_interval.map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
-        };
-        PendingWill { message, delay_secs: p.will_delay_interval.unwrap_or(0) }
+        let Will { topic, payload, qos, retain, properties } = will;
+        let message = Message::new(topic, payload, *qos, *retain, properties, client, now_ms);
+        PendingWill { message, delay_secs: properties.will_delay_interval.unwrap_or(0) }
     }
 }
 

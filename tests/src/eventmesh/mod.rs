@@ -25,27 +25,8 @@ use serde_json::Value;
 /// The runtime's `eventMesh.server.maxEventSize` default, in characters of event data.
 pub const MAX_EVENT_SIZE: usize = 1000;
 
-/// Which protocol a double speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// gRPC on the runtime's port 10205.
-    Grpc,
-    /// HTTP request-code API on 10105.
-    Http,
-    /// Framed TCP on 10000.
-    Tcp,
-}
-
-impl Protocol {
-    /// The uplink `kind` for this protocol.
-    pub fn kind(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "eventmesh-grpc",
-            Protocol::Http => "eventmesh-http",
-            Protocol::Tcp => "eventmesh-tcp",
-        }
-    }
-}
+/// Which protocol a double speaks: the uplink kinds' own enum.
+pub use meshgate_edge_agent::config::Protocol;
 
 /// One event the double stored, as structured JSON, with what came with it.
 #[derive(Debug, Clone)]
