@@ -42,6 +42,8 @@ pub struct Connected {
     pub session_present: bool,
     /// Flows in flight to resend, in order.
     pub resend: Vec<Outbound>,
+    /// Clients that got shared messages handed over from a session the clean start discarded, to wake.
+    pub woken: Vec<Arc<str>>,
 }
 
 /// Figures for `/metrics`.
@@ -155,32 +157,32 @@ impl Broker {
         receive_maximum: u16,
         now_ms: u64,
     ) -> Connected {
-        if clean_start {
-            self.end_session(client, now_ms);
-        }
+        let woken = if clean_start { self.end_session(client, now_ms) } else { Vec::new() };
         let key: Arc<str> = client.into();
         let session_present = self.sessions.contains_key(client);
         let session = self.sessions.entry(key).or_insert_with(|| Session::new(version, expiry_secs));
         session.expiry_secs = expiry_secs;
         let resend = session.connected(version, receive_maximum);
-        Connected { session_present, resend }
+        Connected { session_present, resend, woken }
     }
 
     /// The client's connection ended at `now_ms`; a session with expiry 0 ends with it. `expiry_secs` replaces
-    /// the session's expiry when the client set a new one in DISCONNECT.
-    pub fn disconnect(&mut self, client: &str, expiry_secs: Option<u32>, now_ms: u64) {
-        let Some(session) = self.sessions.get_mut(client) else { return };
+    /// the session's expiry when the client set a new one in DISCONNECT. Returns the clients that got messages
+    /// handed over from the ended session (shared subscriptions), to wake.
+    pub fn disconnect(&mut self, client: &str, expiry_secs: Option<u32>, now_ms: u64) -> Vec<Arc<str>> {
+        let Some(session) = self.sessions.get_mut(client) else { return Vec::new() };
         if let Some(e) = expiry_secs {
             session.expiry_secs = e;
         }
         session.disconnected_at_ms = Some(now_ms);
         if session.expiry_secs == 0 {
-            self.end_session(client, now_ms);
+            return self.end_session(client, now_ms);
         }
+        Vec::new()
     }
 
-    /// Ends sessions whose expiry passed by `now_ms`; returns their client ids.
-    pub fn expire_sessions(&mut self, now_ms: u64) -> Vec<String> {
+    /// Ends sessions whose expiry passed by `now_ms`; returns their client ids and the clients to wake.
+    pub fn expire_sessions(&mut self, now_ms: u64) -> (Vec<String>, Vec<Arc<str>>) {
         let expired: Vec<String> = self
             .sessions
             .iter()
@@ -191,23 +193,27 @@ impl Broker {
             })
             .map(|(c, _)| c.to_string())
             .collect();
+        let mut woken = Vec::new();
         for c in &expired {
-            self.end_session(c, now_ms);
+            woken.extend(self.end_session(c, now_ms));
         }
-        expired
+        (expired, woken)
     }
 
-    /// Removes a session and its subscriptions; shared messages it had not acknowledged go to another member.
-    fn end_session(&mut self, client: &str, now_ms: u64) {
-        let Some((key, mut session)) = self.sessions.remove_entry(client) else { return };
+    /// Removes a session and its subscriptions; shared messages it had not acknowledged go to another member,
+    /// whose client ids are returned.
+    fn end_session(&mut self, client: &str, now_ms: u64) -> Vec<Arc<str>> {
+        let Some((key, mut session)) = self.sessions.remove_entry(client) else { return Vec::new() };
         for filter in session.subscriptions.keys() {
             self.unindex(&key, filter);
         }
+        let mut woken = Vec::new();
         for delivery in session.take_unacknowledged() {
             if let Some(filter) = delivery.shared.clone() {
-                self.route_shared(&filter, delivery.message, now_ms);
+                woken.extend(self.route_shared(&filter, delivery.message, now_ms));
             }
         }
+        woken
     }
 
     /// Whether `client` has a session.

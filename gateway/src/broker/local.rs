@@ -155,6 +155,14 @@ impl LocalBroker {
         }
     }
 
+    /// `client`'s connection ended (see [`Broker::disconnect`]); wakes the clients it handed messages to.
+    pub fn disconnect(&self, client: &str, expiry_secs: Option<u32>) {
+        let woken = self.with(|b| b.disconnect(client, expiry_secs, now_ms()));
+        for c in woken {
+            self.wake(&c);
+        }
+    }
+
     /// Publishes a message to local subscribers (and the retained store).
     pub fn publish(&self, message: Message) {
         let retain = message.retain;
@@ -216,9 +224,12 @@ impl LocalBroker {
                 _ = self.changed.notified() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
-            let expired = self.with(|b| b.expire_sessions(now_ms()));
+            let (expired, woken) = self.with(|b| b.expire_sessions(now_ms()));
             if !expired.is_empty() {
                 tracing::debug!(count = expired.len(), "sessions expired");
+            }
+            for c in woken {
+                self.wake(&c);
             }
             let me = Arc::clone(&self);
             if !self.retained_dirty.swap(false, Ordering::AcqRel) {

@@ -128,8 +128,8 @@ fn sessions_expire_after_their_interval() {
     let mut b = Broker::new(CONFIG);
     connect(&mut b, "d", false, 10);
     b.disconnect("d", None, 1_000);
-    assert!(b.expire_sessions(10_999).is_empty());
-    assert_eq!(b.expire_sessions(11_000), ["d"]);
+    assert!(b.expire_sessions(10_999).0.is_empty());
+    assert_eq!(b.expire_sessions(11_000).0, ["d"]);
     assert!(!b.has_session("d"));
 }
 
@@ -146,8 +146,8 @@ fn shared_subscriptions_spread_messages_and_hand_over_when_a_member_leaves() {
     let w1 = polled(&mut b, "w1");
     let w2 = polled(&mut b, "w2");
     assert_eq!((w1.len(), w2.len()), (2, 2), "round-robin across the group");
-    // w1 leaves with two unacknowledged messages: they go to w2.
-    b.disconnect("w1", None, 0);
+    // w1 leaves with two unacknowledged messages: they go to w2, which is woken.
+    assert_eq!(b.disconnect("w1", None, 0).iter().map(|c| c.as_ref()).collect::<Vec<_>>(), ["w2", "w2"]);
     let handed: Vec<String> = polled(&mut b, "w2").into_iter().map(|p| p.3).collect();
     let mut expected: Vec<String> = w1.into_iter().map(|p| p.3).collect();
     expected.sort();

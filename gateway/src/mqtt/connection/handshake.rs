@@ -124,6 +124,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .ctx
             .broker
             .with(|b| b.connect(&client_id, self.version, connect.clean_start, expiry, client_receive_maximum, now));
+        for c in &connected.woken {
+            self.ctx.broker.wake(c);
+        }
         let cfg = &self.ctx.config;
         let properties = if v5 {
             Properties {

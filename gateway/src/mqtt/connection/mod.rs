@@ -79,8 +79,7 @@ where
     if let Some((client_id, reg)) = &conn.session {
         ctx.registry.unregister(client_id, reg.conn_id);
         if ctx.broker.detach(client_id, reg.conn_id) {
-            let expiry = conn.disconnect_expiry;
-            ctx.broker.with(|b| b.disconnect(client_id, expiry, now_ms()));
+            ctx.broker.disconnect(client_id, conn.disconnect_expiry);
         }
         let publish_will = match &outcome {
             Closed::Normal => conn.disconnect_with_will,
