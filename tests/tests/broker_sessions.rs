@@ -157,3 +157,22 @@ async fn sessions_and_retained_messages_survive_a_gateway_restart() -> anyhow::R
     assert_eq!((m.payload.as_str(), m.retain), ("retained-before-restart", true));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_for_an_offline_session_survive_a_crash_after_the_snapshot() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (mut dev, _) = Client::connect(gw.mqtt, &persistent(true, "dev")).await?;
+    dev.subscribe(&[("cmd/dev", 1)]).await?;
+    dev.disconnect().await;
+    let (ctl, _) = Client::connect(gw.mqtt, &Options::new(true, "ctl")).await?;
+    ctl.publish("cmd/dev", 1, false, "queued").await?;
+    // Past the session snapshot interval (2 s), then a SIGKILL: no shutdown save.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    gw.kill()?;
+    let gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (mut dev, connack) = Client::connect(gw.mqtt, &persistent(true, "dev")).await?;
+    assert_eq!(connack, Received::ConnAck { session_present: true, code: 0 });
+    assert_eq!(dev.next_publish(WAIT).await.map(|m| m.payload).as_deref(), Some("queued"));
+    Ok(())
+}

@@ -5,7 +5,8 @@
 //! retained message a device was acknowledged for survives a crash. At start the log is replayed over
 //! `retained.json` and compacted into it (write, fsync, rename); the maintenance task compacts it again when it
 //! grows, and shutdown does too. Sessions that outlive their connection are written to `sessions.json` at
-//! shutdown. The broker's lock is never held across an await.
+//! shutdown, and every [`SESSION_SNAPSHOT_INTERVAL`] while the broker changes, so a crash loses at most that much
+//! of what was queued for offline subscribers. The broker's lock is never held across an await.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ use super::{Broker, BrokerConfig, Message, Session};
 
 /// How often sessions are checked for expiry.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often, at most, persistent sessions are snapshotted while the broker changes.
+pub const SESSION_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The size at which `retained.log` is compacted into `retained.json`.
 const RETAINED_LOG_COMPACT_BYTES: u64 = 4 * 1024 * 1024;
@@ -35,6 +39,8 @@ pub struct LocalBroker {
     /// `retained.log`, appended under this lock (on the blocking pool, never across an await).
     retained_log: Arc<Mutex<std::fs::File>>,
     retained_dirty: AtomicBool,
+    /// Set by every change through [`LocalBroker::with`]; cleared by a session snapshot.
+    sessions_dirty: AtomicBool,
     changed: Notify,
 }
 
@@ -113,12 +119,14 @@ impl LocalBroker {
             dir: dir.to_path_buf(),
             retained_log: Arc::new(Mutex::new(retained_log)),
             retained_dirty: AtomicBool::new(false),
+            sessions_dirty: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
 
     /// Runs `f` on the broker under its lock (never across an await).
     pub fn with<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
+        self.sessions_dirty.store(true, Ordering::Relaxed);
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut core)
     }
@@ -208,16 +216,22 @@ impl LocalBroker {
         log.sync_all()
     }
 
+    fn save_sessions(&self) -> std::io::Result<()> {
+        let sessions: Vec<(String, Session)> =
+            self.with(|b| b.persistent_sessions().map(|(c, s)| (c.to_string(), s.clone())).collect());
+        self.sessions_dirty.store(false, Ordering::Relaxed);
+        write_json(&self.dir.join("sessions.json"), &sessions)
+    }
+
     /// Writes retained messages and persistent sessions (at shutdown).
     pub fn save(&self) -> std::io::Result<()> {
         self.save_retained(true)?;
-        let sessions: Vec<(String, Session)> =
-            self.with(|b| b.persistent_sessions().map(|(c, s)| (c.to_string(), s.clone())).collect());
-        write_json(&self.dir.join("sessions.json"), &sessions)
+        self.save_sessions()
     }
 
     /// Expires sessions and writes retained changes until `stop`; then saves everything.
     pub async fn run_maintenance(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut last_snapshot = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
@@ -231,10 +245,19 @@ impl LocalBroker {
             for c in woken {
                 self.wake(&c);
             }
-            let me = Arc::clone(&self);
+            if last_snapshot.elapsed() >= SESSION_SNAPSHOT_INTERVAL && self.sessions_dirty.load(Ordering::Relaxed) {
+                last_snapshot = tokio::time::Instant::now();
+                let me = Arc::clone(&self);
+                match tokio::task::spawn_blocking(move || me.save_sessions()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot write the session snapshot"),
+                    Err(e) => tracing::error!(error = %e, "session snapshot failed"),
+                }
+            }
             if !self.retained_dirty.swap(false, Ordering::AcqRel) {
                 continue;
             }
+            let me = Arc::clone(&self);
             match tokio::task::spawn_blocking(move || me.save_retained(false)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot write retained messages"),
