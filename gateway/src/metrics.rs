@@ -213,7 +213,7 @@ impl Metrics {
             let _ = writeln!(out, "meshgate_spool_commits_total {}", spool.commits());
         }
         if let Some(broker) = self.broker.get() {
-            let b = broker.with(|b| b.stats());
+            let b = broker.read(|b| b.stats());
             let figures: [(&str, &str, &str, u64); 7] = [
                 ("meshgate_broker_sessions", "gauge", "Broker sessions, connected or not.", b.sessions as u64),
                 ("meshgate_broker_subscriptions", "gauge", "Subscriptions.", b.subscriptions as u64),

@@ -127,6 +127,15 @@ impl LocalBroker {
     /// Runs `f` on the broker under its lock (never across an await).
     pub fn with<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
         self.sessions_dirty.store(true, Ordering::Relaxed);
+        self.quietly(f)
+    }
+
+    /// Reads the broker under its lock without marking it changed (metrics, snapshots).
+    pub fn read<R>(&self, f: impl FnOnce(&Broker) -> R) -> R {
+        self.quietly(|b| f(b))
+    }
+
+    fn quietly<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut core)
     }
@@ -208,7 +217,7 @@ impl LocalBroker {
             return Ok(());
         }
         // Under the log's lock, so no append lands between the snapshot and the truncation.
-        let retained: Vec<Message> = self.with(|b| b.retained().cloned().collect());
+        let retained: Vec<Message> = self.read(|b| b.retained().cloned().collect());
         write_json(&self.dir.join("retained.json"), &retained)?;
         log.set_len(0)?;
         use std::io::Seek;
@@ -217,9 +226,9 @@ impl LocalBroker {
     }
 
     fn save_sessions(&self) -> std::io::Result<()> {
-        let sessions: Vec<(String, Session)> =
-            self.with(|b| b.persistent_sessions().map(|(c, s)| (c.to_string(), s.clone())).collect());
         self.sessions_dirty.store(false, Ordering::Relaxed);
+        let sessions: Vec<(String, Session)> =
+            self.read(|b| b.persistent_sessions().map(|(c, s)| (c.to_string(), s.clone())).collect());
         write_json(&self.dir.join("sessions.json"), &sessions)
     }
 
@@ -238,8 +247,9 @@ impl LocalBroker {
                 _ = self.changed.notified() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
-            let (expired, woken) = self.with(|b| b.expire_sessions(now_ms()));
+            let (expired, woken) = self.quietly(|b| b.expire_sessions(now_ms()));
             if !expired.is_empty() {
+                self.sessions_dirty.store(true, Ordering::Relaxed);
                 tracing::debug!(count = expired.len(), "sessions expired");
             }
             for c in woken {
