@@ -22,6 +22,8 @@ async fn wildcards_deliver_what_the_spec_matches(v5: bool) -> anyhow::Result<()>
     for topic in ["sport/tennis/player1", "sport", "$SYS/uptime", "a/b/c", "/x"] {
         publisher.publish(topic, 1, false, topic).await?;
     }
+    // Every publish is routed when it is durable, before its event reaches the file uplink.
+    gw.wait_for_events(5, WAIT * 2)?;
     let got = sub.drain(QUIET * 3).await;
     let topics: Vec<&str> = got.iter().map(|m| m.topic.as_str()).collect();
     // Overlapping subscriptions deliver once per message; `$` topics are not matched by leading wildcards.
@@ -53,6 +55,7 @@ async fn qos_is_downgraded_to_the_subscription_and_order_is_kept(v5: bool) -> an
     for n in 0..60u32 {
         publisher.publish("q/t", (n % 3) as u8, false, &n.to_string()).await?;
     }
+    gw.wait_for_events(60, WAIT * 2)?;
     for (sub, max) in [(&mut s0, 0u8), (&mut s1, 1), (&mut s2, 2)] {
         let got = sub.drain(QUIET * 3).await;
         let payloads: Vec<u32> = got.iter().map(|m| m.payload.parse().unwrap_or(u32::MAX)).collect();
@@ -164,6 +167,7 @@ async fn no_local_keeps_a_clients_own_messages_from_it() -> anyhow::Result<()> {
     let other = client(&gw, true, "other").await?;
     me.publish("chat", 1, false, "mine").await?;
     other.publish("chat", 1, false, "theirs").await?;
+    gw.wait_for_events(2, WAIT)?;
     let got: Vec<String> = me.drain(QUIET * 2).await.into_iter().map(|m| m.payload).collect();
     assert_eq!(got, ["theirs"]);
     Ok(())

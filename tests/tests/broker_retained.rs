@@ -17,7 +17,7 @@ async fn retained_messages_reach_new_subscribers_until_cleared(v5: bool) -> anyh
     publisher.publish("lights/1", 1, true, "on").await?;
     publisher.publish("lights/2", 1, true, "off").await?;
     publisher.publish("lights/1", 1, true, "dimmed").await?;
-    tokio::time::sleep(QUIET).await;
+    gw.wait_for_events(3, WAIT)?;
     let (mut sub, _) = Client::connect(gw.mqtt, &Options::new(v5, "sub")).await?;
     sub.subscribe(&[("lights/+", 2)]).await?;
     let mut got: Vec<(String, String, bool, u8)> =
@@ -36,7 +36,7 @@ async fn retained_messages_reach_new_subscribers_until_cleared(v5: bool) -> anyh
     publisher.publish("lights/1", 1, true, "").await?;
     publisher.publish("lights/2", 1, true, "").await?;
     publisher.publish("lights/3", 1, true, "").await?;
-    tokio::time::sleep(QUIET).await;
+    gw.wait_for_events(7, WAIT)?;
     let (mut late, _) = Client::connect(gw.mqtt, &Options::new(v5, "late")).await?;
     late.subscribe(&[("lights/#", 1)]).await?;
     assert!(late.next_publish(QUIET * 2).await.is_none(), "cleared");
@@ -58,7 +58,7 @@ async fn retain_handling_and_retain_as_published_are_honoured() -> anyhow::Resul
     let gw = Gateway::start()?;
     let (publisher, _) = Client::connect(gw.mqtt, &Options::new(true, "pub")).await?;
     publisher.publish("cfg/a", 1, true, "v1").await?;
-    tokio::time::sleep(QUIET).await;
+    gw.wait_for_events(1, WAIT)?;
     let (mut sub, _) = Client::connect(gw.mqtt, &Options::new(true, "sub")).await?;
 
     let mut never = Filter::new("cfg/#", QoS::AtLeastOnce);

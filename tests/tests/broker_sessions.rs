@@ -26,7 +26,7 @@ async fn a_persistent_session_queues_messages_while_the_client_is_away(v5: bool)
     for n in 0..5 {
         ctl.publish("cmd/dev", 1, false, &format!("c{n}")).await?;
     }
-    tokio::time::sleep(QUIET).await;
+    gw.wait_for_events(5, WAIT)?;
     let (mut dev, connack) = Client::connect(gw.mqtt, &persistent(v5, "dev")).await?;
     assert_eq!(connack, Received::ConnAck { session_present: true, code: 0 });
     let got: Vec<String> = dev.drain(QUIET * 2).await.into_iter().map(|m| m.payload).collect();
@@ -134,7 +134,7 @@ async fn sessions_and_retained_messages_survive_a_gateway_restart() -> anyhow::R
     let (ctl, _) = Client::connect(gw.mqtt, &Options::new(true, "ctl")).await?;
     ctl.publish("cmd/all", 1, false, "queued-before-restart").await?;
     ctl.publish("status/gw", 1, true, "retained-before-restart").await?;
-    tokio::time::sleep(QUIET).await;
+    gw.wait_for_events(2, WAIT)?;
     ctl.disconnect().await;
     assert!(gw.terminate()?.success());
 
@@ -167,6 +167,7 @@ async fn messages_queued_for_an_offline_session_survive_a_crash_after_the_snapsh
     dev.disconnect().await;
     let (ctl, _) = Client::connect(gw.mqtt, &Options::new(true, "ctl")).await?;
     ctl.publish("cmd/dev", 1, false, "queued").await?;
+    gw.wait_for_events(1, WAIT)?;
     // Past the session snapshot interval (2 s), then a SIGKILL: no shutdown save.
     tokio::time::sleep(Duration::from_millis(3000)).await;
     gw.kill()?;

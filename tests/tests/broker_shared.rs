@@ -26,6 +26,7 @@ async fn shared_subscribers_split_the_load_and_take_over_for_a_member_that_leave
     for n in 0..20 {
         publisher.publish(&format!("jobs/{n}"), 1, false, &n.to_string()).await?;
     }
+    gw.wait_for_events(20, Duration::from_secs(10))?;
     let mut steady_got: Vec<u32> = steady.drain(QUIET).await.iter().filter_map(|m| m.payload.parse().ok()).collect();
     let mut flaky_got = Vec::new();
     while flaky_got.len() + steady_got.len() < 20 {
