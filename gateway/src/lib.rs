@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod config;

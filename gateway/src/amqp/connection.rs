@@ -1,0 +1,693 @@
+//! The server side of one AMQP 0-9-1 connection, sans-IO: bytes in ([`ServerConnection::handle_input`]), bytes
+//! out ([`ServerConnection::poll_transmit`]), events for the driver ([`ServerConnection::poll_event`]), time
+//! passed in. No socket, no clock, no tokio.
+//!
+//! ```text
+//! client                         server
+//! AMQP 0 0 9 1       ──▶
+//!                    ◀──  connection.start (PLAIN AMQPLAIN)
+//! start-ok           ──▶  Event::Authenticate → accept_credentials(ok)
+//!                    ◀──  connection.tune         (or connection.close 403)
+//! tune-ok, open      ──▶
+//!                    ◀──  connection.open-ok
+//! channel.open, confirm.select, basic.publish + header + body… ──▶ Event::Publish { delivery_tag }
+//!                    ◀──  basic.ack / basic.nack  (ServerConnection::confirm, runs coalesced with `multiple`)
+//! ```
+//!
+//! Errors follow the specification's reply codes: 501 frame error, 503 command invalid, 504 channel error,
+//! 505 unexpected frame, 403 access refused, 530 not allowed (connection level, the connection closes); 404 not
+//! found, 406 precondition failed, 311 content too large (channel level, only the channel closes).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use super::frames::{self, FrameError, PROTOCOL_HEADER};
+
+/// AMQP reply codes used here.
+pub mod reply {
+    /// 311 content-too-large (channel).
+    pub const CONTENT_TOO_LARGE: u16 = 311;
+    /// 403 access-refused.
+    pub const ACCESS_REFUSED: u16 = 403;
+    /// 404 not-found (channel).
+    pub const NOT_FOUND: u16 = 404;
+    /// 406 precondition-failed (channel).
+    pub const PRECONDITION_FAILED: u16 = 406;
+    /// 501 frame-error.
+    pub const FRAME_ERROR: u16 = 501;
+    /// 503 command-invalid.
+    pub const COMMAND_INVALID: u16 = 503;
+    /// 504 channel-error.
+    pub const CHANNEL_ERROR: u16 = 504;
+    /// 505 unexpected-frame.
+    pub const UNEXPECTED_FRAME: u16 = 505;
+    /// 530 not-allowed.
+    pub const NOT_ALLOWED: u16 = 530;
+}
+
+/// What the server offers in tune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest frame, in bytes.
+    pub frame_max: u32,
+    /// The highest channel number.
+    pub channel_max: u16,
+    /// Heartbeat interval in seconds (0: none).
+    pub heartbeat: u16,
+    /// The largest message body.
+    pub max_body: u64,
+}
+
+/// What the driver must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Check these credentials and answer with [`ServerConnection::accept_credentials`].
+    Authenticate {
+        /// `PLAIN` or `AMQPLAIN`.
+        mechanism: String,
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// A complete message. With a delivery tag the channel is in confirm mode: answer with
+    /// [`ServerConnection::confirm`] once the message is durable (or refused).
+    Publish {
+        /// The channel.
+        channel: u16,
+        /// The publisher-confirm sequence number, in confirm mode.
+        delivery_tag: Option<u64>,
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+        /// The content header's properties.
+        properties: Box<basic::AMQPProperties>,
+        /// The body.
+        body: Vec<u8>,
+    },
+    /// The connection is over (after close/close-ok, or an error); the driver closes the socket.
+    Closed {
+        /// The reply code (200 for a normal close).
+        code: u16,
+        /// Why.
+        text: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitHeader,
+    AwaitStartOk,
+    AwaitAuth,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+    /// We sent connection.close and wait for close-ok (other frames are discarded).
+    Closing,
+    Closed,
+}
+
+/// A message being assembled from its method, header and body frames.
+#[derive(Debug)]
+struct Content {
+    exchange: String,
+    routing_key: String,
+    properties: Option<basic::AMQPProperties>,
+    size: u64,
+    body: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    confirm: bool,
+    next_tag: u64,
+    content: Option<Content>,
+    /// Delivery tags whose outcome is known but not sent yet, with the outcome (ack = true).
+    settled: BTreeMap<u64, bool>,
+    /// The highest tag sent back (acks go out in order).
+    sent_up_to: u64,
+    /// Set while we sent channel.close and wait for close-ok.
+    closing: bool,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct ServerConnection {
+    limits: Limits,
+    state: State,
+    frame_max: usize,
+    heartbeat_ms: u64,
+    channels: BTreeMap<u16, Channel>,
+    exchanges: BTreeSet<String>,
+    queues: BTreeSet<String>,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    last_input_ms: u64,
+    last_output_ms: u64,
+    next_queue: u64,
+}
+
+fn method(channel: u16, class: AMQPClass) -> AMQPFrame {
+    AMQPFrame::Method(channel, class)
+}
+
+fn short(s: &str) -> ShortString {
+    ShortString::from(s)
+}
+
+impl ServerConnection {
+    /// A connection waiting for the protocol header, at `now_ms`.
+    pub fn new(limits: Limits, now_ms: u64) -> ServerConnection {
+        let exchanges = ["", "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        ServerConnection {
+            limits,
+            state: State::AwaitHeader,
+            frame_max: limits.frame_max as usize,
+            heartbeat_ms: 0,
+            channels: BTreeMap::new(),
+            exchanges,
+            queues: BTreeSet::new(),
+            out: Vec::new(),
+            events: VecDeque::new(),
+            last_input_ms: now_ms,
+            last_output_ms: now_ms,
+            next_queue: 1,
+        }
+    }
+
+    /// Whether the connection is over.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether the connection is open for publishing.
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    fn send(&mut self, frame: &AMQPFrame) {
+        frames::encode(frame, &mut self.out);
+    }
+
+    /// Moves the bytes to send into `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>, now_ms: u64) {
+        if !self.out.is_empty() {
+            self.last_output_ms = now_ms;
+            buf.append(&mut self.out);
+        }
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Ends the connection with connection.close (a hard error, or the gateway shutting down with 320).
+    pub fn close(&mut self, code: u16, text: &str, class_id: u16, method_id: u16) {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return;
+        }
+        if self.state == State::AwaitHeader {
+            self.finish(code, text);
+            return;
+        }
+        let close = connection::Close { reply_code: code, reply_text: short(text), class_id, method_id };
+        self.send(&method(0, AMQPClass::Connection(connection::AMQPMethod::Close(close))));
+        self.state = State::Closing;
+        self.events.push_back(Event::Closed { code, text: text.into() });
+    }
+
+    fn finish(&mut self, code: u16, text: &str) {
+        if self.state != State::Closing {
+            self.events.push_back(Event::Closed { code, text: text.into() });
+        }
+        self.state = State::Closed;
+    }
+
+    fn close_channel(&mut self, id: u16, code: u16, text: &str, class_id: u16, method_id: u16) {
+        let close = channel::Close { reply_code: code, reply_text: short(text), class_id, method_id };
+        self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::Close(close))));
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.closing = true;
+            ch.content = None;
+        }
+    }
+
+    /// Consumes whole frames from `input`; returns how many bytes it used. Call again with the rest once more
+    /// bytes arrived.
+    pub fn handle_input(&mut self, input: &[u8], now_ms: u64) -> usize {
+        let mut used = 0;
+        while !self.is_closed() {
+            let rest = input.get(used..).unwrap_or_default();
+            if self.state == State::AwaitHeader {
+                match frames::decode_protocol_header(rest) {
+                    Ok(Some(n)) => {
+                        used += n;
+                        self.last_input_ms = now_ms;
+                        self.send_start();
+                        continue;
+                    }
+                    Ok(None) => return used,
+                    Err(_) => {
+                        // The specification: answer with the header we speak, then close.
+                        self.out.extend_from_slice(PROTOCOL_HEADER);
+                        self.finish(reply::FRAME_ERROR, "not AMQP 0-9-1");
+                        return used;
+                    }
+                }
+            }
+            match frames::decode(rest, self.frame_max) {
+                Ok(Some((frame, n))) => {
+                    used += n;
+                    self.last_input_ms = now_ms;
+                    self.handle_frame(frame);
+                }
+                Ok(None) => return used,
+                Err(FrameError::TooLarge { size, max }) => {
+                    self.close(reply::FRAME_ERROR, &format!("frame of {size} bytes exceeds frame_max {max}"), 0, 0);
+                    self.finish(reply::FRAME_ERROR, "frame too large");
+                    return input.len();
+                }
+                Err(e) => {
+                    self.close(reply::FRAME_ERROR, &format!("malformed frame: {e:?}"), 0, 0);
+                    self.finish(reply::FRAME_ERROR, "malformed frame");
+                    return input.len();
+                }
+            }
+        }
+        used
+    }
+
+    /// Heartbeats: sends one when we have been quiet for the interval, and closes a connection silent for two.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.heartbeat_ms == 0 || matches!(self.state, State::Closed) {
+            return;
+        }
+        if now_ms.saturating_sub(self.last_input_ms) >= 2 * self.heartbeat_ms {
+            self.finish(reply::FRAME_ERROR, "missed heartbeats");
+            return;
+        }
+        if now_ms.saturating_sub(self.last_output_ms) >= self.heartbeat_ms && self.out.is_empty() {
+            self.send(&AMQPFrame::Heartbeat);
+        }
+    }
+
+    /// When [`ServerConnection::handle_timeout`] next has work, if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        (self.heartbeat_ms > 0 && !self.is_closed())
+            .then(|| (self.last_output_ms + self.heartbeat_ms).min(self.last_input_ms + 2 * self.heartbeat_ms))
+    }
+
+    fn send_start(&mut self) {
+        let mut props = FieldTable::default();
+        props.insert(short("product"), AMQPValue::LongString(LongString::from("meshgate")));
+        props.insert(short("version"), AMQPValue::LongString(LongString::from(env!("CARGO_PKG_VERSION"))));
+        let mut caps = FieldTable::default();
+        caps.insert(short("publisher_confirms"), AMQPValue::Boolean(true));
+        caps.insert(short("basic.nack"), AMQPValue::Boolean(true));
+        props.insert(short("capabilities"), AMQPValue::FieldTable(caps));
+        let start = connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: props,
+            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            locales: LongString::from("en_US"),
+        };
+        self.send(&method(0, AMQPClass::Connection(connection::AMQPMethod::Start(start))));
+        self.state = State::AwaitStartOk;
+    }
+
+    /// The driver's verdict on [`Event::Authenticate`].
+    pub fn accept_credentials(&mut self, ok: bool) {
+        if self.state != State::AwaitAuth {
+            return;
+        }
+        if !ok {
+            self.close(reply::ACCESS_REFUSED, "ACCESS_REFUSED - login refused", 10, 11);
+            return;
+        }
+        let tune = connection::Tune {
+            channel_max: self.limits.channel_max,
+            frame_max: self.limits.frame_max,
+            heartbeat: self.limits.heartbeat,
+        };
+        self.send(&method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune))));
+        self.state = State::AwaitTuneOk;
+    }
+
+    fn handle_frame(&mut self, frame: AMQPFrame) {
+        if self.state == State::Closing {
+            // Only close-ok (or the peer's own close) matters now.
+            match frame {
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
+                    self.finish(reply::FRAME_ERROR, "closed");
+                }
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                    self.send(&method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                    ));
+                    self.finish(reply::FRAME_ERROR, "closed");
+                }
+                _ => {}
+            }
+            return;
+        }
+        match frame {
+            AMQPFrame::Heartbeat => {}
+            AMQPFrame::ProtocolHeader(_) | AMQPFrame::InvalidHeartbeat(_) => {
+                self.close(reply::UNEXPECTED_FRAME, "unexpected frame", 0, 0);
+            }
+            AMQPFrame::Method(0, AMQPClass::Connection(m)) => self.on_connection_method(m),
+            AMQPFrame::Method(0, class) => {
+                let (c, m) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+                self.close(reply::COMMAND_INVALID, "channel 0 carries connection methods only", c, m);
+            }
+            _ if self.state != State::Open => {
+                self.close(reply::UNEXPECTED_FRAME, "the connection is not open", 0, 0);
+            }
+            AMQPFrame::Method(id, class) => self.on_channel_method(id, class),
+            AMQPFrame::Header(id, header) => self.on_content_header(id, header.body_size, header.properties),
+            AMQPFrame::Body(id, bytes) => self.on_content_body(id, bytes),
+        }
+    }
+
+    fn on_connection_method(&mut self, m: connection::AMQPMethod) {
+        use connection::AMQPMethod as M;
+        match (self.state, m) {
+            (State::AwaitStartOk, M::StartOk(ok)) => {
+                match parse_credentials(ok.mechanism.as_str(), ok.response.as_bytes()) {
+                    Some((username, password)) => {
+                        self.state = State::AwaitAuth;
+                        let mechanism = ok.mechanism.as_str().to_string();
+                        self.events.push_back(Event::Authenticate { mechanism, username, password });
+                    }
+                    None => {
+                        self.close(reply::ACCESS_REFUSED, "ACCESS_REFUSED - unsupported mechanism or response", 10, 11)
+                    }
+                }
+            }
+            (State::AwaitTuneOk, M::TuneOk(t)) => {
+                if t.frame_max != 0 && t.frame_max < 4096 || t.frame_max > self.limits.frame_max {
+                    self.close(reply::NOT_ALLOWED, "frame_max out of range", 10, 31);
+                    return;
+                }
+                if t.frame_max != 0 {
+                    self.frame_max = t.frame_max as usize;
+                }
+                self.heartbeat_ms = u64::from(t.heartbeat) * 1000;
+                self.state = State::AwaitOpen;
+            }
+            (State::AwaitOpen, M::Open(_)) => {
+                self.send(&method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {}))));
+                self.state = State::Open;
+            }
+            (_, M::Close(_)) => {
+                self.send(&method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}))));
+                self.finish(200, "closed by the client");
+            }
+            (_, other) => {
+                let class = AMQPClass::Connection(other);
+                let (c, m) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+                self.close(reply::COMMAND_INVALID, "unexpected connection method", c, m);
+            }
+        }
+    }
+
+    fn on_channel_method(&mut self, id: u16, class: AMQPClass) {
+        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = class {
+            if id > self.limits.channel_max || self.channels.contains_key(&id) {
+                self.close(reply::CHANNEL_ERROR, "channel already open or out of range", class_id, method_id);
+                return;
+            }
+            self.channels.insert(id, Channel { next_tag: 1, ..Channel::default() });
+            self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {}))));
+            return;
+        }
+        let Some(ch) = self.channels.get(&id) else {
+            self.close(reply::CHANNEL_ERROR, "channel not open", class_id, method_id);
+            return;
+        };
+        if ch.closing {
+            // After our channel.close only close-ok counts.
+            if let AMQPClass::Channel(channel::AMQPMethod::CloseOk(_) | channel::AMQPMethod::Close(_)) = class {
+                if matches!(class, AMQPClass::Channel(channel::AMQPMethod::Close(_))) {
+                    self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))));
+                }
+                self.channels.remove(&id);
+            }
+            return;
+        }
+        if ch.content.is_some() {
+            self.close(reply::UNEXPECTED_FRAME, "method frame inside a message's content", class_id, method_id);
+            return;
+        }
+        match class {
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))));
+                self.channels.remove(&id);
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => {
+                let ok = channel::FlowOk { active: f.active };
+                self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::FlowOk(ok))));
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => {
+                let name = d.exchange.as_str().to_string();
+                if d.passive && !self.exchanges.contains(&name) {
+                    self.close_channel(
+                        id,
+                        reply::NOT_FOUND,
+                        &format!("NOT_FOUND - no exchange '{name}'"),
+                        class_id,
+                        method_id,
+                    );
+                    return;
+                }
+                if !d.passive && name.starts_with("amq.") && !self.exchanges.contains(&name) {
+                    self.close_channel(
+                        id,
+                        reply::ACCESS_REFUSED,
+                        "ACCESS_REFUSED - the amq. prefix is reserved",
+                        class_id,
+                        method_id,
+                    );
+                    return;
+                }
+                self.exchanges.insert(name);
+                if !d.nowait {
+                    self.send(&method(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                    ));
+                }
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
+                let mut name = d.queue.as_str().to_string();
+                if d.passive && !self.queues.contains(&name) {
+                    self.close_channel(
+                        id,
+                        reply::NOT_FOUND,
+                        &format!("NOT_FOUND - no queue '{name}'"),
+                        class_id,
+                        method_id,
+                    );
+                    return;
+                }
+                if name.is_empty() {
+                    name = format!("amq.gen-meshgate-{}", self.next_queue);
+                    self.next_queue += 1;
+                }
+                self.queues.insert(name.clone());
+                if !d.nowait {
+                    let ok = queue::DeclareOk { queue: short(&name), message_count: 0, consumer_count: 0 };
+                    self.send(&method(id, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))));
+                }
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
+                if !self.queues.contains(b.queue.as_str()) || !self.exchanges.contains(b.exchange.as_str()) {
+                    self.close_channel(
+                        id,
+                        reply::NOT_FOUND,
+                        "NOT_FOUND - no such queue or exchange",
+                        class_id,
+                        method_id,
+                    );
+                    return;
+                }
+                if !b.nowait {
+                    self.send(&method(id, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {}))));
+                }
+            }
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    ch.confirm = true;
+                }
+                if !s.nowait {
+                    self.send(&method(id, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {}))));
+                }
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Qos(_)) => {
+                self.send(&method(id, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}))));
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
+                if !self.exchanges.contains(p.exchange.as_str()) {
+                    let text = format!("NOT_FOUND - no exchange '{}'", p.exchange.as_str());
+                    self.close_channel(id, reply::NOT_FOUND, &text, class_id, method_id);
+                    return;
+                }
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    ch.content = Some(Content {
+                        exchange: p.exchange.as_str().to_string(),
+                        routing_key: p.routing_key.as_str().to_string(),
+                        properties: None,
+                        size: 0,
+                        body: Vec::new(),
+                    });
+                }
+            }
+            _ => self.close(reply::NOT_ALLOWED, "method not supported by meshgate", class_id, method_id),
+        }
+    }
+
+    fn on_content_header(&mut self, id: u16, size: u64, properties: basic::AMQPProperties) {
+        let max = self.limits.max_body;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            self.close(reply::CHANNEL_ERROR, "channel not open", 60, 40);
+            return;
+        };
+        if ch.closing {
+            return;
+        }
+        let Some(content) = ch.content.as_mut().filter(|c| c.properties.is_none()) else {
+            self.close(reply::UNEXPECTED_FRAME, "content header without basic.publish", 60, 40);
+            return;
+        };
+        if size > max {
+            let text = format!("CONTENT_TOO_LARGE - {size} bytes, the limit is {max}");
+            self.close_channel(id, reply::CONTENT_TOO_LARGE, &text, 60, 40);
+            return;
+        }
+        content.properties = Some(properties);
+        content.size = size;
+        content.body.reserve(usize::try_from(size).unwrap_or(0));
+        if size == 0 {
+            self.complete(id);
+        }
+    }
+
+    fn on_content_body(&mut self, id: u16, bytes: Vec<u8>) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            self.close(reply::CHANNEL_ERROR, "channel not open", 60, 40);
+            return;
+        };
+        if ch.closing {
+            return;
+        }
+        let Some(content) = ch.content.as_mut().filter(|c| c.properties.is_some()) else {
+            self.close(reply::UNEXPECTED_FRAME, "content body without a header", 60, 40);
+            return;
+        };
+        if content.body.len() as u64 + bytes.len() as u64 > content.size {
+            self.close(reply::FRAME_ERROR, "content body longer than its header said", 60, 40);
+            return;
+        }
+        content.body.extend_from_slice(&bytes);
+        if content.body.len() as u64 == content.size {
+            self.complete(id);
+        }
+    }
+
+    fn complete(&mut self, id: u16) {
+        let Some(ch) = self.channels.get_mut(&id) else { return };
+        let Some(content) = ch.content.take() else { return };
+        let delivery_tag = ch.confirm.then(|| {
+            let tag = ch.next_tag;
+            ch.next_tag += 1;
+            tag
+        });
+        self.events.push_back(Event::Publish {
+            channel: id,
+            delivery_tag,
+            exchange: content.exchange,
+            routing_key: content.routing_key,
+            properties: Box::new(content.properties.unwrap_or_default()),
+            body: content.body,
+        });
+    }
+
+    /// The outcome of a confirm-mode publish: basic.ack when `ok`, basic.nack otherwise. Outcomes are sent in
+    /// delivery-tag order, and a run of acks goes out as one basic.ack with `multiple`.
+    pub fn confirm(&mut self, channel: u16, delivery_tag: u64, ok: bool) {
+        let Some(ch) = self.channels.get_mut(&channel) else { return };
+        ch.settled.insert(delivery_tag, ok);
+        let mut frames = Vec::new();
+        let mut run_end: Option<u64> = None;
+        while let Some((&tag, &ok)) = ch.settled.first_key_value() {
+            if tag != ch.sent_up_to + 1 {
+                break;
+            }
+            ch.settled.remove(&tag);
+            ch.sent_up_to = tag;
+            if ok {
+                run_end = Some(tag);
+            } else {
+                if let Some(end) = run_end.take() {
+                    frames.push((end, true));
+                }
+                frames.push((tag, false));
+            }
+        }
+        if let Some(end) = run_end {
+            frames.push((end, true));
+        }
+        for (tag, ok) in frames {
+            let class = if ok {
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple: true }))
+            } else {
+                AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: tag,
+                    multiple: false,
+                    requeue: false,
+                }))
+            };
+            self.send(&method(channel, class));
+        }
+    }
+}
+
+/// PLAIN (`\0user\0password`) or AMQPLAIN (a field table of LOGIN and PASSWORD, without its length prefix).
+fn parse_credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|&b| b == 0);
+            let _authzid = parts.next()?;
+            let user = std::str::from_utf8(parts.next()?).ok()?;
+            let pass = std::str::from_utf8(parts.next()?).ok()?;
+            parts.next().is_none().then(|| (user.to_string(), pass.to_string()))
+        }
+        "AMQPLAIN" => {
+            let mut table = u32::try_from(response.len()).ok()?.to_be_bytes().to_vec();
+            table.extend_from_slice(response);
+            let (_, fields) = amq_protocol::types::parsing::parse_field_table(table.as_slice()).ok()?;
+            let text = |k: &str| match fields.inner().get(&short(k)) {
+                Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+                _ => None,
+            };
+            Some((text("LOGIN")?, text("PASSWORD")?))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

@@ -1,0 +1,257 @@
+//! The server connection driven frame by frame, as lapin would, without sockets.
+
+use amq_protocol::frame::AMQPContentHeader;
+
+use super::*;
+
+const LIMITS: Limits = Limits { frame_max: 131_072, channel_max: 16, heartbeat: 10, max_body: 1024 };
+
+fn frames_of(bytes: &[u8]) -> Vec<AMQPFrame> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Ok(Some((f, n))) = frames::decode(rest, 0) {
+        out.push(f);
+        rest = &rest[n..];
+    }
+    out
+}
+
+fn feed(c: &mut ServerConnection, frames_in: &[AMQPFrame]) -> Vec<AMQPFrame> {
+    let mut wire = Vec::new();
+    for f in frames_in {
+        frames::encode(f, &mut wire);
+    }
+    assert_eq!(c.handle_input(&wire, 0), wire.len());
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 0);
+    frames_of(&out)
+}
+
+fn conn_method(m: connection::AMQPMethod) -> AMQPFrame {
+    method(0, AMQPClass::Connection(m))
+}
+
+/// Header, start-ok (PLAIN u/p), tune-ok, open; returns the connection, open.
+fn open() -> ServerConnection {
+    let mut c = ServerConnection::new(LIMITS, 0);
+    c.handle_input(PROTOCOL_HEADER, 0);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 0);
+    assert!(matches!(
+        frames_of(&out)[..],
+        [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_)))]
+    ));
+    let start_ok = connection::StartOk {
+        client_properties: FieldTable::default(),
+        mechanism: short("PLAIN"),
+        response: LongString::from("\0dev\0secret"),
+        locale: short("en_US"),
+    };
+    assert!(feed(&mut c, &[conn_method(connection::AMQPMethod::StartOk(start_ok))]).is_empty());
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Authenticate { mechanism: "PLAIN".into(), username: "dev".into(), password: "secret".into() })
+    );
+    c.accept_credentials(true);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 0);
+    assert!(matches!(
+        frames_of(&out)[..],
+        [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_)))]
+    ));
+    let tune_ok = connection::TuneOk { channel_max: 16, frame_max: 131_072, heartbeat: 10 };
+    let open = connection::Open { virtual_host: short("/") };
+    let out = feed(
+        &mut c,
+        &[conn_method(connection::AMQPMethod::TuneOk(tune_ok)), conn_method(connection::AMQPMethod::Open(open))],
+    );
+    assert!(matches!(out[..], [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))]));
+    assert!(c.is_open());
+    c
+}
+
+fn publish_frames(ch: u16, exchange: &str, body: &[&[u8]]) -> Vec<AMQPFrame> {
+    let size: usize = body.iter().map(|b| b.len()).sum();
+    let publish =
+        basic::Publish { exchange: short(exchange), routing_key: short("rk"), mandatory: false, immediate: false };
+    let mut v = vec![
+        method(ch, AMQPClass::Basic(basic::AMQPMethod::Publish(publish))),
+        AMQPFrame::Header(
+            ch,
+            AMQPContentHeader { class_id: 60, body_size: size as u64, properties: basic::AMQPProperties::default() },
+        ),
+    ];
+    v.extend(body.iter().map(|b| AMQPFrame::Body(ch, b.to_vec())));
+    v
+}
+
+#[test]
+fn a_publish_in_confirm_mode_is_one_event_and_acks_coalesce_in_order() {
+    let mut c = open();
+    let out = feed(
+        &mut c,
+        &[
+            method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))),
+            method(1, AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false }))),
+        ],
+    );
+    assert_eq!(out.len(), 2, "open-ok, select-ok");
+    let mut frames_in = Vec::new();
+    for n in 0..3u8 {
+        frames_in.extend(publish_frames(1, "amq.topic", &[&[n], b"-split-", &[n]]));
+    }
+    assert!(feed(&mut c, &frames_in).is_empty());
+    for tag in 1..=3u64 {
+        match c.poll_event() {
+            Some(Event::Publish { channel: 1, delivery_tag: Some(t), exchange, body, .. }) => {
+                assert_eq!((t, exchange.as_str(), body.len()), (tag, "amq.topic", 9));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Tag 2 settles first: nothing may go out before tag 1.
+    c.confirm(1, 2, true);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 0);
+    assert!(out.is_empty());
+    c.confirm(1, 1, true);
+    c.confirm(1, 3, false);
+    c.poll_transmit(&mut out, 0);
+    let acks: Vec<_> = frames_of(&out)
+        .into_iter()
+        .map(|f| match f {
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => (a.delivery_tag, a.multiple, true),
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) => (n.delivery_tag, n.multiple, false),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, [(2, true, true), (3, false, false)], "one multiple ack for 1-2, then the nack");
+}
+
+#[test]
+fn errors_get_their_reply_codes() {
+    // A method on a channel that is not open: connection.close 504.
+    let mut c = open();
+    let out =
+        feed(&mut c, &[method(3, AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })))]);
+    assert!(
+        matches!(&out[..], [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl)))] if cl.reply_code == reply::CHANNEL_ERROR)
+    );
+
+    // Passive declare of a missing exchange: channel.close 404, the connection stays open.
+    let mut c = open();
+    feed(&mut c, &[method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))]);
+    let declare = exchange::Declare {
+        exchange: short("nope"),
+        kind: short("topic"),
+        passive: true,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    let out = feed(&mut c, &[method(1, AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare)))]);
+    assert!(
+        matches!(&out[..], [AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::Close(cl)))] if cl.reply_code == reply::NOT_FOUND)
+    );
+    assert!(c.is_open());
+
+    // A body without a header: 505.
+    let mut c = open();
+    feed(&mut c, &[method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))]);
+    let out = feed(&mut c, &[AMQPFrame::Body(1, vec![1])]);
+    assert!(
+        matches!(&out[..], [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl)))] if cl.reply_code == reply::UNEXPECTED_FRAME)
+    );
+
+    // A body over the limit: channel.close 311.
+    let mut c = open();
+    feed(&mut c, &[method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))]);
+    let big = vec![0u8; 2048];
+    let out = feed(&mut c, &publish_frames(1, "", &[&big])[..2]);
+    assert!(
+        matches!(&out[..], [AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::Close(cl)))] if cl.reply_code == reply::CONTENT_TOO_LARGE)
+    );
+}
+
+#[test]
+fn wrong_credentials_a_foreign_header_and_oversized_frames_end_the_connection() {
+    let mut c = ServerConnection::new(LIMITS, 0);
+    let mut out = Vec::new();
+    c.handle_input(b"AMQP\x00\x00\x08\x00", 0);
+    c.poll_transmit(&mut out, 0);
+    assert_eq!(out, PROTOCOL_HEADER, "the header we speak, then the close");
+    assert!(c.is_closed());
+
+    let mut c = ServerConnection::new(LIMITS, 0);
+    c.handle_input(PROTOCOL_HEADER, 0);
+    let start_ok = connection::StartOk {
+        client_properties: FieldTable::default(),
+        mechanism: short("PLAIN"),
+        response: LongString::from("\0dev\0wrong"),
+        locale: short("en_US"),
+    };
+    feed(&mut c, &[conn_method(connection::AMQPMethod::StartOk(start_ok))]);
+    assert!(matches!(c.poll_event(), Some(Event::Authenticate { .. })));
+    c.accept_credentials(false);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 0);
+    assert!(
+        matches!(&frames_of(&out)[..], [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl)))] if cl.reply_code == reply::ACCESS_REFUSED)
+    );
+
+    let mut c = open();
+    let mut huge = vec![3u8, 0, 1];
+    huge.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    c.handle_input(&huge, 0);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 0);
+    assert!(
+        matches!(&frames_of(&out)[..], [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl)))] if cl.reply_code == reply::FRAME_ERROR)
+    );
+    assert!(c.is_closed());
+}
+
+#[test]
+fn amqplain_credentials_are_read_from_their_table() {
+    use amq_protocol::auth::{Credentials, SASLMechanism};
+    let response = Credentials::new("dev".into(), "secret".into()).sasl_auth_string(SASLMechanism::AMQPlain);
+    assert_eq!(parse_credentials("AMQPLAIN", response.as_bytes()), Some(("dev".into(), "secret".into())));
+    assert_eq!(parse_credentials("PLAIN", b"\0a\0b"), Some(("a".into(), "b".into())));
+    assert_eq!(parse_credentials("PLAIN", b"garbage"), None);
+    assert_eq!(parse_credentials("EXTERNAL", b""), None);
+}
+
+#[test]
+fn heartbeats_go_out_when_quiet_and_silence_closes() {
+    let mut c = open();
+    c.handle_timeout(10_000);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 10_000);
+    assert_eq!(frames_of(&out), [AMQPFrame::Heartbeat]);
+    c.handle_timeout(20_001);
+    assert!(c.is_closed(), "nothing heard for two intervals");
+}
+
+proptest::proptest! {
+    /// Whatever a client sends after a valid handshake, the state machine never panics, consumes at most what it
+    /// was given, and ends up open or with a close on the wire.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_server(chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..8)) {
+        let mut c = open();
+        let mut pending = Vec::new();
+        for chunk in chunks {
+            pending.extend_from_slice(&chunk);
+            let used = c.handle_input(&pending, 0);
+            proptest::prop_assert!(used <= pending.len());
+            pending.drain(..used);
+            while c.poll_event().is_some() {}
+            let mut out = Vec::new();
+            c.poll_transmit(&mut out, 0);
+            if c.is_closed() {
+                break;
+            }
+        }
+    }
+}
