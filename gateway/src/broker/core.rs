@@ -299,14 +299,13 @@ impl Broker {
             if message.payload.is_empty() {
                 self.retained.remove(&message.topic);
             } else {
-                let mut stored = (*message).clone();
-                stored.retain = true;
-                self.retained.insert(message.topic.clone(), Arc::new(stored));
+                self.retained.insert(message.topic.clone(), Arc::clone(&message));
             }
         }
-        // Overlapping subscriptions of one client deliver once, at the highest QoS, with every identifier.
+        // Overlapping subscriptions of one client deliver once, at the highest QoS, with every identifier; shared
+        // subscriptions are gathered by filter, members and all, in the same walk of the tree.
         let mut direct: BTreeMap<Arc<str>, (u8, bool, Vec<u32>)> = BTreeMap::new();
-        let mut shared: BTreeMap<Arc<str>, ()> = BTreeMap::new();
+        let mut shared: BTreeMap<Arc<str>, Vec<(Arc<str>, Subscription)>> = BTreeMap::new();
         let publisher = message.publisher.as_str();
         self.tree.for_each_match(&message.topic, |key, value| match &key.share {
             None => {
@@ -319,7 +318,7 @@ impl Broker {
                 entry.2.extend(value.sub.id);
             }
             Some(_) => {
-                shared.insert(Arc::clone(&value.filter), ());
+                shared.entry(Arc::clone(&value.filter)).or_default().push((Arc::clone(&key.client), value.sub));
             }
         });
         let max_queued = self.config.max_queued_messages;
@@ -334,13 +333,14 @@ impl Broker {
                 woken.push(client);
             }
         }
-        for filter in shared.into_keys() {
-            woken.extend(self.route_shared(&filter, Arc::clone(&message), now_ms));
+        for (filter, members) in shared {
+            woken.extend(self.hand_to_member(&filter, &members, Arc::clone(&message), now_ms));
         }
         woken
     }
 
-    /// Hands a message to one member of the shared subscription `filter`, round-robin, connected members first.
+    /// Hands a message to a member of the shared subscription `filter`, finding the members in the tree (for
+    /// messages of a session that ended).
     fn route_shared(&mut self, filter: &str, message: Arc<Message>, now_ms: u64) -> Option<Arc<str>> {
         let (group, _) = split_shared(filter)?;
         let mut members: Vec<(Arc<str>, Subscription)> = Vec::new();
@@ -349,19 +349,33 @@ impl Broker {
                 members.push((Arc::clone(&key.client), value.sub));
             }
         });
+        self.hand_to_member(filter, &members, message, now_ms)
+    }
+
+    /// Hands a message to one of `members` of the shared subscription `filter`, round-robin, connected members
+    /// first.
+    fn hand_to_member(
+        &mut self,
+        filter: &str,
+        members: &[(Arc<str>, Subscription)],
+        message: Arc<Message>,
+        now_ms: u64,
+    ) -> Option<Arc<str>> {
         if members.is_empty() || message.is_expired(now_ms) {
             return None;
         }
-        let connected: Vec<usize> = (0..members.len())
-            .filter(|&i| {
-                members.get(i).and_then(|(c, _)| self.sessions.get(c)).is_some_and(|s| s.disconnected_at_ms.is_none())
-            })
-            .collect();
+        let sessions = &self.sessions;
+        let connected =
+            |(c, _): &&(Arc<str>, Subscription)| sessions.get(c).is_some_and(|s| s.disconnected_at_ms.is_none());
+        let live = members.iter().filter(connected).count();
         let turn = self.share_turn.entry(filter.into()).or_insert(0);
-        let pool: Vec<usize> = if connected.is_empty() { (0..members.len()).collect() } else { connected };
-        let pick = *pool.get(*turn % pool.len())?;
+        let pick = if live == 0 {
+            members.get(*turn % members.len())
+        } else {
+            members.iter().filter(connected).nth(*turn % live)
+        };
         *turn = turn.wrapping_add(1);
-        let (client, sub) = members.get(pick)?.clone();
+        let (client, sub) = pick?.clone();
         let session = self.sessions.get_mut(&client)?;
         let qos = Session::delivery_qos(&message, &sub) as u8;
         let retain = sub.retain_as_published && message.retain;

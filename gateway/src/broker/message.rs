@@ -1,7 +1,7 @@
 //! An application message as the broker keeps it: owned, with the MQTT 5 properties that travel end to end
 //! (payload format, content type, response topic, correlation data, user properties) and an absolute expiry.
 
-use meshgate_protocols::mqtt::{Properties, Publish, QoS, UserProperty};
+use meshgate_protocols::mqtt::{Properties, PropertyList, Publish, QoS, UserProperty};
 use serde::{Deserialize, Serialize};
 
 /// The properties a server forwards unchanged from publisher to subscriber (MQTT 5 section 3.3.2.3).
@@ -107,6 +107,19 @@ impl MessageProperties {
     /// The user properties as the codec takes them.
     pub fn user_properties(&self) -> Vec<UserProperty<'_>> {
         self.user_properties.iter().map(|(name, value)| UserProperty { name, value }).collect()
+    }
+
+    /// These properties as a PUBLISH carries them (the inverse of [`MessageProperties::from_properties`]);
+    /// `user_properties` is what [`MessageProperties::user_properties`] returned.
+    pub fn to_properties<'a>(&'a self, user_properties: &'a [UserProperty<'a>]) -> Properties<'a> {
+        Properties {
+            payload_format_utf8: self.payload_format_utf8,
+            content_type: self.content_type.as_deref(),
+            response_topic: self.response_topic.as_deref(),
+            correlation_data: self.correlation_data.as_deref(),
+            user_properties: PropertyList::new(user_properties),
+            ..Properties::default()
+        }
     }
 }
 

@@ -50,14 +50,9 @@ pub fn encode(
     let user_properties = message.properties.user_properties();
     let properties = if version.is_v5() {
         Properties {
-            payload_format_utf8: message.properties.payload_format_utf8,
             message_expiry_interval: message.remaining_expiry_secs(now_ms),
-            content_type: message.properties.content_type.as_deref(),
-            response_topic: message.properties.response_topic.as_deref(),
-            correlation_data: message.properties.correlation_data.as_deref(),
-            user_properties: PropertyList::new(&user_properties),
             subscription_identifiers: PropertyList::new(&delivery.subscription_ids),
-            ..Properties::default()
+            ..message.properties.to_properties(&user_properties)
         }
     } else {
         Properties::default()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use meshgate_protocols::mqtt::{Properties, PropertyList, Version, Will};
+use meshgate_protocols::mqtt::{Version, Will};
 
 use super::MqttContext;
 use crate::broker::Message;
@@ -54,14 +54,7 @@ pub fn schedule(ctx: &Arc<MqttContext>, client: &str, version: Version, will: Pe
 /// Publishes a will: into the pipeline as a CloudEvent (unconfirmed, like QoS 0) and to local subscribers.
 async fn publish(ctx: &MqttContext, client: &str, version: Version, message: Message) {
     let user_properties = message.properties.user_properties();
-    let properties = Properties {
-        payload_format_utf8: message.properties.payload_format_utf8,
-        content_type: message.properties.content_type.as_deref(),
-        response_topic: message.properties.response_topic.as_deref(),
-        correlation_data: message.properties.correlation_data.as_deref(),
-        user_properties: PropertyList::new(&user_properties),
-        ..Properties::default()
-    };
+    let properties = message.properties.to_properties(&user_properties);
     let inbound = MqttInbound {
         version,
         client_id: client,

@@ -7,9 +7,13 @@
 //! status 6), `uniqueid producergroup subject ttl` and non-empty data in the field the content type calls for
 //! (else status 7). Its answer is a CloudEvent whose `statuscode` attribute is `"0"` on success.
 
-#![allow(missing_docs, clippy::all)]
+mod generated {
+    //! The message types prost-build generated from `proto/` (documented there).
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/org.apache.eventmesh.cloudevents.v1.rs"));
+}
 
-include!(concat!(env!("OUT_DIR"), "/org.apache.eventmesh.cloudevents.v1.rs"));
+pub use generated::*;
 
 use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};

@@ -102,30 +102,31 @@ impl Balancer {
 
     /// Chooses an endpoint that is up and not in `tried`, by the policy. `None` when there is none.
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.endpoints.len())
-            .filter(|i| !tried.contains(i) && self.endpoints.get(*i).is_some_and(|e| e.up.load(Ordering::Relaxed)))
-            .collect();
-        if candidates.is_empty() {
+        // Called per event: the candidates are walked, never collected.
+        let candidates =
+            || self.endpoints.iter().enumerate().filter(|(i, e)| !tried.contains(i) && e.up.load(Ordering::Relaxed));
+        let n = candidates().count();
+        if n == 0 {
             return None;
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         match self.policy {
-            Policy::RoundRobin => candidates.get(turn % candidates.len()).copied(),
+            Policy::RoundRobin => candidates().nth(turn % n).map(|(i, _)| i),
             Policy::LeastInFlight => {
-                // Fewest in flight; ties go round-robin so idle endpoints share the load.
-                let n = candidates.len();
-                (0..n)
-                    .filter_map(|k| candidates.get((turn + k) % n))
-                    .min_by_key(|&&i| self.endpoints.get(i).map_or(usize::MAX, |e| e.in_flight.load(Ordering::Relaxed)))
-                    .copied()
+                // Fewest in flight; ties go round-robin (starting at this turn's candidate) so idle endpoints
+                // share the load.
+                let start = turn % n;
+                candidates()
+                    .enumerate()
+                    .min_by_key(|&(k, (_, e))| (e.in_flight.load(Ordering::Relaxed), (k + n - start) % n))
+                    .map(|(_, (i, _))| i)
             }
             Policy::Weighted => {
                 let mut current = self.current_weights.lock().unwrap_or_else(|p| p.into_inner());
-                let total: i64 =
-                    candidates.iter().filter_map(|&i| self.endpoints.get(i)).map(|e| i64::from(e.weight)).sum();
+                let total: i64 = candidates().map(|(_, e)| i64::from(e.weight)).sum();
                 let mut best: Option<(usize, i64)> = None;
-                for &i in &candidates {
-                    let (Some(e), Some(w)) = (self.endpoints.get(i), current.get_mut(i)) else { continue };
+                for (i, e) in candidates() {
+                    let Some(w) = current.get_mut(i) else { continue };
                     *w += i64::from(e.weight);
                     if best.is_none_or(|(_, bw)| *w > bw) {
                         best = Some((i, *w));
