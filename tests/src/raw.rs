@@ -148,21 +148,70 @@ impl RawClient {
     }
 }
 
+/// Publishes `{"client": client, "seq": seq}` to `topic` at QoS 1 and checks that it is acknowledged with 0x00
+/// (packet ids wrap within 1..=60,000).
+fn publish_acknowledged(c: &mut RawClient, topic: &str, client: usize, seq: u64) -> Result<()> {
+    use meshgate_protocols::mqtt::{Publish, QoS};
+    let id = (seq % 60_000) as u16 + 1;
+    let payload = serde_json::json!({"client": client, "seq": seq}).to_string();
+    c.send(&Packet::Publish(Publish {
+        topic,
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(id),
+        payload: payload.as_bytes(),
+        ..Publish::default()
+    }))?;
+    anyhow::ensure!(c.recv()? == Reply::Ack(4, id, ReasonCode::SUCCESS), "publish {seq} not acknowledged");
+    Ok(())
+}
+
 /// Connects as MQTT 5 client `dev-{client}` and publishes `count` QoS 1 messages `{"client": client, "seq": n}`
 /// to `devices/dev-{client}/telemetry`, each acknowledged (PUBACK 0x00) before the next.
 pub fn publish_numbered(addr: SocketAddr, client: usize, count: u16) -> Result<()> {
-    use meshgate_protocols::mqtt::{Publish, QoS};
     let mut c = RawClient::connect(addr, Version::V5, &format!("dev-{client}"), 30)?;
-    for seq in 1..=count {
-        let payload = serde_json::json!({"client": client, "seq": seq}).to_string();
-        c.send(&Packet::Publish(Publish {
-            topic: &format!("devices/dev-{client}/telemetry"),
-            qos: QoS::AtLeastOnce,
-            packet_id: Some(seq),
-            payload: payload.as_bytes(),
-            ..Publish::default()
-        }))?;
-        anyhow::ensure!(c.recv()? == Reply::Ack(4, seq, ReasonCode::SUCCESS), "publish {seq} not acknowledged");
+    let topic = format!("devices/dev-{client}/telemetry");
+    (1..=u64::from(count)).try_for_each(|seq| publish_acknowledged(&mut c, &topic, client, seq))
+}
+
+/// Devices on threads that publish numbered QoS 1 messages until stopped, each waiting for its PUBACK, so a
+/// test knows exactly what the gateway acknowledged.
+pub struct Publishers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<u64>>>,
+}
+
+impl Publishers {
+    /// Starts `devices` clients `{prefix}-{n}`; device n publishes to `topic(n)` with `pause` between messages.
+    pub fn start(
+        addr: SocketAddr,
+        devices: usize,
+        prefix: &str,
+        topic: impl Fn(usize) -> String,
+        pause: Duration,
+    ) -> Publishers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..devices)
+            .map(|d| {
+                let stop = std::sync::Arc::clone(&stop);
+                let (id, topic) = (format!("{prefix}-{d}"), topic(d));
+                std::thread::spawn(move || -> Result<u64> {
+                    let mut c = RawClient::connect(addr, Version::V5, &id, 60)?;
+                    let mut seq = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        seq += 1;
+                        publish_acknowledged(&mut c, &topic, d, seq)?;
+                        std::thread::sleep(pause);
+                    }
+                    Ok(seq)
+                })
+            })
+            .collect();
+        Publishers { stop, threads }
     }
-    Ok(())
+
+    /// Stops them; returns how many messages each had acknowledged (seq 1..=n).
+    pub fn stop(self) -> Result<Vec<u64>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().map_err(|_| anyhow::anyhow!("device thread panicked"))?).collect()
+    }
 }

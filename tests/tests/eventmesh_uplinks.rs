@@ -5,14 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use meshgate_protocols::cloudevents::parse_timestamp;
 use meshgate_protocols::mqtt::{Packet, Publish, QoS, ReasonCode, Version};
 use meshgate_tests::eventmesh::{Protocol, Runtime, Stored};
-use meshgate_tests::raw::{RawClient, Reply};
+use meshgate_tests::raw::{Publishers, RawClient, Reply};
 use meshgate_tests::{Gateway, publish_numbered};
 use serde_json::Value;
 
@@ -137,49 +136,6 @@ async fn every_device_event_reaches_a_tcp_runtime_with_its_attributes_in_order()
     every_device_event_arrives_with_its_attributes_in_order(Protocol::Tcp).await
 }
 
-/// Devices that publish until told to stop, recording every (device, seq) the gateway acknowledged.
-struct Publishers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<anyhow::Result<u64>>>,
-}
-
-impl Publishers {
-    fn start(addr: SocketAddr, devices: usize) -> Publishers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..devices)
-            .map(|d| {
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || -> anyhow::Result<u64> {
-                    let mut c = RawClient::connect(addr, Version::V5, &format!("dev-{d}"), 60)?;
-                    let mut seq: u64 = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        seq += 1;
-                        let id = (seq % 60_000) as u16 + 1;
-                        let payload = serde_json::json!({"client": d, "seq": seq}).to_string();
-                        c.send(&Packet::Publish(Publish {
-                            topic: &format!("devices/dev-{d}/telemetry"),
-                            qos: QoS::AtLeastOnce,
-                            packet_id: Some(id),
-                            payload: payload.as_bytes(),
-                            ..Publish::default()
-                        }))?;
-                        anyhow::ensure!(c.recv()? == Reply::Ack(4, id, ReasonCode::SUCCESS), "seq {seq} not acked");
-                        std::thread::sleep(Duration::from_millis(3));
-                    }
-                    Ok(seq)
-                })
-            })
-            .collect();
-        Publishers { stop, threads }
-    }
-
-    /// Stops them; returns how many each had acknowledged (1..=n).
-    fn stop(self) -> anyhow::Result<Vec<u64>> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().map_err(|_| anyhow::anyhow!("device panicked"))?).collect()
-    }
-}
-
 /// (device, seq) → the event ids stored for it, across runtimes.
 fn stored_by_device(runtimes: &[&Runtime]) -> HashMap<(u64, u64), HashSet<String>> {
     let mut out: HashMap<(u64, u64), HashSet<String>> = HashMap::new();
@@ -199,7 +155,8 @@ async fn a_runtime_killed_mid_stream_loses_nothing_and_is_readmitted(protocol: P
     let b = Runtime::start(protocol)?;
     let gw = Gateway::start_with(|base| base + &uplinks(protocol, &[a.addr, b.addr], "eject_after_failures = 1\n"))?;
     let up_a = format!("meshgate_uplink_endpoint_up{{uplink=\"mesh\",endpoint=\"{}\"}}", a.addr);
-    let devices = Publishers::start(gw.mqtt, 3);
+    let devices =
+        Publishers::start(gw.mqtt, 3, "dev", |d| format!("devices/dev-{d}/telemetry"), Duration::from_millis(3));
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before_kill = a.stored().len();

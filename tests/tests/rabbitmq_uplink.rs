@@ -12,8 +12,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use meshgate_protocols::cloudevents::{CloudEvent, HeaderValue, decode_amqp};
-use meshgate_protocols::mqtt::{Packet, Publish, QoS, ReasonCode, Version};
-use meshgate_tests::raw::{RawClient, Reply};
 use meshgate_tests::{Gateway, publish_numbered as publish_all};
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -193,32 +191,8 @@ async fn an_outage_between_gateway_and_broker_loses_nothing_acknowledged_and_kee
     let pid = gw.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
 
     // Two devices publish QoS 1 for the whole test, recording what was acknowledged.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let addr = gw.mqtt;
-    let devices: Vec<_> = (0..2usize)
-        .map(|client| {
-            let stop = std::sync::Arc::clone(&stop);
-            std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut c = RawClient::connect(addr, Version::V5, &format!("outage-{client}"), 60)?;
-                let mut seq: u64 = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    seq += 1;
-                    let id = (seq % 60_000) as u16 + 1;
-                    let payload = serde_json::json!({"client": client, "seq": seq}).to_string();
-                    c.send(&Packet::Publish(Publish {
-                        topic: "outage/t",
-                        qos: QoS::AtLeastOnce,
-                        packet_id: Some(id),
-                        payload: payload.as_bytes(),
-                        ..Publish::default()
-                    }))?;
-                    anyhow::ensure!(c.recv()? == Reply::Ack(4, id, ReasonCode::SUCCESS), "seq {seq} not acknowledged");
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Ok(seq)
-            })
-        })
-        .collect();
+    let devices =
+        meshgate_tests::raw::Publishers::start(gw.mqtt, 2, "outage", |_| "outage/t".into(), Duration::from_millis(2));
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = rss_kib(pid);
@@ -229,11 +203,7 @@ async fn an_outage_between_gateway_and_broker_loses_nothing_acknowledged_and_kee
     let rss_during = rss_kib(pid);
     proxy.heal();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut sent = Vec::new();
-    for d in devices {
-        sent.push(d.join().map_err(|_| anyhow::anyhow!("device panicked"))??);
-    }
+    let sent = devices.stop()?;
     let total: u64 = sent.iter().sum();
     assert!(total > 1000, "devices kept publishing through the outage: {total}");
 
