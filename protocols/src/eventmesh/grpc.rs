@@ -102,25 +102,11 @@ pub fn publish_request(event: &cloudevents::CloudEvent, identity: &Identity) -> 
         };
         attributes.insert("time".into(), CloudEventAttributeValue { attr: Some(attr) });
     }
-    let identity_attributes = [
-        ("env", identity.env.as_str()),
-        ("idc", identity.idc.as_str()),
-        ("ip", identity.ip.as_str()),
-        ("pid", identity.pid.as_str()),
-        ("sys", identity.sys.as_str()),
-        ("username", identity.username.as_str()),
-        ("passwd", identity.password.as_str()),
-        ("language", identity.language.as_str()),
-        ("producergroup", identity.producer_group.as_str()),
-        ("protocoltype", PROTOCOL_TYPE),
-        ("protocolversion", PROTOCOL_VERSION),
-        ("protocoldesc", "grpc-cloud-event"),
-    ];
-    for (name, value) in identity_attributes {
+    insert_identity(&mut attributes, identity);
+    for (name, value) in
+        [("protocoltype", PROTOCOL_TYPE), ("protocolversion", PROTOCOL_VERSION), ("protocoldesc", "grpc-cloud-event")]
+    {
         attributes.insert(name.into(), ce_string(value));
-    }
-    if let Some(token) = &identity.token {
-        attributes.insert("token".into(), ce_string(token.as_str()));
     }
     if let Some(ExtensionValue::String(seq)) = event.extensions.get("uniqueid") {
         attributes.insert("seqnum".into(), ce_string(seq.as_str()));
@@ -132,6 +118,44 @@ pub fn publish_request(event: &cloudevents::CloudEvent, identity: &Identity) -> 
         r#type: event.ty.clone(),
         attributes,
         data: proto_data(event),
+    }
+}
+
+/// The identity attributes every request carries, as `ce_string`: `env idc ip pid sys username passwd language
+/// producergroup`, and `token` when there is one.
+fn insert_identity(attributes: &mut BTreeMap<String, CloudEventAttributeValue>, identity: &Identity) {
+    for (name, value) in [
+        ("env", &identity.env),
+        ("idc", &identity.idc),
+        ("ip", &identity.ip),
+        ("pid", &identity.pid),
+        ("sys", &identity.sys),
+        ("username", &identity.username),
+        ("passwd", &identity.password),
+        ("language", &identity.language),
+        ("producergroup", &identity.producer_group),
+    ] {
+        attributes.insert(name.into(), ce_string(value.as_str()));
+    }
+    if let Some(token) = &identity.token {
+        attributes.insert("token".into(), ce_string(token.as_str()));
+    }
+}
+
+/// A producer's `HeartbeatService/heartbeat` request: the identity, `clienttype` 1 (PUB) as `ce_integer` (the one
+/// attribute the runtime does not read as a string), JSON data `[]` (no topics). `id` names the request.
+pub fn producer_heartbeat(identity: &Identity, id: &str) -> CloudEvent {
+    let mut attributes = BTreeMap::new();
+    insert_identity(&mut attributes, identity);
+    attributes.insert("datacontenttype".into(), ce_string("application/json"));
+    attributes.insert("clienttype".into(), CloudEventAttributeValue { attr: Some(Attr::CeInteger(1)) });
+    CloudEvent {
+        id: id.into(),
+        source: "/".into(),
+        spec_version: SPEC_VERSION.into(),
+        r#type: "org.apache.eventmesh".into(),
+        attributes,
+        data: Some(ProtoData::TextData("[]".into())),
     }
 }
 

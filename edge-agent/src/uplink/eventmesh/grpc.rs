@@ -1,12 +1,11 @@
 //! The gRPC transport: `PublisherService/publish` (and, opted in, `batchPublish`) on a lazily connected HTTP/2
 //! channel per endpoint; `HeartbeatService/heartbeat` as the health probe.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meshgate_protocols::eventmesh::Identity;
 use meshgate_protocols::eventmesh::grpc::{
-    CloudEvent as ProtoEvent, CloudEventBatch, answer_status, ce_string, cloud_event, publish_request,
+    CloudEvent as ProtoEvent, CloudEventBatch, answer_status, producer_heartbeat, publish_request,
 };
 use meshgate_protocols::eventmesh::status::{Verdict, grpc_verdict};
 use tonic::transport::{Channel, Endpoint};
@@ -90,37 +89,8 @@ impl Transport for GrpcTransport {
 
     fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            // A producer heartbeat: clienttype 1 (PUB) as ce_integer, the producer group, no topics.
-            let id = &self.identity;
-            let mut attributes = BTreeMap::new();
-            for (k, v) in [
-                ("env", &id.env),
-                ("idc", &id.idc),
-                ("ip", &id.ip),
-                ("pid", &id.pid),
-                ("sys", &id.sys),
-                ("username", &id.username),
-                ("passwd", &id.password),
-                ("language", &id.language),
-                ("producergroup", &id.producer_group),
-            ] {
-                attributes.insert(k.to_string(), ce_string(v.as_str()));
-            }
-            attributes.insert("datacontenttype".into(), ce_string("application/json"));
-            attributes.insert(
-                "clienttype".into(),
-                cloud_event::CloudEventAttributeValue {
-                    attr: Some(cloud_event::cloud_event_attribute_value::Attr::CeInteger(1)),
-                },
-            );
-            let heartbeat = ProtoEvent {
-                id: format!("meshgate-heartbeat-{}", crate::spool::record::now_ms()),
-                source: "/".into(),
-                spec_version: "1.0".into(),
-                r#type: "org.apache.eventmesh".into(),
-                attributes,
-                data: Some(cloud_event::Data::TextData("[]".into())),
-            };
+            let id = format!("meshgate-heartbeat-{}", crate::spool::record::now_ms());
+            let heartbeat = producer_heartbeat(&self.identity, &id);
             let mut client = HeartbeatServiceClient::new(self.channel.clone());
             // Any answer, whatever its statuscode, shows the runtime is up.
             client.heartbeat(heartbeat).await.map(|_| ()).map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))
