@@ -90,14 +90,13 @@ fn answer(code: i32, message: &str) -> Response<CloudEvent> {
     event.attributes.insert(
         "time".into(),
         CloudEventAttributeValue {
-            attr: Some(Attr::CeTimestamp(prost_types_timestamp(now.as_secs() as i64, now.subsec_nanos() as i32))),
+            attr: Some(Attr::CeTimestamp(::prost_types::Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: now.subsec_nanos() as i32,
+            })),
         },
     );
     Response::new(event)
-}
-
-fn prost_types_timestamp(seconds: i64, nanos: i32) -> ::prost_types::Timestamp {
-    ::prost_types::Timestamp { seconds, nanos }
 }
 
 /// The event as structured JSON, read attribute by attribute.
