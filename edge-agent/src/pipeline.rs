@@ -102,6 +102,18 @@ impl IngestHandle {
         }
     }
 
+    /// Events that can be submitted now without waiting. Zero means the spool withholds credit (its queue is
+    /// full because the group commit fell behind or the spool is at `max_bytes`): a listener then slows its
+    /// devices in their protocol (AMQP channel.flow) before it submits and waits.
+    pub fn credits(&self) -> usize {
+        self.spool.credits()
+    }
+
+    /// The most credits there can be ([`crate::spool::SpoolConfig::queue_capacity`]).
+    pub fn max_credits(&self) -> usize {
+        self.spool.max_credits()
+    }
+
     /// Appends an event whose outcome nobody waits for (MQTT QoS 0). With [`WhenFull::DropOldest`] a full spool
     /// may later discard it to make room for newer telemetry.
     pub async fn submit_unconfirmed(

@@ -1,31 +1,53 @@
-//! Feeds arbitrary bytes, after a valid handshake, to meshgate's AMQP 0-9-1 server connection, split where the
-//! first byte says: the state machine never panics, never consumes more than it was given, and keeps answering.
+//! Feeds arbitrary bytes, after a valid protocol header, to meshgate's AMQP 0-9-1 server connection, split where
+//! the first byte says, with in-memory queues holding messages for consumers and the spool's credit toggling: the
+//! state machine never panics, never consumes more than it was given, and keeps answering.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use meshgate_gateway::amqp::connection::{Event, Limits, ServerConnection};
 use meshgate_gateway::amqp::frames::PROTOCOL_HEADER;
+use meshgate_gateway::amqp::queues::{MemoryQueues, OutgoingMessage};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else { return };
-    let limits = Limits { frame_max: 131_072, channel_max: 64, heartbeat: 0, max_body: 1 << 20 };
+    let limits = Limits { frame_max: 4096, channel_max: 64, heartbeat: 0, max_body: 1 << 20 };
     let mut c = ServerConnection::new(limits, 0);
-    assert_eq!(c.handle_input(PROTOCOL_HEADER, 0), PROTOCOL_HEADER.len());
+    let mut queues = MemoryQueues::default();
+    for name in ["q", ""] {
+        let message = OutgoingMessage {
+            exchange: "amq.topic".into(),
+            routing_key: "a.b".into(),
+            properties: Default::default(),
+            body: vec![0; 5000],
+        };
+        queues.push(name, message);
+    }
+    assert_eq!(c.handle_input(PROTOCOL_HEADER, 0, &mut queues), PROTOCOL_HEADER.len());
     let mut out = Vec::new();
     let mut pending = Vec::new();
-    for chunk in rest.chunks(usize::from(split).max(1)) {
+    for (i, chunk) in rest.chunks(usize::from(split).max(1)).enumerate() {
         pending.extend_from_slice(chunk);
-        let used = c.handle_input(&pending, 0);
-        assert!(used <= pending.len());
-        pending.drain(..used);
-        while let Some(event) = c.poll_event() {
-            match event {
-                Event::Authenticate { .. } => c.accept_credentials(true),
-                Event::Publish { channel, delivery_tag: Some(tag), .. } => c.confirm(channel, tag, tag % 2 == 0),
-                _ => {}
+        loop {
+            let used = c.handle_input(&pending, 0, &mut queues);
+            assert!(used <= pending.len());
+            pending.drain(..used);
+            let mut acted = false;
+            while let Some(event) = c.poll_event() {
+                acted = true;
+                match event {
+                    Event::Authenticate { .. } => c.accept_credentials(true),
+                    Event::Publish { channel, delivery_tag: Some(tag), .. } => c.confirm(channel, tag, tag % 2 == 0),
+                    _ => {}
+                }
+            }
+            if used == 0 && !acted {
+                break;
             }
         }
+        c.set_publish_flow(i % 3 != 1);
+        c.pump_deliveries(&mut queues, 4);
         c.poll_transmit(&mut out, 0);
+        out.clear();
         if c.is_closed() {
             break;
         }

@@ -83,6 +83,20 @@ impl Authenticator {
         .unwrap_or(false);
         if verified { AuthOutcome::Allowed } else { AuthOutcome::BadCredentials }
     }
+
+    /// Checks credentials from a protocol whose clients always present some (AMQP PLAIN: lapin and pika send
+    /// `guest`/`guest` unless told otherwise). A configured user must give its password; any other name is an
+    /// anonymous device, let in only with `allow_anonymous`. Returns the outcome and whether the name is a
+    /// configured user (the identity ACL rules see).
+    pub async fn check_presented(&self, username: &str, password: &[u8]) -> (AuthOutcome, bool) {
+        if self.users.contains_key(username) {
+            (self.check(Some(username), Some(password)).await, true)
+        } else if self.allow_anonymous {
+            (AuthOutcome::Allowed, false)
+        } else {
+            (AuthOutcome::BadCredentials, false)
+        }
+    }
 }
 
 #[cfg(test)]

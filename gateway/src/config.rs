@@ -19,6 +19,7 @@ use crate::normalize::RuleConfig;
 /// What `meshgate` runs on without a file: every other key keeps its default.
 pub const EMBEDDED_DEFAULTS: &str = r#"
 [listeners.mqtt]
+[listeners.amqp]
 [admin]
 [auth]
 allow_anonymous = true
@@ -104,8 +105,8 @@ impl Default for GatewayConfig {
 pub struct ListenersConfig {
     /// `[listeners.mqtt]`: MQTT 3.1.1 and 5 over TCP.
     pub mqtt: Option<MqttListenerConfig>,
-    /// `[listeners.amqp]`: not available in this version (refused at load).
-    pub amqp: Option<toml::Table>,
+    /// `[listeners.amqp]`: AMQP 0-9-1 over TCP.
+    pub amqp: Option<AmqpListenerConfig>,
     /// `[listeners.ws]`: not available in this version (refused at load).
     pub ws: Option<toml::Table>,
 }
@@ -147,6 +148,43 @@ impl Default for MqttListenerConfig {
             max_connections: 100_000,
             qos0_wait_durable: false,
             max_keep_alive_secs: 0,
+        }
+    }
+}
+
+/// `[listeners.amqp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpListenerConfig {
+    /// The address to listen on; port 0 picks a free port (printed at start).
+    pub bind: SocketAddr,
+    /// The largest frame offered in connection.tune, in bytes (at least 4096).
+    pub frame_max: u32,
+    /// The highest channel number offered in connection.tune.
+    pub channel_max: u16,
+    /// The heartbeat interval offered in connection.tune, in seconds (0: none); the client's choice wins.
+    pub heartbeat_secs: u16,
+    /// The largest message body accepted (a larger one closes its channel with 311 content-too-large).
+    pub max_message_size: u64,
+    /// Confirm-mode publishes a connection may have waiting for the spool before its socket is no longer read.
+    pub max_unconfirmed: usize,
+    /// Seconds a new connection has to finish the handshake (header to connection.open).
+    pub connect_timeout_secs: u64,
+    /// The most connections served at once; further ones are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for AmqpListenerConfig {
+    fn default() -> Self {
+        AmqpListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 5672)),
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_secs: 60,
+            max_message_size: 16 * 1024 * 1024,
+            max_unconfirmed: 1024,
+            connect_timeout_secs: 10,
+            max_connections: 100_000,
         }
     }
 }
@@ -265,8 +303,16 @@ impl Config {
         if self.broker.max_queued_messages == 0 {
             return err("broker.max_queued_messages", "must be at least 1");
         }
-        if self.listeners.amqp.is_some() {
-            return err("listeners.amqp", "the AMQP listener is not available in this version of meshgate");
+        if let Some(amqp) = &self.listeners.amqp {
+            if amqp.frame_max < 4096 {
+                return err("listeners.amqp.frame_max", "must be at least 4096 bytes (AMQP 0-9-1's minimum)");
+            }
+            if amqp.channel_max == 0 {
+                return err("listeners.amqp.channel_max", "must be at least 1");
+            }
+            if amqp.max_unconfirmed == 0 {
+                return err("listeners.amqp.max_unconfirmed", "must be at least 1");
+            }
         }
         if self.listeners.ws.is_some() {
             return err("listeners.ws", "the WebSocket listener is not available in this version of meshgate");
@@ -379,7 +425,17 @@ mod tests {
     fn unknown_routes_and_listeners_not_built_yet_are_refused() {
         let e = load_str("[[rules]]\ntopic = \"a/#\"\nuplinks = [\"nope\"]\n", &[]).unwrap_err();
         assert_eq!(e.key, "rules[0].uplinks");
-        let e = load_str("[listeners.amqp]\nbind = \"127.0.0.1:5672\"\n", &[]).unwrap_err();
-        assert_eq!(e.key, "listeners.amqp");
+        let e = load_str("[listeners.ws]\nbind = \"127.0.0.1:8080\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "listeners.ws");
+    }
+
+    #[test]
+    fn the_amqp_listener_is_on_by_default_and_its_limits_are_checked() {
+        let d = Config::load(None, std::iter::empty()).unwrap();
+        assert_eq!(d.listeners.amqp.unwrap().bind.port(), 5672);
+        let e = load_str("[listeners.amqp]\nframe_max = 512\n", &[]).unwrap_err();
+        assert_eq!(e.key, "listeners.amqp.frame_max");
+        let c = load_str("[listeners.amqp]\n", &[("MESHGATE_LISTENERS__AMQP__BIND", "127.0.0.1:0")]).unwrap();
+        assert_eq!(c.listeners.amqp.unwrap().bind.port(), 0);
     }
 }

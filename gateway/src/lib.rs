@@ -1,6 +1,6 @@
 //! meshgate, the IoT edge gateway.
 //!
-//! Devices connect over MQTT 3.1.1 and 5; every accepted publish becomes a CloudEvent ([`normalize`]), is made
+//! Devices connect over MQTT 3.1.1 and 5 and AMQP 0-9-1; every accepted publish becomes a CloudEvent ([`normalize`]), is made
 //! durable by the pipeline of `meshgate-edge-agent`, and only then acknowledged to the device.
 //!
 //! Rooms:
@@ -8,6 +8,8 @@
 //! - [`auth`]: device credentials (Argon2 hashes) and the anonymous switch; [`acl`]: publish/subscribe rules.
 //! - [`broker`]: the local MQTT broker (subscriptions, retained messages, sessions, wills, shared subscriptions).
 //! - [`mqtt`]: the MQTT listener, our own sessions over the `meshgate-protocols` codec.
+//! - [`amqp`]: the AMQP 0-9-1 listener: publisher confirms, channel.flow, queues over the local broker.
+//! - [`listener`]: the accept loop the listeners share.
 //! - [`normalize`]: message → CloudEvent, with mapping rules.
 //! - [`metrics`] and [`admin`]: counters and the health/metrics endpoint.
 //! - [`server`]: process wiring and ordered shutdown.
@@ -18,6 +20,7 @@ pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod mqtt;
 pub mod normalize;

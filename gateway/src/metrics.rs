@@ -14,15 +14,18 @@ use meshgate_edge_agent::uplink::{LATENCY_BUCKETS_MS, UplinkStats};
 pub enum Protocol {
     /// MQTT 3.1.1 and 5 over TCP.
     Mqtt,
+    /// AMQP 0-9-1 over TCP.
+    Amqp,
 }
 
 impl Protocol {
-    const ALL: [Protocol; 1] = [Protocol::Mqtt];
+    const ALL: [Protocol; 2] = [Protocol::Mqtt, Protocol::Amqp];
 
     /// The name used in event sources, the `protocol` extension and metric labels.
     pub const fn as_str(self) -> &'static str {
         match self {
             Protocol::Mqtt => "mqtt",
+            Protocol::Amqp => "amqp",
         }
     }
 }
@@ -99,6 +102,7 @@ pub struct Metrics {
     connections_total: [AtomicU64; PROTOCOLS],
     messages_in: [AtomicU64; PROTOCOLS],
     acknowledged: [AtomicU64; PROTOCOLS],
+    flow_paused: [AtomicU64; PROTOCOLS],
     rejects: [[AtomicU64; REASONS]; PROTOCOLS],
     uplinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<UplinkStats>)>>,
     spool: std::sync::OnceLock<Spool>,
@@ -151,6 +155,11 @@ impl Metrics {
         self.acknowledged[p as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection's publishers were paused because the spool withheld credit (AMQP channel.flow(false)).
+    pub fn flow_paused(&self, p: Protocol) {
+        self.flow_paused[p as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Something was refused.
     pub fn reject(&self, p: Protocol, r: RejectReason) {
         self.rejects[p as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
@@ -172,13 +181,18 @@ impl Metrics {
             let v = self.connections[p as usize].load(Ordering::Relaxed);
             let _ = writeln!(out, "meshgate_connections{{protocol=\"{}\"}} {v}", p.as_str());
         }
-        let per_protocol: [(&str, &str, &[AtomicU64; PROTOCOLS]); 3] = [
+        let per_protocol: [(&str, &str, &[AtomicU64; PROTOCOLS]); 4] = [
             ("meshgate_connections_accepted_total", "Device connections accepted.", &self.connections_total),
             ("meshgate_messages_in_total", "Messages accepted from devices into the pipeline.", &self.messages_in),
             (
                 "meshgate_messages_acknowledged_total",
                 "Messages acknowledged to devices after they were durable.",
                 &self.acknowledged,
+            ),
+            (
+                "meshgate_flow_paused_total",
+                "Times a connection's publishers were paused because the spool withheld credit.",
+                &self.flow_paused,
             ),
         ];
         for (name, help, counters) in per_protocol {

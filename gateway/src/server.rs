@@ -13,9 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
+use crate::amqp::{self, AmqpContext};
 use crate::auth::Authenticator;
 use crate::broker::{BrokerConfig, LocalBroker};
 use crate::config::Config;
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttContext};
 use crate::normalize::Normalizer;
@@ -58,6 +60,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(m) => Some(bind(m.bind, "listeners.mqtt.bind").await?),
         None => None,
     };
+    let amqp_listener = match &config.listeners.amqp {
+        Some(a) => Some(bind(a.bind, "listeners.amqp.bind").await?),
+        None => None,
+    };
     let admin_listener = match &config.admin {
         Some(a) => Some(bind(a.bind, "admin.bind").await?),
         None => None,
@@ -72,22 +78,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let maintenance = tokio::spawn(Arc::clone(&broker).run_maintenance(stop_rx.clone()));
     metrics.set_broker(Arc::clone(&broker));
 
-    let mut mqtt_task = None;
+    let auth = Authenticator::new(&config.auth);
+    let acl = crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default);
+    let mut listener_tasks = Vec::new();
     if let (Some(listener), Some(cfg)) = (mqtt_listener, &config.listeners.mqtt) {
         announce("mqtt", &listener)?;
         let ctx = Arc::new(MqttContext {
             config: cfg.clone(),
-            auth: Authenticator::new(&config.auth),
+            auth: auth.clone(),
             normalizer: Arc::clone(&normalizer),
             ingest: ingest.clone(),
             metrics: Arc::clone(&metrics),
             registry: mqtt::registry::Registry::default(),
             broker: Arc::clone(&broker),
-            acl: crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default),
+            acl: acl.clone(),
             lifecycle_events: config.gateway.lifecycle_events,
             shutdown: stop_rx.clone(),
         });
-        mqtt_task = Some(tokio::spawn(mqtt::listener::run(listener, ctx)));
+        let serve = move |stream| mqtt::connection::serve(stream, Arc::clone(&ctx));
+        listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
+    }
+    if let (Some(listener), Some(cfg)) = (amqp_listener, &config.listeners.amqp) {
+        announce("amqp", &listener)?;
+        let ctx = Arc::new(AmqpContext {
+            config: cfg.clone(),
+            auth: auth.clone(),
+            normalizer: Arc::clone(&normalizer),
+            ingest: ingest.clone(),
+            metrics: Arc::clone(&metrics),
+            broker: Arc::clone(&broker),
+            acl: acl.clone(),
+            shutdown: stop_rx.clone(),
+        });
+        let serve = move |stream| amqp::driver::serve(stream, Arc::clone(&ctx));
+        listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
     }
     drop(ingest);
     let mut admin_task = None;
@@ -102,9 +126,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("shutting down: finishing acknowledgements, then draining the pipeline");
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
-    if let Some(task) = mqtt_task
-        && tokio::time::timeout(grace, task).await.is_err()
-    {
+    let listeners_done = async {
+        for task in listener_tasks {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout(grace, listeners_done).await.is_err() {
         tracing::warn!("connections did not finish within the grace period");
     }
     if let Some(task) = admin_task {

@@ -332,6 +332,16 @@ impl Appender {
         self.tx.send(Append { record, done }).await.map_err(|_| SpoolError::Stopped)?;
         Ok(rx)
     }
+
+    /// Appends that can be queued now without waiting: the credit listeners pace their devices by.
+    pub fn credits(&self) -> usize {
+        self.tx.capacity()
+    }
+
+    /// The queue's bound ([`SpoolConfig::queue_capacity`]).
+    pub fn max_credits(&self) -> usize {
+        self.tx.max_capacity()
+    }
 }
 
 #[cfg(test)]

@@ -12,19 +12,29 @@
 //!                    ◀──  connection.open-ok
 //! channel.open, confirm.select, basic.publish + header + body… ──▶ Event::Publish { delivery_tag }
 //!                    ◀──  basic.ack / basic.nack  (ServerConnection::confirm, runs coalesced with `multiple`)
+//!                    ◀──  channel.flow(false) … channel.flow(true)  (ServerConnection::set_publish_flow)
+//! queue.declare, queue.bind, basic.qos, basic.consume  ──▶  Queues (called in frame order)
+//!                    ◀──  basic.deliver + header + body…  (ServerConnection::pump_deliveries)
+//! basic.ack / basic.reject / basic.nack  ──▶  Queues::settle
 //! ```
 //!
+//! Queue and consumer work goes through the [`Queues`] trait, synchronously, so answers leave in frame order;
+//! channel methods live in `channel.rs`.
+//!
 //! Errors follow the specification's reply codes: 501 frame error, 503 command invalid, 504 channel error,
-//! 505 unexpected frame, 403 access refused, 530 not allowed (connection level, the connection closes); 404 not
-//! found, 406 precondition failed, 311 content too large (channel level, only the channel closes).
+//! 505 unexpected frame, 403 access refused, 530 not allowed, 540 not implemented (connection level, the
+//! connection closes); 404 not found, 405 resource locked, 406 precondition failed, 311 content too large (channel
+//! level, only the channel closes).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::protocol::{AMQPClass, basic, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use super::channel::Channel;
 use super::frames::{self, FrameError, PROTOCOL_HEADER};
+use super::queues::Queues;
 
 /// AMQP reply codes used here.
 pub mod reply {
@@ -34,8 +44,12 @@ pub mod reply {
     pub const ACCESS_REFUSED: u16 = 403;
     /// 404 not-found (channel).
     pub const NOT_FOUND: u16 = 404;
+    /// 405 resource-locked (channel).
+    pub const RESOURCE_LOCKED: u16 = 405;
     /// 406 precondition-failed (channel).
     pub const PRECONDITION_FAILED: u16 = 406;
+    /// 320 connection-forced (the gateway shuts down).
+    pub const CONNECTION_FORCED: u16 = 320;
     /// 501 frame-error.
     pub const FRAME_ERROR: u16 = 501;
     /// 503 command-invalid.
@@ -46,6 +60,8 @@ pub mod reply {
     pub const UNEXPECTED_FRAME: u16 = 505;
     /// 530 not-allowed.
     pub const NOT_ALLOWED: u16 = 530;
+    /// 540 not-implemented.
+    pub const NOT_IMPLEMENTED: u16 = 540;
 }
 
 /// What the server offers in tune.
@@ -72,6 +88,8 @@ pub enum Event {
         username: String,
         /// Password.
         password: String,
+        /// The client's `connection_name` property, if it sent one.
+        connection_name: Option<String>,
     },
     /// A complete message. With a delivery tag the channel is in confirm mode: answer with
     /// [`ServerConnection::confirm`] once the message is durable (or refused).
@@ -111,51 +129,31 @@ enum State {
     Closed,
 }
 
-/// A message being assembled from its method, header and body frames.
-#[derive(Debug)]
-struct Content {
-    exchange: String,
-    routing_key: String,
-    properties: Option<basic::AMQPProperties>,
-    size: u64,
-    body: Vec<u8>,
-}
-
-#[derive(Debug, Default)]
-struct Channel {
-    confirm: bool,
-    next_tag: u64,
-    content: Option<Content>,
-    /// Delivery tags whose outcome is known but not sent yet, with the outcome (ack = true).
-    settled: BTreeMap<u64, bool>,
-    /// The highest tag sent back (acks go out in order).
-    sent_up_to: u64,
-    /// Set while we sent channel.close and wait for close-ok.
-    closing: bool,
-}
-
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct ServerConnection {
-    limits: Limits,
+    pub(super) limits: Limits,
     state: State,
-    frame_max: usize,
+    pub(super) frame_max: usize,
     heartbeat_ms: u64,
-    channels: BTreeMap<u16, Channel>,
-    exchanges: BTreeSet<String>,
-    queues: BTreeSet<String>,
+    pub(super) channels: BTreeMap<u16, Channel>,
+    pub(super) exchanges: BTreeSet<String>,
     out: Vec<u8>,
-    events: VecDeque<Event>,
+    pub(super) events: VecDeque<Event>,
     last_input_ms: u64,
     last_output_ms: u64,
-    next_queue: u64,
+    /// Whether the spool gives credit: while not, publishing channels are told channel.flow(false) and
+    /// confirms are held.
+    pub(super) publish_flow: bool,
+    /// For server-generated consumer tags.
+    pub(super) next_consumer: u64,
 }
 
-fn method(channel: u16, class: AMQPClass) -> AMQPFrame {
+pub(super) fn method(channel: u16, class: AMQPClass) -> AMQPFrame {
     AMQPFrame::Method(channel, class)
 }
 
-fn short(s: &str) -> ShortString {
+pub(super) fn short(s: &str) -> ShortString {
     ShortString::from(s)
 }
 
@@ -173,12 +171,12 @@ impl ServerConnection {
             heartbeat_ms: 0,
             channels: BTreeMap::new(),
             exchanges,
-            queues: BTreeSet::new(),
             out: Vec::new(),
             events: VecDeque::new(),
             last_input_ms: now_ms,
             last_output_ms: now_ms,
-            next_queue: 1,
+            publish_flow: true,
+            next_consumer: 1,
         }
     }
 
@@ -192,7 +190,7 @@ impl ServerConnection {
         self.state == State::Open
     }
 
-    fn send(&mut self, frame: &AMQPFrame) {
+    pub(super) fn send(&mut self, frame: &AMQPFrame) {
         frames::encode(frame, &mut self.out);
     }
 
@@ -231,20 +229,13 @@ impl ServerConnection {
         self.state = State::Closed;
     }
 
-    fn close_channel(&mut self, id: u16, code: u16, text: &str, class_id: u16, method_id: u16) {
-        let close = channel::Close { reply_code: code, reply_text: short(text), class_id, method_id };
-        self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::Close(close))));
-        if let Some(ch) = self.channels.get_mut(&id) {
-            ch.closing = true;
-            ch.content = None;
-        }
-    }
 
     /// Consumes whole frames from `input`; returns how many bytes it used. Call again with the rest once more
     /// bytes arrived.
-    pub fn handle_input(&mut self, input: &[u8], now_ms: u64) -> usize {
+    /// Stops early while the driver owes an answer to [`Event::Authenticate`].
+    pub fn handle_input(&mut self, input: &[u8], now_ms: u64, queues: &mut impl Queues) -> usize {
         let mut used = 0;
-        while !self.is_closed() {
+        while !self.is_closed() && self.state != State::AwaitAuth {
             let rest = input.get(used..).unwrap_or_default();
             if self.state == State::AwaitHeader {
                 match frames::decode_protocol_header(rest) {
@@ -267,7 +258,7 @@ impl ServerConnection {
                 Ok(Some((frame, n))) => {
                     used += n;
                     self.last_input_ms = now_ms;
-                    self.handle_frame(frame);
+                    self.handle_frame(frame, queues);
                 }
                 Ok(None) => return used,
                 Err(FrameError::TooLarge { size, max }) => {
@@ -342,7 +333,7 @@ impl ServerConnection {
         self.state = State::AwaitTuneOk;
     }
 
-    fn handle_frame(&mut self, frame: AMQPFrame) {
+    fn handle_frame(&mut self, frame: AMQPFrame, queues: &mut impl Queues) {
         if self.state == State::Closing {
             // Only close-ok (or the peer's own close) matters now.
             match frame {
@@ -373,7 +364,7 @@ impl ServerConnection {
             _ if self.state != State::Open => {
                 self.close(reply::UNEXPECTED_FRAME, "the connection is not open", 0, 0);
             }
-            AMQPFrame::Method(id, class) => self.on_channel_method(id, class),
+            AMQPFrame::Method(id, class) => self.on_channel_method(id, class, queues),
             AMQPFrame::Header(id, header) => self.on_content_header(id, header.body_size, header.properties),
             AMQPFrame::Body(id, bytes) => self.on_content_body(id, bytes),
         }
@@ -387,7 +378,13 @@ impl ServerConnection {
                     Some((username, password)) => {
                         self.state = State::AwaitAuth;
                         let mechanism = ok.mechanism.as_str().to_string();
-                        self.events.push_back(Event::Authenticate { mechanism, username, password });
+                        let connection_name = match ok.client_properties.inner().get(&short("connection_name")) {
+                            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+                            _ => None,
+                        };
+                        let event = Event::Authenticate { mechanism, username, password, connection_name };
+                        self.events.push_back(event);
                     }
                     None => {
                         self.close(reply::ACCESS_REFUSED, "ACCESS_REFUSED - unsupported mechanism or response", 10, 11)
@@ -421,246 +418,6 @@ impl ServerConnection {
         }
     }
 
-    fn on_channel_method(&mut self, id: u16, class: AMQPClass) {
-        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
-        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = class {
-            if id > self.limits.channel_max || self.channels.contains_key(&id) {
-                self.close(reply::CHANNEL_ERROR, "channel already open or out of range", class_id, method_id);
-                return;
-            }
-            self.channels.insert(id, Channel { next_tag: 1, ..Channel::default() });
-            self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {}))));
-            return;
-        }
-        let Some(ch) = self.channels.get(&id) else {
-            self.close(reply::CHANNEL_ERROR, "channel not open", class_id, method_id);
-            return;
-        };
-        if ch.closing {
-            // After our channel.close only close-ok counts.
-            if let AMQPClass::Channel(channel::AMQPMethod::CloseOk(_) | channel::AMQPMethod::Close(_)) = class {
-                if matches!(class, AMQPClass::Channel(channel::AMQPMethod::Close(_))) {
-                    self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))));
-                }
-                self.channels.remove(&id);
-            }
-            return;
-        }
-        if ch.content.is_some() {
-            self.close(reply::UNEXPECTED_FRAME, "method frame inside a message's content", class_id, method_id);
-            return;
-        }
-        match class {
-            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
-                self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))));
-                self.channels.remove(&id);
-            }
-            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => {
-                let ok = channel::FlowOk { active: f.active };
-                self.send(&method(id, AMQPClass::Channel(channel::AMQPMethod::FlowOk(ok))));
-            }
-            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => {
-                let name = d.exchange.as_str().to_string();
-                if d.passive && !self.exchanges.contains(&name) {
-                    self.close_channel(
-                        id,
-                        reply::NOT_FOUND,
-                        &format!("NOT_FOUND - no exchange '{name}'"),
-                        class_id,
-                        method_id,
-                    );
-                    return;
-                }
-                if !d.passive && name.starts_with("amq.") && !self.exchanges.contains(&name) {
-                    self.close_channel(
-                        id,
-                        reply::ACCESS_REFUSED,
-                        "ACCESS_REFUSED - the amq. prefix is reserved",
-                        class_id,
-                        method_id,
-                    );
-                    return;
-                }
-                self.exchanges.insert(name);
-                if !d.nowait {
-                    self.send(&method(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
-                    ));
-                }
-            }
-            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
-                let mut name = d.queue.as_str().to_string();
-                if d.passive && !self.queues.contains(&name) {
-                    self.close_channel(
-                        id,
-                        reply::NOT_FOUND,
-                        &format!("NOT_FOUND - no queue '{name}'"),
-                        class_id,
-                        method_id,
-                    );
-                    return;
-                }
-                if name.is_empty() {
-                    name = format!("amq.gen-meshgate-{}", self.next_queue);
-                    self.next_queue += 1;
-                }
-                self.queues.insert(name.clone());
-                if !d.nowait {
-                    let ok = queue::DeclareOk { queue: short(&name), message_count: 0, consumer_count: 0 };
-                    self.send(&method(id, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))));
-                }
-            }
-            AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
-                if !self.queues.contains(b.queue.as_str()) || !self.exchanges.contains(b.exchange.as_str()) {
-                    self.close_channel(
-                        id,
-                        reply::NOT_FOUND,
-                        "NOT_FOUND - no such queue or exchange",
-                        class_id,
-                        method_id,
-                    );
-                    return;
-                }
-                if !b.nowait {
-                    self.send(&method(id, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {}))));
-                }
-            }
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
-                if let Some(ch) = self.channels.get_mut(&id) {
-                    ch.confirm = true;
-                }
-                if !s.nowait {
-                    self.send(&method(id, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {}))));
-                }
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Qos(_)) => {
-                self.send(&method(id, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}))));
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
-                if !self.exchanges.contains(p.exchange.as_str()) {
-                    let text = format!("NOT_FOUND - no exchange '{}'", p.exchange.as_str());
-                    self.close_channel(id, reply::NOT_FOUND, &text, class_id, method_id);
-                    return;
-                }
-                if let Some(ch) = self.channels.get_mut(&id) {
-                    ch.content = Some(Content {
-                        exchange: p.exchange.as_str().to_string(),
-                        routing_key: p.routing_key.as_str().to_string(),
-                        properties: None,
-                        size: 0,
-                        body: Vec::new(),
-                    });
-                }
-            }
-            _ => self.close(reply::NOT_ALLOWED, "method not supported by meshgate", class_id, method_id),
-        }
-    }
-
-    fn on_content_header(&mut self, id: u16, size: u64, properties: basic::AMQPProperties) {
-        let max = self.limits.max_body;
-        let Some(ch) = self.channels.get_mut(&id) else {
-            self.close(reply::CHANNEL_ERROR, "channel not open", 60, 40);
-            return;
-        };
-        if ch.closing {
-            return;
-        }
-        let Some(content) = ch.content.as_mut().filter(|c| c.properties.is_none()) else {
-            self.close(reply::UNEXPECTED_FRAME, "content header without basic.publish", 60, 40);
-            return;
-        };
-        if size > max {
-            let text = format!("CONTENT_TOO_LARGE - {size} bytes, the limit is {max}");
-            self.close_channel(id, reply::CONTENT_TOO_LARGE, &text, 60, 40);
-            return;
-        }
-        content.properties = Some(properties);
-        content.size = size;
-        content.body.reserve(usize::try_from(size).unwrap_or(0));
-        if size == 0 {
-            self.complete(id);
-        }
-    }
-
-    fn on_content_body(&mut self, id: u16, bytes: Vec<u8>) {
-        let Some(ch) = self.channels.get_mut(&id) else {
-            self.close(reply::CHANNEL_ERROR, "channel not open", 60, 40);
-            return;
-        };
-        if ch.closing {
-            return;
-        }
-        let Some(content) = ch.content.as_mut().filter(|c| c.properties.is_some()) else {
-            self.close(reply::UNEXPECTED_FRAME, "content body without a header", 60, 40);
-            return;
-        };
-        if content.body.len() as u64 + bytes.len() as u64 > content.size {
-            self.close(reply::FRAME_ERROR, "content body longer than its header said", 60, 40);
-            return;
-        }
-        content.body.extend_from_slice(&bytes);
-        if content.body.len() as u64 == content.size {
-            self.complete(id);
-        }
-    }
-
-    fn complete(&mut self, id: u16) {
-        let Some(ch) = self.channels.get_mut(&id) else { return };
-        let Some(content) = ch.content.take() else { return };
-        let delivery_tag = ch.confirm.then(|| {
-            let tag = ch.next_tag;
-            ch.next_tag += 1;
-            tag
-        });
-        self.events.push_back(Event::Publish {
-            channel: id,
-            delivery_tag,
-            exchange: content.exchange,
-            routing_key: content.routing_key,
-            properties: Box::new(content.properties.unwrap_or_default()),
-            body: content.body,
-        });
-    }
-
-    /// The outcome of a confirm-mode publish: basic.ack when `ok`, basic.nack otherwise. Outcomes are sent in
-    /// delivery-tag order, and a run of acks goes out as one basic.ack with `multiple`.
-    pub fn confirm(&mut self, channel: u16, delivery_tag: u64, ok: bool) {
-        let Some(ch) = self.channels.get_mut(&channel) else { return };
-        ch.settled.insert(delivery_tag, ok);
-        let mut frames = Vec::new();
-        let mut run_end: Option<u64> = None;
-        while let Some((&tag, &ok)) = ch.settled.first_key_value() {
-            if tag != ch.sent_up_to + 1 {
-                break;
-            }
-            ch.settled.remove(&tag);
-            ch.sent_up_to = tag;
-            if ok {
-                run_end = Some(tag);
-            } else {
-                if let Some(end) = run_end.take() {
-                    frames.push((end, true));
-                }
-                frames.push((tag, false));
-            }
-        }
-        if let Some(end) = run_end {
-            frames.push((end, true));
-        }
-        for (tag, ok) in frames {
-            let class = if ok {
-                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple: true }))
-            } else {
-                AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
-                    delivery_tag: tag,
-                    multiple: false,
-                    requeue: false,
-                }))
-            };
-            self.send(&method(channel, class));
-        }
-    }
 }
 
 /// PLAIN (`\0user\0password`) or AMQPLAIN (a field table of LOGIN and PASSWORD, without its length prefix).

@@ -1,8 +1,10 @@
 //! The server connection driven frame by frame, as lapin would, without sockets.
 
 use amq_protocol::frame::AMQPContentHeader;
+use amq_protocol::protocol::{channel, confirm, exchange, queue};
 
 use super::*;
+use crate::amqp::queues::{MemoryQueues, OutgoingMessage};
 
 const LIMITS: Limits = Limits { frame_max: 131_072, channel_max: 16, heartbeat: 10, max_body: 1024 };
 
@@ -17,11 +19,15 @@ fn frames_of(bytes: &[u8]) -> Vec<AMQPFrame> {
 }
 
 fn feed(c: &mut ServerConnection, frames_in: &[AMQPFrame]) -> Vec<AMQPFrame> {
+    feed_with(c, &mut MemoryQueues::default(), frames_in)
+}
+
+fn feed_with(c: &mut ServerConnection, q: &mut MemoryQueues, frames_in: &[AMQPFrame]) -> Vec<AMQPFrame> {
     let mut wire = Vec::new();
     for f in frames_in {
         frames::encode(f, &mut wire);
     }
-    assert_eq!(c.handle_input(&wire, 0), wire.len());
+    assert_eq!(c.handle_input(&wire, 0, q), wire.len());
     let mut out = Vec::new();
     c.poll_transmit(&mut out, 0);
     frames_of(&out)
@@ -34,7 +40,7 @@ fn conn_method(m: connection::AMQPMethod) -> AMQPFrame {
 /// Header, start-ok (PLAIN u/p), tune-ok, open; returns the connection, open.
 fn open() -> ServerConnection {
     let mut c = ServerConnection::new(LIMITS, 0);
-    c.handle_input(PROTOCOL_HEADER, 0);
+    c.handle_input(PROTOCOL_HEADER, 0, &mut MemoryQueues::default());
     let mut out = Vec::new();
     c.poll_transmit(&mut out, 0);
     assert!(matches!(
@@ -50,7 +56,12 @@ fn open() -> ServerConnection {
     assert!(feed(&mut c, &[conn_method(connection::AMQPMethod::StartOk(start_ok))]).is_empty());
     assert_eq!(
         c.poll_event(),
-        Some(Event::Authenticate { mechanism: "PLAIN".into(), username: "dev".into(), password: "secret".into() })
+        Some(Event::Authenticate {
+            mechanism: "PLAIN".into(),
+            username: "dev".into(),
+            password: "secret".into(),
+            connection_name: None
+        })
     );
     c.accept_credentials(true);
     let mut out = Vec::new();
@@ -179,13 +190,13 @@ fn errors_get_their_reply_codes() {
 fn wrong_credentials_a_foreign_header_and_oversized_frames_end_the_connection() {
     let mut c = ServerConnection::new(LIMITS, 0);
     let mut out = Vec::new();
-    c.handle_input(b"AMQP\x00\x00\x08\x00", 0);
+    c.handle_input(b"AMQP\x00\x00\x08\x00", 0, &mut MemoryQueues::default());
     c.poll_transmit(&mut out, 0);
     assert_eq!(out, PROTOCOL_HEADER, "the header we speak, then the close");
     assert!(c.is_closed());
 
     let mut c = ServerConnection::new(LIMITS, 0);
-    c.handle_input(PROTOCOL_HEADER, 0);
+    c.handle_input(PROTOCOL_HEADER, 0, &mut MemoryQueues::default());
     let start_ok = connection::StartOk {
         client_properties: FieldTable::default(),
         mechanism: short("PLAIN"),
@@ -204,7 +215,7 @@ fn wrong_credentials_a_foreign_header_and_oversized_frames_end_the_connection() 
     let mut c = open();
     let mut huge = vec![3u8, 0, 1];
     huge.extend_from_slice(&(1u32 << 20).to_be_bytes());
-    c.handle_input(&huge, 0);
+    c.handle_input(&huge, 0, &mut MemoryQueues::default());
     let mut out = Vec::new();
     c.poll_transmit(&mut out, 0);
     assert!(
@@ -240,13 +251,16 @@ proptest::proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_server(chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..8)) {
         let mut c = open();
+        let mut queues = MemoryQueues::default();
+        queues.push("q", message("a.b", b"x"));
         let mut pending = Vec::new();
         for chunk in chunks {
             pending.extend_from_slice(&chunk);
-            let used = c.handle_input(&pending, 0);
+            let used = c.handle_input(&pending, 0, &mut queues);
             proptest::prop_assert!(used <= pending.len());
             pending.drain(..used);
             while c.poll_event().is_some() {}
+            c.pump_deliveries(&mut queues, 8);
             let mut out = Vec::new();
             c.poll_transmit(&mut out, 0);
             if c.is_closed() {
@@ -254,4 +268,176 @@ proptest::proptest! {
             }
         }
     }
+}
+
+fn message(routing_key: &str, body: &[u8]) -> OutgoingMessage {
+    OutgoingMessage {
+        exchange: "amq.topic".into(),
+        routing_key: routing_key.into(),
+        properties: basic::AMQPProperties::default(),
+        body: body.to_vec(),
+    }
+}
+
+fn channel_open(ch: u16) -> AMQPFrame {
+    method(ch, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))
+}
+
+#[test]
+fn without_spool_credit_publishers_hear_flow_false_and_confirms_wait_for_the_resume() {
+    let mut c = open();
+    let select = method(1, AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })));
+    feed(&mut c, &[channel_open(1), select, channel_open(2)]);
+    feed(&mut c, &publish_frames(1, "amq.topic", &[b"x"]));
+    assert!(matches!(c.poll_event(), Some(Event::Publish { delivery_tag: Some(1), .. })));
+    c.set_publish_flow(false);
+    c.confirm(1, 1, true);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 0);
+    let flow = |f: &AMQPFrame| match f {
+        AMQPFrame::Method(ch, AMQPClass::Channel(channel::AMQPMethod::Flow(fl))) => Some((*ch, fl.active)),
+        _ => None,
+    };
+    let frames_out = frames_of(&out);
+    assert_eq!(frames_out.iter().filter_map(flow).collect::<Vec<_>>(), [(1, false)], "only the publishing channel");
+    assert_eq!(frames_out.len(), 1, "the confirm is held");
+    // The client answers flow-ok; channel 2 starts publishing and is told at once.
+    let flow_ok = method(1, AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active: false })));
+    assert!(feed(&mut c, &[flow_ok]).is_empty());
+    let out = feed(&mut c, &publish_frames(2, "amq.topic", &[b"y"]));
+    assert_eq!(out.iter().filter_map(flow).collect::<Vec<_>>(), [(2, false)]);
+    c.set_publish_flow(true);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 0);
+    let frames_out = frames_of(&out);
+    assert_eq!(frames_out.iter().filter_map(flow).collect::<Vec<_>>(), [(1, true), (2, true)]);
+    assert!(
+        frames_out.iter().any(|f| matches!(f, AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) if a.delivery_tag == 1)),
+        "the held confirm goes out on resume: {frames_out:?}"
+    );
+}
+
+fn declare(name: &str, passive: bool) -> AMQPFrame {
+    let d = queue::Declare {
+        queue: short(name),
+        passive,
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    method(1, AMQPClass::Queue(queue::AMQPMethod::Declare(d)))
+}
+
+#[test]
+fn consumers_get_deliveries_within_prefetch_and_settle_them() {
+    let mut c = open();
+    let mut q = MemoryQueues::default();
+    let out = feed_with(&mut c, &mut q, &[channel_open(1), declare("missing", true)]);
+    assert!(
+        matches!(&out[1], AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) if cl.reply_code == reply::NOT_FOUND),
+        "passive declare of an unknown queue: {out:?}"
+    );
+    let close_ok = method(1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+    feed_with(&mut c, &mut q, &[close_ok]);
+    let bind = queue::Bind {
+        queue: short("cmds"),
+        exchange: short("amq.topic"),
+        routing_key: short("devices.d1.#"),
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    let qos = basic::Qos { prefetch_count: 2, global: false };
+    let consume = basic::Consume {
+        queue: short("cmds"),
+        consumer_tag: short(""),
+        no_local: false,
+        no_ack: false,
+        exclusive: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    let out = feed_with(
+        &mut c,
+        &mut q,
+        &[
+            channel_open(1),
+            declare("cmds", false),
+            method(1, AMQPClass::Queue(queue::AMQPMethod::Bind(bind))),
+            method(1, AMQPClass::Basic(basic::AMQPMethod::Qos(qos))),
+            method(1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume))),
+        ],
+    );
+    assert_eq!(out.len(), 5, "open-ok, declare-ok, bind-ok, qos-ok, consume-ok: {out:?}");
+    assert_eq!(q.bindings("cmds"), ["devices.d1.#"]);
+    for n in 0..3u8 {
+        q.push("cmds", message("devices.d1.cmd", &[n]));
+    }
+    assert!(!c.pump_deliveries(&mut q, 16));
+    let mut wire = Vec::new();
+    c.poll_transmit(&mut wire, 0);
+    let delivered: Vec<(u64, Vec<u8>)> = {
+        let frames_out = frames_of(&wire);
+        let tags = frames_out.iter().filter_map(|f| match f {
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Deliver(d))) => Some(d.delivery_tag),
+            _ => None,
+        });
+        let bodies = frames_out.iter().filter_map(|f| match f {
+            AMQPFrame::Body(1, b) => Some(b.clone()),
+            _ => None,
+        });
+        tags.zip(bodies).collect()
+    };
+    assert_eq!(delivered, [(1, vec![0]), (2, vec![1])], "prefetch 2 holds the third back");
+    // Reject 1 with requeue, ack 2: the third and the requeued first come next.
+    let reject = basic::Reject { delivery_tag: 1, requeue: true };
+    let ack = basic::Ack { delivery_tag: 2, multiple: false };
+    feed_with(
+        &mut c,
+        &mut q,
+        &[
+            method(1, AMQPClass::Basic(basic::AMQPMethod::Reject(reject))),
+            method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))),
+        ],
+    );
+    c.pump_deliveries(&mut q, 16);
+    let mut wire = Vec::new();
+    c.poll_transmit(&mut wire, 0);
+    let redelivered: Vec<(u64, bool)> = frames_of(&wire)
+        .iter()
+        .filter_map(|f| match f {
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Deliver(d))) => {
+                Some((d.delivery_tag, d.redelivered))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(redelivered, [(3, true), (4, false)]);
+    // An unknown tag closes the channel with 406; closing requeues what was unsettled.
+    let out = feed_with(
+        &mut c,
+        &mut q,
+        &[method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: 99, multiple: false })))],
+    );
+    assert!(
+        matches!(&out[..], [AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::Close(cl)))] if cl.reply_code == reply::PRECONDITION_FAILED)
+    );
+    feed_with(&mut c, &mut q, &[method(1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})))]);
+    assert_eq!((q.unsettled("cmds"), q.ready("cmds")), (0, 2), "both unsettled deliveries back in the queue");
+}
+
+#[test]
+fn basic_get_answers_get_ok_or_get_empty() {
+    let mut c = open();
+    let mut q = MemoryQueues::default();
+    feed_with(&mut c, &mut q, &[channel_open(1), declare("q", false)]);
+    let get = || method(1, AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: short("q"), no_ack: true })));
+    let out = feed_with(&mut c, &mut q, &[get()]);
+    assert!(matches!(&out[..], [AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_)))]));
+    q.push("q", message("a", &[7; 10]));
+    let out = feed_with(&mut c, &mut q, &[get()]);
+    assert!(matches!(&out[0], AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetOk(g))) if g.message_count == 0));
+    assert!(matches!(&out[1], AMQPFrame::Header(1, h) if h.body_size == 10));
+    assert_eq!(q.unsettled("q"), 0, "no_ack settles at once");
 }

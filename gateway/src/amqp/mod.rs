@@ -1,11 +1,50 @@
-//! The AMQP 0-9-1 listener (issue 7, in progress): devices that speak AMQP publish with publisher confirms.
+//! The AMQP 0-9-1 listener: devices that speak AMQP publish with publisher confirms, are slowed with
+//! channel.flow, and consume from queues bound to the local broker's topics.
 //!
 //! - [`frames`]: the protocol header and frames over the `amq-protocol` codec, with `frame_max` checked first.
-//! - [`connection`]: the sans-IO server connection: handshake with PLAIN/AMQPLAIN, tune, channels, declares with
-//!   passive semantics, publishes assembled from content frames, publisher confirms in order, heartbeats, and the
-//!   specification's reply codes.
-//!
-//! Not wired to a listener yet: `[listeners.amqp]` is still refused at config load.
+//! - [`connection`] and `channel.rs`: the sans-IO server connection: handshake with PLAIN/AMQPLAIN, tune,
+//!   channels, declares with passive semantics, publishes assembled from content frames, publisher confirms in
+//!   order, channel.flow both ways, consumers, heartbeats, and the specification's reply codes.
+//! - [`queues`]: what the connection asks of the queues behind it; [`broker_queues`]: queues as local broker
+//!   sessions; [`topic`]: routing keys and topics as one space.
+//! - [`driver`]: the tokio side of a connection: credentials, normalize, spool receipts, flow control.
 
+mod channel;
+pub mod broker_queues;
 pub mod connection;
+pub mod driver;
 pub mod frames;
+pub mod queues;
+pub mod topic;
+
+use std::sync::Arc;
+
+use meshgate_edge_agent::pipeline::IngestHandle;
+use tokio::sync::watch;
+
+use crate::acl::Acl;
+use crate::auth::Authenticator;
+use crate::broker::LocalBroker;
+use crate::config::AmqpListenerConfig;
+use crate::metrics::Metrics;
+use crate::normalize::Normalizer;
+
+/// What every AMQP connection shares.
+pub struct AmqpContext {
+    /// `[listeners.amqp]`.
+    pub config: AmqpListenerConfig,
+    /// Device credentials.
+    pub auth: Authenticator,
+    /// Message → CloudEvent.
+    pub normalizer: Arc<Normalizer>,
+    /// Into the pipeline.
+    pub ingest: IngestHandle,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The local broker (queues are its sessions).
+    pub broker: Arc<LocalBroker>,
+    /// Publish and bind rules.
+    pub acl: Acl,
+    /// Becomes `true` when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}

@@ -143,9 +143,15 @@ impl LocalBroker {
     /// Registers connection `conn_id` as `client`'s; returns the notifier it waits on for deliveries.
     pub fn attach(&self, client: &str, conn_id: u64) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
-        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
-        wakers.insert(client.into(), (conn_id, Arc::clone(&notify)));
+        self.attach_with(client, conn_id, Arc::clone(&notify));
         notify
+    }
+
+    /// Registers connection `conn_id` as `client`'s, waking `notify` for deliveries (one connection serving
+    /// several sessions, as AMQP consumers of several queues do, waits on one notifier).
+    pub fn attach_with(&self, client: &str, conn_id: u64, notify: Arc<Notify>) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        wakers.insert(client.into(), (conn_id, notify));
     }
 
     /// Unregisters connection `conn_id` of `client`, unless a newer connection took the client id; returns

@@ -246,6 +246,25 @@ impl Session {
         matches!(self.inflight.get(&id), Some((Stage::AwaitPubComp, _))) && self.inflight.remove(&id).is_some()
     }
 
+    /// Puts the in-flight delivery `id` back at the front of the queue, to be sent again (AMQP basic.reject with
+    /// requeue). Returns whether it was in flight.
+    pub fn requeue(&mut self, id: u16) -> bool {
+        match self.inflight.remove(&id) {
+            Some((_, delivery)) => {
+                self.queue.push_front(delivery);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every queued delivery (not those in flight); returns how many (AMQP queue.purge).
+    pub fn purge(&mut self) -> usize {
+        let n = self.queue.len();
+        self.queue.clear();
+        n
+    }
+
     /// Takes every delivery not yet acknowledged (queued or in flight), ending the flows: for handing shared
     /// messages to another member when this session ends.
     pub fn take_unacknowledged(&mut self) -> Vec<Delivery> {

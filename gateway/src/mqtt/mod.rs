@@ -1,6 +1,5 @@
 //! The MQTT listener: MQTT 3.1.1 and 5 device sessions over TCP, on the codec in `meshgate-protocols`.
 //!
-//! - [`listener`]: the accept loop, bounded by `max_connections`.
 //! - [`connection`]: the per-connection driver (CONNECT, publish flows, keep-alive, takeover, shutdown), and in
 //!   `connection/delivery.rs` its broker side (subscriptions, deliveries, their acknowledgements).
 //! - [`inbound`]: sans-IO bookkeeping of inbound publishes (topic aliases, Receive Maximum, QoS 2 state).
@@ -10,7 +9,6 @@
 
 pub mod connection;
 pub mod inbound;
-pub mod listener;
 pub mod outbound;
 pub mod registry;
 pub mod will;
@@ -50,7 +48,4 @@ pub struct MqttContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Resolves once `shutdown` turns `true` (or its sender is gone). Holds no watch guard across the wait's end.
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
+pub use crate::listener::stopped;

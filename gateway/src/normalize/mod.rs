@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use meshgate_edge_agent::pipeline::Route;
 use meshgate_edge_agent::spool::WhenFull;
-use meshgate_protocols::cloudevents::{CloudEvent, CloudEventError, Data, decode_mqtt};
+use meshgate_protocols::cloudevents::{CloudEvent, CloudEventError, Data, HeaderValue, decode_amqp, decode_mqtt};
 use meshgate_protocols::mqtt::{Properties, Version};
 pub use rules::{Pattern, Rule, RuleConfig, Vars};
 
@@ -25,8 +25,10 @@ pub struct Inbound<'a> {
     pub protocol: Protocol,
     /// The device's client id (MQTT) or connection name.
     pub client_id: &'a str,
-    /// The topic or routing key.
+    /// The topic mapping rules match (for AMQP, the routing key read as a topic).
     pub topic: &'a str,
+    /// The `subject` when it is not the topic (AMQP: the routing key as sent).
+    pub subject: Option<&'a str>,
     /// The protocol's content type, if it carries one.
     pub content_type: Option<&'a str>,
     /// The message body.
@@ -46,6 +48,25 @@ pub struct MqttInbound<'a> {
     pub properties: &'a Properties<'a>,
     /// The payload.
     pub payload: &'a [u8],
+}
+
+/// An AMQP basic.publish as normalize needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct AmqpInbound<'a> {
+    /// The connection's name for the device (its `connection_name`, else its user name).
+    pub client_id: &'a str,
+    /// The exchange (empty for the default exchange).
+    pub exchange: &'a str,
+    /// The routing key as sent.
+    pub routing_key: &'a str,
+    /// The routing key read as a topic (`.` and `/` swapped), which mapping rules match.
+    pub topic: &'a str,
+    /// The `content-type` property.
+    pub content_type: Option<&'a str>,
+    /// The application headers that CloudEvents attributes can travel in.
+    pub headers: &'a [(String, HeaderValue)],
+    /// The body.
+    pub body: &'a [u8],
 }
 
 /// A normalized message: the event, where it goes, and what a full spool may do with it.
@@ -86,20 +107,53 @@ impl Normalizer {
         now: DateTime<Utc>,
     ) -> Result<Normalized, CloudEventError> {
         if let Some(event) = decode_mqtt(msg.version, msg.properties, msg.payload)? {
-            let rule = self.first_match(msg.topic).map(|(r, _)| r);
-            let route = rule.and_then(Rule::route).cloned().map_or(Route::All, Route::Uplinks);
-            let when_full = rule.map_or(WhenFull::Block, Rule::when_full);
-            return Ok(Normalized { event, route, when_full });
+            return Ok(self.kept(event, msg.topic));
         }
         let content_type = if msg.version.is_v5() { msg.properties.content_type } else { None };
         let inbound = Inbound {
             protocol: Protocol::Mqtt,
             client_id: msg.client_id,
             topic: msg.topic,
+            subject: None,
             content_type,
             payload: msg.payload,
         };
         self.wrap(&inbound, id, now)
+    }
+
+    fn kept(&self, event: CloudEvent, topic: &str) -> Normalized {
+        let rule = self.first_match(topic).map(|(r, _)| r);
+        let route = rule.and_then(Rule::route).cloned().map_or(Route::All, Route::Uplinks);
+        let when_full = rule.map_or(WhenFull::Block, Rule::when_full);
+        Normalized { event, route, when_full }
+    }
+
+    /// Normalizes an AMQP message: `cloudEvents_`/`cloudEvents:` headers (binary mode) or the content type
+    /// `application/cloudevents+json` (structured) keep the event; anything else is wrapped with the routing key
+    /// as `subject` and the exchange in the `exchange` extension. An invalid CloudEvent is an error (basic.nack).
+    pub fn amqp(
+        &self,
+        msg: &AmqpInbound<'_>,
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Normalized, CloudEventError> {
+        let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v));
+        if let Some(event) = decode_amqp(msg.content_type, headers, msg.body)? {
+            return Ok(self.kept(event, msg.topic));
+        }
+        let inbound = Inbound {
+            protocol: Protocol::Amqp,
+            client_id: msg.client_id,
+            topic: msg.topic,
+            subject: Some(msg.routing_key),
+            content_type: msg.content_type,
+            payload: msg.body,
+        };
+        let mut normalized = self.wrap(&inbound, id, now)?;
+        if !msg.exchange.is_empty() {
+            normalized.event.extensions.entry("exchange".into()).or_insert_with(|| msg.exchange.into());
+        }
+        Ok(normalized)
     }
 
     /// Wraps a message that is not a CloudEvent with the default mapping and the first matching rule.
@@ -111,7 +165,7 @@ impl Normalizer {
             source: format!("/meshgate/{}/{protocol}/{}", uri_segment(&self.gateway_id), uri_segment(msg.client_id)),
             ty: format!("io.meshgate.{protocol}.message"),
             datacontenttype: msg.content_type.or(sniffed).map(String::from),
-            subject: Some(msg.topic.to_string()),
+            subject: Some(msg.subject.unwrap_or(msg.topic).to_string()),
             time: Some(now.to_rfc3339_opts(SecondsFormat::Micros, true)),
             data,
             ..CloudEvent::default()

@@ -1,22 +1,25 @@
-//! The MQTT accept loop.
+//! The accept loop every device listener shares: bounded by `max_connections`, stopping at shutdown and then
+//! waiting for each connection to send the acknowledgements it owes.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::MqttContext;
-use super::connection::serve;
-
-/// Accepts connections until shutdown, then waits for every connection to finish its acknowledgements.
-pub async fn run(listener: TcpListener, ctx: Arc<MqttContext>) {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
-    let mut shutdown = ctx.shutdown.clone();
+/// Accepts connections until shutdown and serves each with `serve` on its own task; at shutdown stops accepting
+/// and waits for the connections to finish.
+pub async fn run<F, Fut>(listener: TcpListener, max_connections: usize, mut shutdown: watch::Receiver<bool>, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            _ = super::stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -33,9 +36,9 @@ pub async fn run(listener: TcpListener, ctx: Arc<MqttContext>) {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let ctx = Arc::clone(&ctx);
+                let connection = serve(stream);
                 connections.spawn(async move {
-                    serve(stream, ctx).await;
+                    connection.await;
                     drop(permit);
                 });
             }
@@ -43,4 +46,9 @@ pub async fn run(listener: TcpListener, ctx: Arc<MqttContext>) {
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// Resolves once `shutdown` turns `true` (or its sender is gone). Holds no watch guard across the wait's end.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

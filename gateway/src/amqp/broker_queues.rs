@@ -1,0 +1,304 @@
+//! AMQP queues as sessions of the local broker: what lets AMQP devices consume commands and each other's
+//! messages, whichever protocol published them.
+//!
+//! - A queue is the broker session `amqp:{queue}`. A durable queue (not exclusive, not auto-delete) is a
+//!   persistent session: it outlives connections and restarts and collects messages while nobody consumes,
+//!   bounded by `broker.max_queued_messages`. Any other queue ends with the connection that declared it.
+//! - queue.bind subscribes the session at QoS 1 to the binding key read as a topic filter ([`super::topic`]);
+//!   every exchange routes like `amq.topic` over the broker's one topic space.
+//! - One consumer per queue at a time (a second gets 405 RESOURCE_LOCKED); basic.qos prefetch is the session's
+//!   in-flight bound; an unacknowledged delivery is redelivered (`redelivered` set) after a requeue, a cancel or
+//!   a reconnect.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use meshgate_protocols::mqtt::{QoS, RetainHandling, SubscriptionOptions, Version};
+use tokio::sync::Notify;
+
+use super::connection::reply;
+use super::queues::{Fetched, OutgoingMessage, QueueError, QueueInfo, QueueOptions, Queues, Settle};
+use super::topic;
+use crate::acl::DeviceAcl;
+use crate::broker::local::now_ms;
+use crate::broker::{LocalBroker, Message, Outbound};
+
+/// The broker client id of a queue.
+pub fn session_id(queue: &str) -> String {
+    format!("amqp:{queue}")
+}
+
+/// One connection's view of the broker's queues.
+pub struct BrokerQueues {
+    broker: Arc<LocalBroker>,
+    conn_id: u64,
+    acl: DeviceAcl,
+    /// Woken when the broker queued messages for a queue this connection consumes.
+    notify: Arc<Notify>,
+    /// Queues that end with this connection.
+    owned: HashSet<String>,
+    /// Queues this connection consumes.
+    consuming: HashSet<String>,
+    /// Deliveries to send again first (in flight when the consumer last went away), per queue.
+    resend: HashMap<String, VecDeque<Fetched>>,
+}
+
+impl BrokerQueues {
+    /// The queues of connection `conn_id`, with the device's ACL for bindings.
+    pub fn new(broker: Arc<LocalBroker>, conn_id: u64, acl: DeviceAcl) -> BrokerQueues {
+        BrokerQueues {
+            broker,
+            conn_id,
+            acl,
+            notify: Arc::new(Notify::new()),
+            owned: HashSet::new(),
+            consuming: HashSet::new(),
+            resend: HashMap::new(),
+        }
+    }
+
+    /// The notifier the driver waits on for deliveries.
+    pub fn notifier(&self) -> Arc<Notify> {
+        Arc::clone(&self.notify)
+    }
+
+    /// Replaces the device's ACL (once it authenticated).
+    pub fn set_acl(&mut self, acl: DeviceAcl) {
+        self.acl = acl;
+    }
+
+    /// The connection ended: consumers detach, queues it owned end (their messages with them).
+    pub fn close(&mut self) {
+        for queue in std::mem::take(&mut self.consuming) {
+            self.broker.detach(&session_id(&queue), self.conn_id);
+        }
+        for queue in std::mem::take(&mut self.owned) {
+            self.broker.disconnect(&session_id(&queue), Some(0));
+        }
+    }
+
+    fn exists(&self, queue: &str) -> bool {
+        self.broker.read(|b| b.has_session(&session_id(queue)))
+    }
+
+    fn require(&self, queue: &str) -> Result<String, QueueError> {
+        let id = session_id(queue);
+        if self.broker.read(|b| b.has_session(&id)) { Ok(id) } else { Err(QueueError::not_found(queue)) }
+    }
+
+    fn fetched(&self, out: Outbound, remaining: u32) -> Option<Fetched> {
+        match out {
+            Outbound::Publish { packet_id, dup, delivery } => {
+                let message = outgoing(&delivery.message, now_ms());
+                Some(Fetched { id: packet_id, redelivered: dup, message, remaining })
+            }
+            Outbound::PubRel(_) => None,
+        }
+    }
+
+    fn take(&mut self, queue: &str, max: usize) -> Vec<Fetched> {
+        let mut out: Vec<Fetched> = Vec::new();
+        if let Some(resend) = self.resend.get_mut(queue) {
+            while out.len() < max {
+                let Some(f) = resend.pop_front() else { break };
+                out.push(f);
+            }
+        }
+        if out.len() >= max {
+            return out;
+        }
+        let id = session_id(queue);
+        let now = now_ms();
+        let (polled, remaining) = self.broker.with(|b| {
+            let polled = b.poll_outbound(&id, now, max - out.len());
+            (polled, b.session(&id).map_or(0, |s| s.queued()))
+        });
+        let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
+        out.extend(polled.into_iter().filter_map(|o| self.fetched(o, remaining)));
+        out
+    }
+}
+
+impl Queues for BrokerQueues {
+    fn declare(&mut self, name: &str, options: QueueOptions) -> Result<QueueInfo, QueueError> {
+        if options.passive || (!name.is_empty() && self.exists(name)) {
+            let id = self.require(name)?;
+            let messages = self.broker.read(|b| b.session(&id).map_or(0, |s| s.queued()));
+            let messages = u32::try_from(messages).unwrap_or(u32::MAX);
+            let consumers = u32::from(self.broker.is_attached(&id));
+            return Ok(QueueInfo { name: name.to_string(), messages, consumers });
+        }
+        if name.starts_with("amq.") {
+            let text = format!("ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.'");
+            return Err(QueueError { code: reply::ACCESS_REFUSED, text });
+        }
+        let name = if name.is_empty() { format!("amq.gen-{}", uuid::Uuid::now_v7().simple()) } else { name.into() };
+        let persistent = options.durable && !options.exclusive && !options.auto_delete;
+        let id = session_id(&name);
+        let now = now_ms();
+        if persistent {
+            // A persistent session, disconnected until consumed: it collects messages and is saved.
+            self.broker.with(|b| {
+                b.connect(&id, Version::V311, false, u32::MAX, u16::MAX, now);
+                b.disconnect(&id, None, now);
+            });
+        } else {
+            // Expiry 0: never saved, and ended by `close` with this connection.
+            self.broker.with(|b| b.connect(&id, Version::V311, false, 0, u16::MAX, now));
+            self.owned.insert(name.clone());
+        }
+        Ok(QueueInfo { name, messages: 0, consumers: 0 })
+    }
+
+    fn bind(&mut self, queue: &str, _exchange: &str, routing_key: &str) -> Result<(), QueueError> {
+        let id = self.require(queue)?;
+        let filter = binding_filter(routing_key)?;
+        if !self.acl.may_subscribe(&filter) {
+            let text = format!("ACCESS_REFUSED - binding to '{routing_key}' is not allowed");
+            return Err(QueueError { code: reply::ACCESS_REFUSED, text });
+        }
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            retain_handling: RetainHandling::SendIfNew,
+            ..SubscriptionOptions::default()
+        };
+        let now = now_ms();
+        self.broker.with(|b| b.subscribe(&id, &filter, &options, None, now));
+        self.broker.wake(&id);
+        Ok(())
+    }
+
+    fn unbind(&mut self, queue: &str, _exchange: &str, routing_key: &str) -> Result<(), QueueError> {
+        let id = self.require(queue)?;
+        let filter = binding_filter(routing_key)?;
+        self.broker.with(|b| b.unsubscribe(&id, &filter));
+        Ok(())
+    }
+
+    fn purge(&mut self, queue: &str) -> Result<u32, QueueError> {
+        let id = self.require(queue)?;
+        self.resend.remove(queue);
+        let n = self.broker.with(|b| b.session_mut(&id).map_or(0, |s| s.purge()));
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    fn delete(&mut self, queue: &str, if_unused: bool, if_empty: bool) -> Result<u32, QueueError> {
+        let id = self.require(queue)?;
+        let queued = self.broker.read(|b| b.session(&id).map_or(0, |s| s.queued()));
+        if if_unused && self.broker.is_attached(&id) {
+            let text = format!("PRECONDITION_FAILED - queue '{queue}' in use");
+            return Err(QueueError { code: reply::PRECONDITION_FAILED, text });
+        }
+        if if_empty && queued > 0 {
+            let text = format!("PRECONDITION_FAILED - queue '{queue}' not empty");
+            return Err(QueueError { code: reply::PRECONDITION_FAILED, text });
+        }
+        self.broker.detach(&id, self.conn_id);
+        self.consuming.remove(queue);
+        self.owned.remove(queue);
+        self.resend.remove(queue);
+        self.broker.disconnect(&id, Some(0));
+        Ok(u32::try_from(queued).unwrap_or(u32::MAX))
+    }
+
+    fn consume(&mut self, queue: &str, prefetch: u16) -> Result<(), QueueError> {
+        let id = self.require(queue)?;
+        if self.broker.is_attached(&id) {
+            let text = format!("RESOURCE_LOCKED - queue '{queue}' already has a consumer");
+            return Err(QueueError { code: reply::RESOURCE_LOCKED, text });
+        }
+        let window = if prefetch == 0 { u16::MAX } else { prefetch };
+        let resend = self.broker.with(|b| {
+            b.session_mut(&id).map(|s| s.connected(Version::V311, window)).unwrap_or_default()
+        });
+        let fetched: VecDeque<Fetched> = resend.into_iter().filter_map(|o| self.fetched(o, 0)).collect();
+        self.resend.insert(queue.to_string(), fetched);
+        self.broker.attach_with(&id, self.conn_id, Arc::clone(&self.notify));
+        self.consuming.insert(queue.to_string());
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn cancel(&mut self, queue: &str) {
+        let id = session_id(queue);
+        if self.consuming.remove(queue) {
+            self.broker.detach(&id, self.conn_id);
+            // Messages in flight stay in the session and are redelivered to the next consumer.
+            self.resend.remove(queue);
+        }
+    }
+
+    fn poll(&mut self, queue: &str, max: usize) -> Vec<Fetched> {
+        if !self.consuming.contains(queue) {
+            return Vec::new();
+        }
+        self.take(queue, max)
+    }
+
+    fn get(&mut self, queue: &str) -> Result<Option<Fetched>, QueueError> {
+        self.require(queue)?;
+        Ok(self.take(queue, 1).pop())
+    }
+
+    fn settle(&mut self, queue: &str, id: u16, how: Settle) {
+        if id == 0 {
+            return; // a QoS 0 message: nothing in flight
+        }
+        let client = session_id(queue);
+        self.broker.with(|b| {
+            if let Some(s) = b.session_mut(&client) {
+                match how {
+                    Settle::Ack | Settle::Discard => {
+                        s.puback(id);
+                    }
+                    Settle::Requeue => {
+                        s.requeue(id);
+                    }
+                }
+            }
+        });
+        self.notify.notify_one();
+    }
+}
+
+fn binding_filter(routing_key: &str) -> Result<String, QueueError> {
+    topic::binding_key_to_filter(routing_key).filter(|f| !f.is_empty()).ok_or_else(|| QueueError {
+        code: reply::PRECONDITION_FAILED,
+        text: format!("PRECONDITION_FAILED - binding key '{routing_key}' has no MQTT topic filter equivalent"),
+    })
+}
+
+/// A broker message as AMQP delivers it: on `amq.topic` with the topic as routing key; content type, user
+/// properties as headers, response topic as reply-to, correlation data as correlation-id, the remaining expiry
+/// as expiration.
+pub fn outgoing(message: &Message, now_ms: u64) -> OutgoingMessage {
+    let p = &message.properties;
+    let mut headers = FieldTable::default();
+    for (name, value) in &p.user_properties {
+        headers.insert(ShortString::from(name.as_str()), AMQPValue::LongString(LongString::from(value.as_str())));
+    }
+    let mut properties = AMQPProperties::default().with_delivery_mode(if message.qos > 0 { 2 } else { 1 });
+    if let Some(ct) = &p.content_type {
+        properties = properties.with_content_type(ShortString::from(ct.as_str()));
+    }
+    if !headers.inner().is_empty() {
+        properties = properties.with_headers(headers);
+    }
+    if let Some(reply_to) = &p.response_topic {
+        properties = properties.with_reply_to(ShortString::from(topic::topic_to_routing_key(reply_to)));
+    }
+    if let Some(id) = p.correlation_data.as_deref().and_then(|c| std::str::from_utf8(c).ok()) {
+        properties = properties.with_correlation_id(ShortString::from(id));
+    }
+    if let Some(at) = message.expires_at_ms {
+        properties = properties.with_expiration(ShortString::from(at.saturating_sub(now_ms).to_string()));
+    }
+    OutgoingMessage {
+        exchange: "amq.topic".into(),
+        routing_key: topic::topic_to_routing_key(&message.topic),
+        properties,
+        body: message.payload.clone(),
+    }
+}

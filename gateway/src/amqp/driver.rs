@@ -1,0 +1,464 @@
+//! The tokio driver of one AMQP connection: feeds socket bytes to the sans-IO [`ServerConnection`], checks
+//! credentials, turns each publish into a CloudEvent for the spool, confirms it only once it is durable, pumps
+//! the broker's messages to consumers, and keeps time for heartbeats.
+//!
+//! Flow control: before a publish goes to the spool the driver looks at the spool's credit. With none left it
+//! sends channel.flow(false) to the publishing channels and holds their confirms; it resumes them once half of the
+//! credit is back. A client that ignores channel.flow is slowed anyway: the driver waits for the spool before it
+//! reads the socket again, and stops reading while `max_unconfirmed` confirms are owed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::types::AMQPValue;
+use bytes::{Buf, BytesMut};
+use chrono::Utc;
+use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
+use meshgate_protocols::cloudevents::{AMQP_PREFIX, AMQP_PREFIX_COLON, HeaderValue};
+use meshgate_protocols::mqtt::{Properties, QoS};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::AmqpContext;
+use super::broker_queues::BrokerQueues;
+use super::connection::{Event, Limits, ServerConnection, reply};
+use super::topic;
+use crate::acl::DeviceAcl;
+use crate::auth::AuthOutcome;
+use crate::broker::Message;
+use crate::broker::local::now_ms as wall_ms;
+use crate::metrics::{Protocol, RejectReason};
+use crate::normalize::{AmqpInbound, Normalized};
+
+const PROTOCOL: Protocol = Protocol::Amqp;
+
+/// Deliveries written per wake-up before the driver checks its other work again.
+const DELIVERIES_PER_WAKE: usize = 64;
+
+/// How often a paused connection looks whether the spool's credit is back.
+const CREDIT_CHECK: Duration = Duration::from_millis(20);
+
+/// How long a closing connection waits for the client's close-ok.
+const CLOSE_OK_WAIT: Duration = Duration::from_secs(2);
+
+/// Connection ids for the broker's queue sessions.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A publish waiting for the spool (confirm mode), or a message without confirm waiting behind earlier ones to
+/// reach local subscribers in order.
+struct Pending {
+    channel: u16,
+    /// The publisher-confirm tag; `None` without confirm mode.
+    tag: Option<u64>,
+    receipt: Option<Receipt>,
+    local: Option<Message>,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve<S>(stream: S, ctx: Arc<AmqpContext>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.metrics.connection_opened(PROTOCOL);
+    let mut driver = Driver::new(stream, Arc::clone(&ctx));
+    let outcome = driver.run().await;
+    driver.conn.release(&mut driver.queues);
+    driver.queues.close();
+    ctx.metrics.connection_closed(PROTOCOL);
+    let client = driver.client_id.as_str();
+    match outcome {
+        Ok(()) => tracing::debug!(client, "AMQP connection closed"),
+        Err(e) => tracing::debug!(client, error = %e, "AMQP connection failed"),
+    }
+}
+
+struct Driver<S> {
+    stream: S,
+    ctx: Arc<AmqpContext>,
+    conn: ServerConnection,
+    queues: BrokerQueues,
+    deliveries: Arc<Notify>,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    started: Instant,
+    client_id: String,
+    acl: DeviceAcl,
+    pending: VecDeque<Pending>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    fn new(stream: S, ctx: Arc<AmqpContext>) -> Self {
+        let c = &ctx.config;
+        let limits = Limits {
+            frame_max: c.frame_max,
+            channel_max: c.channel_max,
+            heartbeat: c.heartbeat_secs,
+            max_body: c.max_message_size,
+        };
+        let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let queues = BrokerQueues::new(Arc::clone(&ctx.broker), conn_id, DeviceAcl::default());
+        Driver {
+            stream,
+            conn: ServerConnection::new(limits, 0),
+            deliveries: queues.notifier(),
+            queues,
+            ctx,
+            rbuf: BytesMut::with_capacity(8192),
+            wbuf: Vec::with_capacity(4096),
+            started: Instant::now(),
+            client_id: String::new(),
+            acl: DeviceAcl::default(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Milliseconds on the connection's own clock, as the state machine counts them.
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let now = self.now();
+        self.conn.poll_transmit(&mut self.wbuf, now);
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self) -> std::io::Result<()> {
+        let handshake_deadline = Instant::now() + Duration::from_secs(self.ctx.config.connect_timeout_secs);
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            self.flush().await?;
+            if self.conn.is_closed() {
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
+            let can_read = self.pending.len() < self.ctx.config.max_unconfirmed;
+            let timer = self.conn.poll_timeout().map(|at| self.started + Duration::from_millis(at));
+            let handshake = (!self.conn.is_open()).then_some(handshake_deadline);
+            let paused = !self.conn.publish_flow();
+            let deliveries = Arc::clone(&self.deliveries);
+            tokio::select! {
+                biased;
+                _ = crate::listener::stopped(&mut shutdown) => {
+                    return self.shut_down().await;
+                }
+                result = next_receipt(&mut self.pending) => {
+                    self.complete_front(result);
+                    self.complete_ready();
+                }
+                read = self.stream.read_buf(&mut self.rbuf), if can_read => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                    self.process_input().await;
+                    self.complete_ready();
+                }
+                _ = deliveries.notified() => {
+                    if self.conn.pump_deliveries(&mut self.queues, DELIVERIES_PER_WAKE) {
+                        self.deliveries.notify_one();
+                    }
+                }
+                _ = sleep_until(timer) => {
+                    let now = self.now();
+                    self.conn.handle_timeout(now);
+                }
+                _ = sleep_until(handshake) => {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+                    self.conn.close(reply::CONNECTION_FORCED, "CONNECTION_FORCED - handshake timed out", 0, 0);
+                    let _ = self.flush().await;
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(CREDIT_CHECK), if paused => {
+                    if self.ctx.ingest.credits() * 2 >= self.ctx.ingest.max_credits() {
+                        self.conn.set_publish_flow(true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The gateway stops: the confirms owed go out, then connection.close 320 and a short wait for close-ok.
+    async fn shut_down(&mut self) -> std::io::Result<()> {
+        while let Some(front) = self.pending.front_mut() {
+            let result = match front.receipt.as_mut() {
+                Some(receipt) => receipt.await,
+                None => Ok(()),
+            };
+            self.complete_front(result);
+        }
+        self.conn.set_publish_flow(true);
+        self.conn.close(reply::CONNECTION_FORCED, "CONNECTION_FORCED - gateway shutting down", 0, 0);
+        self.flush().await?;
+        let _ = tokio::time::timeout(CLOSE_OK_WAIT, async {
+            while !self.conn.is_closed() {
+                match self.stream.read_buf(&mut self.rbuf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => self.process_input().await,
+                }
+            }
+        })
+        .await;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    /// Hands complete frames to the state machine and acts on its events, until the buffer holds no whole frame.
+    async fn process_input(&mut self) {
+        loop {
+            let now = self.now();
+            let used = self.conn.handle_input(&self.rbuf, now, &mut self.queues);
+            self.rbuf.advance(used);
+            let mut acted = false;
+            while let Some(event) = self.conn.poll_event() {
+                acted = true;
+                self.on_event(event).await;
+            }
+            if (used == 0 && !acted) || self.conn.is_closed() {
+                return;
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Authenticate { mechanism, username, password, connection_name } => {
+                let (outcome, known) = self.ctx.auth.check_presented(&username, password.as_bytes()).await;
+                let ok = outcome == AuthOutcome::Allowed;
+                if ok {
+                    self.client_id = connection_name.filter(|n| !n.is_empty()).unwrap_or_else(|| username.clone());
+                    self.acl = self.ctx.acl.for_device(known.then_some(username.as_str()), &self.client_id);
+                    self.queues.set_acl(self.acl.clone());
+                } else {
+                    self.ctx.metrics.reject(PROTOCOL, RejectReason::BadCredentials);
+                    tracing::info!(username, mechanism, "AMQP login refused");
+                }
+                self.conn.accept_credentials(ok);
+            }
+            Event::Publish { channel, delivery_tag, exchange, routing_key, properties, body } => {
+                self.on_publish(channel, delivery_tag, &exchange, &routing_key, &properties, body).await;
+            }
+            Event::Closed { code, text } => {
+                if code >= 300 {
+                    self.ctx.metrics.reject(PROTOCOL, reject_reason(code));
+                    tracing::debug!(client = %self.client_id, code, text, "AMQP connection closed with an error");
+                }
+            }
+        }
+    }
+
+    async fn on_publish(
+        &mut self,
+        channel: u16,
+        tag: Option<u64>,
+        exchange: &str,
+        routing_key: &str,
+        properties: &AMQPProperties,
+        body: Vec<u8>,
+    ) {
+        let topic = topic::routing_key_to_topic(routing_key);
+        if !self.acl.may_publish(&topic) {
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+            let text = format!("ACCESS_REFUSED - publishing to '{routing_key}' is not allowed");
+            self.conn.refuse_publish(channel, reply::ACCESS_REFUSED, &text);
+            return;
+        }
+        let content_type = properties.content_type().as_ref().map(|c| c.as_str());
+        let normalized = match cloudevent_headers(properties) {
+            Ok(headers) => {
+                let inbound = AmqpInbound {
+                    client_id: &self.client_id,
+                    exchange,
+                    routing_key,
+                    topic: &topic,
+                    content_type,
+                    headers: &headers,
+                    body: &body,
+                };
+                self.ctx.normalizer.amqp(&inbound, uuid::Uuid::now_v7(), Utc::now()).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        let Normalized { event, route, when_full } = match normalized {
+            Ok(n) => n,
+            Err(why) => {
+                self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
+                tracing::debug!(client = %self.client_id, error = %why, routing_key, "invalid CloudEvent refused");
+                match tag {
+                    // Confirms leave in tag order: the state machine holds this nack behind earlier publishes.
+                    Some(tag) => self.conn.confirm(channel, tag, false),
+                    None => {
+                        let text = format!("PRECONDITION_FAILED - invalid CloudEvent: {why}");
+                        self.conn.refuse_publish(channel, reply::PRECONDITION_FAILED, &text);
+                    }
+                }
+                return;
+            }
+        };
+        self.ctx.metrics.message_in(PROTOCOL);
+        let local = self.local_message(&topic, properties, body, tag.is_some());
+        if self.ctx.ingest.credits() == 0 && self.conn.publish_flow() {
+            // The spool withholds credit: tell the publishers before waiting on it.
+            self.conn.set_publish_flow(false);
+            self.ctx.metrics.flow_paused(PROTOCOL);
+            let _ = self.flush().await;
+        }
+        match tag {
+            Some(tag) => match self.ctx.ingest.submit(event, route).await {
+                Ok(receipt) => {
+                    let receipt = Some(receipt);
+                    self.pending.push_back(Pending { channel, tag: Some(tag), receipt, local });
+                }
+                Err(_) => self.conn.confirm(channel, tag, false),
+            },
+            None => {
+                if self.ctx.ingest.submit_unconfirmed(event, route, when_full).await.is_ok() {
+                    self.pending.push_back(Pending { channel, tag: None, receipt: None, local });
+                }
+            }
+        }
+    }
+
+    /// The broker message for local subscribers (QoS 1 with confirms, else 0).
+    fn local_message(&self, topic: &str, p: &AMQPProperties, body: Vec<u8>, confirmed: bool) -> Option<Message> {
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            return None;
+        }
+        let user: Vec<(String, String)> = p
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .filter_map(|(k, v)| header_text(v).map(|t| (k.as_str().to_string(), t)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let expiry = p.expiration().as_ref().and_then(|e| e.as_str().parse::<u64>().ok());
+        let qos = if confirmed { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+        let mut message = Message::new(topic, &[], qos, false, &Properties::default(), &self.client_id, wall_ms());
+        message.payload = body;
+        message.properties.content_type = p.content_type().as_ref().map(|c| c.as_str().to_string());
+        message.properties.user_properties = user;
+        message.properties.response_topic = p.reply_to().as_ref().map(|r| topic::routing_key_to_topic(r.as_str()));
+        message.properties.correlation_data = p.correlation_id().as_ref().map(|c| c.as_str().as_bytes().to_vec());
+        message.expires_at_ms = expiry.map(|ms| wall_ms().saturating_add(ms));
+        Some(message)
+    }
+
+    /// Settles every pending publish whose outcome is known, in order.
+    fn complete_ready(&mut self) {
+        while let Some(front) = self.pending.front_mut() {
+            let result = match front.receipt.as_mut() {
+                None => Ok(()),
+                Some(receipt) => match receipt.try_result() {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            self.complete_front(result);
+        }
+    }
+
+    fn complete_front(&mut self, result: Result<(), DeliveryError>) {
+        let Some(p) = self.pending.pop_front() else { return };
+        let ok = match (&p.receipt, result) {
+            (None, _) => true,
+            (Some(_), Ok(())) => true,
+            (Some(_), Err(e)) => {
+                tracing::warn!(error = %e, "event not stored; refusing the publish");
+                self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+                false
+            }
+        };
+        if ok {
+            if p.receipt.is_some() {
+                self.ctx.metrics.acknowledged(PROTOCOL);
+            }
+            if let Some(message) = p.local {
+                self.ctx.broker.publish(message);
+            }
+        }
+        if let Some(tag) = p.tag {
+            self.conn.confirm(p.channel, tag, ok);
+        }
+    }
+}
+
+/// The application headers as the CloudEvents binding reads them; a `cloudEvents_` header of a type no
+/// attribute can have makes the message an invalid CloudEvent.
+fn cloudevent_headers(p: &AMQPProperties) -> Result<Vec<(String, HeaderValue)>, String> {
+    let Some(table) = p.headers() else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (name, value) in table.inner() {
+        let name = name.as_str();
+        let is_attribute = name.starts_with(AMQP_PREFIX) || name.starts_with(AMQP_PREFIX_COLON);
+        let converted = match value {
+            AMQPValue::LongString(s) => Some(HeaderValue::String(String::from_utf8_lossy(s.as_bytes()).into_owned())),
+            AMQPValue::ShortString(s) => Some(HeaderValue::String(s.as_str().to_string())),
+            AMQPValue::Boolean(b) => Some(HeaderValue::Bool(*b)),
+            AMQPValue::ShortShortInt(i) => Some(HeaderValue::Int(i64::from(*i))),
+            AMQPValue::ShortShortUInt(i) => Some(HeaderValue::Int(i64::from(*i))),
+            AMQPValue::ShortInt(i) => Some(HeaderValue::Int(i64::from(*i))),
+            AMQPValue::ShortUInt(i) => Some(HeaderValue::Int(i64::from(*i))),
+            AMQPValue::LongInt(i) => Some(HeaderValue::Int(i64::from(*i))),
+            AMQPValue::LongUInt(i) => Some(HeaderValue::Int(i64::from(*i))),
+            AMQPValue::LongLongInt(i) => Some(HeaderValue::Int(*i)),
+            AMQPValue::Timestamp(t) => Some(HeaderValue::Timestamp(*t)),
+            _ => None,
+        };
+        match converted {
+            Some(v) => out.push((name.to_string(), v)),
+            None if is_attribute => return Err(format!("header `{name}` has a type no CloudEvents attribute has")),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A header as a user-property string, when it is text, a number or a boolean.
+fn header_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        AMQPValue::Boolean(b) => Some(b.to_string()),
+        AMQPValue::LongLongInt(i) => Some(i.to_string()),
+        AMQPValue::LongInt(i) => Some(i.to_string()),
+        AMQPValue::LongUInt(i) => Some(i.to_string()),
+        AMQPValue::ShortInt(i) => Some(i.to_string()),
+        AMQPValue::ShortUInt(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn reject_reason(code: u16) -> RejectReason {
+    match code {
+        reply::ACCESS_REFUSED => RejectReason::BadCredentials,
+        reply::FRAME_ERROR => RejectReason::Malformed,
+        reply::CONTENT_TOO_LARGE => RejectReason::TooLarge,
+        _ => RejectReason::ProtocolViolation,
+    }
+}
+
+/// The outcome of the oldest pending publish; never resolves while there is none.
+async fn next_receipt(pending: &mut VecDeque<Pending>) -> Result<(), DeliveryError> {
+    match pending.front_mut() {
+        Some(Pending { receipt: Some(receipt), .. }) => receipt.await,
+        Some(Pending { receipt: None, .. }) => Ok(()),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
