@@ -2,6 +2,7 @@
 //! directory, read back the addresses it bound, read the CloudEvents its file uplink wrote, and stop it with a
 //! signal like an operator would.
 
+pub mod amqp_raw;
 pub mod clients;
 pub mod eventmesh;
 pub mod proxy;
@@ -47,6 +48,8 @@ pub struct Gateway {
     child: Option<Child>,
     /// The MQTT listener's address.
     pub mqtt: SocketAddr,
+    /// The AMQP listener's address (the base configuration has one).
+    pub amqp: Option<SocketAddr>,
     /// The admin endpoint's address.
     pub admin: SocketAddr,
     /// The data directory.
@@ -58,7 +61,7 @@ pub struct Gateway {
 /// The base configuration every test starts from: ephemeral ports, the scratch data dir, anonymous allowed.
 pub fn base_config(data_dir: &Path) -> String {
     format!(
-        "[gateway]\nid = \"edge-test\"\ndata_dir = \"{}\"\n\n[listeners.mqtt]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[auth]\nallow_anonymous = true\n",
+        "[gateway]\nid = \"edge-test\"\ndata_dir = \"{}\"\n\n[listeners.mqtt]\nbind = \"127.0.0.1:0\"\n\n[listeners.amqp]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[auth]\nallow_anonymous = true\n",
         data_dir.display()
     )
 }
@@ -100,6 +103,7 @@ impl Gateway {
             }
         });
         let mut mqtt = None;
+        let mut amqp = None;
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         while mqtt.is_none() || admin.is_none() {
@@ -114,12 +118,20 @@ impl Gateway {
             let addr = |l: &str| l.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
             if line.starts_with("meshgate: mqtt listening on") {
                 mqtt = addr(&line);
+            } else if line.starts_with("meshgate: amqp listening on") {
+                // Announced before admin, so it is known by the time the loop ends.
+                amqp = addr(&line);
             } else if line.starts_with("meshgate: admin listening on") {
                 admin = addr(&line);
             }
         }
         let (Some(mqtt), Some(admin)) = (mqtt, admin) else { bail!("unparseable announcement") };
-        Ok(Gateway { child: Some(child), mqtt, admin, data_dir: data_dir.to_path_buf(), _scratch: None })
+        Ok(Gateway { child: Some(child), mqtt, amqp, admin, data_dir: data_dir.to_path_buf(), _scratch: None })
+    }
+
+    /// The AMQP listener's address; an error when the configuration has none.
+    pub fn amqp(&self) -> Result<SocketAddr> {
+        self.amqp.context("this gateway has no AMQP listener")
     }
 
     /// The CloudEvents the default file uplink has written, in order.
