@@ -107,13 +107,8 @@ impl RawAmqp {
     /// The next frame from the server.
     pub fn recv(&mut self) -> Result<AMQPFrame> {
         loop {
-            if self.buf.len() >= 7 {
-                let size = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize;
-                if self.buf.len() >= size + 8 {
-                    let frame: Vec<u8> = self.buf.drain(..size + 8).collect();
-                    let (_, parsed) = parse_frame(frame.as_slice()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                    return Ok(parsed);
-                }
+            if let Some(frame) = self.buffered()? {
+                return Ok(frame);
             }
             let mut chunk = [0u8; 4096];
             let n = self.stream.read(&mut chunk).context("reading from the gateway")?;
@@ -122,6 +117,47 @@ impl RawAmqp {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// The next frame if one arrives within `wait`.
+    pub fn try_recv(&mut self, wait: Duration) -> Result<Option<AMQPFrame>> {
+        if let Some(frame) = self.buffered()? {
+            return Ok(Some(frame));
+        }
+        self.stream.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+        let mut chunk = [0u8; 4096];
+        let read = self.stream.read(&mut chunk);
+        self.stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        match read {
+            Ok(0) => bail!("the gateway closed the connection"),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                self.buffered()
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn buffered(&mut self) -> Result<Option<AMQPFrame>> {
+        if self.buf.len() < 7 {
+            return Ok(None);
+        }
+        let size = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize;
+        if self.buf.len() < size + 8 {
+            return Ok(None);
+        }
+        let frame: Vec<u8> = self.buf.drain(..size + 8).collect();
+        let (_, parsed) = parse_frame(frame.as_slice()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(Some(parsed))
+    }
+
+    /// basic.publish, its content header and one body frame on `channel`, written at once.
+    pub fn publish(&mut self, channel: u16, routing_key: &str, body: &[u8]) -> Result<()> {
+        let mut wire = encode(&publish(channel, routing_key));
+        wire.extend(encode(&header(channel, body.len() as u64)));
+        wire.extend(encode(&AMQPFrame::Body(channel, body.to_vec())));
+        self.write(&wire)
     }
 
     /// Reads frames until a connection.close or channel.close arrives; returns (channel, reply code).

@@ -89,6 +89,8 @@ impl Gateway {
             .arg("--config")
             .arg(&config_path)
             .env("MESHGATE_LOG", std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "warn,lapin=error".into()))
+            // Not a configuration key: every other MESHGATE_ variable overrides one.
+            .env_remove("MESHGATE_TEST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

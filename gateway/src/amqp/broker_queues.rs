@@ -210,9 +210,8 @@ impl Queues for BrokerQueues {
             return Err(QueueError { code: reply::RESOURCE_LOCKED, text });
         }
         let window = if prefetch == 0 { u16::MAX } else { prefetch };
-        let resend = self.broker.with(|b| {
-            b.session_mut(&id).map(|s| s.connected(Version::V311, window)).unwrap_or_default()
-        });
+        let resend =
+            self.broker.with(|b| b.session_mut(&id).map(|s| s.connected(Version::V311, window)).unwrap_or_default());
         let fetched: VecDeque<Fetched> = resend.into_iter().filter_map(|o| self.fetched(o, 0)).collect();
         self.resend.insert(queue.to_string(), fetched);
         self.broker.attach_with(&id, self.conn_id, Arc::clone(&self.notify));

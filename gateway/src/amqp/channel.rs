@@ -137,7 +137,12 @@ impl ServerConnection {
                 }
             }
             AMQPClass::Basic(m) => self.on_basic(id, m, queues, class_id, method_id),
-            _ => self.close(reply::NOT_IMPLEMENTED, "NOT_IMPLEMENTED - method not supported by meshgate", class_id, method_id),
+            _ => self.close(
+                reply::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - method not supported by meshgate",
+                class_id,
+                method_id,
+            ),
         }
     }
 
@@ -196,7 +201,12 @@ impl ServerConnection {
                     self.send(&method(id, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}))));
                 }
             }
-            _ => self.close(reply::NOT_IMPLEMENTED, "NOT_IMPLEMENTED - exchange-to-exchange bindings", class_id, method_id),
+            _ => self.close(
+                reply::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - exchange-to-exchange bindings",
+                class_id,
+                method_id,
+            ),
         }
     }
 
@@ -321,24 +331,23 @@ impl ServerConnection {
                 self.settle(id, n.delivery_tag, n.multiple, how, queues);
             }
             basic::AMQPMethod::Recover(_) => {
-                let tags: Vec<u64> = self.channels.get(&id).map(|ch| ch.unacked.keys().copied().collect()).unwrap_or_default();
+                let tags: Vec<u64> =
+                    self.channels.get(&id).map(|ch| ch.unacked.keys().copied().collect()).unwrap_or_default();
                 for tag in tags {
                     self.settle(id, tag, false, Settle::Requeue, queues);
                 }
                 self.send(&method(id, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {}))));
             }
-            _ => self.close(reply::NOT_IMPLEMENTED, "NOT_IMPLEMENTED - method not supported by meshgate", class_id, method_id),
+            _ => self.close(
+                reply::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - method not supported by meshgate",
+                class_id,
+                method_id,
+            ),
         }
     }
 
-    fn on_consume(
-        &mut self,
-        id: u16,
-        c: basic::Consume,
-        queues: &mut impl Queues,
-        class_id: u16,
-        method_id: u16,
-    ) {
+    fn on_consume(&mut self, id: u16, c: basic::Consume, queues: &mut impl Queues, class_id: u16, method_id: u16) {
         let mut tag = c.consumer_tag.as_str().to_string();
         if tag.is_empty() {
             tag = format!("amq.ctag-meshgate-{}", self.next_consumer);
@@ -346,7 +355,12 @@ impl ServerConnection {
         }
         let Some(ch) = self.channels.get(&id) else { return };
         if ch.consumers.contains_key(&tag) {
-            self.close(reply::NOT_ALLOWED, "NOT_ALLOWED - consumer tag already in use on this channel", class_id, method_id);
+            self.close(
+                reply::NOT_ALLOWED,
+                "NOT_ALLOWED - consumer tag already in use on this channel",
+                class_id,
+                method_id,
+            );
             return;
         }
         if let Err(e) = queues.consume(c.queue.as_str(), ch.prefetch) {

@@ -229,7 +229,6 @@ impl ServerConnection {
         self.state = State::Closed;
     }
 
-
     /// Consumes whole frames from `input`; returns how many bytes it used. Call again with the rest once more
     /// bytes arrived.
     /// Stops early while the driver owes an answer to [`Event::Authenticate`].
@@ -417,7 +416,6 @@ impl ServerConnection {
             }
         }
     }
-
 }
 
 /// PLAIN (`\0user\0password`) or AMQPLAIN (a field table of LOGIN and PASSWORD, without its length prefix).

@@ -312,7 +312,9 @@ fn without_spool_credit_publishers_hear_flow_false_and_confirms_wait_for_the_res
     let frames_out = frames_of(&out);
     assert_eq!(frames_out.iter().filter_map(flow).collect::<Vec<_>>(), [(1, true), (2, true)]);
     assert!(
-        frames_out.iter().any(|f| matches!(f, AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) if a.delivery_tag == 1)),
+        frames_out.iter().any(
+            |f| matches!(f, AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) if a.delivery_tag == 1)
+        ),
         "the held confirm goes out on resume: {frames_out:?}"
     );
 }
@@ -437,7 +439,9 @@ fn basic_get_answers_get_ok_or_get_empty() {
     assert!(matches!(&out[..], [AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_)))]));
     q.push("q", message("a", &[7; 10]));
     let out = feed_with(&mut c, &mut q, &[get()]);
-    assert!(matches!(&out[0], AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetOk(g))) if g.message_count == 0));
+    assert!(
+        matches!(&out[0], AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetOk(g))) if g.message_count == 0)
+    );
     assert!(matches!(&out[1], AMQPFrame::Header(1, h) if h.body_size == 10));
     assert_eq!(q.unsettled("q"), 0, "no_ack settles at once");
 }

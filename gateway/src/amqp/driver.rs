@@ -335,10 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             .headers()
             .as_ref()
             .map(|h| {
-                h.inner()
-                    .iter()
-                    .filter_map(|(k, v)| header_text(v).map(|t| (k.as_str().to_string(), t)))
-                    .collect()
+                h.inner().iter().filter_map(|(k, v)| header_text(v).map(|t| (k.as_str().to_string(), t))).collect()
             })
             .unwrap_or_default();
         let expiry = p.expiration().as_ref().and_then(|e| e.as_str().parse::<u64>().ok());

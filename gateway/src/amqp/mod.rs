@@ -9,8 +9,8 @@
 //!   sessions; [`topic`]: routing keys and topics as one space.
 //! - [`driver`]: the tokio side of a connection: credentials, normalize, spool receipts, flow control.
 
-mod channel;
 pub mod broker_queues;
+mod channel;
 pub mod connection;
 pub mod driver;
 pub mod frames;
