@@ -1,12 +1,37 @@
-//! Feeds arbitrary bytes, after a valid protocol header, to meshgate's AMQP 0-9-1 server connection, split where
-//! the first byte says, with in-memory queues holding messages for consumers and the spool's credit toggling: the
-//! state machine never panics, never consumes more than it was given, and keeps answering.
+//! Feeds arbitrary bytes, after a valid handshake (header, start-ok, tune-ok, open), to meshgate's AMQP 0-9-1 server
+//! connection, split where the first byte says, with in-memory queues holding messages for consumers and the
+//! spool's credit toggling: the state machine never panics, never consumes more than it was given, and keeps
+//! answering.
 #![no_main]
 
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::{FieldTable, LongString, ShortString};
 use libfuzzer_sys::fuzz_target;
 use meshgate_gateway::amqp::connection::{Event, Limits, ServerConnection};
-use meshgate_gateway::amqp::frames::PROTOCOL_HEADER;
+use meshgate_gateway::amqp::frames::{self, PROTOCOL_HEADER};
 use meshgate_gateway::amqp::queues::{MemoryQueues, OutgoingMessage};
+
+/// The client's side of the handshake after the protocol header.
+fn handshake() -> Vec<u8> {
+    let start_ok = connection::StartOk {
+        client_properties: FieldTable::default(),
+        mechanism: ShortString::from("PLAIN"),
+        response: LongString::from("\0dev\0pw"),
+        locale: ShortString::from("en_US"),
+    };
+    let tune_ok = connection::TuneOk { channel_max: 64, frame_max: 4096, heartbeat: 0 };
+    let open = connection::Open { virtual_host: ShortString::from("/") };
+    let mut wire = Vec::new();
+    for m in [
+        connection::AMQPMethod::StartOk(start_ok),
+        connection::AMQPMethod::TuneOk(tune_ok),
+        connection::AMQPMethod::Open(open),
+    ] {
+        frames::encode(&AMQPFrame::Method(0, AMQPClass::Connection(m)), &mut wire);
+    }
+    wire
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else { return };
@@ -24,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(c.handle_input(PROTOCOL_HEADER, 0, &mut queues), PROTOCOL_HEADER.len());
     let mut out = Vec::new();
-    let mut pending = Vec::new();
+    let mut pending = handshake();
     for (i, chunk) in rest.chunks(usize::from(split).max(1)).enumerate() {
         pending.extend_from_slice(chunk);
         loop {
