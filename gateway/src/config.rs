@@ -56,6 +56,19 @@ pub struct Config {
     /// `[broker]`: the local MQTT broker.
     #[serde(default)]
     pub broker: BrokerSection,
+    /// `[tls]`: the server certificate the TLS listeners present.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM, leaf first (relative paths from the working directory).
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// `[broker]`.
@@ -158,6 +171,9 @@ impl Default for MqttListenerConfig {
 pub struct AmqpListenerConfig {
     /// The address to listen on; port 0 picks a free port (printed at start).
     pub bind: SocketAddr,
+    /// Where to listen for AMQP over TLS (amqps, conventionally port 5671), with the certificate of `[tls]`;
+    /// off unless set.
+    pub tls_bind: Option<SocketAddr>,
     /// The largest frame offered in connection.tune, in bytes (at least 4096).
     pub frame_max: u32,
     /// The highest channel number offered in connection.tune.
@@ -178,6 +194,7 @@ impl Default for AmqpListenerConfig {
     fn default() -> Self {
         AmqpListenerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 5672)),
+            tls_bind: None,
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat_secs: 60,
@@ -313,6 +330,9 @@ impl Config {
             if amqp.max_unconfirmed == 0 {
                 return err("listeners.amqp.max_unconfirmed", "must be at least 1");
             }
+            if amqp.tls_bind.is_some() && self.tls.is_none() {
+                return err("listeners.amqp.tls_bind", "needs a [tls] table with cert_file and key_file");
+            }
         }
         if self.listeners.ws.is_some() {
             return err("listeners.ws", "the WebSocket listener is not available in this version of meshgate");
@@ -437,5 +457,7 @@ mod tests {
         assert_eq!(e.key, "listeners.amqp.frame_max");
         let c = load_str("[listeners.amqp]\n", &[("MESHGATE_LISTENERS__AMQP__BIND", "127.0.0.1:0")]).unwrap();
         assert_eq!(c.listeners.amqp.unwrap().bind.port(), 0);
+        let e = load_str("[listeners.amqp]\ntls_bind = \"127.0.0.1:5671\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "listeners.amqp.tls_bind");
     }
 }

@@ -64,6 +64,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(a) => Some(bind(a.bind, "listeners.amqp.bind").await?),
         None => None,
     };
+    let amqps_listener = match config.listeners.amqp.as_ref().and_then(|a| a.tls_bind) {
+        Some(addr) => Some(bind(addr, "listeners.amqp.tls_bind").await?),
+        None => None,
+    };
+    let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let admin_listener = match &config.admin {
         Some(a) => Some(bind(a.bind, "admin.bind").await?),
         None => None,
@@ -98,8 +103,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let serve = move |stream| mqtt::connection::serve(stream, Arc::clone(&ctx));
         listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
     }
-    if let (Some(listener), Some(cfg)) = (amqp_listener, &config.listeners.amqp) {
-        announce("amqp", &listener)?;
+    if let Some(cfg) = &config.listeners.amqp {
         let ctx = Arc::new(AmqpContext {
             config: cfg.clone(),
             auth: auth.clone(),
@@ -110,8 +114,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             acl: acl.clone(),
             shutdown: stop_rx.clone(),
         });
-        let serve = move |stream| amqp::driver::serve(stream, Arc::clone(&ctx));
-        listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
+        if let Some(listener) = amqp_listener {
+            announce("amqp", &listener)?;
+            let ctx = Arc::clone(&ctx);
+            let serve = move |stream| amqp::driver::serve(stream, Arc::clone(&ctx));
+            listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
+        }
+        if let (Some(listener), Some(acceptor)) = (amqps_listener, tls.clone()) {
+            announce("amqps", &listener)?;
+            let handshake = Duration::from_secs(cfg.connect_timeout_secs);
+            let serve = move |stream| {
+                let (acceptor, ctx) = (acceptor.clone(), Arc::clone(&ctx));
+                async move {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => amqp::driver::serve(tls, ctx).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "AMQP TLS handshake failed"),
+                        Err(_) => tracing::debug!("AMQP TLS handshake timed out"),
+                    }
+                }
+            };
+            listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
+        }
     }
     drop(ingest);
     let mut admin_task = None;

@@ -50,6 +50,8 @@ pub struct Gateway {
     pub mqtt: SocketAddr,
     /// The AMQP listener's address (the base configuration has one).
     pub amqp: Option<SocketAddr>,
+    /// The AMQP-over-TLS listener's address, when configured.
+    pub amqps: Option<SocketAddr>,
     /// The admin endpoint's address.
     pub admin: SocketAddr,
     /// The data directory.
@@ -106,6 +108,7 @@ impl Gateway {
         });
         let mut mqtt = None;
         let mut amqp = None;
+        let mut amqps = None;
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         while mqtt.is_none() || admin.is_none() {
@@ -123,12 +126,14 @@ impl Gateway {
             } else if line.starts_with("meshgate: amqp listening on") {
                 // Announced before admin, so it is known by the time the loop ends.
                 amqp = addr(&line);
+            } else if line.starts_with("meshgate: amqps listening on") {
+                amqps = addr(&line);
             } else if line.starts_with("meshgate: admin listening on") {
                 admin = addr(&line);
             }
         }
         let (Some(mqtt), Some(admin)) = (mqtt, admin) else { bail!("unparseable announcement") };
-        Ok(Gateway { child: Some(child), mqtt, amqp, admin, data_dir: data_dir.to_path_buf(), _scratch: None })
+        Ok(Gateway { child: Some(child), mqtt, amqp, amqps, admin, data_dir: data_dir.to_path_buf(), _scratch: None })
     }
 
     /// The AMQP listener's address; an error when the configuration has none.

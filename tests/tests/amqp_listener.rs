@@ -471,3 +471,48 @@ async fn pika_publishes_with_confirms_and_consumes_commands() -> anyhow::Result<
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_serves_the_same_listener_over_tls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert, issued.cert.pem())?;
+    std::fs::write(&key, issued.signing_key.serialize_pem())?;
+    let gw = Gateway::start_with(|base| {
+        base.replace("[listeners.amqp]\n", "[listeners.amqp]\ntls_bind = \"127.0.0.1:0\"\n")
+            + &format!("\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n", cert.display(), key.display())
+    })?;
+    let amqps = gw.amqps.ok_or_else(|| anyhow::anyhow!("no amqps announcement"))?;
+    // A client speaking plain AMQP to the TLS port fails its handshake; the listener carries on.
+    let mut plain = RawAmqp::connect(amqps)?;
+    plain.write(amqp_raw::PROTOCOL_HEADER)?;
+    let answer = plain.read_to_end();
+    assert!(!answer.starts_with(b"AMQP"), "no AMQP without TLS on the TLS port");
+    // pika over TLS, trusting the test's certificate, publishes with confirms.
+    let script = r#"
+import ssl, sys, pika
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+params = pika.ConnectionParameters(host="127.0.0.1", port=int(sys.argv[1]),
+                                   ssl_options=pika.SSLOptions(ctx, "localhost"),
+                                   client_properties={"connection_name": "tls-device"})
+connection = pika.BlockingConnection(params)
+channel = connection.channel()
+channel.confirm_delivery()
+channel.basic_publish("amq.topic", "devices.tls-device.events", b"over tls")
+connection.close()
+print("confirmed")
+"#;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(amqps.port().to_string())
+        .arg(&cert)
+        .output()
+        .await?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("confirmed"), "pika over TLS failed:\n{stdout}\n{stderr}");
+    let events = gw.wait_for_events(1, Duration::from_secs(10))?;
+    assert_eq!(str_of(&events[0], "source"), "/meshgate/edge-test/amqp/tls-device");
+    Ok(())
+}
