@@ -61,9 +61,10 @@ pub struct Gateway {
 }
 
 /// The base configuration every test starts from: ephemeral ports, the scratch data dir, anonymous allowed.
+/// `[listeners.mqtt]` comes right before `[admin]`, so tests add MQTT keys by inserting them before `[admin]`.
 pub fn base_config(data_dir: &Path) -> String {
     format!(
-        "[gateway]\nid = \"edge-test\"\ndata_dir = \"{}\"\n\n[listeners.mqtt]\nbind = \"127.0.0.1:0\"\n\n[listeners.amqp]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[auth]\nallow_anonymous = true\n",
+        "[gateway]\nid = \"edge-test\"\ndata_dir = \"{}\"\n\n[listeners.amqp]\nbind = \"127.0.0.1:0\"\n\n[listeners.mqtt]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[auth]\nallow_anonymous = true\n",
         data_dir.display()
     )
 }

@@ -14,11 +14,16 @@ fn a_port_in_use_is_a_clear_startup_error_naming_the_key() -> anyhow::Result<()>
     let port = taken.local_addr()?.port();
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("meshgate.toml");
-    std::fs::write(&config, base_config(dir.path()).replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1))?;
-    let out = Command::new(meshgate_bin()).arg("--config").arg(&config).output()?;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("listeners.mqtt.bind") && stderr.contains("already in use"), "{stderr}");
+    for listener in ["mqtt", "amqp"] {
+        let table = format!("[listeners.{listener}]\nbind = \"127.0.0.1:0\"");
+        let taken_table = format!("[listeners.{listener}]\nbind = \"127.0.0.1:{port}\"");
+        std::fs::write(&config, base_config(dir.path()).replace(&table, &taken_table))?;
+        let out = Command::new(meshgate_bin()).arg("--config").arg(&config).output()?;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let key = format!("listeners.{listener}.bind");
+        assert!(stderr.contains(&key) && stderr.contains("already in use"), "{stderr}");
+    }
     Ok(())
 }
 

@@ -418,9 +418,17 @@ impl ServerConnection {
         }
         content.properties = Some(properties);
         content.size = size;
-        content.body.reserve(usize::try_from(size).unwrap_or(0));
+        // Memory follows the bytes that arrive, never the size a header claims.
+        content.body.reserve(usize::try_from(size).unwrap_or(0).min(self.frame_max));
         if size == 0 {
             self.complete(id);
+            return;
+        }
+        // Messages assembled at once on several channels share one budget per connection.
+        let assembling: u64 = self.channels.values().filter_map(|c| c.content.as_ref()).map(|c| c.size).sum();
+        if assembling > max {
+            let text = format!("RESOURCE_ERROR - {assembling} bytes of messages in assembly, the limit is {max}");
+            self.close(reply::RESOURCE_ERROR, &text, 60, 40);
         }
     }
 

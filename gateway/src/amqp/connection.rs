@@ -62,6 +62,8 @@ pub mod reply {
     pub const NOT_ALLOWED: u16 = 530;
     /// 540 not-implemented.
     pub const NOT_IMPLEMENTED: u16 = 540;
+    /// 506 resource-error (connection).
+    pub const RESOURCE_ERROR: u16 = 506;
 }
 
 /// What the server offers in tune.

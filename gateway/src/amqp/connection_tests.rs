@@ -445,3 +445,20 @@ fn basic_get_answers_get_ok_or_get_empty() {
     assert!(matches!(&out[1], AMQPFrame::Header(1, h) if h.body_size == 10));
     assert_eq!(q.unsettled("q"), 0, "no_ack settles at once");
 }
+
+#[test]
+fn messages_in_assembly_on_many_channels_share_one_budget() {
+    let mut c = open();
+    // LIMITS.max_body is 1024: two channels each announcing 600 bytes exceed it together.
+    feed(&mut c, &[channel_open(1), channel_open(2)]);
+    let mut frames_in = publish_frames(1, "", &[&[0; 600]]);
+    frames_in.truncate(2);
+    assert!(feed(&mut c, &frames_in).is_empty(), "one message in assembly is fine");
+    let mut frames_in = publish_frames(2, "", &[&[0; 600]]);
+    frames_in.truncate(2);
+    let out = feed(&mut c, &frames_in);
+    assert!(
+        matches!(&out[..], [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl)))] if cl.reply_code == reply::RESOURCE_ERROR),
+        "{out:?}"
+    );
+}
