@@ -246,8 +246,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 self.on_publish(channel, delivery_tag, &exchange, &routing_key, &properties, body).await;
             }
             Event::Closed { code, text } => {
+                if let Some(reason) = reject_reason(code) {
+                    self.ctx.metrics.reject(PROTOCOL, reason);
+                }
                 if code >= 300 {
-                    self.ctx.metrics.reject(PROTOCOL, reject_reason(code));
                     tracing::debug!(client = %self.client_id, code, text, "AMQP connection closed with an error");
                 }
             }
@@ -435,12 +437,14 @@ fn header_text(v: &AMQPValue) -> Option<String> {
     }
 }
 
-fn reject_reason(code: u16) -> RejectReason {
+/// The reject counted for a connection closed with `code` (a refused login is counted where it is refused; the
+/// handshake timeout where it fires).
+fn reject_reason(code: u16) -> Option<RejectReason> {
     match code {
-        reply::ACCESS_REFUSED => RejectReason::BadCredentials,
-        reply::FRAME_ERROR => RejectReason::Malformed,
-        reply::CONTENT_TOO_LARGE => RejectReason::TooLarge,
-        _ => RejectReason::ProtocolViolation,
+        0..300 | reply::ACCESS_REFUSED | reply::CONNECTION_FORCED => None,
+        reply::FRAME_ERROR => Some(RejectReason::Malformed),
+        reply::RESOURCE_ERROR => Some(RejectReason::TooLarge),
+        _ => Some(RejectReason::ProtocolViolation),
     }
 }
 
