@@ -20,6 +20,7 @@ use crate::normalize::RuleConfig;
 pub const EMBEDDED_DEFAULTS: &str = r#"
 [listeners.mqtt]
 [listeners.amqp]
+[listeners.ws]
 [admin]
 [auth]
 allow_anonymous = true
@@ -69,6 +70,18 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates are verified against; mTLS is off without it.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: whether a client must present a certificate (else it may, and one that does is
+    /// verified). A verified certificate's subject common name is the device's identity for ACLs, and an MQTT
+    /// CONNECT without a user name is that device.
+    #[serde(default = "yes")]
+    pub require_client_cert: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[broker]`.
@@ -120,8 +133,8 @@ pub struct ListenersConfig {
     pub mqtt: Option<MqttListenerConfig>,
     /// `[listeners.amqp]`: AMQP 0-9-1 over TCP.
     pub amqp: Option<AmqpListenerConfig>,
-    /// `[listeners.ws]`: not available in this version (refused at load).
-    pub ws: Option<toml::Table>,
+    /// `[listeners.ws]`: WebSocket (`cloudevents.json` and `mqtt` subprotocols).
+    pub ws: Option<WsListenerConfig>,
 }
 
 /// `[listeners.mqtt]`.
@@ -130,6 +143,9 @@ pub struct ListenersConfig {
 pub struct MqttListenerConfig {
     /// The address to listen on; port 0 picks a free port (printed at start).
     pub bind: SocketAddr,
+    /// Where to listen for MQTT over TLS (mqtts, conventionally port 8883), with the certificate of `[tls]`;
+    /// off unless set.
+    pub tls_bind: Option<SocketAddr>,
     /// The largest packet accepted, fixed header included (advertised as Maximum Packet Size in MQTT 5).
     pub max_packet_size: u32,
     /// How many QoS 1/2 publishes a client may have unacknowledged (MQTT 5 Receive Maximum); MQTT 3.1.1 clients
@@ -154,6 +170,7 @@ impl Default for MqttListenerConfig {
     fn default() -> Self {
         MqttListenerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            tls_bind: None,
             max_packet_size: 1024 * 1024,
             receive_maximum: 128,
             topic_alias_maximum: 32,
@@ -201,6 +218,55 @@ impl Default for AmqpListenerConfig {
             max_message_size: 16 * 1024 * 1024,
             max_unconfirmed: 1024,
             connect_timeout_secs: 10,
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// `[listeners.ws]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsListenerConfig {
+    /// The address to listen on; port 0 picks a free port (printed at start).
+    pub bind: SocketAddr,
+    /// Where to listen for WebSocket over TLS (wss), with the certificate of `[tls]`; off unless set.
+    pub tls_bind: Option<SocketAddr>,
+    /// Upgrades are accepted on this path only (any path when unset).
+    pub path: Option<String>,
+    /// Browser origins allowed to connect (an upgrade without `Origin` is always allowed); empty: any.
+    pub allowed_origins: Vec<String>,
+    /// The largest message, in bytes (larger: close 1009).
+    pub max_message_size: usize,
+    /// The largest frame, in bytes.
+    pub max_frame_size: usize,
+    /// Seconds between the gateway's pings on an idle `cloudevents.json` connection.
+    pub ping_interval_secs: u64,
+    /// Seconds without any message from the client after which a `cloudevents.json` connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Events a `cloudevents.json` connection may have waiting for the spool before it is no longer read.
+    pub max_unacked: usize,
+    /// Invalid events in a row after which a `cloudevents.json` connection is closed with 1007.
+    pub max_invalid: u32,
+    /// Seconds for the TLS and HTTP upgrade handshakes.
+    pub handshake_timeout_secs: u64,
+    /// The most connections served at once; further ones are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for WsListenerConfig {
+    fn default() -> Self {
+        WsListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_bind: None,
+            path: None,
+            allowed_origins: Vec::new(),
+            max_message_size: 1024 * 1024,
+            max_frame_size: 1024 * 1024,
+            ping_interval_secs: 30,
+            idle_timeout_secs: 90,
+            max_unacked: 128,
+            max_invalid: 10,
+            handshake_timeout_secs: 10,
             max_connections: 100_000,
         }
     }
@@ -334,8 +400,13 @@ impl Config {
                 return err("listeners.amqp.tls_bind", "needs a [tls] table with cert_file and key_file");
             }
         }
-        if self.listeners.ws.is_some() {
-            return err("listeners.ws", "the WebSocket listener is not available in this version of meshgate");
+        if let Some(ws) = &self.listeners.ws {
+            if ws.max_unacked == 0 {
+                return err("listeners.ws.max_unacked", "must be at least 1");
+            }
+            if ws.tls_bind.is_some() && self.tls.is_none() {
+                return err("listeners.ws.tls_bind", "needs a [tls] table with cert_file and key_file");
+            }
         }
         if let Some(mqtt) = &self.listeners.mqtt {
             if mqtt.receive_maximum == 0 {
@@ -343,6 +414,9 @@ impl Config {
             }
             if mqtt.max_packet_size < 64 {
                 return err("listeners.mqtt.max_packet_size", "must be at least 64 bytes");
+            }
+            if mqtt.tls_bind.is_some() && self.tls.is_none() {
+                return err("listeners.mqtt.tls_bind", "needs a [tls] table with cert_file and key_file");
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -445,8 +519,8 @@ mod tests {
     fn unknown_routes_and_listeners_not_built_yet_are_refused() {
         let e = load_str("[[rules]]\ntopic = \"a/#\"\nuplinks = [\"nope\"]\n", &[]).unwrap_err();
         assert_eq!(e.key, "rules[0].uplinks");
-        let e = load_str("[listeners.ws]\nbind = \"127.0.0.1:8080\"\n", &[]).unwrap_err();
-        assert_eq!(e.key, "listeners.ws");
+        let e = load_str("[listeners.ws]\ntls_bind = \"127.0.0.1:8443\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "listeners.ws.tls_bind");
     }
 
     #[test]

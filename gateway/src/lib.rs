@@ -9,6 +9,7 @@
 //! - [`broker`]: the local MQTT broker (subscriptions, retained messages, sessions, wills, shared subscriptions).
 //! - [`mqtt`]: the MQTT listener, our own sessions over the `meshgate-protocols` codec.
 //! - [`amqp`]: the AMQP 0-9-1 listener: publisher confirms, channel.flow, queues over the local broker.
+//! - [`ws`]: the WebSocket listener: `cloudevents.json` with acknowledgements, and MQTT over WebSocket.
 //! - [`listener`]: the accept loop the listeners share; [`tls`]: rustls (ring) for the TLS listeners.
 //! - [`normalize`]: message → CloudEvent, with mapping rules.
 //! - [`metrics`] and [`admin`]: counters and the health/metrics endpoint.
@@ -26,3 +27,4 @@ pub mod mqtt;
 pub mod normalize;
 pub mod server;
 pub mod tls;
+pub mod ws;

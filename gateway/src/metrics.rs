@@ -16,16 +16,19 @@ pub enum Protocol {
     Mqtt,
     /// AMQP 0-9-1 over TCP.
     Amqp,
+    /// CloudEvents over WebSocket (`cloudevents.json`; MQTT over WebSocket counts as MQTT).
+    Ws,
 }
 
 impl Protocol {
-    const ALL: [Protocol; 2] = [Protocol::Mqtt, Protocol::Amqp];
+    const ALL: [Protocol; 3] = [Protocol::Mqtt, Protocol::Amqp, Protocol::Ws];
 
     /// The name used in event sources, the `protocol` extension and metric labels.
     pub const fn as_str(self) -> &'static str {
         match self {
             Protocol::Mqtt => "mqtt",
             Protocol::Amqp => "amqp",
+            Protocol::Ws => "ws",
         }
     }
 }

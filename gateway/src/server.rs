@@ -21,6 +21,7 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttContext};
 use crate::normalize::Normalizer;
+use crate::ws::{self, WsContext};
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
@@ -33,6 +34,25 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
             anyhow::anyhow!("{key}: cannot listen on {addr}: {e}")
         }
     })
+}
+
+async fn bind_opt(addr: Option<SocketAddr>, key: &str) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(a) => bind(a, key).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// How a listener serves each accepted connection.
+type Serve = Box<dyn Fn(tokio::net::TcpStream) -> crate::tls::Serving + Send>;
+
+/// Boxes a plain connection handler, so plain and TLS listeners have one type.
+fn boxed<F, Fut>(serve: F) -> Serve
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    Box::new(move |s| Box::pin(serve(s)))
 }
 
 /// Runs the gateway until `shutdown` resolves.
@@ -56,23 +76,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let mqtt_listener = match &config.listeners.mqtt {
-        Some(m) => Some(bind(m.bind, "listeners.mqtt.bind").await?),
-        None => None,
-    };
-    let amqp_listener = match &config.listeners.amqp {
-        Some(a) => Some(bind(a.bind, "listeners.amqp.bind").await?),
-        None => None,
-    };
-    let amqps_listener = match config.listeners.amqp.as_ref().and_then(|a| a.tls_bind) {
-        Some(addr) => Some(bind(addr, "listeners.amqp.tls_bind").await?),
-        None => None,
-    };
+    // Every socket is bound before anything is announced, so a port in use fails the start cleanly.
+    let l = &config.listeners;
+    let mqtt_listener = bind_opt(l.mqtt.as_ref().map(|c| c.bind), "listeners.mqtt.bind").await?;
+    let mqtts_listener = bind_opt(l.mqtt.as_ref().and_then(|c| c.tls_bind), "listeners.mqtt.tls_bind").await?;
+    let amqp_listener = bind_opt(l.amqp.as_ref().map(|c| c.bind), "listeners.amqp.bind").await?;
+    let amqps_listener = bind_opt(l.amqp.as_ref().and_then(|c| c.tls_bind), "listeners.amqp.tls_bind").await?;
+    let ws_listener = bind_opt(l.ws.as_ref().map(|c| c.bind), "listeners.ws.bind").await?;
+    let wss_listener = bind_opt(l.ws.as_ref().and_then(|c| c.tls_bind), "listeners.ws.tls_bind").await?;
+    let admin_listener = bind_opt(config.admin.as_ref().map(|a| a.bind), "admin.bind").await?;
     let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-    let admin_listener = match &config.admin {
-        Some(a) => Some(bind(a.bind, "admin.bind").await?),
-        None => None,
-    };
 
     let broker_dir = data_dir.join("broker");
     let broker_config = BrokerConfig { max_queued_messages: config.broker.max_queued_messages };
@@ -86,10 +99,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let auth = Authenticator::new(&config.auth);
     let acl = crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default);
     let mut listener_tasks = Vec::new();
-    if let (Some(listener), Some(cfg)) = (mqtt_listener, &config.listeners.mqtt) {
-        announce("mqtt", &listener)?;
-        let ctx = Arc::new(MqttContext {
-            config: cfg.clone(),
+    let mut spawn = |listener, max: usize, serve| {
+        listener_tasks.push(tokio::spawn(listener::run(listener, max, stop_rx.clone(), serve)));
+    };
+    // MQTT sessions serve the MQTT listener and the `mqtt` subprotocol of the WebSocket listener.
+    let mqtt_ctx = (l.mqtt.is_some() || l.ws.is_some()).then(|| {
+        Arc::new(MqttContext {
+            config: l.mqtt.clone().unwrap_or_default(),
             auth: auth.clone(),
             normalizer: Arc::clone(&normalizer),
             ingest: ingest.clone(),
@@ -99,11 +115,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             acl: acl.clone(),
             lifecycle_events: config.gateway.lifecycle_events,
             shutdown: stop_rx.clone(),
-        });
-        let serve = move |stream| mqtt::connection::serve(stream, Arc::clone(&ctx));
-        listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
+        })
+    });
+    if let (Some(cfg), Some(ctx)) = (&l.mqtt, &mqtt_ctx) {
+        let timeout = Duration::from_secs(cfg.connect_timeout_secs);
+        if let Some(listener) = mqtt_listener {
+            announce("mqtt", &listener)?;
+            let ctx = Arc::clone(ctx);
+            spawn(listener, cfg.max_connections, boxed(move |s| mqtt::connection::serve(s, Arc::clone(&ctx))));
+        }
+        if let (Some(listener), Some(acceptor)) = (mqtts_listener, tls.clone()) {
+            announce("mqtts", &listener)?;
+            let ctx = Arc::clone(ctx);
+            let serve = move |s, id| mqtt::connection::serve_as(s, Arc::clone(&ctx), id);
+            spawn(listener, cfg.max_connections, Box::new(crate::tls::over_tls(acceptor, timeout, serve)));
+        }
     }
-    if let Some(cfg) = &config.listeners.amqp {
+    if let Some(cfg) = &l.amqp {
         let ctx = Arc::new(AmqpContext {
             config: cfg.clone(),
             auth: auth.clone(),
@@ -114,28 +142,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             acl: acl.clone(),
             shutdown: stop_rx.clone(),
         });
+        let timeout = Duration::from_secs(cfg.connect_timeout_secs);
         if let Some(listener) = amqp_listener {
             announce("amqp", &listener)?;
             let ctx = Arc::clone(&ctx);
-            let serve = move |stream| amqp::driver::serve(stream, Arc::clone(&ctx));
-            listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
+            spawn(listener, cfg.max_connections, boxed(move |s| amqp::driver::serve(s, Arc::clone(&ctx))));
         }
         if let (Some(listener), Some(acceptor)) = (amqps_listener, tls.clone()) {
             announce("amqps", &listener)?;
-            let handshake = Duration::from_secs(cfg.connect_timeout_secs);
-            let serve = move |stream| {
-                let (acceptor, ctx) = (acceptor.clone(), Arc::clone(&ctx));
-                async move {
-                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => amqp::driver::serve(tls, ctx).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "AMQP TLS handshake failed"),
-                        Err(_) => tracing::debug!("AMQP TLS handshake timed out"),
-                    }
-                }
-            };
-            listener_tasks.push(tokio::spawn(listener::run(listener, cfg.max_connections, stop_rx.clone(), serve)));
+            let serve = move |s, _id| amqp::driver::serve(s, Arc::clone(&ctx));
+            spawn(listener, cfg.max_connections, Box::new(crate::tls::over_tls(acceptor, timeout, serve)));
         }
     }
+    if let (Some(cfg), Some(mqtt_ctx)) = (&l.ws, &mqtt_ctx) {
+        let ctx = Arc::new(WsContext {
+            config: cfg.clone(),
+            auth: auth.clone(),
+            normalizer: Arc::clone(&normalizer),
+            ingest: ingest.clone(),
+            metrics: Arc::clone(&metrics),
+            broker: Arc::clone(&broker),
+            acl: acl.clone(),
+            mqtt: Arc::clone(mqtt_ctx),
+            shutdown: stop_rx.clone(),
+        });
+        let timeout = Duration::from_secs(cfg.handshake_timeout_secs);
+        if let Some(listener) = ws_listener {
+            announce("ws", &listener)?;
+            let ctx = Arc::clone(&ctx);
+            spawn(listener, cfg.max_connections, boxed(move |s| ws::serve(s, Arc::clone(&ctx), None)));
+        }
+        if let (Some(listener), Some(acceptor)) = (wss_listener, tls.clone()) {
+            announce("wss", &listener)?;
+            let serve = move |s, id| ws::serve(s, Arc::clone(&ctx), id);
+            spawn(listener, cfg.max_connections, Box::new(crate::tls::over_tls(acceptor, timeout, serve)));
+        }
+    }
+    drop(mqtt_ctx);
     drop(ingest);
     let mut admin_task = None;
     if let Some(listener) = admin_listener {

@@ -5,6 +5,7 @@
 pub mod amqp_raw;
 pub mod clients;
 pub mod eventmesh;
+pub mod pki;
 pub mod proxy;
 pub mod raw;
 
@@ -50,8 +51,8 @@ pub struct Gateway {
     pub mqtt: SocketAddr,
     /// The AMQP listener's address (the base configuration has one).
     pub amqp: Option<SocketAddr>,
-    /// The AMQP-over-TLS listener's address, when configured.
-    pub amqps: Option<SocketAddr>,
+    /// Every announced listener by name (`mqtt`, `mqtts`, `amqp`, `amqps`, `ws`, `wss`, `admin`).
+    pub listeners: std::collections::HashMap<String, SocketAddr>,
     /// The admin endpoint's address.
     pub admin: SocketAddr,
     /// The data directory.
@@ -64,7 +65,7 @@ pub struct Gateway {
 /// `[listeners.mqtt]` comes right before `[admin]`, so tests add MQTT keys by inserting them before `[admin]`.
 pub fn base_config(data_dir: &Path) -> String {
     format!(
-        "[gateway]\nid = \"edge-test\"\ndata_dir = \"{}\"\n\n[listeners.amqp]\nbind = \"127.0.0.1:0\"\n\n[listeners.mqtt]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[auth]\nallow_anonymous = true\n",
+        "[gateway]\nid = \"edge-test\"\ndata_dir = \"{}\"\n\n[listeners.amqp]\nbind = \"127.0.0.1:0\"\n\n[listeners.ws]\nbind = \"127.0.0.1:0\"\n\n[listeners.mqtt]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[auth]\nallow_anonymous = true\n",
         data_dir.display()
     )
 }
@@ -108,8 +109,7 @@ impl Gateway {
             }
         });
         let mut mqtt = None;
-        let mut amqp = None;
-        let mut amqps = None;
+        let mut listeners = std::collections::HashMap::new();
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         while mqtt.is_none() || admin.is_none() {
@@ -122,24 +122,40 @@ impl Gateway {
                 }
             };
             let addr = |l: &str| l.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
-            if line.starts_with("meshgate: mqtt listening on") {
-                mqtt = addr(&line);
-            } else if line.starts_with("meshgate: amqp listening on") {
-                // Announced before admin, so it is known by the time the loop ends.
-                amqp = addr(&line);
-            } else if line.starts_with("meshgate: amqps listening on") {
-                amqps = addr(&line);
-            } else if line.starts_with("meshgate: admin listening on") {
-                admin = addr(&line);
+            // `meshgate: NAME listening on ADDR`; admin is announced last.
+            if let Some(name) =
+                line.strip_prefix("meshgate: ").and_then(|l| l.split_once(" listening on ")).map(|(n, _)| n)
+                && let Some(a) = addr(&line)
+            {
+                listeners.insert(name.to_string(), a);
+                match name {
+                    "mqtt" => mqtt = Some(a),
+                    "admin" => admin = Some(a),
+                    _ => {}
+                }
             }
         }
         let (Some(mqtt), Some(admin)) = (mqtt, admin) else { bail!("unparseable announcement") };
-        Ok(Gateway { child: Some(child), mqtt, amqp, amqps, admin, data_dir: data_dir.to_path_buf(), _scratch: None })
+        let amqp = listeners.get("amqp").copied();
+        Ok(Gateway {
+            child: Some(child),
+            mqtt,
+            amqp,
+            listeners,
+            admin,
+            data_dir: data_dir.to_path_buf(),
+            _scratch: None,
+        })
     }
 
     /// The AMQP listener's address; an error when the configuration has none.
     pub fn amqp(&self) -> Result<SocketAddr> {
         self.amqp.context("this gateway has no AMQP listener")
+    }
+
+    /// The address of the listener announced as `name` (`ws`, `wss`, `mqtts`, `amqps`, ...).
+    pub fn listener(&self, name: &str) -> Result<SocketAddr> {
+        self.listeners.get(name).copied().with_context(|| format!("this gateway announced no `{name}` listener"))
     }
 
     /// The CloudEvents the default file uplink has written, in order.

@@ -483,7 +483,7 @@ async fn amqps_serves_the_same_listener_over_tls() -> anyhow::Result<()> {
         base.replace("[listeners.amqp]\n", "[listeners.amqp]\ntls_bind = \"127.0.0.1:0\"\n")
             + &format!("\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n", cert.display(), key.display())
     })?;
-    let amqps = gw.amqps.ok_or_else(|| anyhow::anyhow!("no amqps announcement"))?;
+    let amqps = gw.listener("amqps")?;
     // A client speaking plain AMQP to the TLS port fails its handshake; the listener carries on.
     let mut plain = RawAmqp::connect(amqps)?;
     plain.write(amqp_raw::PROTOCOL_HEADER)?;

@@ -126,6 +126,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         self.conn.poll_transmit(&mut self.wbuf, now);
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            // A no-op on TCP; a TLS stream sends what it buffered.
+            self.stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())

@@ -121,7 +121,9 @@ impl Normalizer {
         self.wrap(&inbound, id, now)
     }
 
-    fn kept(&self, event: CloudEvent, topic: &str) -> Normalized {
+    /// A structured CloudEvent as it came (WebSocket `cloudevents.json`): kept, routed by the first rule matching
+    /// `topic` (its subject).
+    pub fn kept(&self, event: CloudEvent, topic: &str) -> Normalized {
         let rule = self.first_match(topic).map(|(r, _)| r);
         let route = rule.and_then(Rule::route).cloned().map_or(Route::All, Route::Uplinks);
         let when_full = rule.map_or(WhenFull::Block, Rule::when_full);

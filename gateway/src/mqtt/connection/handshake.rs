@@ -71,7 +71,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let code = if v5 { code_v5 } else { ReasonCode(code_v5.to_v311_connack()) };
             Packet::ConnAck(ConnAck { code, ..ConnAck::default() })
         };
-        match self.ctx.auth.check(connect.username, connect.password).await {
+        // A verified client certificate (mTLS) is the identity of a device that sends no user name.
+        let certified = connect.username.is_none() && self.peer_identity.is_some();
+        let outcome = if certified {
+            AuthOutcome::Allowed
+        } else {
+            self.ctx.auth.check(connect.username, connect.password).await
+        };
+        match outcome {
             AuthOutcome::Allowed => {}
             outcome => {
                 let (code, reason) = if outcome == AuthOutcome::BadCredentials {
@@ -117,7 +124,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.client_max_packet =
             connect.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let now = now_ms();
-        self.acl = self.ctx.acl.for_device(connect.username, &client_id);
+        let identity = if certified { self.peer_identity.as_deref() } else { connect.username };
+        self.acl = self.ctx.acl.for_device(identity, &client_id);
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
         self.deliveries = Some(self.ctx.broker.attach(&client_id, registration.conn_id));
         let connected = self

@@ -73,8 +73,18 @@ pub async fn serve<S>(stream: S, ctx: Arc<MqttContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_as(stream, ctx, None).await;
+}
+
+/// Serves one accepted connection whose peer proved `identity` with a client certificate (mTLS): a CONNECT
+/// without a user name is that device, for authentication and ACLs.
+pub async fn serve_as<S>(stream: S, ctx: Arc<MqttContext>, identity: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     ctx.metrics.connection_opened(PROTOCOL);
     let mut conn = Connection::new(stream, Arc::clone(&ctx));
+    conn.peer_identity = identity;
     let outcome = conn.run().await;
     if let Some((client_id, reg)) = &conn.session {
         ctx.registry.unregister(client_id, reg.conn_id);
@@ -134,6 +144,8 @@ struct Connection<S> {
     aliases: outbound::OutboundAliases,
     /// Whether the client wants reason strings (MQTT 5 Request Problem Information, default yes).
     problem_info: bool,
+    /// The subject of a verified client certificate (mTLS).
+    peer_identity: Option<String>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -158,6 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             acl: crate::acl::DeviceAcl::default(),
             aliases: outbound::OutboundAliases::default(),
             problem_info: true,
+            peer_identity: None,
         }
     }
 
@@ -180,6 +193,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            // A no-op on TCP; a WebSocket or TLS stream sends what it buffered.
+            self.stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())

@@ -1,0 +1,369 @@
+//! A `cloudevents.json` session: one structured CloudEvent per text message in, an acknowledgement per event out
+//! once it is durable, and the device's subscriptions delivered as events.
+//!
+//! The CloudEvents WebSocket binding defines no acknowledgement; meshgate's, in JSON text messages:
+//!
+//! | from | message | meaning |
+//! |---|---|---|
+//! | device | a CloudEvent (an object with `specversion`) | publish it |
+//! | gateway | `{"ack":"ID"}` | event `ID` is durable (in the order the events came) |
+//! | gateway | `{"nack":"ID","reason":"…"}` (`ID` null if unreadable) | refused; `max_invalid` in a row close 1007 |
+//! | device | `{"subscribe":"FILTER"}` / `{"unsubscribe":"FILTER"}` | local broker topics (MQTT filters) |
+//! | gateway | `{"subscribed":"FILTER","granted":true}` / `{"unsubscribed":"FILTER"}` | the answer |
+//! | gateway | a CloudEvent | a message on a subscribed topic (structured events as published, others wrapped) |
+//!
+//! Binary messages close the connection with 1003; messages over `max_message_size` with 1009, text that is not
+//! UTF-8 with 1007. A client that stops reading is cut off once a message cannot leave within 10 s.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::{SinkExt, StreamExt};
+use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
+use meshgate_protocols::cloudevents::CloudEvent;
+use meshgate_protocols::mqtt::{QoS, SubscriptionOptions};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::WsContext;
+use crate::acl::DeviceAcl;
+use crate::broker::local::now_ms;
+use crate::broker::{Message as BrokerMessage, Outbound};
+use crate::metrics::{Protocol, RejectReason};
+use crate::normalize::{Inbound, Normalized};
+
+const PROTOCOL: Protocol = Protocol::Ws;
+
+/// Deliveries sent per wake-up.
+const DELIVERIES_PER_WAKE: usize = 64;
+
+/// Who is on the other end.
+pub struct Device {
+    /// The device's name: the `client` query parameter, else its user name, else `ws-{n}`.
+    pub client_id: String,
+    /// Its ACL.
+    pub acl: DeviceAcl,
+    /// The broker connection id for its subscriptions.
+    pub conn_id: u64,
+}
+
+/// An event waiting for the spool.
+struct Pending {
+    id: String,
+    receipt: Receipt,
+    local: Option<BrokerMessage>,
+}
+
+/// Why the session ended.
+enum End {
+    Close(CloseCode, &'static str),
+    Gone,
+}
+
+/// Serves a `cloudevents.json` session until it ends.
+pub async fn serve<S>(mut ws: WebSocketStream<S>, ctx: Arc<WsContext>, device: Device)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.metrics.connection_opened(PROTOCOL);
+    let session = format!("ws:{}", device.client_id);
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let mut s = Session { ctx: Arc::clone(&ctx), device, session, subscribed: false, pending: VecDeque::new(), notify };
+    let end = s.run(&mut ws).await;
+    if s.subscribed {
+        s.ctx.broker.detach(&s.session, s.device.conn_id);
+        s.ctx.broker.disconnect(&s.session, Some(0));
+    }
+    if let End::Close(code, why) = end {
+        let frame = CloseFrame { code, reason: why.into() };
+        let _ = ws.close(Some(frame)).await;
+    }
+    ctx.metrics.connection_closed(PROTOCOL);
+}
+
+struct Session {
+    ctx: Arc<WsContext>,
+    device: Device,
+    /// The broker session of its subscriptions.
+    session: String,
+    subscribed: bool,
+    pending: VecDeque<Pending>,
+    /// Woken when the broker queued messages for the session.
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Session {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut WebSocketStream<S>) -> End {
+        let config = &self.ctx.config;
+        let idle = Duration::from_secs(config.idle_timeout_secs.max(1));
+        let ping_every = Duration::from_secs(config.ping_interval_secs.max(1));
+        let mut last_heard = Instant::now();
+        let mut invalid_in_a_row = 0u32;
+        let mut shutdown = self.ctx.shutdown.clone();
+        let deliveries = Arc::clone(&self.notify);
+        loop {
+            let can_read = self.pending.len() < self.ctx.config.max_unacked;
+            let next_ping = last_heard + ping_every;
+            tokio::select! {
+                biased;
+                _ = crate::listener::stopped(&mut shutdown) => {
+                    while let Some(p) = self.pending.pop_front() {
+                        let result = p.receipt.await;
+                        if self.answer(ws, p.id, p.local, result).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    return End::Close(CloseCode::Away, "gateway shutting down");
+                }
+                result = next_receipt(&mut self.pending) => {
+                    if let Some(p) = self.pending.pop_front()
+                        && self.answer(ws, p.id, p.local, result).await.is_err()
+                    {
+                        return End::Gone;
+                    }
+                }
+                message = ws.next(), if can_read => {
+                    last_heard = Instant::now();
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            match self.on_text(ws, text.as_bytes()).await {
+                                Ok(true) => invalid_in_a_row = 0,
+                                Ok(false) => {
+                                    invalid_in_a_row += 1;
+                                    if invalid_in_a_row >= self.ctx.config.max_invalid.max(1) {
+                                        return End::Close(CloseCode::Invalid, "too many invalid events");
+                                    }
+                                }
+                                Err(()) => return End::Gone,
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+                            return End::Close(CloseCode::Unsupported, "cloudevents.json carries text messages");
+                        }
+                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            use tokio_tungstenite::tungstenite::Error as E;
+                            return match e {
+                                E::Capacity(_) => {
+                                    self.ctx.metrics.reject(PROTOCOL, RejectReason::TooLarge);
+                                    End::Close(CloseCode::Size, "message too large")
+                                }
+                                E::Utf8(_) => {
+                                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                                    End::Close(CloseCode::Invalid, "text message is not UTF-8")
+                                }
+                                E::Protocol(_) => {
+                                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                                    End::Close(CloseCode::Protocol, "WebSocket protocol error")
+                                }
+                                _ => End::Gone,
+                            };
+                        }
+                    }
+                }
+                _ = deliveries.notified() => {
+                    if self.pump(ws).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_ping) => {
+                    if last_heard.elapsed() >= idle {
+                        self.ctx.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
+                        return End::Close(CloseCode::Away, "idle");
+                    }
+                    if send(ws, Message::Ping(Default::default())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a text message; `Ok(false)` when it was refused as invalid, `Err` when the socket failed.
+    async fn on_text<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        text: &[u8],
+    ) -> Result<bool, ()> {
+        let value: Value = match serde_json::from_slice(text) {
+            Ok(v) => v,
+            Err(e) => return self.nack(ws, None, &format!("not JSON: {e}")).await.map(|()| false),
+        };
+        if let Some(filter) = value.get("subscribe").and_then(Value::as_str) {
+            let granted = self.subscribe(filter);
+            return send_json(ws, &json!({ "subscribed": filter, "granted": granted })).await.map(|()| true);
+        }
+        if let Some(filter) = value.get("unsubscribe").and_then(Value::as_str) {
+            let session = self.session.clone();
+            self.ctx.broker.with(|b| b.unsubscribe(&session, filter));
+            return send_json(ws, &json!({ "unsubscribed": filter })).await.map(|()| true);
+        }
+        let id = value.get("id").and_then(Value::as_str).map(String::from);
+        let event = match CloudEvent::from_json_slice(text) {
+            Ok(e) => e,
+            Err(e) => {
+                self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
+                return self.nack(ws, id.as_deref(), &format!("invalid CloudEvent: {e}")).await.map(|()| false);
+            }
+        };
+        let topic = event.subject.clone().unwrap_or_default();
+        if !topic.is_empty() && !self.device.acl.may_publish(&topic) {
+            self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+            return self.nack(ws, Some(&event.id), "not authorized").await.map(|()| true);
+        }
+        let local = local_message(&event, &topic, &self.device.client_id);
+        let id = event.id.clone();
+        let Normalized { event, route, .. } = self.ctx.normalizer.kept(event, &topic);
+        self.ctx.metrics.message_in(PROTOCOL);
+        match self.ctx.ingest.submit(event, route).await {
+            Ok(receipt) => {
+                self.pending.push_back(Pending { id, receipt, local });
+                Ok(true)
+            }
+            Err(_) => self.nack(ws, Some(&id), "gateway shutting down").await.map(|()| true),
+        }
+    }
+
+    fn subscribe(&mut self, filter: &str) -> bool {
+        if meshgate_protocols::mqtt::topic::validate_filter(filter).is_err() || !self.device.acl.may_subscribe(filter) {
+            return false;
+        }
+        let now = now_ms();
+        let session = self.session.clone();
+        let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
+        self.ctx.broker.with(|b| {
+            if !b.has_session(&session) {
+                b.connect(&session, meshgate_protocols::mqtt::Version::V5, true, 0, u16::MAX, now);
+            }
+            b.subscribe(&session, filter, &options, None, now);
+        });
+        if !self.subscribed {
+            self.ctx.broker.attach_with(&session, self.device.conn_id, Arc::clone(&self.notify));
+            self.subscribed = true;
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// Sends what the broker queued for the device's subscriptions; a delivery counts as done once written.
+    async fn pump<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), ()> {
+        if !self.subscribed {
+            return Ok(());
+        }
+        let session = self.session.clone();
+        let now = now_ms();
+        let out = self.ctx.broker.with(|b| b.poll_outbound(&session, now, DELIVERIES_PER_WAKE));
+        let more = out.len() == DELIVERIES_PER_WAKE;
+        for o in out {
+            let Outbound::Publish { packet_id, delivery, .. } = o else { continue };
+            let text = self.delivery_text(&delivery.message);
+            self.ctx.broker.with(|b| b.session_mut(&session).map(|s| s.puback(packet_id)));
+            if let Some(text) = text {
+                send(ws, Message::text(text)).await?;
+            }
+        }
+        if more {
+            self.ctx.broker.wake(&session);
+        }
+        Ok(())
+    }
+
+    /// A broker message as the event sent to the device: a structured CloudEvent as published, anything else
+    /// wrapped with the default mapping.
+    fn delivery_text(&self, m: &BrokerMessage) -> Option<String> {
+        if let Ok(event) = CloudEvent::from_json_slice(&m.payload) {
+            return Some(event.to_json_string());
+        }
+        let inbound = Inbound {
+            protocol: Protocol::Mqtt,
+            client_id: &m.publisher,
+            topic: &m.topic,
+            subject: None,
+            content_type: m.properties.content_type.as_deref(),
+            payload: &m.payload,
+        };
+        let wrapped = self.ctx.normalizer.wrap(&inbound, uuid::Uuid::now_v7(), Utc::now()).ok()?;
+        Some(wrapped.event.to_json_string())
+    }
+
+    async fn nack<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        id: Option<&str>,
+        reason: &str,
+    ) -> Result<(), ()> {
+        send_json(ws, &json!({ "nack": id, "reason": reason })).await
+    }
+
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        id: String,
+        local: Option<BrokerMessage>,
+        result: Result<(), DeliveryError>,
+    ) -> Result<(), ()> {
+        match result {
+            Ok(()) => {
+                self.ctx.metrics.acknowledged(PROTOCOL);
+                if let Some(m) = local {
+                    self.ctx.broker.publish(m);
+                }
+                send_json(ws, &json!({ "ack": id })).await
+            }
+            Err(e) => {
+                self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+                self.nack(ws, Some(&id), &format!("not stored: {e}")).await
+            }
+        }
+    }
+}
+
+/// The event for local subscribers of its subject, as a structured CloudEvent (QoS 1).
+fn local_message(event: &CloudEvent, topic: &str, client: &str) -> Option<BrokerMessage> {
+    if topic.is_empty() || meshgate_protocols::mqtt::topic::validate_name(topic).is_err() {
+        return None;
+    }
+    let mut m = BrokerMessage::new(
+        topic,
+        event.to_json_string().as_bytes(),
+        QoS::AtLeastOnce,
+        false,
+        &Default::default(),
+        client,
+        now_ms(),
+    );
+    m.properties.content_type = Some("application/cloudevents+json".into());
+    Some(m)
+}
+
+async fn send_json<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, value: &Value) -> Result<(), ()> {
+    send(ws, Message::text(value.to_string())).await
+}
+
+/// How long one message may take to leave: a client that stops reading is cut off after this, rather than
+/// holding its session (and the acknowledgements behind it) forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// The outcome of the oldest pending event; never resolves while there is none.
+async fn next_receipt(pending: &mut VecDeque<Pending>) -> Result<(), DeliveryError> {
+    match pending.front_mut() {
+        Some(p) => (&mut p.receipt).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,114 @@
+//! The WebSocket listener: browsers, apps and devices behind proxies, on one port with two subprotocols.
+//!
+//! - [`upgrade`]: path, Origin allow-list, subprotocol negotiation and credentials, from the upgrade request.
+//! - [`events`]: `cloudevents.json`: structured CloudEvents in, an ack per event once durable, subscriptions out.
+//! - [`stream`]: `mqtt`: the WebSocket as a byte stream, so the very same MQTT sessions run over it.
+
+pub mod events;
+pub mod stream;
+pub mod upgrade;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use meshgate_edge_agent::pipeline::IngestHandle;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::acl::Acl;
+use crate::auth::{AuthOutcome, Authenticator};
+use crate::broker::LocalBroker;
+use crate::config::WsListenerConfig;
+use crate::metrics::{Metrics, Protocol, RejectReason};
+use crate::mqtt::MqttContext;
+use crate::normalize::Normalizer;
+use upgrade::{Negotiated, Subprotocol};
+
+/// What every WebSocket connection shares.
+pub struct WsContext {
+    /// `[listeners.ws]`.
+    pub config: WsListenerConfig,
+    /// Device credentials.
+    pub auth: Authenticator,
+    /// Message → CloudEvent.
+    pub normalizer: Arc<Normalizer>,
+    /// Into the pipeline.
+    pub ingest: IngestHandle,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The local broker (subscriptions of `cloudevents.json` devices).
+    pub broker: Arc<LocalBroker>,
+    /// Publish and subscribe rules.
+    pub acl: Acl,
+    /// The MQTT sessions the `mqtt` subprotocol runs.
+    pub mqtt: Arc<MqttContext>,
+    /// Becomes `true` when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Connection ids for the broker sessions of `cloudevents.json` devices.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Upgrades an accepted connection and serves it with the negotiated subprotocol. `identity` is the subject of a
+/// verified client certificate (wss with mTLS): a device that brings no credentials is that device.
+#[allow(clippy::result_large_err, reason = "the callback's error type is tungstenite's HTTP response")]
+pub async fn serve<S>(stream: S, ctx: Arc<WsContext>, identity: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(ctx.config.max_message_size))
+        .max_frame_size(Some(ctx.config.max_frame_size));
+    let mut negotiated: Option<Negotiated> = None;
+    let callback = |request: &upgrade::Request, response| {
+        let (response, n) =
+            upgrade::negotiate(&ctx.config, request, response).map_err(upgrade::Refusal::into_response)?;
+        negotiated = Some(n);
+        Ok(response)
+    };
+    let timeout = Duration::from_secs(ctx.config.handshake_timeout_secs.max(1));
+    let upgraded =
+        tokio::time::timeout(timeout, tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)))
+            .await;
+    let mut ws = match upgraded {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "WebSocket upgrade refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("WebSocket upgrade timed out");
+            return;
+        }
+    };
+    let Some(negotiated) = negotiated else { return };
+    match negotiated.subprotocol {
+        Subprotocol::Mqtt => {
+            let bytes = stream::WsByteStream::new(ws);
+            crate::mqtt::connection::serve_as(bytes, Arc::clone(&ctx.mqtt), identity).await;
+        }
+        Subprotocol::CloudEventsJson => {
+            let (user, pass) = match (&negotiated.credentials, &identity) {
+                (Some((u, p)), _) => (Some(u.as_str()), Some(p.as_bytes())),
+                (None, Some(cn)) => (Some(cn.as_str()), None),
+                (None, None) => (None, None),
+            };
+            let certified = negotiated.credentials.is_none() && identity.is_some();
+            if !certified && ctx.auth.check(user, pass).await != AuthOutcome::Allowed {
+                ctx.metrics.reject(Protocol::Ws, RejectReason::BadCredentials);
+                let frame = CloseFrame { code: CloseCode::Policy, reason: "not authorized".into() };
+                let _ = ws.close(Some(frame)).await;
+                return;
+            }
+            let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+            let client_id =
+                negotiated.client.clone().or_else(|| user.map(String::from)).unwrap_or_else(|| format!("ws-{conn_id}"));
+            let acl = ctx.acl.for_device(user, &client_id);
+            events::serve(ws, Arc::clone(&ctx), events::Device { client_id, acl, conn_id }).await;
+        }
+    }
+}
