@@ -1,0 +1,109 @@
+//! TLS on the device listeners, with certificates made in the test (rcgen): `mosquitto_pub --cafile` over mqtts,
+//! client certificates (mTLS) accepted when the gateway's CA signed them and refused when another CA did or when
+//! they expired, the certificate's common name as the device identity for ACLs, and CloudEvents over wss.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use meshgate_tests::pki::Pki;
+use meshgate_tests::{Gateway, require_tool};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The base configuration with `tls_bind` on every listener and `[tls]` from `pki`.
+fn tls_config(base: String, pki: &Pki, mtls: bool, extra: &str) -> String {
+    let base = base
+        .replace("[listeners.mqtt]\n", "[listeners.mqtt]\ntls_bind = \"127.0.0.1:0\"\n")
+        .replace("[listeners.ws]\n", "[listeners.ws]\ntls_bind = \"127.0.0.1:0\"\n");
+    format!("{base}{}{extra}", pki.tls_table(mtls))
+}
+
+/// `mosquitto_pub` over TLS at QoS 1; returns whether it succeeded, and its stderr.
+fn mosquitto_pub(port: u16, ca: &Path, client: Option<(&Path, &Path)>, id: &str, topic: &str) -> (bool, String) {
+    let mut cmd = std::process::Command::new(require_tool("mosquitto_pub"));
+    cmd.args(["-h", "localhost", "-p", &port.to_string(), "-V", "mqttv311", "-q", "1", "-i", id, "-t", topic])
+        .args(["-m", "over tls", "--cafile"])
+        .arg(ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    match cmd.output() {
+        Ok(out) => (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_publishes_over_mqtts_and_a_browser_like_client_over_wss() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let gw = Gateway::start_with(|b| tls_config(b, &pki, false, ""))?;
+    let (ok, stderr) = mosquitto_pub(gw.listener("mqtts")?.port(), &pki.ca_file, None, "tls-pub", "plant/tls");
+    assert!(ok, "mosquitto_pub --cafile over mqtts failed: {stderr}");
+    let events = gw.wait_for_events(1, Duration::from_secs(10))?;
+    let data = events[0]["data_base64"].as_str().unwrap_or_default();
+    assert_eq!((events[0]["subject"].as_str(), data), (Some("plant/tls"), "b3ZlciB0bHM="), "{}", events[0]);
+
+    // wss: tokio-rustls trusting the test CA, then the cloudevents.json subprotocol.
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&pki.ca_file)?;
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let wss = gw.listener("wss")?;
+    let tcp = tokio::net::TcpStream::connect(wss).await?;
+    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp).await?;
+    let mut request = format!("wss://localhost:{}/", wss.port()).into_client_request()?;
+    request.headers_mut().insert("sec-websocket-protocol", "cloudevents.json".parse()?);
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await?;
+    let event = json!({"specversion": "1.0", "id": "wss-1", "source": "/app", "type": "t"});
+    ws.send(Message::text(event.to_string())).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), ws.next()).await?;
+    let Some(Ok(Message::Text(text))) = answer else { anyhow::bail!("no answer over wss: {answer:?}") };
+    assert_eq!(serde_json::from_str::<Value>(text.as_str())?, json!({"ack": "wss-1"}));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_verified_and_name_the_device() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    // Only the device named by its certificate may publish to its own topics; nobody gets in without one.
+    let acl = "\n[[auth.acl]]\nuser = \"sensor-9\"\nallow_publish = [\"sensors/sensor-9/#\"]\n";
+    let gw = Gateway::start_with(|b| {
+        let b = b.replace("allow_anonymous = true", "allow_anonymous = false\nacl_default = \"deny\"");
+        tls_config(b, &pki, true, acl)
+    })?;
+    let port = gw.listener("mqtts")?.port();
+    let good = pki.client("sensor-9", false, false)?;
+    let foreign = pki.client("sensor-9", false, true)?;
+    let expired = pki.client("sensor-9", true, false)?;
+
+    let (ok, stderr) = mosquitto_pub(port, &pki.ca_file, None, "no-cert", "sensors/sensor-9/t");
+    assert!(!ok, "no client certificate: refused ({stderr})");
+    let (ok, _) = mosquitto_pub(port, &pki.ca_file, Some((&foreign.0, &foreign.1)), "foreign", "sensors/sensor-9/t");
+    assert!(!ok, "a certificate from an unknown CA is refused");
+    let (ok, _) = mosquitto_pub(port, &pki.ca_file, Some((&expired.0, &expired.1)), "expired", "sensors/sensor-9/t");
+    assert!(!ok, "an expired certificate is refused");
+
+    let (ok, stderr) = mosquitto_pub(port, &pki.ca_file, Some((&good.0, &good.1)), "s9", "sensors/sensor-9/temp");
+    assert!(ok, "the CA's certificate is accepted without a user name: {stderr}");
+    // Allowed only to its own topics: MQTT 3.1.1 acknowledges a refused publish and drops it.
+    let (ok, _) = mosquitto_pub(port, &pki.ca_file, Some((&good.0, &good.1)), "s9", "sensors/other/temp");
+    assert!(ok);
+    let (ok, _) = mosquitto_pub(port, &pki.ca_file, Some((&good.0, &good.1)), "s9", "sensors/sensor-9/hum");
+    assert!(ok);
+    let events = gw.wait_for_events(2, Duration::from_secs(10))?;
+    let subjects: Vec<&str> = events.iter().filter_map(|e| e["subject"].as_str()).collect();
+    assert_eq!(subjects, ["sensors/sensor-9/temp", "sensors/sensor-9/hum"], "the ACL saw the certificate's name");
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    assert!(metrics.contains("meshgate_rejects_total{protocol=\"mqtt\",reason=\"not_authorized\"} 1"), "{metrics}");
+    Ok(())
+}
