@@ -52,8 +52,48 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
-/// Serves the admin endpoint until shutdown.
-pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+/// The admin endpoint over TLS: each accepted connection completes its handshake (within 5 s) before HTTP.
+pub struct TlsListener {
+    /// The bound socket.
+    pub inner: TcpListener,
+    /// The `[tls]` acceptor.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let handshake = self.acceptor.accept(stream);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), handshake).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::debug!(error = %e, %addr, "admin TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "admin TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Serves the admin endpoint on `listener` (plain or [`TlsListener`]) until shutdown.
+pub async fn run<L>(listener: L, state: AdminState, mut shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -278,11 +278,14 @@ impl Default for WsListenerConfig {
 pub struct AdminConfig {
     /// The address of `/healthz`, `/readyz` and `/metrics`.
     pub bind: SocketAddr,
+    /// The same endpoint over TLS (https), with the certificate of `[tls]` (and its client certificate check);
+    /// off unless set.
+    pub tls_bind: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { bind: SocketAddr::from(([127, 0, 0, 1], 9100)) }
+        AdminConfig { bind: SocketAddr::from(([127, 0, 0, 1], 9100)), tls_bind: None }
     }
 }
 
@@ -399,6 +402,9 @@ impl Config {
             if amqp.tls_bind.is_some() && self.tls.is_none() {
                 return err("listeners.amqp.tls_bind", "needs a [tls] table with cert_file and key_file");
             }
+        }
+        if self.admin.as_ref().is_some_and(|a| a.tls_bind.is_some()) && self.tls.is_none() {
+            return err("admin.tls_bind", "needs a [tls] table with cert_file and key_file");
         }
         if let Some(ws) = &self.listeners.ws {
             if ws.max_unacked == 0 {

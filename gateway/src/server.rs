@@ -85,6 +85,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let ws_listener = bind_opt(l.ws.as_ref().map(|c| c.bind), "listeners.ws.bind").await?;
     let wss_listener = bind_opt(l.ws.as_ref().and_then(|c| c.tls_bind), "listeners.ws.tls_bind").await?;
     let admin_listener = bind_opt(config.admin.as_ref().map(|a| a.bind), "admin.bind").await?;
+    let admins_listener = bind_opt(config.admin.as_ref().and_then(|a| a.tls_bind), "admin.tls_bind").await?;
     let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
 
     let broker_dir = data_dir.join("broker");
@@ -180,11 +181,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     drop(mqtt_ctx);
     drop(ingest);
-    let mut admin_task = None;
+    let mut admin_tasks = Vec::new();
+    let state = AdminState { metrics: Arc::clone(&metrics), data_dir: data_dir.clone() };
+    if let (Some(inner), Some(acceptor)) = (admins_listener, tls.clone()) {
+        announce("admins", &inner)?;
+        let listener = admin::TlsListener { inner, acceptor };
+        admin_tasks.push(tokio::spawn(admin::run(listener, state.clone(), stop_rx.clone())));
+    }
+    // Announced last: scripts and tests wait for this line to know every listener is up.
     if let Some(listener) = admin_listener {
         announce("admin", &listener)?;
-        let state = AdminState { metrics: Arc::clone(&metrics), data_dir: data_dir.clone() };
-        admin_task = Some(tokio::spawn(admin::run(listener, state, stop_rx.clone())));
+        admin_tasks.push(tokio::spawn(admin::run(listener, state, stop_rx.clone())));
     }
     tracing::info!(gateway = %config.gateway.id, data_dir = %data_dir.display(), "meshgate started");
 
@@ -200,7 +207,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if tokio::time::timeout(grace, listeners_done).await.is_err() {
         tracing::warn!("connections did not finish within the grace period");
     }
-    if let Some(task) = admin_task {
+    for task in admin_tasks {
         let _ = task.await;
     }
     let _ = maintenance.await;

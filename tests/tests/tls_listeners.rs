@@ -17,7 +17,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 fn tls_config(base: String, pki: &Pki, mtls: bool, extra: &str) -> String {
     let base = base
         .replace("[listeners.mqtt]\n", "[listeners.mqtt]\ntls_bind = \"127.0.0.1:0\"\n")
-        .replace("[listeners.ws]\n", "[listeners.ws]\ntls_bind = \"127.0.0.1:0\"\n");
+        .replace("[listeners.ws]\n", "[listeners.ws]\ntls_bind = \"127.0.0.1:0\"\n")
+        .replace("[admin]\n", "[admin]\ntls_bind = \"127.0.0.1:0\"\n");
     format!("{base}{}{extra}", pki.tls_table(mtls))
 }
 
@@ -37,7 +38,8 @@ fn mosquitto_pub(port: u16, ca: &Path, client: Option<(&Path, &Path)>, id: &str,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_pub_publishes_over_mqtts_and_a_browser_like_client_over_wss() -> anyhow::Result<()> {
+async fn mosquitto_pub_publishes_over_mqtts_and_clients_reach_wss_and_the_admin_endpoint_over_tls() -> anyhow::Result<()>
+{
     let pki = Pki::new()?;
     let gw = Gateway::start_with(|b| tls_config(b, &pki, false, ""))?;
     let (ok, stderr) = mosquitto_pub(gw.listener("mqtts")?.port(), &pki.ca_file, None, "tls-pub", "plant/tls");
@@ -57,10 +59,24 @@ async fn mosquitto_pub_publishes_over_mqtts_and_a_browser_like_client_over_wss()
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+
+    // The admin endpoint over https.
+    let tcp = tokio::net::TcpStream::connect(gw.listener("admins")?).await?;
+    let mut https = connector.connect(server_name.clone(), tcp).await?;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut https,
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    let mut reply = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut https, &mut reply).await;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok\n"), "{reply}");
+
     let wss = gw.listener("wss")?;
     let tcp = tokio::net::TcpStream::connect(wss).await?;
-    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp).await?;
+    let tls = connector.connect(server_name, tcp).await?;
     let mut request = format!("wss://localhost:{}/", wss.port()).into_client_request()?;
     request.headers_mut().insert("sec-websocket-protocol", "cloudevents.json".parse()?);
     let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await?;

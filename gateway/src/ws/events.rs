@@ -83,7 +83,7 @@ where
     }
     if let End::Close(code, why) = end {
         let frame = CloseFrame { code, reason: why.into() };
-        let _ = ws.close(Some(frame)).await;
+        let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(frame))).await;
     }
     ctx.metrics.connection_closed(PROTOCOL);
 }
