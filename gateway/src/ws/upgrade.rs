@@ -170,6 +170,32 @@ mod tests {
         assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     }
 
+    proptest::proptest! {
+        /// Whatever a client puts in the target and the headers, negotiation answers without panicking, and an
+        /// accepted upgrade names a subprotocol the client offered.
+        #[test]
+        fn arbitrary_requests_never_panic(
+            target in "/[ -~]{0,40}",
+            protocols in "[ -~]{0,40}",
+            auth in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            origin in "[ -~]{0,20}",
+        ) {
+            let config = WsListenerConfig { allowed_origins: vec!["https://a".into()], ..WsListenerConfig::default() };
+            let mut r = Request::builder().uri(target.as_str());
+            r = r.header("sec-websocket-protocol", protocols.as_str()).header("origin", origin.as_str());
+            if let Ok(value) = HeaderValue::from_bytes(&auth) {
+                r = r.header("authorization", value);
+            }
+            if let Ok(request) = r.body(()) {
+                if let Ok((response, _)) = negotiate(&config, &request, Response::default()) {
+                    let chosen = response.headers()["sec-websocket-protocol"].to_str().unwrap_or_default();
+                    proptest::prop_assert!(protocols.split(',').any(|p| p.trim() == chosen));
+                }
+            }
+            let _ = percent_decode(&target);
+        }
+    }
+
     #[test]
     fn path_origin_and_credentials_are_read_from_the_request() {
         let config = WsListenerConfig {
