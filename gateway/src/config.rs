@@ -78,6 +78,14 @@ pub struct TlsConfig {
     /// CONNECT without a user name is that device.
     #[serde(default = "yes")]
     pub require_client_cert: bool,
+    /// Seconds between looks at `cert_file` and `key_file`: changed files replace the certificate without a
+    /// restart (0: never).
+    #[serde(default = "ten")]
+    pub reload_interval_secs: u64,
+}
+
+fn ten() -> u64 {
+    10
 }
 
 fn yes() -> bool {

@@ -86,7 +86,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let wss_listener = bind_opt(l.ws.as_ref().and_then(|c| c.tls_bind), "listeners.ws.tls_bind").await?;
     let admin_listener = bind_opt(config.admin.as_ref().map(|a| a.bind), "admin.bind").await?;
     let admins_listener = bind_opt(config.admin.as_ref().and_then(|a| a.tls_bind), "admin.tls_bind").await?;
-    let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+    let (tls, server_cert) = match &config.tls {
+        Some(t) => {
+            let (acceptor, cert) = crate::tls::acceptor(t)?;
+            (Some(acceptor), Some((cert, t.reload_interval_secs)))
+        }
+        None => (None, None),
+    };
 
     let broker_dir = data_dir.join("broker");
     let broker_config = BrokerConfig { max_queued_messages: config.broker.max_queued_messages };
@@ -95,6 +101,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .with_context(|| format!("gateway.data_dir: cannot open the broker state in {}", broker_dir.display()))?,
     );
     let maintenance = tokio::spawn(Arc::clone(&broker).run_maintenance(stop_rx.clone()));
+    if let Some((cert, secs)) = server_cert.filter(|(_, secs)| *secs > 0) {
+        tokio::spawn(cert.watch(Duration::from_secs(secs), stop_rx.clone()));
+    }
     metrics.set_broker(Arc::clone(&broker));
 
     let auth = Authenticator::new(&config.auth);

@@ -1,31 +1,32 @@
 //! TLS for the device listeners: rustls with the ring provider only (DESIGN: with aws-lc compiled in as well,
 //! rustls cannot pick a provider and panics), from the files of `[tls]`: the server certificate and key, and
 //! optionally a CA that client certificates are verified against (mTLS). A verified client certificate's subject
-//! common name becomes the device's identity.
+//! common name becomes the device's identity. The server certificate is reloaded when its files change.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsConfig;
 
-/// A TLS acceptor for `[tls]`. Errors name the key and the file.
-pub fn acceptor(config: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
-    let certs = read_certs(&config.cert_file, "tls.cert_file")?;
-    let key = PrivateKeyDer::from_pem_file(&config.key_file)
-        .with_context(|| format!("tls.key_file: cannot read a PEM private key from {}", config.key_file.display()))?;
+/// A TLS acceptor for `[tls]`, and the server certificate it presents (to reload). Errors name the key and the
+/// file.
+pub fn acceptor(config: &TlsConfig) -> anyhow::Result<(TlsAcceptor, Arc<ReloadingCert>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = Arc::new(ReloadingCert::load(config, Arc::clone(&provider))?);
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .context("tls: no protocol version in common with the ring provider")?;
@@ -41,10 +42,99 @@ pub fn acceptor(config: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
             builder.with_client_cert_verifier(verifier.build().context("tls.client_ca_file: no usable CA")?)
         }
     };
-    let server = builder
-        .with_single_cert(certs, key)
-        .context("tls: the certificate and the key do not make a server identity")?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    let server = builder.with_cert_resolver(Arc::clone(&cert) as Arc<dyn ResolvesServerCert>);
+    Ok((TlsAcceptor::from(Arc::new(server)), cert))
+}
+
+/// The server certificate and key of `[tls]`, replaced in place when their files change, so a renewed
+/// certificate (ACME, an operator's copy) takes effect without a restart. Connections already open keep theirs.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    /// The bytes of both files as last loaded.
+    loaded: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ReloadingCert {
+    fn load(config: &TlsConfig, provider: Arc<CryptoProvider>) -> anyhow::Result<ReloadingCert> {
+        let cert_bytes = std::fs::read(&config.cert_file)
+            .with_context(|| format!("tls.cert_file: cannot read {}", config.cert_file.display()))?;
+        let key_bytes = std::fs::read(&config.key_file)
+            .with_context(|| format!("tls.key_file: cannot read {}", config.key_file.display()))?;
+        let key = certified_key(&cert_bytes, &key_bytes, &provider, &config.cert_file, &config.key_file)?;
+        Ok(ReloadingCert {
+            current: RwLock::new(Arc::new(key)),
+            cert_file: config.cert_file.clone(),
+            key_file: config.key_file.clone(),
+            provider,
+            loaded: Mutex::new((cert_bytes, key_bytes)),
+        })
+    }
+
+    /// Reads the files again and swaps the certificate in if they changed and make a valid identity; returns
+    /// whether it changed. Files that do not load leave the current certificate in place (and are logged).
+    pub fn refresh(&self) -> bool {
+        let (Ok(cert_bytes), Ok(key_bytes)) = (std::fs::read(&self.cert_file), std::fs::read(&self.key_file)) else {
+            tracing::warn!(cert = %self.cert_file.display(), "TLS certificate files unreadable; keeping the current one");
+            return false;
+        };
+        let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if loaded.0 == cert_bytes && loaded.1 == key_bytes {
+            return false;
+        }
+        match certified_key(&cert_bytes, &key_bytes, &self.provider, &self.cert_file, &self.key_file) {
+            Ok(key) => {
+                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(key);
+                *loaded = (cert_bytes, key_bytes);
+                tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                // Perhaps half-written: try again at the next look.
+                tracing::warn!(error = %e, "new TLS certificate not usable; keeping the current one");
+                false
+            }
+        }
+    }
+
+    /// Looks at the files every `every` until shutdown.
+    pub async fn watch(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = crate::listener::stopped(&mut stop) => return,
+                _ = tokio::time::sleep(every) => {
+                    let cert = Arc::clone(&self);
+                    let _ = tokio::task::spawn_blocking(move || cert.refresh()).await;
+                }
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
+    }
+}
+
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+    cert_file: &Path,
+    key_file: &Path,
+) -> anyhow::Result<CertifiedKey> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tls.cert_file: cannot read PEM certificates from {}", cert_file.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "tls.cert_file: {} holds no certificate", cert_file.display());
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .with_context(|| format!("tls.key_file: cannot read a PEM private key from {}", key_file.display()))?;
+    CertifiedKey::from_der(certs, key, provider)
+        .context("tls: the certificate and the key do not make a server identity")
 }
 
 fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {

@@ -22,6 +22,33 @@ fn tls_config(base: String, pki: &Pki, mtls: bool, extra: &str) -> String {
     format!("{base}{}{extra}", pki.tls_table(mtls))
 }
 
+/// A TLS connector trusting the CA in `ca_file`.
+fn connector(ca_file: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(ca_file)?;
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// GET `path` over https, trusting `ca_file`; the whole reply.
+async fn https_get(addr: std::net::SocketAddr, ca_file: &Path, path: &str) -> anyhow::Result<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut https = connector(ca_file)?.connect(server_name, tcp).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut https, request.as_bytes()).await?;
+    let mut reply = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut https, &mut reply).await;
+    Ok(reply)
+}
+
 /// `mosquitto_pub` over TLS at QoS 1; returns whether it succeeded, and its stderr.
 fn mosquitto_pub(port: u16, ca: &Path, client: Option<(&Path, &Path)>, id: &str, topic: &str) -> (bool, String) {
     let mut cmd = std::process::Command::new(require_tool("mosquitto_pub"));
@@ -48,30 +75,10 @@ async fn mosquitto_pub_publishes_over_mqtts_and_clients_reach_wss_and_the_admin_
     let data = events[0]["data_base64"].as_str().unwrap_or_default();
     assert_eq!((events[0]["subject"].as_str(), data), (Some("plant/tls"), "b3ZlciB0bHM="), "{}", events[0]);
 
-    // wss: tokio-rustls trusting the test CA, then the cloudevents.json subprotocol.
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(&pki.ca_file)?;
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    // wss and https: tokio-rustls trusting the test CA.
+    let connector = connector(&pki.ca_file)?;
     let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
-
-    // The admin endpoint over https.
-    let tcp = tokio::net::TcpStream::connect(gw.listener("admins")?).await?;
-    let mut https = connector.connect(server_name.clone(), tcp).await?;
-    tokio::io::AsyncWriteExt::write_all(
-        &mut https,
-        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await?;
-    let mut reply = String::new();
-    let _ = tokio::io::AsyncReadExt::read_to_string(&mut https, &mut reply).await;
+    let reply = https_get(gw.listener("admins")?, &pki.ca_file, "/healthz").await?;
     assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok\n"), "{reply}");
 
     let wss = gw.listener("wss")?;
@@ -121,5 +128,26 @@ async fn client_certificates_are_verified_and_name_the_device() -> anyhow::Resul
     assert_eq!(subjects, ["sensors/sensor-9/temp", "sensors/sensor-9/hum"], "the ACL saw the certificate's name");
     let (_, metrics) = gw.admin_get("/metrics")?;
     assert!(metrics.contains("meshgate_rejects_total{protocol=\"mqtt\",reason=\"not_authorized\"} 1"), "{metrics}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let gw = Gateway::start_with(|b| {
+        tls_config(b, &pki, false, "").replace("[tls]\n", "[tls]\nreload_interval_secs = 1\n")
+    })?;
+    let admins = gw.listener("admins")?;
+    assert!(https_get(admins, &pki.ca_file, "/healthz").await?.starts_with("HTTP/1.1 200"));
+    // The operator drops in a certificate from another CA, over the same files.
+    let renewed = Pki::new()?;
+    std::fs::copy(&renewed.server_key, &pki.server_key)?;
+    std::fs::copy(&renewed.server_cert, &pki.server_cert)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while https_get(admins, &renewed.ca_file, "/healthz").await.is_err() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the renewed certificate was never served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(https_get(admins, &pki.ca_file, "/healthz").await.is_err(), "the old certificate is gone");
     Ok(())
 }
