@@ -277,3 +277,77 @@ async fn silent_clients_are_closed_and_a_client_that_never_reads_is_cut_off() ->
     drop(deaf);
     Ok(())
 }
+
+fn encode(packet: &meshgate_protocols::mqtt::Packet<'_>) -> anyhow::Result<Vec<u8>> {
+    use meshgate_protocols::mqtt::Version;
+    let mut out = vec![0u8; packet.encoded_len(Version::V5)];
+    let n = packet.encode(Version::V5, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Reads binary messages until `n` MQTT packets decoded; returns their types.
+async fn read_packets(ws: &mut Ws, n: usize) -> anyhow::Result<Vec<u8>> {
+    use meshgate_protocols::mqtt::{Packet, Version};
+    let (mut buf, mut types) = (Vec::new(), Vec::new());
+    while types.len() < n {
+        while let Ok((packet, used)) = Packet::decode(&buf, Version::V5, usize::MAX) {
+            types.push(packet.packet_type() as u8);
+            buf.drain(..used);
+        }
+        if types.len() >= n {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            Some(Ok(Message::Binary(b))) => buf.extend_from_slice(&b),
+            Some(Ok(Message::Text(_))) => anyhow::bail!("MQTT over WebSocket answered in a text message"),
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("ended: {other:?}"),
+        }
+    }
+    Ok(types)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_packets_split_across_and_packed_within_websocket_messages_run_the_same_session() -> anyhow::Result<()> {
+    use meshgate_protocols::mqtt::{Connect, Packet, Publish, QoS, Version};
+    let gw = Gateway::start()?;
+    let mut ws = ws_connect(gw.listener("ws")?, "/mqtt", "mqtt", &[]).await?;
+    let connect = encode(&Packet::Connect(Connect {
+        version: Version::V5,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: "tungstenite-mqtt",
+        ..Connect::default()
+    }))?;
+    // CONNECT split over three messages.
+    let (a, rest) = connect.split_at(3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    for part in [a, b, c] {
+        ws.send(Message::binary(part.to_vec())).await?;
+    }
+    assert_eq!(read_packets(&mut ws, 1).await?, [2], "CONNACK");
+    // PUBLISH QoS 1, PINGREQ and a second PUBLISH packed into one message.
+    let mut packed = Vec::new();
+    for (id, topic) in [(1u16, "ws/mqtt/a"), (2, "ws/mqtt/b")] {
+        packed.extend(encode(&Packet::Publish(Publish {
+            topic,
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(id),
+            payload: b"packed",
+            ..Publish::default()
+        }))?);
+        if id == 1 {
+            packed.extend(encode(&Packet::PingReq)?);
+        }
+    }
+    ws.send(Message::binary(packed)).await?;
+    let mut replies = read_packets(&mut ws, 3).await?;
+    replies.sort_unstable();
+    assert_eq!(replies, [4, 4, 13], "two PUBACKs and a PINGRESP");
+    let events = gw.wait_for_events(2, Duration::from_secs(10))?;
+    let subjects: Vec<&str> = events.iter().filter_map(|e| e["subject"].as_str()).collect();
+    assert_eq!(subjects, ["ws/mqtt/a", "ws/mqtt/b"]);
+    assert_eq!(events[0]["protocol"], "mqtt", "MQTT over WebSocket is MQTT");
+    Ok(())
+}
