@@ -215,8 +215,10 @@ impl Session {
                 return self.nack(ws, id.as_deref(), &format!("invalid CloudEvent: {e}")).await.map(|()| false);
             }
         };
+        // ACL publish rules judge the subject; an event without one is judged as the empty topic, which only a `#`
+        // rule or `acl_default = "allow"` lets through.
         let topic = event.subject.clone().unwrap_or_default();
-        if !topic.is_empty() && !self.device.acl.may_publish(&topic) {
+        if !self.device.acl.may_publish(&topic) {
             self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             return self.nack(ws, Some(&event.id), "not authorized").await.map(|()| true);
         }
