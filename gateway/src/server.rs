@@ -160,7 +160,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
         if let (Some(listener), Some(acceptor)) = (amqps_listener, tls.clone()) {
             announce("amqps", &listener)?;
-            let serve = move |s, _id| amqp::driver::serve(s, Arc::clone(&ctx));
+            let serve = move |s, id| amqp::driver::serve_as(s, Arc::clone(&ctx), id);
             spawn(listener, cfg.max_connections, Box::new(crate::tls::over_tls(acceptor, timeout, serve)));
         }
     }

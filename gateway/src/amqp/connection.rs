@@ -84,7 +84,7 @@ pub struct Limits {
 pub enum Event {
     /// Check these credentials and answer with [`ServerConnection::accept_credentials`].
     Authenticate {
-        /// `PLAIN` or `AMQPLAIN`.
+        /// `PLAIN`, `AMQPLAIN`, or `EXTERNAL` (the user name is then the certificate's identity, already proven).
         mechanism: String,
         /// User name.
         username: String,
@@ -149,6 +149,8 @@ pub struct ServerConnection {
     pub(super) publish_flow: bool,
     /// For server-generated consumer tags.
     pub(super) next_consumer: u64,
+    /// The subject of a verified TLS client certificate: offered as the SASL mechanism EXTERNAL.
+    certificate_identity: Option<String>,
 }
 
 pub(super) fn method(channel: u16, class: AMQPClass) -> AMQPFrame {
@@ -179,7 +181,15 @@ impl ServerConnection {
             last_output_ms: now_ms,
             publish_flow: true,
             next_consumer: 1,
+            certificate_identity: None,
         }
+    }
+
+    /// The identity a verified client certificate proved (amqps with mTLS): connection.start then also offers
+    /// `EXTERNAL`, which logs the device in as that identity.
+    pub fn with_certificate_identity(mut self, identity: Option<String>) -> ServerConnection {
+        self.certificate_identity = identity;
+        self
     }
 
     /// Whether the connection is over.
@@ -309,7 +319,11 @@ impl ServerConnection {
             version_major: 0,
             version_minor: 9,
             server_properties: props,
-            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            mechanisms: LongString::from(if self.certificate_identity.is_some() {
+                "PLAIN AMQPLAIN EXTERNAL"
+            } else {
+                "PLAIN AMQPLAIN"
+            }),
             locales: LongString::from("en_US"),
         };
         self.send(&method(0, AMQPClass::Connection(connection::AMQPMethod::Start(start))));
@@ -375,7 +389,10 @@ impl ServerConnection {
         use connection::AMQPMethod as M;
         match (self.state, m) {
             (State::AwaitStartOk, M::StartOk(ok)) => {
-                match parse_credentials(ok.mechanism.as_str(), ok.response.as_bytes()) {
+                let external = (ok.mechanism.as_str() == "EXTERNAL")
+                    .then(|| self.certificate_identity.clone().map(|id| (id, String::new())))
+                    .flatten();
+                match external.or_else(|| parse_credentials(ok.mechanism.as_str(), ok.response.as_bytes())) {
                     Some((username, password)) => {
                         self.state = State::AwaitAuth;
                         let mechanism = ok.mechanism.as_str().to_string();

@@ -462,3 +462,40 @@ fn messages_in_assembly_on_many_channels_share_one_budget() {
         "{out:?}"
     );
 }
+
+#[test]
+fn external_is_offered_only_with_a_verified_certificate() {
+    let start_ok = |mechanism: &str| {
+        let ok = connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: short(mechanism),
+            response: LongString::from(""),
+            locale: short("en_US"),
+        };
+        conn_method(connection::AMQPMethod::StartOk(ok))
+    };
+    let mechanisms = |c: &mut ServerConnection| {
+        let mut out = Vec::new();
+        c.handle_input(PROTOCOL_HEADER, 0, &mut MemoryQueues::default());
+        c.poll_transmit(&mut out, 0);
+        match frames_of(&out).first() {
+            Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(s)))) => {
+                String::from_utf8_lossy(s.mechanisms.as_bytes()).into_owned()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut plain = ServerConnection::new(LIMITS, 0);
+    assert_eq!(mechanisms(&mut plain), "PLAIN AMQPLAIN");
+    let out = feed(&mut plain, &[start_ok("EXTERNAL")]);
+    assert!(
+        matches!(&out[..], [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl)))] if cl.reply_code == reply::ACCESS_REFUSED)
+    );
+    let mut certified = ServerConnection::new(LIMITS, 0).with_certificate_identity(Some("sensor-9".into()));
+    assert_eq!(mechanisms(&mut certified), "PLAIN AMQPLAIN EXTERNAL");
+    feed(&mut certified, &[start_ok("EXTERNAL")]);
+    assert!(matches!(
+        certified.poll_event(),
+        Some(Event::Authenticate { ref mechanism, ref username, .. }) if mechanism == "EXTERNAL" && username == "sensor-9"
+    ));
+}

@@ -63,8 +63,17 @@ pub async fn serve<S>(stream: S, ctx: Arc<AmqpContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_as(stream, ctx, None).await;
+}
+
+/// Serves one accepted connection whose peer proved `identity` with a client certificate (amqps with mTLS): it
+/// may log in with the SASL mechanism EXTERNAL as that device.
+pub async fn serve_as<S>(stream: S, ctx: Arc<AmqpContext>, identity: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     ctx.metrics.connection_opened(PROTOCOL);
-    let mut driver = Driver::new(stream, Arc::clone(&ctx));
+    let mut driver = Driver::new(stream, Arc::clone(&ctx), identity);
     let outcome = driver.run().await;
     driver.conn.release(&mut driver.queues);
     driver.queues.close();
@@ -91,7 +100,7 @@ struct Driver<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
-    fn new(stream: S, ctx: Arc<AmqpContext>) -> Self {
+    fn new(stream: S, ctx: Arc<AmqpContext>, identity: Option<String>) -> Self {
         let c = &ctx.config;
         let limits = Limits {
             frame_max: c.frame_max,
@@ -103,7 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let queues = BrokerQueues::new(Arc::clone(&ctx.broker), conn_id, DeviceAcl::default());
         Driver {
             stream,
-            conn: ServerConnection::new(limits, 0),
+            conn: ServerConnection::new(limits, 0).with_certificate_identity(identity),
             deliveries: queues.notifier(),
             queues,
             ctx,
@@ -232,7 +241,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     async fn on_event(&mut self, event: Event) {
         match event {
             Event::Authenticate { mechanism, username, password, connection_name } => {
-                let (outcome, known) = self.ctx.auth.check_presented(&username, password.as_bytes()).await;
+                let (outcome, known) = if mechanism == "EXTERNAL" {
+                    // The state machine offers EXTERNAL only with a verified certificate, whose name this is.
+                    (AuthOutcome::Allowed, true)
+                } else {
+                    self.ctx.auth.check_presented(&username, password.as_bytes()).await
+                };
                 let ok = outcome == AuthOutcome::Allowed;
                 if ok {
                     self.client_id = connection_name.filter(|n| !n.is_empty()).unwrap_or_else(|| username.clone());
