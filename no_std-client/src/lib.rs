@@ -1,10 +1,21 @@
 //! `meshgate-client`: the `#![no_std]`, allocator-free MQTT client that devices flash to publish CloudEvents to
 //! meshgate.
 //!
-//! The client's state machine, transports and CloudEvents helpers are built in a later change (issue 9); today
-//! the crate pins the dependency rule that matters most: it builds on the MQTT codec of `meshgate-protocols`
-//! without `std` or `alloc`.
+//! - [`client`]: the protocol state, sans-IO: CONNECT and CONNACK (honouring the server's Receive Maximum,
+//!   Maximum Packet Size and Server Keep Alive), QoS 0 and 1 publishes, subscriptions, acknowledgements of what it
+//!   receives, keep-alive pings, and the resend (DUP) of unacknowledged publishes after a reconnect.
+//! - [`outbox`]: the unacknowledged publishes, in a byte arena the application lends.
+//!
+//! Transports (embedded-io-async, embassy-net), the CloudEvents helpers and the firmware example come with the
+//! rest of issue 9.
 #![no_std]
 #![deny(unsafe_code)]
 
+#[cfg(test)]
+extern crate std;
+
+pub mod client;
+pub mod outbox;
+
+pub use client::{Client, Error, Event};
 pub use meshgate_protocols::mqtt;

@@ -1,0 +1,365 @@
+//! The client's protocol state, sans-IO: it encodes what to send into the caller's buffer, reads what arrived
+//! from the caller's bytes, and keeps time only through the `now_ms` it is given. Transports drive it.
+//!
+//! ```text
+//! connect() ──CONNECT──▶            ◀──CONNACK── handle() → Event::Connected, then poll_transmit() resends
+//! publish(QoS 1) ──PUBLISH──▶ (kept in the outbox)  ◀──PUBACK── handle() → Event::Acknowledged
+//! subscribe() ──SUBSCRIBE──▶        ◀──SUBACK── handle() → Event::Subscribed
+//!                                   ◀──PUBLISH── handle() → Event::Message (PUBACK owed: poll_transmit)
+//! poll_transmit() ──PINGREQ──▶ when keep-alive is due; a PINGRESP that never comes is Error::KeepAliveTimeout
+//! ```
+
+use heapless::Deque;
+use meshgate_protocols::mqtt::{
+    ConnAck, Connect, DecodeError, Disconnect, List, Packet, PubResponse, PubResponseKind, Publish, QoS, ReasonCode,
+    Subscribe, SubscribeFilter, Version,
+};
+
+use crate::outbox::{Outbox, OutboxFull};
+
+/// What went wrong. Nothing here panics; hostile input is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Error {
+    /// Not connected (or CONNACK not received yet).
+    NotConnected,
+    /// The server refused the connection with this reason (MQTT 5) or return code (3.1.1).
+    Refused(ReasonCode),
+    /// The caller's buffer is too small for the packet.
+    BufferTooSmall,
+    /// The packet exceeds the server's Maximum Packet Size (or the protocol's).
+    PacketTooLarge,
+    /// As many QoS 1 publishes are unacknowledged as the server's Receive Maximum or the outbox allows: send
+    /// again once an acknowledgement arrived.
+    InflightFull,
+    /// The outbox arena has no room for the packet now.
+    OutboxFull,
+    /// The server sent bytes that are not a valid packet, or a packet a server must not send.
+    Protocol,
+    /// No PINGRESP within the keep-alive interval: the connection is dead.
+    KeepAliveTimeout,
+    /// The server ended the connection (MQTT 5 DISCONNECT with this reason).
+    Disconnected(ReasonCode),
+}
+
+/// What the server told the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "returned once by value, borrowing the input; no allocator to box with")]
+pub enum Event<'p> {
+    /// CONNACK accepted the connection.
+    Connected {
+        /// Whether the server resumed the session.
+        session_present: bool,
+    },
+    /// A QoS 1 publish was acknowledged (the server has it).
+    Acknowledged {
+        /// Its packet identifier.
+        packet_id: u16,
+        /// The reason code (MQTT 5; 0 in 3.1.1).
+        reason: ReasonCode,
+    },
+    /// A SUBACK.
+    Subscribed {
+        /// The SUBSCRIBE's packet identifier.
+        packet_id: u16,
+        /// The granted QoS or failure code per filter.
+        codes: &'p [u8],
+    },
+    /// A message on a subscribed topic (a QoS 1 one is acknowledged by the next `poll_transmit`).
+    Message(Publish<'p>),
+    /// PINGRESP, or anything else that needs no action.
+    Nothing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Disconnected,
+    Connecting,
+    Connected,
+}
+
+/// Acknowledgements owed to the server for QoS 1 messages received, bounded.
+const OWED_ACKS: usize = 8;
+
+/// One MQTT connection's client state, with up to `N` unacknowledged QoS 1 publishes kept for resending.
+#[derive(Debug)]
+pub struct Client<'a, const N: usize> {
+    version: Version,
+    state: State,
+    keep_alive_ms: u64,
+    last_sent_ms: u64,
+    ping_sent_ms: Option<u64>,
+    next_id: u16,
+    server_receive_maximum: u16,
+    server_max_packet: usize,
+    outbox: Outbox<'a, N>,
+    /// Resend position in the outbox after a reconnect (`None`: nothing to resend).
+    resend: Option<usize>,
+    owed: Deque<u16, OWED_ACKS>,
+}
+
+impl<'a, const N: usize> Client<'a, N> {
+    /// A disconnected client speaking `version`, keeping unacknowledged publishes in `outbox_arena`.
+    pub fn new(version: Version, outbox_arena: &'a mut [u8]) -> Self {
+        Client {
+            version,
+            state: State::Disconnected,
+            keep_alive_ms: 0,
+            last_sent_ms: 0,
+            ping_sent_ms: None,
+            next_id: 1,
+            server_receive_maximum: u16::MAX,
+            server_max_packet: usize::MAX,
+            outbox: Outbox::new(outbox_arena),
+            resend: None,
+            owed: Deque::new(),
+        }
+    }
+
+    /// Whether CONNACK accepted the connection and it has not ended since.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// QoS 1 publishes waiting for their acknowledgement.
+    pub fn in_flight(&self) -> usize {
+        self.outbox.len()
+    }
+
+    fn encode(&mut self, packet: &Packet<'_>, out: &mut [u8], now_ms: u64) -> Result<usize, Error> {
+        let len = packet.encoded_len(self.version);
+        if len > self.server_max_packet {
+            return Err(Error::PacketTooLarge);
+        }
+        let n = packet.encode(self.version, out).map_err(|e| match e {
+            meshgate_protocols::mqtt::EncodeError::BufferTooSmall { .. } => Error::BufferTooSmall,
+            _ => Error::PacketTooLarge,
+        })?;
+        self.last_sent_ms = now_ms;
+        Ok(n)
+    }
+
+    /// Encodes CONNECT (at `connect.version`, which the client then speaks) into `out`; returns its length.
+    /// Unacknowledged publishes from an earlier connection are resent after CONNACK.
+    pub fn connect(&mut self, connect: &Connect<'_>, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
+        self.version = connect.version;
+        self.server_max_packet = usize::MAX;
+        let n = self.encode(&Packet::Connect(*connect), out, now_ms)?;
+        self.state = State::Connecting;
+        self.keep_alive_ms = u64::from(connect.keep_alive) * 1000;
+        self.ping_sent_ms = None;
+        self.owed.clear();
+        Ok(n)
+    }
+
+    /// The transport failed or was closed: the outbox is kept, to be resent after the next CONNACK.
+    pub fn connection_lost(&mut self) {
+        self.state = State::Disconnected;
+        self.ping_sent_ms = None;
+    }
+
+    fn packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_id;
+            self.next_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.outbox.contains(id) {
+                return id;
+            }
+        }
+    }
+
+    /// Encodes a PUBLISH into `out`; returns its length and, for QoS 1, its packet identifier (the packet is kept
+    /// until acknowledged). `publish.packet_id` and `dup` are set here.
+    pub fn publish(
+        &mut self,
+        publish: &Publish<'_>,
+        now_ms: u64,
+        out: &mut [u8],
+    ) -> Result<(usize, Option<u16>), Error> {
+        if self.state != State::Connected {
+            return Err(Error::NotConnected);
+        }
+        let mut p = *publish;
+        p.dup = false;
+        if p.qos == QoS::AtMostOnce {
+            p.packet_id = None;
+            return Ok((self.encode(&Packet::Publish(p), out, now_ms)?, None));
+        }
+        if p.qos == QoS::ExactlyOnce {
+            return Err(Error::Protocol);
+        }
+        if self.outbox.len() >= usize::from(self.server_receive_maximum).min(N) {
+            return Err(Error::InflightFull);
+        }
+        let id = self.packet_id();
+        p.packet_id = Some(id);
+        let packet = Packet::Publish(p);
+        if packet.encoded_len(self.version) > self.server_max_packet {
+            return Err(Error::PacketTooLarge);
+        }
+        let n = packet.encode(self.version, out).map_err(|_| Error::BufferTooSmall)?;
+        let stored = out.get(..n).ok_or(Error::BufferTooSmall)?;
+        self.outbox.push(id, stored).map_err(|e| match e {
+            OutboxFull::Slots => Error::InflightFull,
+            OutboxFull::Bytes | OutboxFull::TooLarge => Error::OutboxFull,
+        })?;
+        self.last_sent_ms = now_ms;
+        Ok((n, Some(id)))
+    }
+
+    /// Encodes a SUBSCRIBE for `filters` (each with its options) with packet identifier `packet_id`.
+    pub fn subscribe(
+        &mut self,
+        packet_id: u16,
+        filters: &[SubscribeFilter<'_>],
+        now_ms: u64,
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        if self.state != State::Connected {
+            return Err(Error::NotConnected);
+        }
+        let subscribe = Subscribe { packet_id, filters: List::new(filters), ..Subscribe::default() };
+        self.encode(&Packet::Subscribe(subscribe), out, now_ms)
+    }
+
+    /// Encodes DISCONNECT; the connection is over for the client.
+    pub fn disconnect(&mut self, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
+        let n = self.encode(&Packet::Disconnect(Disconnect::default()), out, now_ms)?;
+        self.state = State::Disconnected;
+        Ok(n)
+    }
+
+    /// Reads one packet from the start of `input`: `Ok(None)` until it is complete, else the bytes it used and
+    /// what it means.
+    pub fn handle<'p>(&mut self, input: &'p [u8], now_ms: u64) -> Result<Option<(usize, Event<'p>)>, Error> {
+        let _ = now_ms;
+        let (packet, used) = match Packet::decode(input, self.version, usize::MAX) {
+            Ok(decoded) => decoded,
+            Err(DecodeError::Incomplete { .. }) => return Ok(None),
+            Err(_) => return Err(Error::Protocol),
+        };
+        let event = match packet {
+            Packet::ConnAck(ack) => self.on_connack(&ack)?,
+            Packet::PubResponse(r) if r.kind == PubResponseKind::PubAck => {
+                if !self.outbox.ack(r.packet_id) {
+                    // Not ours (a duplicate after a resend): harmless.
+                    return Ok(Some((used, Event::Nothing)));
+                }
+                Event::Acknowledged { packet_id: r.packet_id, reason: r.reason }
+            }
+            Packet::SubAck(s) => Event::Subscribed { packet_id: s.packet_id, codes: s.codes },
+            Packet::Publish(p) => {
+                if self.state != State::Connected {
+                    return Err(Error::Protocol);
+                }
+                match (p.qos, p.packet_id) {
+                    (QoS::AtMostOnce, _) => {}
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        // Bounded: a server flooding QoS 1 faster than the client flushes is refused.
+                        self.owed.push_back(id).map_err(|_| Error::InflightFull)?;
+                    }
+                    // QoS 2 is not subscribed to by this client.
+                    _ => return Err(Error::Protocol),
+                }
+                Event::Message(p)
+            }
+            Packet::PingResp => {
+                self.ping_sent_ms = None;
+                Event::Nothing
+            }
+            Packet::UnsubAck(_) => Event::Nothing,
+            Packet::Disconnect(d) => {
+                self.state = State::Disconnected;
+                return Err(Error::Disconnected(d.reason));
+            }
+            // Packets only a client sends, or flows this client never starts (QoS 2, AUTH).
+            _ => return Err(Error::Protocol),
+        };
+        Ok(Some((used, event)))
+    }
+
+    fn on_connack(&mut self, ack: &ConnAck<'_>) -> Result<Event<'static>, Error> {
+        if self.state != State::Connecting {
+            return Err(Error::Protocol);
+        }
+        if ack.code != ReasonCode::SUCCESS {
+            self.state = State::Disconnected;
+            return Err(Error::Refused(ack.code));
+        }
+        self.state = State::Connected;
+        self.server_receive_maximum = ack.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
+        self.server_max_packet =
+            ack.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        if let Some(k) = ack.properties.server_keep_alive {
+            self.keep_alive_ms = u64::from(k) * 1000;
+        }
+        if !self.outbox.is_empty() {
+            // Sent before and not acknowledged: again, flagged DUP if the server kept the session.
+            if ack.session_present {
+                self.outbox.mark_dup();
+            }
+            self.resend = Some(0);
+        }
+        Ok(Event::Connected { session_present: ack.session_present })
+    }
+
+    /// The next packet the client owes the server, encoded into `out` (0: nothing now): acknowledgements of
+    /// received QoS 1 messages, then resent publishes after a reconnect, then PINGREQ when keep-alive is due.
+    pub fn poll_transmit(&mut self, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
+        if self.state != State::Connected {
+            return Ok(0);
+        }
+        if let Some(&id) = self.owed.front() {
+            let n = self.encode(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubAck, id)), out, now_ms)?;
+            self.owed.pop_front();
+            return Ok(n);
+        }
+        if let Some(index) = self.resend {
+            match self.outbox.get(index) {
+                Some((_, packet)) => {
+                    let dst = out.get_mut(..packet.len()).ok_or(Error::BufferTooSmall)?;
+                    dst.copy_from_slice(packet);
+                    self.resend = Some(index + 1);
+                    self.last_sent_ms = now_ms;
+                    return Ok(packet.len());
+                }
+                None => self.resend = None,
+            }
+        }
+        if self.keep_alive_ms > 0
+            && self.ping_sent_ms.is_none()
+            && now_ms.saturating_sub(self.last_sent_ms) >= self.keep_alive_ms
+        {
+            let n = self.encode(&Packet::PingReq, out, now_ms)?;
+            self.ping_sent_ms = Some(now_ms);
+            return Ok(n);
+        }
+        Ok(0)
+    }
+
+    /// When the client next has timed work (a PINGREQ, or giving up on one), if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.state != State::Connected || self.keep_alive_ms == 0 {
+            return None;
+        }
+        Some(match self.ping_sent_ms {
+            Some(sent) => sent + self.keep_alive_ms,
+            None => self.last_sent_ms + self.keep_alive_ms,
+        })
+    }
+
+    /// Checks the keep-alive: a PINGREQ unanswered for a whole interval ends the connection.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), Error> {
+        if let Some(sent) = self.ping_sent_ms
+            && now_ms.saturating_sub(sent) >= self.keep_alive_ms
+        {
+            self.connection_lost();
+            return Err(Error::KeepAliveTimeout);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;
