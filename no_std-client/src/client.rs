@@ -116,6 +116,11 @@ impl<'a, const N: usize> Client<'a, N> {
         }
     }
 
+    /// The protocol level spoken.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     /// Whether CONNACK accepted the connection and it has not ended since.
     pub fn is_connected(&self) -> bool {
         self.state == State::Connected

@@ -5,9 +5,10 @@
 //!   Maximum Packet Size and Server Keep Alive), QoS 0 and 1 publishes, subscriptions, acknowledgements of what it
 //!   receives, keep-alive pings, and the resend (DUP) of unacknowledged publishes after a reconnect.
 //! - [`outbox`]: the unacknowledged publishes, in a byte arena the application lends.
+//! - [`session`]: the client over any `embedded_io_async` stream (an embassy-net `TcpSocket`, or a host socket),
+//!   with embassy-time for the keep-alive.
 //!
-//! Transports (embedded-io-async, embassy-net), the CloudEvents helpers and the firmware example come with the
-//! rest of issue 9.
+//! The CloudEvents helpers and the firmware example come with the rest of issue 9.
 #![no_std]
 #![deny(unsafe_code)]
 
@@ -16,6 +17,8 @@ extern crate std;
 
 pub mod client;
 pub mod outbox;
+pub mod session;
 
 pub use client::{Client, Error, Event};
 pub use meshgate_protocols::mqtt;
+pub use session::{Session, SessionError};

@@ -1,0 +1,203 @@
+//! The client over a byte stream: any `embedded_io_async::{Read, Write}` (an embassy-net `TcpSocket`, or a host
+//! socket through an adapter), with time from embassy-time for the keep-alive. The buffers are the
+//! application's; nothing is allocated.
+//!
+//! ```text
+//! let mut session = Session::new(socket, Client::new(Version::V5, &mut outbox), &mut rx, &mut tx);
+//! session.connect(&Connect { client_id: "pump-2", keep_alive: 30, ..Connect::default() }).await?;
+//! session.publish(&Publish { topic: "devices/pump-2/events/pressure", qos: QoS::AtLeastOnce, .. }).await?;
+//! loop {
+//!     match session.receive().await? {
+//!         Event::Message(command) => { /* act on it; its PUBACK goes out with the next call */ }
+//!         Event::Acknowledged { packet_id, .. } => { /* the gateway has it, durably */ }
+//!         _ => {}
+//!     }
+//! }
+//! ```
+
+use embassy_futures::select::{Either, select};
+use embassy_time::{Instant, Timer};
+use embedded_io_async::{Read, Write};
+use meshgate_protocols::mqtt::{Connect, DecodeError, Packet, Publish, SubscribeFilter};
+
+use crate::client::{Client, Error, Event};
+
+/// Why a session call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SessionError<E> {
+    /// The transport failed.
+    Io(E),
+    /// The transport was closed by the peer.
+    Closed,
+    /// The protocol state refused (see [`Error`]).
+    Client(Error),
+    /// A packet larger than the receive buffer arrived.
+    RxBufferTooSmall,
+}
+
+impl<E> From<Error> for SessionError<E> {
+    fn from(e: Error) -> Self {
+        SessionError::Client(e)
+    }
+}
+
+fn now_ms() -> u64 {
+    Instant::now().as_millis()
+}
+
+/// A client on a transport, with its receive and transmit buffers.
+pub struct Session<'a, T, const N: usize> {
+    io: T,
+    client: Client<'a, N>,
+    rx: &'a mut [u8],
+    rx_len: usize,
+    /// Bytes of `rx` that the last returned event borrowed, dropped at the next call.
+    consumed: usize,
+    tx: &'a mut [u8],
+}
+
+impl<'a, T: Read + Write, const N: usize> Session<'a, T, N> {
+    /// A session over `io` for `client`, reading into `rx` and encoding into `tx` (each at least as large as the
+    /// largest packet expected).
+    pub fn new(io: T, client: Client<'a, N>, rx: &'a mut [u8], tx: &'a mut [u8]) -> Self {
+        Session { io, client, rx, rx_len: 0, consumed: 0, tx }
+    }
+
+    /// The protocol state (in-flight count, connection state).
+    pub fn client(&self) -> &Client<'a, N> {
+        &self.client
+    }
+
+    /// Swaps in a new transport after the old one failed; unacknowledged publishes are resent after the next
+    /// [`Session::connect`]. Returns the old transport.
+    pub fn replace_transport(&mut self, io: T) -> T {
+        self.client.connection_lost();
+        self.rx_len = 0;
+        self.consumed = 0;
+        core::mem::replace(&mut self.io, io)
+    }
+
+    async fn send(&mut self, n: usize) -> Result<(), SessionError<T::Error>> {
+        let bytes = self.tx.get(..n).ok_or(SessionError::Client(Error::BufferTooSmall))?;
+        self.io.write_all(bytes).await.map_err(SessionError::Io)?;
+        self.io.flush().await.map_err(SessionError::Io)
+    }
+
+    /// Sends everything the client owes (acknowledgements, resends, a due PINGREQ).
+    pub async fn flush(&mut self) -> Result<(), SessionError<T::Error>> {
+        loop {
+            let n = self.client.poll_transmit(now_ms(), self.tx)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.send(n).await?;
+        }
+    }
+
+    /// Connects: CONNECT, then waits for CONNACK and resends what an earlier connection left unacknowledged.
+    /// Returns whether the server resumed the session.
+    pub async fn connect(&mut self, connect: &Connect<'_>) -> Result<bool, SessionError<T::Error>> {
+        self.drop_consumed();
+        let n = self.client.connect(connect, now_ms(), self.tx)?;
+        self.send(n).await?;
+        let session_present = match self.receive().await? {
+            Event::Connected { session_present } => session_present,
+            _ => return Err(SessionError::Client(Error::Protocol)),
+        };
+        self.drop_consumed();
+        self.flush().await?;
+        Ok(session_present)
+    }
+
+    /// Publishes; returns the packet identifier of a QoS 1 publish, whose [`Event::Acknowledged`] comes from
+    /// [`Session::receive`]. [`Error::InflightFull`] means: receive until an acknowledgement, then publish again.
+    pub async fn publish(&mut self, publish: &Publish<'_>) -> Result<Option<u16>, SessionError<T::Error>> {
+        self.drop_consumed();
+        self.flush().await?;
+        let (n, id) = self.client.publish(publish, now_ms(), self.tx)?;
+        self.send(n).await?;
+        Ok(id)
+    }
+
+    /// Subscribes; the answer is an [`Event::Subscribed`] from [`Session::receive`].
+    pub async fn subscribe(
+        &mut self,
+        packet_id: u16,
+        filters: &[SubscribeFilter<'_>],
+    ) -> Result<(), SessionError<T::Error>> {
+        self.drop_consumed();
+        self.flush().await?;
+        let n = self.client.subscribe(packet_id, filters, now_ms(), self.tx)?;
+        self.send(n).await
+    }
+
+    /// Sends DISCONNECT.
+    pub async fn disconnect(&mut self) -> Result<(), SessionError<T::Error>> {
+        self.drop_consumed();
+        self.flush().await?;
+        let n = self.client.disconnect(now_ms(), self.tx)?;
+        self.send(n).await
+    }
+
+    fn drop_consumed(&mut self) {
+        if self.consumed > 0 {
+            self.rx.copy_within(self.consumed..self.rx_len, 0);
+            self.rx_len -= self.consumed;
+            self.consumed = 0;
+        }
+    }
+
+    /// Whether the buffer holds a whole packet (decoding has no side effects; the client reads it next).
+    fn packet_ready(&self) -> Result<bool, SessionError<T::Error>> {
+        let buffered = self.rx.get(..self.rx_len).unwrap_or_default();
+        match Packet::decode(buffered, self.client.version(), usize::MAX) {
+            Ok(_) => Ok(true),
+            Err(DecodeError::Incomplete { .. }) if self.rx_len < self.rx.len() => Ok(false),
+            Err(DecodeError::Incomplete { .. }) => Err(SessionError::RxBufferTooSmall),
+            // Let the client judge it at its own protocol level.
+            Err(_) => Ok(true),
+        }
+    }
+
+    /// Waits for the next thing the server says, keeping the connection alive meanwhile.
+    pub async fn receive(&mut self) -> Result<Event<'_>, SessionError<T::Error>> {
+        self.drop_consumed();
+        loop {
+            self.flush().await?;
+            if self.rx_len > 0 && self.packet_ready()? {
+                break;
+            }
+            let deadline = self.client.poll_timeout();
+            let free = self.rx.get_mut(self.rx_len..).unwrap_or_default();
+            let read = self.io.read(free);
+            let outcome = match deadline {
+                Some(at) => match select(read, Timer::at(Instant::from_millis(at))).await {
+                    Either::First(r) => Some(r),
+                    Either::Second(()) => None,
+                },
+                None => Some(read.await),
+            };
+            match outcome {
+                Some(Ok(0)) => {
+                    self.client.connection_lost();
+                    return Err(SessionError::Closed);
+                }
+                Some(Ok(n)) => self.rx_len += n,
+                Some(Err(e)) => {
+                    self.client.connection_lost();
+                    return Err(SessionError::Io(e));
+                }
+                None => self.client.handle_timeout(now_ms())?,
+            }
+        }
+        let buffered = self.rx.get(..self.rx_len).unwrap_or_default();
+        match self.client.handle(buffered, now_ms())? {
+            Some((used, event)) => {
+                self.consumed = used;
+                Ok(event)
+            }
+            None => Err(SessionError::Client(Error::Protocol)),
+        }
+    }
+}
