@@ -8,7 +8,10 @@
 //! - [`session`]: the client over any `embedded_io_async` stream (an embassy-net `TcpSocket`, or a host socket),
 //!   with embassy-time for the keep-alive.
 //!
-//! The CloudEvents helpers and the firmware example come with the rest of issue 9.
+//! - [`cloudevents`]: events from a device: MQTT 5 binary mode, structured JSON for 3.1.1 into a fixed buffer, ids
+//!   from a per-device counter.
+//!
+//! The embassy-net feature, the firmware example and the QEMU tests come with the rest of issue 9.
 #![no_std]
 #![deny(unsafe_code)]
 
@@ -16,6 +19,7 @@
 extern crate std;
 
 pub mod client;
+pub mod cloudevents;
 pub mod outbox;
 pub mod session;
 
