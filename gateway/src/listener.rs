@@ -1,12 +1,39 @@
-//! The accept loop every device listener shares: bounded by `max_connections`, stopping at shutdown and then
-//! waiting for each connection to send the acknowledgements it owes.
+//! What every device listener shares: the gateway's parts a connection works with ([`Shared`]), and the accept
+//! loop, bounded by `max_connections`, stopping at shutdown and then waiting for each connection to send the
+//! acknowledgements it owes.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use meshgate_edge_agent::pipeline::IngestHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+
+use crate::acl::Acl;
+use crate::auth::Authenticator;
+use crate::broker::LocalBroker;
+use crate::metrics::Metrics;
+use crate::normalize::Normalizer;
+
+/// The gateway's parts every device connection works with, whatever its protocol.
+#[derive(Clone)]
+pub struct Shared {
+    /// Device credentials.
+    pub auth: Authenticator,
+    /// Message → CloudEvent.
+    pub normalizer: Arc<Normalizer>,
+    /// Into the pipeline.
+    pub ingest: IngestHandle,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The local broker.
+    pub broker: Arc<LocalBroker>,
+    /// Publish and subscribe rules.
+    pub acl: Acl,
+    /// Becomes `true` when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
 
 /// Accepts connections until shutdown and serves each with `serve` on its own task; at shutdown stops accepting
 /// and waits for the connections to finish.

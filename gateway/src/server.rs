@@ -106,8 +106,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     metrics.set_broker(Arc::clone(&broker));
 
-    let auth = Authenticator::new(&config.auth);
-    let acl = crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default);
+    let shared = listener::Shared {
+        auth: Authenticator::new(&config.auth),
+        normalizer,
+        ingest,
+        metrics: Arc::clone(&metrics),
+        broker: Arc::clone(&broker),
+        acl: crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default),
+        shutdown: stop_rx.clone(),
+    };
     let mut listener_tasks = Vec::new();
     let mut spawn = |listener, max: usize, serve| {
         listener_tasks.push(tokio::spawn(listener::run(listener, max, stop_rx.clone(), serve)));
@@ -116,15 +123,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mqtt_ctx = (l.mqtt.is_some() || l.ws.is_some()).then(|| {
         Arc::new(MqttContext {
             config: l.mqtt.clone().unwrap_or_default(),
-            auth: auth.clone(),
-            normalizer: Arc::clone(&normalizer),
-            ingest: ingest.clone(),
-            metrics: Arc::clone(&metrics),
+            shared: shared.clone(),
             registry: mqtt::registry::Registry::default(),
-            broker: Arc::clone(&broker),
-            acl: acl.clone(),
             lifecycle_events: config.gateway.lifecycle_events,
-            shutdown: stop_rx.clone(),
         })
     });
     if let (Some(cfg), Some(ctx)) = (&l.mqtt, &mqtt_ctx) {
@@ -142,16 +143,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     if let Some(cfg) = &l.amqp {
-        let ctx = Arc::new(AmqpContext {
-            config: cfg.clone(),
-            auth: auth.clone(),
-            normalizer: Arc::clone(&normalizer),
-            ingest: ingest.clone(),
-            metrics: Arc::clone(&metrics),
-            broker: Arc::clone(&broker),
-            acl: acl.clone(),
-            shutdown: stop_rx.clone(),
-        });
+        let ctx = Arc::new(AmqpContext { config: cfg.clone(), shared: shared.clone() });
         let timeout = Duration::from_secs(cfg.connect_timeout_secs);
         if let Some(listener) = amqp_listener {
             announce("amqp", &listener)?;
@@ -165,17 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     if let (Some(cfg), Some(mqtt_ctx)) = (&l.ws, &mqtt_ctx) {
-        let ctx = Arc::new(WsContext {
-            config: cfg.clone(),
-            auth: auth.clone(),
-            normalizer: Arc::clone(&normalizer),
-            ingest: ingest.clone(),
-            metrics: Arc::clone(&metrics),
-            broker: Arc::clone(&broker),
-            acl: acl.clone(),
-            mqtt: Arc::clone(mqtt_ctx),
-            shutdown: stop_rx.clone(),
-        });
+        let ctx = Arc::new(WsContext { config: cfg.clone(), shared: shared.clone(), mqtt: Arc::clone(mqtt_ctx) });
         let timeout = Duration::from_secs(cfg.handshake_timeout_secs);
         if let Some(listener) = ws_listener {
             announce("ws", &listener)?;
@@ -188,8 +170,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             spawn(listener, cfg.max_connections, Box::new(crate::tls::over_tls(acceptor, timeout, serve)));
         }
     }
+    // Every ingest handle must be gone once the connections are, so the pipeline can drain at shutdown.
     drop(mqtt_ctx);
-    drop(ingest);
+    drop(shared);
     let mut admin_tasks = Vec::new();
     let state = AdminState { metrics: Arc::clone(&metrics), data_dir: data_dir.clone() };
     if let (Some(inner), Some(acceptor)) = (admins_listener, tls.clone()) {

@@ -72,12 +72,12 @@ pub async fn serve_as<S>(stream: S, ctx: Arc<AmqpContext>, identity: Option<Stri
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ctx.metrics.connection_opened(PROTOCOL);
+    ctx.shared.metrics.connection_opened(PROTOCOL);
     let mut driver = Driver::new(stream, Arc::clone(&ctx), identity);
     let outcome = driver.run().await;
     driver.conn.release(&mut driver.queues);
     driver.queues.close();
-    ctx.metrics.connection_closed(PROTOCOL);
+    ctx.shared.metrics.connection_closed(PROTOCOL);
     let client = driver.client_id.as_str();
     match outcome {
         Ok(()) => tracing::debug!(client, "AMQP connection closed"),
@@ -109,7 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             max_body: c.max_message_size,
         };
         let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        let queues = BrokerQueues::new(Arc::clone(&ctx.broker), conn_id, DeviceAcl::default());
+        let queues = BrokerQueues::new(Arc::clone(&ctx.shared.broker), conn_id, DeviceAcl::default());
         Driver {
             stream,
             conn: ServerConnection::new(limits, 0).with_certificate_identity(identity),
@@ -144,7 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     async fn run(&mut self) -> std::io::Result<()> {
         let handshake_deadline = Instant::now() + Duration::from_secs(self.ctx.config.connect_timeout_secs);
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown = self.ctx.shared.shutdown.clone();
         loop {
             self.flush().await?;
             if self.conn.is_closed() {
@@ -182,13 +182,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     self.conn.handle_timeout(now);
                 }
                 _ = sleep_until(handshake) => {
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
                     self.conn.close(reply::CONNECTION_FORCED, "CONNECTION_FORCED - handshake timed out", 0, 0);
                     let _ = self.flush().await;
                     return Ok(());
                 }
                 _ = tokio::time::sleep(CREDIT_CHECK), if paused => {
-                    if self.ctx.ingest.credits() * 2 >= self.ctx.ingest.max_credits() {
+                    if self.ctx.shared.ingest.credits() * 2 >= self.ctx.shared.ingest.max_credits() {
                         self.conn.set_publish_flow(true);
                     }
                 }
@@ -245,15 +245,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     // The state machine offers EXTERNAL only with a verified certificate, whose name this is.
                     (AuthOutcome::Allowed, true)
                 } else {
-                    self.ctx.auth.check_presented(&username, password.as_bytes()).await
+                    self.ctx.shared.auth.check_presented(&username, password.as_bytes()).await
                 };
                 let ok = outcome == AuthOutcome::Allowed;
                 if ok {
                     self.client_id = connection_name.filter(|n| !n.is_empty()).unwrap_or_else(|| username.clone());
-                    self.acl = self.ctx.acl.for_device(known.then_some(username.as_str()), &self.client_id);
+                    self.acl = self.ctx.shared.acl.for_device(known.then_some(username.as_str()), &self.client_id);
                     self.queues.set_acl(self.acl.clone());
                 } else {
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::BadCredentials);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::BadCredentials);
                     tracing::info!(username, mechanism, "AMQP login refused");
                 }
                 self.conn.accept_credentials(ok);
@@ -263,7 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
             Event::Closed { code, text } => {
                 if let Some(reason) = reject_reason(code) {
-                    self.ctx.metrics.reject(PROTOCOL, reason);
+                    self.ctx.shared.metrics.reject(PROTOCOL, reason);
                 }
                 if code >= 300 {
                     tracing::debug!(client = %self.client_id, code, text, "AMQP connection closed with an error");
@@ -283,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     ) {
         let topic = topic::routing_key_to_topic(routing_key);
         if !self.acl.may_publish(&topic) {
-            self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             let text = format!("ACCESS_REFUSED - publishing to '{routing_key}' is not allowed");
             self.conn.refuse_publish(channel, reply::ACCESS_REFUSED, &text);
             return;
@@ -300,14 +300,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     headers: &headers,
                     body: &body,
                 };
-                self.ctx.normalizer.amqp(&inbound, uuid::Uuid::now_v7(), Utc::now()).map_err(|e| e.to_string())
+                self.ctx.shared.normalizer.amqp(&inbound, uuid::Uuid::now_v7(), Utc::now()).map_err(|e| e.to_string())
             }
             Err(e) => Err(e),
         };
         let Normalized { event, route, when_full } = match normalized {
             Ok(n) => n,
             Err(why) => {
-                self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
+                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
                 tracing::debug!(client = %self.client_id, error = %why, routing_key, "invalid CloudEvent refused");
                 match tag {
                     // Confirms leave in tag order: the state machine holds this nack behind earlier publishes.
@@ -320,16 +320,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 return;
             }
         };
-        self.ctx.metrics.message_in(PROTOCOL);
+        self.ctx.shared.metrics.message_in(PROTOCOL);
         let local = self.local_message(&topic, properties, body, tag.is_some());
-        if self.ctx.ingest.credits() == 0 && self.conn.publish_flow() {
+        if self.ctx.shared.ingest.credits() == 0 && self.conn.publish_flow() {
             // The spool withholds credit: tell the publishers before waiting on it.
             self.conn.set_publish_flow(false);
-            self.ctx.metrics.flow_paused(PROTOCOL);
+            self.ctx.shared.metrics.flow_paused(PROTOCOL);
             let _ = self.flush().await;
         }
         match tag {
-            Some(tag) => match self.ctx.ingest.submit(event, route).await {
+            Some(tag) => match self.ctx.shared.ingest.submit(event, route).await {
                 Ok(receipt) => {
                     let receipt = Some(receipt);
                     self.pending.push_back(Pending { channel, tag: Some(tag), receipt, local });
@@ -337,7 +337,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Err(_) => self.conn.confirm(channel, tag, false),
             },
             None => {
-                if self.ctx.ingest.submit_unconfirmed(event, route, when_full).await.is_ok() {
+                if self.ctx.shared.ingest.submit_unconfirmed(event, route, when_full).await.is_ok() {
                     self.pending.push_back(Pending { channel, tag: None, receipt: None, local });
                 }
             }
@@ -389,16 +389,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             (Some(_), Ok(())) => true,
             (Some(_), Err(e)) => {
                 tracing::warn!(error = %e, "event not stored; refusing the publish");
-                self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
                 false
             }
         };
         if ok {
             if p.receipt.is_some() {
-                self.ctx.metrics.acknowledged(PROTOCOL);
+                self.ctx.shared.metrics.acknowledged(PROTOCOL);
             }
             if let Some(message) = p.local {
-                self.ctx.broker.publish(message);
+                self.ctx.shared.broker.publish(message);
             }
         }
         if let Some(tag) = p.tag {

@@ -17,34 +17,13 @@ pub mod frames;
 pub mod queues;
 pub mod topic;
 
-use std::sync::Arc;
-
-use meshgate_edge_agent::pipeline::IngestHandle;
-use tokio::sync::watch;
-
-use crate::acl::Acl;
-use crate::auth::Authenticator;
-use crate::broker::LocalBroker;
 use crate::config::AmqpListenerConfig;
-use crate::metrics::Metrics;
-use crate::normalize::Normalizer;
+use crate::listener::Shared;
 
 /// What every AMQP connection shares.
 pub struct AmqpContext {
     /// `[listeners.amqp]`.
     pub config: AmqpListenerConfig,
-    /// Device credentials.
-    pub auth: Authenticator,
-    /// Message → CloudEvent.
-    pub normalizer: Arc<Normalizer>,
-    /// Into the pipeline.
-    pub ingest: IngestHandle,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// The local broker (queues are its sessions).
-    pub broker: Arc<LocalBroker>,
-    /// Publish and bind rules.
-    pub acl: Acl,
-    /// Becomes `true` when the gateway shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    /// The gateway's parts every connection works with.
+    pub shared: Shared,
 }

@@ -13,39 +13,19 @@ pub mod outbound;
 pub mod registry;
 pub mod will;
 
-use std::sync::Arc;
-
-use meshgate_edge_agent::pipeline::IngestHandle;
-use tokio::sync::watch;
-
-use crate::auth::Authenticator;
-use crate::broker::LocalBroker;
 use crate::config::MqttListenerConfig;
-use crate::metrics::Metrics;
-use crate::normalize::Normalizer;
+use crate::listener::Shared;
 
 /// What every MQTT connection shares.
 pub struct MqttContext {
     /// `[listeners.mqtt]`.
     pub config: MqttListenerConfig,
-    /// Device credentials.
-    pub auth: Authenticator,
-    /// Message → CloudEvent.
-    pub normalizer: Arc<Normalizer>,
-    /// Into the pipeline.
-    pub ingest: IngestHandle,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
+    /// The gateway's parts every connection works with.
+    pub shared: Shared,
     /// Live client ids.
     pub registry: registry::Registry,
-    /// The local broker.
-    pub broker: Arc<LocalBroker>,
-    /// Publish and subscribe rules.
-    pub acl: crate::acl::Acl,
     /// Whether connects and disconnects become CloudEvents.
     pub lifecycle_events: bool,
-    /// Becomes `true` when the gateway shuts down.
-    pub shutdown: watch::Receiver<bool>,
 }
 
 pub use crate::listener::stopped;

@@ -37,12 +37,12 @@ pub fn schedule(ctx: &Arc<MqttContext>, client: &str, version: Version, will: Pe
     let client = client.to_string();
     tokio::spawn(async move {
         if will.delay_secs > 0 {
-            let mut stop = ctx.shutdown.clone();
+            let mut stop = ctx.shared.shutdown.clone();
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(will.delay_secs))) => {}
                 _ = super::stopped(&mut stop) => {}
             }
-            if ctx.broker.is_attached(&client) {
+            if ctx.shared.broker.is_attached(&client) {
                 tracing::debug!(client, "client reconnected within its will delay; will dropped");
                 return;
             }
@@ -62,14 +62,14 @@ async fn publish(ctx: &MqttContext, client: &str, version: Version, message: Mes
         properties: &properties,
         payload: &message.payload,
     };
-    match ctx.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now()) {
+    match ctx.shared.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now()) {
         Ok(n) => {
-            if ctx.ingest.submit_unconfirmed(n.event, n.route, n.when_full).await.is_err() {
+            if ctx.shared.ingest.submit_unconfirmed(n.event, n.route, n.when_full).await.is_err() {
                 tracing::warn!(client, "pipeline closed; will not forwarded to the mesh");
             }
         }
         Err(e) => tracing::warn!(client, error = %e, "will is not a valid CloudEvent; published locally only"),
     }
     tracing::debug!(client, topic = %message.topic, "will published");
-    ctx.broker.publish(message);
+    ctx.shared.broker.publish(message);
 }

@@ -72,20 +72,20 @@ pub async fn serve<S>(mut ws: WebSocketStream<S>, ctx: Arc<WsContext>, device: D
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ctx.metrics.connection_opened(PROTOCOL);
+    ctx.shared.metrics.connection_opened(PROTOCOL);
     let session = format!("ws:{}", device.client_id);
     let notify = Arc::new(tokio::sync::Notify::new());
     let mut s = Session { ctx: Arc::clone(&ctx), device, session, subscribed: false, pending: VecDeque::new(), notify };
     let end = s.run(&mut ws).await;
     if s.subscribed {
-        s.ctx.broker.detach(&s.session, s.device.conn_id);
-        s.ctx.broker.disconnect(&s.session, Some(0));
+        s.ctx.shared.broker.detach(&s.session, s.device.conn_id);
+        s.ctx.shared.broker.disconnect(&s.session, Some(0));
     }
     if let End::Close(code, why) = end {
         let frame = CloseFrame { code, reason: why.into() };
         let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(frame))).await;
     }
-    ctx.metrics.connection_closed(PROTOCOL);
+    ctx.shared.metrics.connection_closed(PROTOCOL);
 }
 
 struct Session {
@@ -106,7 +106,7 @@ impl Session {
         let ping_every = Duration::from_secs(config.ping_interval_secs.max(1));
         let mut last_heard = Instant::now();
         let mut invalid_in_a_row = 0u32;
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown = self.ctx.shared.shutdown.clone();
         let deliveries = Arc::clone(&self.notify);
         loop {
             let can_read = self.pending.len() < self.ctx.config.max_unacked;
@@ -145,7 +145,7 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+                            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
                             return End::Close(CloseCode::Unsupported, "cloudevents.json carries text messages");
                         }
                         Some(Ok(Message::Close(_))) | None => return End::Gone,
@@ -154,15 +154,15 @@ impl Session {
                             use tokio_tungstenite::tungstenite::Error as E;
                             return match e {
                                 E::Capacity(_) => {
-                                    self.ctx.metrics.reject(PROTOCOL, RejectReason::TooLarge);
+                                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::TooLarge);
                                     End::Close(CloseCode::Size, "message too large")
                                 }
                                 E::Utf8(_) => {
-                                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::Malformed);
                                     End::Close(CloseCode::Invalid, "text message is not UTF-8")
                                 }
                                 E::Protocol(_) => {
-                                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::Malformed);
                                     End::Close(CloseCode::Protocol, "WebSocket protocol error")
                                 }
                                 _ => End::Gone,
@@ -177,7 +177,7 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(next_ping) => {
                     if last_heard.elapsed() >= idle {
-                        self.ctx.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
+                        self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
                         return End::Close(CloseCode::Away, "idle");
                     }
                     if send(ws, Message::Ping(Default::default())).await.is_err() {
@@ -204,14 +204,14 @@ impl Session {
         }
         if let Some(filter) = value.get("unsubscribe").and_then(Value::as_str) {
             let session = self.session.clone();
-            self.ctx.broker.with(|b| b.unsubscribe(&session, filter));
+            self.ctx.shared.broker.with(|b| b.unsubscribe(&session, filter));
             return send_json(ws, &json!({ "unsubscribed": filter })).await.map(|()| true);
         }
         let id = value.get("id").and_then(Value::as_str).map(String::from);
         let event = match CloudEvent::from_json_slice(text) {
             Ok(e) => e,
             Err(e) => {
-                self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
+                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
                 return self.nack(ws, id.as_deref(), &format!("invalid CloudEvent: {e}")).await.map(|()| false);
             }
         };
@@ -219,14 +219,14 @@ impl Session {
         // rule or `acl_default = "allow"` lets through.
         let topic = event.subject.clone().unwrap_or_default();
         if !self.device.acl.may_publish(&topic) {
-            self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             return self.nack(ws, Some(&event.id), "not authorized").await.map(|()| true);
         }
         let local = local_message(&event, &topic, &self.device.client_id);
         let id = event.id.clone();
-        let Normalized { event, route, .. } = self.ctx.normalizer.kept(event, &topic);
-        self.ctx.metrics.message_in(PROTOCOL);
-        match self.ctx.ingest.submit(event, route).await {
+        let Normalized { event, route, .. } = self.ctx.shared.normalizer.kept(event, &topic);
+        self.ctx.shared.metrics.message_in(PROTOCOL);
+        match self.ctx.shared.ingest.submit(event, route).await {
             Ok(receipt) => {
                 self.pending.push_back(Pending { id, receipt, local });
                 Ok(true)
@@ -242,14 +242,14 @@ impl Session {
         let now = now_ms();
         let session = self.session.clone();
         let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
-        self.ctx.broker.with(|b| {
+        self.ctx.shared.broker.with(|b| {
             if !b.has_session(&session) {
                 b.connect(&session, meshgate_protocols::mqtt::Version::V5, true, 0, u16::MAX, now);
             }
             b.subscribe(&session, filter, &options, None, now);
         });
         if !self.subscribed {
-            self.ctx.broker.attach_with(&session, self.device.conn_id, Arc::clone(&self.notify));
+            self.ctx.shared.broker.attach_with(&session, self.device.conn_id, Arc::clone(&self.notify));
             self.subscribed = true;
         }
         self.notify.notify_one();
@@ -263,18 +263,18 @@ impl Session {
         }
         let session = self.session.clone();
         let now = now_ms();
-        let out = self.ctx.broker.with(|b| b.poll_outbound(&session, now, DELIVERIES_PER_WAKE));
+        let out = self.ctx.shared.broker.with(|b| b.poll_outbound(&session, now, DELIVERIES_PER_WAKE));
         let more = out.len() == DELIVERIES_PER_WAKE;
         for o in out {
             let Outbound::Publish { packet_id, delivery, .. } = o else { continue };
             let text = self.delivery_text(&delivery.message);
-            self.ctx.broker.with(|b| b.session_mut(&session).map(|s| s.puback(packet_id)));
+            self.ctx.shared.broker.with(|b| b.session_mut(&session).map(|s| s.puback(packet_id)));
             if let Some(text) = text {
                 send(ws, Message::text(text)).await?;
             }
         }
         if more {
-            self.ctx.broker.wake(&session);
+            self.ctx.shared.broker.wake(&session);
         }
         Ok(())
     }
@@ -293,7 +293,7 @@ impl Session {
             content_type: m.properties.content_type.as_deref(),
             payload: &m.payload,
         };
-        let wrapped = self.ctx.normalizer.wrap(&inbound, uuid::Uuid::now_v7(), Utc::now()).ok()?;
+        let wrapped = self.ctx.shared.normalizer.wrap(&inbound, uuid::Uuid::now_v7(), Utc::now()).ok()?;
         Some(wrapped.event.to_json_string())
     }
 
@@ -315,14 +315,14 @@ impl Session {
     ) -> Result<(), ()> {
         match result {
             Ok(()) => {
-                self.ctx.metrics.acknowledged(PROTOCOL);
+                self.ctx.shared.metrics.acknowledged(PROTOCOL);
                 if let Some(m) = local {
-                    self.ctx.broker.publish(m);
+                    self.ctx.shared.broker.publish(m);
                 }
                 send_json(ws, &json!({ "ack": id })).await
             }
             Err(e) => {
-                self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
                 self.nack(ws, Some(&id), &format!("not stored: {e}")).await
             }
         }

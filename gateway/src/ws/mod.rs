@@ -12,42 +12,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use meshgate_edge_agent::pipeline::IngestHandle;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::acl::Acl;
-use crate::auth::{AuthOutcome, Authenticator};
-use crate::broker::LocalBroker;
+use crate::auth::AuthOutcome;
 use crate::config::WsListenerConfig;
-use crate::metrics::{Metrics, Protocol, RejectReason};
+use crate::listener::Shared;
+use crate::metrics::{Protocol, RejectReason};
 use crate::mqtt::MqttContext;
-use crate::normalize::Normalizer;
 use upgrade::{Negotiated, Subprotocol};
 
 /// What every WebSocket connection shares.
 pub struct WsContext {
     /// `[listeners.ws]`.
     pub config: WsListenerConfig,
-    /// Device credentials.
-    pub auth: Authenticator,
-    /// Message → CloudEvent.
-    pub normalizer: Arc<Normalizer>,
-    /// Into the pipeline.
-    pub ingest: IngestHandle,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// The local broker (subscriptions of `cloudevents.json` devices).
-    pub broker: Arc<LocalBroker>,
-    /// Publish and subscribe rules.
-    pub acl: Acl,
+    /// The gateway's parts every connection works with.
+    pub shared: Shared,
     /// The MQTT sessions the `mqtt` subprotocol runs.
     pub mqtt: Arc<MqttContext>,
-    /// Becomes `true` when the gateway shuts down.
-    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Connection ids for the broker sessions of `cloudevents.json` devices.
@@ -98,8 +82,8 @@ where
                 (None, None) => (None, None),
             };
             let certified = negotiated.credentials.is_none() && identity.is_some();
-            if !certified && ctx.auth.check(user, pass).await != AuthOutcome::Allowed {
-                ctx.metrics.reject(Protocol::Ws, RejectReason::BadCredentials);
+            if !certified && ctx.shared.auth.check(user, pass).await != AuthOutcome::Allowed {
+                ctx.shared.metrics.reject(Protocol::Ws, RejectReason::BadCredentials);
                 let frame = CloseFrame { code: CloseCode::Policy, reason: "not authorized".into() };
                 let _ = ws.close(Some(frame)).await;
                 return;
@@ -107,7 +91,7 @@ where
             let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
             let client_id =
                 negotiated.client.clone().or_else(|| user.map(String::from)).unwrap_or_else(|| format!("ws-{conn_id}"));
-            let acl = ctx.acl.for_device(user, &client_id);
+            let acl = ctx.shared.acl.for_device(user, &client_id);
             events::serve(ws, Arc::clone(&ctx), events::Device { client_id, acl, conn_id }).await;
         }
     }

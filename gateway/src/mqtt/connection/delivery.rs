@@ -18,7 +18,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// waiting to be durable.
     pub(super) fn route_in_order(&mut self, message: Message) {
         if self.pending.is_empty() {
-            self.ctx.broker.publish(message);
+            self.ctx.shared.broker.publish(message);
         } else {
             let reason = ReasonCode::SUCCESS;
             let (qos, local) = (QoS::AtMostOnce, Some(message));
@@ -43,7 +43,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     "delivery larger than the client's maximum packet size dropped"
                 );
                 let client = self.client_id().to_string();
-                self.ctx.broker.with(|b| b.session_mut(&client).map(|s| s.discard(packet_id)));
+                self.ctx.shared.broker.with(|b| b.session_mut(&client).map(|s| s.discard(packet_id)));
             }
         }
     }
@@ -56,7 +56,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         }
         let now = now_ms();
-        let deliveries = self.ctx.broker.with(|b| b.poll_outbound(&client, now, OUTBOUND_PER_WAKE));
+        let deliveries = self.ctx.shared.broker.with(|b| b.poll_outbound(&client, now, OUTBOUND_PER_WAKE));
         let full = deliveries.len() == OUTBOUND_PER_WAKE;
         self.write_outbound(deliveries, now);
         if full && let Some(n) = &self.deliveries {
@@ -77,11 +77,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Some("No Local on a shared subscription");
             }
             if !self.acl.may_subscribe(f.filter) {
-                self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
                 codes.push(if v5 { ReasonCode::NOT_AUTHORIZED.0 } else { 0x80 });
                 continue;
             }
-            let granted = self.ctx.broker.with(|b| b.subscribe(&client, f.filter, &f.options, id, now));
+            let granted = self.ctx.shared.broker.with(|b| b.subscribe(&client, f.filter, &f.options, id, now));
             codes.push(granted as u8);
         }
         self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), codes: &codes }));
@@ -95,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .filters
             .iter()
             .map(|f| {
-                let existed = self.ctx.broker.with(|b| b.unsubscribe(&client, f));
+                let existed = self.ctx.shared.broker.with(|b| b.unsubscribe(&client, f));
                 if existed { ReasonCode::SUCCESS.0 } else { ReasonCode::NO_SUBSCRIPTION_EXISTED.0 }
             })
             .collect();
@@ -107,7 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub(super) fn on_delivery_ack(&mut self, r: &PubResponse<'_>) {
         let client = self.client_id().to_string();
         let id = r.packet_id;
-        let (known, pubrel) = self.ctx.broker.with(|b| {
+        let (known, pubrel) = self.ctx.shared.broker.with(|b| {
             let Some(session) = b.session_mut(&client) else { return (false, false) };
             match r.kind {
                 PubResponseKind::PubAck => (session.puback(id), false),

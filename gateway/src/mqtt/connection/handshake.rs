@@ -40,7 +40,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 }
                 Err(DecodeError::Malformed(Malformed::UnsupportedProtocolVersion(level))) => {
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::UnsupportedVersion);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::UnsupportedVersion);
                     // Answer in the form the client can read: 3.1.1's return code below level 5, 5's reason above.
                     self.version = if level < 5 { Version::V311 } else { Version::V5 };
                     let code = if level < 5 {
@@ -53,11 +53,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Err(Closed::Refused("unsupported protocol version"));
                 }
                 Err(DecodeError::TooLarge { .. }) => {
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::TooLarge);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::TooLarge);
                     return Err(Closed::Refused("CONNECT too large"));
                 }
                 Err(DecodeError::Malformed(_)) => {
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::Malformed);
                     return Err(Closed::Refused("malformed CONNECT"));
                 }
             }
@@ -76,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let outcome = if certified {
             AuthOutcome::Allowed
         } else {
-            self.ctx.auth.check(connect.username, connect.password).await
+            self.ctx.shared.auth.check(connect.username, connect.password).await
         };
         match outcome {
             AuthOutcome::Allowed => {}
@@ -86,7 +86,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 } else {
                     (ReasonCode::NOT_AUTHORIZED, RejectReason::NotAuthorized)
                 };
-                self.ctx.metrics.reject(PROTOCOL, reason);
+                self.ctx.shared.metrics.reject(PROTOCOL, reason);
                 self.send(&refuse(code));
                 self.flush().await?;
                 return Err(Closed::Refused("authentication failed"));
@@ -95,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let assigned = connect.client_id.is_empty();
         if assigned && !v5 && !connect.clean_start {
             // MQTT 3.1.1: a zero-length client id requires a clean session.
-            self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
             self.send(&refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
             self.flush().await?;
             return Err(Closed::Refused("empty client id without clean session"));
@@ -125,15 +125,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             connect.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let now = now_ms();
         let identity = if certified { self.peer_identity.as_deref() } else { connect.username };
-        self.acl = self.ctx.acl.for_device(identity, &client_id);
+        self.acl = self.ctx.shared.acl.for_device(identity, &client_id);
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
-        self.deliveries = Some(self.ctx.broker.attach(&client_id, registration.conn_id));
-        let connected = self
-            .ctx
-            .broker
-            .with(|b| b.connect(&client_id, self.version, connect.clean_start, expiry, client_receive_maximum, now));
+        self.deliveries = Some(self.ctx.shared.broker.attach(&client_id, registration.conn_id));
+        let connected =
+            self.ctx.shared.broker.with(|b| {
+                b.connect(&client_id, self.version, connect.clean_start, expiry, client_receive_maximum, now)
+            });
         for c in &connected.woken {
-            self.ctx.broker.wake(c);
+            self.ctx.shared.broker.wake(c);
         }
         let cfg = &self.ctx.config;
         let properties = if v5 {

@@ -82,14 +82,14 @@ pub async fn serve_as<S>(stream: S, ctx: Arc<MqttContext>, identity: Option<Stri
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ctx.metrics.connection_opened(PROTOCOL);
+    ctx.shared.metrics.connection_opened(PROTOCOL);
     let mut conn = Connection::new(stream, Arc::clone(&ctx));
     conn.peer_identity = identity;
     let outcome = conn.run().await;
     if let Some((client_id, reg)) = &conn.session {
         ctx.registry.unregister(client_id, reg.conn_id);
-        if ctx.broker.detach(client_id, reg.conn_id) {
-            ctx.broker.disconnect(client_id, conn.disconnect_expiry);
+        if ctx.shared.broker.detach(client_id, reg.conn_id) {
+            ctx.shared.broker.disconnect(client_id, conn.disconnect_expiry);
         }
         let publish_will = match &outcome {
             Closed::Normal => conn.disconnect_with_will,
@@ -108,7 +108,7 @@ where
             lifecycle(&ctx, Lifecycle::Disconnected, client_id, serde_json::json!({ "reason": reason })).await;
         }
     }
-    ctx.metrics.connection_closed(PROTOCOL);
+    ctx.shared.metrics.connection_closed(PROTOCOL);
     let client = conn.session.as_ref().map_or("-", |(c, _)| c.as_str());
     match outcome {
         Closed::Normal | Closed::Dropped => tracing::debug!(client, ?outcome, "connection closed"),
@@ -235,7 +235,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn serve_session(&mut self) -> Result<Closed, Closed> {
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown = self.ctx.shared.shutdown.clone();
         loop {
             self.flush().await?;
             let can_read = self.pending.len() < usize::from(self.ctx.config.receive_maximum);
@@ -272,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.pump_outbound();
                 }
                 _ = sleep_until(deadline) => {
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
                     return Ok(self.close_with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep-alive expired").await);
                 }
             }
@@ -318,14 +318,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if ack.receipt.is_some() {
             match result {
                 Ok(()) => {
-                    self.ctx.metrics.acknowledged(PROTOCOL);
+                    self.ctx.shared.metrics.acknowledged(PROTOCOL);
                     if let Some(message) = ack.local.take() {
-                        self.ctx.broker.publish(message);
+                        self.ctx.shared.broker.publish(message);
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "event not stored; refusing the publish");
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
                     if !self.version.is_v5() {
                         // MQTT 3.1.1 has no negative acknowledgement: closing is the only refusal.
                         return Err(Closed::Refused("event could not be stored"));
@@ -337,7 +337,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let Some(kind) = ack.kind else {
             // A QoS 0 message that waited for the publishes before it.
             if let Some(message) = ack.local {
-                self.ctx.broker.publish(message);
+                self.ctx.shared.broker.publish(message);
             }
             return Ok(());
         };
@@ -369,12 +369,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Ok(None);
                 }
                 Err(DecodeError::TooLarge { .. }) => {
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::TooLarge);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::TooLarge);
                     return Ok(Some(self.close_with(ReasonCode::PACKET_TOO_LARGE, "packet too large").await));
                 }
                 Err(DecodeError::Malformed(m)) => {
                     tracing::debug!(error = %m, "malformed packet");
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::Malformed);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::Malformed);
                     return Ok(Some(self.close_with(m.reason_code(), "malformed packet").await));
                 }
             }
@@ -428,7 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn protocol_error(&mut self, why: &'static str) -> Closed {
-        self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+        self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
         self.close_with(ReasonCode::PROTOCOL_ERROR, why).await
     }
 
@@ -437,7 +437,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let topic = match self.inbound.resolve_topic(publish) {
             Ok(t) => t,
             Err(code) => {
-                self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
                 return Some(self.close_with(code, "invalid topic alias").await);
             }
         };
@@ -455,13 +455,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return None;
                 }
                 Err(code) => {
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
                     return Some(self.close_with(code, "receive maximum exceeded").await);
                 }
             }
         }
         if !self.acl.may_publish(&topic) {
-            self.ctx.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             tracing::debug!(client = self.client_id(), topic = %topic, "publish not authorized");
             if let Some(kind) = ack_kind {
                 // MQTT 5 refuses with 0x87; 3.1.1 has no refusal short of closing, so it acknowledges and drops.
@@ -472,10 +472,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let local = Message::from_publish(publish, &topic, self.client_id(), now_ms());
         if local.retain
-            && let Err(e) = self.ctx.broker.log_retained(&local).await
+            && let Err(e) = self.ctx.shared.broker.log_retained(&local).await
         {
             tracing::warn!(error = %e, "retained message not stored; refusing the publish");
-            self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
             return match ack_kind {
                 Some(kind) if v5 => {
                     self.queue_ack(kind, publish.qos, packet_id, None, ReasonCode::UNSPECIFIED_ERROR);
@@ -501,7 +501,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "QoS 0 event not stored");
-                    self.ctx.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
                     Some(self.close_with(ReasonCode::UNSPECIFIED_ERROR, "event could not be stored").await)
                 }
             },
@@ -528,7 +528,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         confirmed: bool,
     ) -> Result<Option<Receipt>, (ReasonCode, &'static str)> {
         if publish.properties.payload_format_utf8 == Some(true) && std::str::from_utf8(publish.payload).is_err() {
-            self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidPayloadFormat);
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::InvalidPayloadFormat);
             return Err((ReasonCode::PAYLOAD_FORMAT_INVALID, "payload flagged UTF-8 is not"));
         }
         let client_id = self.session.as_ref().map_or("", |(c, _)| c.as_str());
@@ -539,18 +539,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             properties: &publish.properties,
             payload: publish.payload,
         };
-        let normalized = self.ctx.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now());
+        let normalized = self.ctx.shared.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now());
         let Normalized { event, route, when_full } = normalized.map_err(|e| {
             tracing::debug!(error = %e, topic, "invalid CloudEvent refused");
-            self.ctx.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
             (ReasonCode::PAYLOAD_FORMAT_INVALID, "invalid CloudEvent")
         })?;
-        self.ctx.metrics.message_in(PROTOCOL);
+        self.ctx.shared.metrics.message_in(PROTOCOL);
         let stopped = (ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped");
         if confirmed {
-            self.ctx.ingest.submit(event, route).await.map(Some).map_err(|_| stopped)
+            self.ctx.shared.ingest.submit(event, route).await.map(Some).map_err(|_| stopped)
         } else {
-            self.ctx.ingest.submit_unconfirmed(event, route, when_full).await.map(|()| None).map_err(|_| stopped)
+            self.ctx.shared.ingest.submit_unconfirmed(event, route, when_full).await.map(|()| None).map_err(|_| stopped)
         }
     }
 }
@@ -566,10 +566,10 @@ async fn next_receipt(pending: &mut VecDeque<PendingAck>) -> Result<(), Delivery
 
 /// Sends a lifecycle event for `client` into the pipeline (unconfirmed: nobody waits for it).
 async fn lifecycle(ctx: &MqttContext, what: Lifecycle, client: &str, data: serde_json::Value) {
-    let event = ctx.normalizer.lifecycle(what, PROTOCOL, client, data, uuid::Uuid::now_v7(), Utc::now());
+    let event = ctx.shared.normalizer.lifecycle(what, PROTOCOL, client, data, uuid::Uuid::now_v7(), Utc::now());
     let route = meshgate_edge_agent::pipeline::Route::All;
     let when_full = meshgate_edge_agent::spool::WhenFull::Block;
-    if ctx.ingest.submit_unconfirmed(event, route, when_full).await.is_err() {
+    if ctx.shared.ingest.submit_unconfirmed(event, route, when_full).await.is_err() {
         tracing::debug!(client, "pipeline closed; lifecycle event not sent");
     }
 }
