@@ -5,6 +5,7 @@
 pub mod amqp_raw;
 pub mod clients;
 pub mod eventmesh;
+pub mod pika;
 pub mod pki;
 pub mod proxy;
 pub mod raw;

@@ -17,6 +17,7 @@ use meshgate_tests::Gateway;
 use meshgate_tests::amqp_raw::{self, RawAmqp};
 use meshgate_tests::clients::{Client, Options};
 use meshgate_tests::eventmesh::{Protocol, Runtime};
+use meshgate_tests::pika::{PikaLogin, publish_over_tls};
 use serde_json::Value;
 use tokio_stream::StreamExt;
 
@@ -490,28 +491,7 @@ async fn amqps_serves_the_same_listener_over_tls() -> anyhow::Result<()> {
     let answer = plain.read_to_end();
     assert!(!answer.starts_with(b"AMQP"), "no AMQP without TLS on the TLS port");
     // pika over TLS, trusting the test's certificate, publishes with confirms.
-    let script = r#"
-import ssl, sys, pika
-ctx = ssl.create_default_context(cafile=sys.argv[2])
-params = pika.ConnectionParameters(host="127.0.0.1", port=int(sys.argv[1]),
-                                   ssl_options=pika.SSLOptions(ctx, "localhost"),
-                                   client_properties={"connection_name": "tls-device"})
-connection = pika.BlockingConnection(params)
-channel = connection.channel()
-channel.confirm_delivery()
-channel.basic_publish("amq.topic", "devices.tls-device.events", b"over tls")
-connection.close()
-print("confirmed")
-"#;
-    let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(amqps.port().to_string())
-        .arg(&cert)
-        .output()
-        .await?;
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("confirmed"), "pika over TLS failed:\n{stdout}\n{stderr}");
+    publish_over_tls(amqps, &cert, PikaLogin::Named("tls-device"), "devices.tls-device.events", "over tls").await?;
     let events = gw.wait_for_events(1, Duration::from_secs(10))?;
     assert_eq!(str_of(&events[0], "source"), "/meshgate/edge-test/amqp/tls-device");
     Ok(())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use meshgate_tests::pika::{PikaLogin, publish_over_tls};
 use meshgate_tests::pki::Pki;
 use meshgate_tests::{Gateway, require_tool};
 use serde_json::{Value, json};
@@ -163,31 +164,8 @@ async fn an_amqp_device_logs_in_with_its_certificate_through_sasl_external() -> 
         tls_config(b, &pki, true, acl)
     })?;
     let (cert, key) = pki.client("sensor-9", false, false)?;
-    let script = r#"
-import ssl, sys, pika
-ctx = ssl.create_default_context(cafile=sys.argv[2])
-ctx.load_cert_chain(sys.argv[3], sys.argv[4])
-params = pika.ConnectionParameters(host="127.0.0.1", port=int(sys.argv[1]),
-                                   ssl_options=pika.SSLOptions(ctx, "localhost"),
-                                   credentials=pika.credentials.ExternalCredentials())
-connection = pika.BlockingConnection(params)
-channel = connection.channel()
-channel.confirm_delivery()
-channel.basic_publish("amq.topic", "devices.sensor-9.temp", b"21.5")
-connection.close()
-print("confirmed")
-"#;
-    let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(gw.listener("amqps")?.port().to_string())
-        .arg(&pki.ca_file)
-        .arg(&cert)
-        .arg(&key)
-        .output()
-        .await?;
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("confirmed"), "pika with EXTERNAL failed:\n{stdout}\n{stderr}");
+    let login = PikaLogin::Certificate(&cert, &key);
+    publish_over_tls(gw.listener("amqps")?, &pki.ca_file, login, "devices.sensor-9.temp", "21.5").await?;
     let events = gw.wait_for_events(1, Duration::from_secs(10))?;
     assert_eq!(events[0]["source"], "/meshgate/edge-test/amqp/sensor-9", "the certificate named the device");
     assert_eq!(events[0]["subject"], "devices.sensor-9.temp");
