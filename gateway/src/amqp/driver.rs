@@ -18,7 +18,6 @@ use bytes::{Buf, BytesMut};
 use chrono::Utc;
 use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
 use meshgate_protocols::cloudevents::{AMQP_PREFIX, AMQP_PREFIX_COLON, HeaderValue};
-use meshgate_protocols::mqtt::{Properties, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -29,8 +28,8 @@ use super::connection::{Event, Limits, ServerConnection, reply};
 use super::topic;
 use crate::acl::DeviceAcl;
 use crate::auth::AuthOutcome;
-use crate::broker::Message;
 use crate::broker::local::now_ms as wall_ms;
+use crate::broker::{Message, MessageProperties};
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{AmqpInbound, Normalized};
 
@@ -289,7 +288,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             return;
         }
         let content_type = properties.content_type().as_ref().map(|c| c.as_str());
-        let normalized = match cloudevent_headers(properties) {
+        // The headers are read once: as CloudEvents attributes here, as user properties for local subscribers.
+        let headers = cloudevent_headers(properties);
+        let normalized = match &headers {
             Ok(headers) => {
                 let inbound = AmqpInbound {
                     client_id: &self.client_id,
@@ -297,12 +298,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     routing_key,
                     topic: &topic,
                     content_type,
-                    headers: &headers,
+                    headers,
                     body: &body,
                 };
                 self.ctx.shared.normalizer.amqp(&inbound, uuid::Uuid::now_v7(), Utc::now()).map_err(|e| e.to_string())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.clone()),
         };
         let Normalized { event, route, when_full } = match normalized {
             Ok(n) => n,
@@ -321,7 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
         };
         self.ctx.shared.metrics.message_in(PROTOCOL);
-        let local = self.local_message(&topic, properties, body, tag.is_some());
+        let local = self.local_message(&topic, properties, &headers.unwrap_or_default(), body, tag.is_some());
         if self.ctx.shared.ingest.credits() == 0 && self.conn.publish_flow() {
             // The spool withholds credit: tell the publishers before waiting on it.
             self.conn.set_publish_flow(false);
@@ -344,28 +345,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
     }
 
-    /// The broker message for local subscribers (QoS 1 with confirms, else 0).
-    fn local_message(&self, topic: &str, p: &AMQPProperties, body: Vec<u8>, confirmed: bool) -> Option<Message> {
+    /// The broker message for local subscribers (QoS 1 with confirms, else 0): headers become user properties,
+    /// reply-to the response topic, correlation-id the correlation data, expiration the message expiry.
+    fn local_message(
+        &self,
+        topic: &str,
+        p: &AMQPProperties,
+        headers: &[(String, HeaderValue)],
+        body: Vec<u8>,
+        confirmed: bool,
+    ) -> Option<Message> {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return None;
         }
-        let user: Vec<(String, String)> = p
-            .headers()
-            .as_ref()
-            .map(|h| {
-                h.inner().iter().filter_map(|(k, v)| header_text(v).map(|t| (k.as_str().to_string(), t))).collect()
+        let user_properties = headers
+            .iter()
+            .map(|(name, value)| {
+                let text = match value {
+                    HeaderValue::String(s) => s.clone(),
+                    HeaderValue::Bool(b) => b.to_string(),
+                    HeaderValue::Int(i) => i.to_string(),
+                    HeaderValue::Timestamp(t) => t.to_string(),
+                };
+                (name.clone(), text)
             })
-            .unwrap_or_default();
+            .collect();
+        let now = wall_ms();
         let expiry = p.expiration().as_ref().and_then(|e| e.as_str().parse::<u64>().ok());
-        let qos = if confirmed { QoS::AtLeastOnce } else { QoS::AtMostOnce };
-        let mut message = Message::new(topic, &[], qos, false, &Properties::default(), &self.client_id, wall_ms());
-        message.payload = body;
-        message.properties.content_type = p.content_type().as_ref().map(|c| c.as_str().to_string());
-        message.properties.user_properties = user;
-        message.properties.response_topic = p.reply_to().as_ref().map(|r| topic::routing_key_to_topic(r.as_str()));
-        message.properties.correlation_data = p.correlation_id().as_ref().map(|c| c.as_str().as_bytes().to_vec());
-        message.expires_at_ms = expiry.map(|ms| wall_ms().saturating_add(ms));
-        Some(message)
+        Some(Message {
+            topic: topic.to_string(),
+            payload: body,
+            qos: u8::from(confirmed),
+            retain: false,
+            properties: MessageProperties {
+                content_type: p.content_type().as_ref().map(|c| c.as_str().to_string()),
+                response_topic: p.reply_to().as_ref().map(|r| topic::routing_key_to_topic(r.as_str())),
+                correlation_data: p.correlation_id().as_ref().map(|c| c.as_str().as_bytes().to_vec()),
+                user_properties,
+                ..MessageProperties::default()
+            },
+            publisher: self.client_id.clone(),
+            expires_at_ms: expiry.map(|ms| now.saturating_add(ms)),
+        })
     }
 
     /// Settles every pending publish whose outcome is known, in order.
@@ -436,21 +457,6 @@ fn cloudevent_headers(p: &AMQPProperties) -> Result<Vec<(String, HeaderValue)>, 
         }
     }
     Ok(out)
-}
-
-/// A header as a user-property string, when it is text, a number or a boolean.
-fn header_text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        AMQPValue::Boolean(b) => Some(b.to_string()),
-        AMQPValue::LongLongInt(i) => Some(i.to_string()),
-        AMQPValue::LongInt(i) => Some(i.to_string()),
-        AMQPValue::LongUInt(i) => Some(i.to_string()),
-        AMQPValue::ShortInt(i) => Some(i.to_string()),
-        AMQPValue::ShortUInt(i) => Some(i.to_string()),
-        _ => None,
-    }
 }
 
 /// The reject counted for a connection closed with `code` (a refused login is counted where it is refused; the
