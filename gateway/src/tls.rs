@@ -127,10 +127,7 @@ fn certified_key(
     cert_file: &Path,
     key_file: &Path,
 ) -> anyhow::Result<CertifiedKey> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("tls.cert_file: cannot read PEM certificates from {}", cert_file.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "tls.cert_file: {} holds no certificate", cert_file.display());
+    let certs = parse_certs(cert_pem, cert_file, "tls.cert_file")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .with_context(|| format!("tls.key_file: cannot read a PEM private key from {}", key_file.display()))?;
     CertifiedKey::from_der(certs, key, provider)
@@ -138,8 +135,14 @@ fn certified_key(
 }
 
 fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect)
+    let pem = std::fs::read(path).with_context(|| format!("{key}: cannot read {}", path.display()))?;
+    parse_certs(&pem, path, key)
+}
+
+/// The certificates of a PEM file's contents; errors name the configuration key and the file.
+fn parse_certs(pem: &[u8], path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
         .with_context(|| format!("{key}: cannot read PEM certificates from {}", path.display()))?;
     anyhow::ensure!(!certs.is_empty(), "{key}: {} holds no certificate", path.display());
     Ok(certs)
