@@ -189,6 +189,26 @@ impl Gateway {
         Ok((status, body))
     }
 
+    /// A figure from `/metrics`, by its full series name (`meshgate_connections{protocol="ws"}`).
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let (_, text) = self.admin_get("/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+            .with_context(|| format!("no series {series} in /metrics:\n{text}"))
+    }
+
+    /// Polls a figure until it equals `want` or `timeout` passes; returns the last value.
+    pub async fn wait_metric(&self, series: &str, want: f64, timeout: Duration) -> Result<f64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self.metric(series)?;
+            if v == want || tokio::time::Instant::now() > deadline {
+                return Ok(v);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(std::process::Child::id)

@@ -27,25 +27,6 @@ fn uplinks(protocol: Protocol, endpoints: &[SocketAddr], extra: &str) -> String 
     )
 }
 
-/// A figure from `/metrics`, by its full series name.
-fn metric(gw: &Gateway, series: &str) -> anyhow::Result<f64> {
-    let (_, text) = gw.admin_get("/metrics")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
-        .ok_or_else(|| anyhow::anyhow!("no series {series} in /metrics:\n{text}"))
-}
-
-async fn wait_metric(gw: &Gateway, series: &str, want: f64, timeout: Duration) -> anyhow::Result<f64> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let v = metric(gw, series)?;
-        if v == want || tokio::time::Instant::now() > deadline {
-            return Ok(v);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or_default()
 }
@@ -112,11 +93,11 @@ async fn every_device_event_arrives_with_its_attributes_in_order(protocol: Proto
     check_stored_events(protocol, &events, &stored)?;
     // The counter moves when the forwarder's whole batch is confirmed, a moment after the last store.
     assert_eq!(
-        wait_metric(&gw, "meshgate_uplink_events_total{uplink=\"mesh\"}", 200.0, Duration::from_secs(5)).await?,
+        gw.wait_metric("meshgate_uplink_events_total{uplink=\"mesh\"}", 200.0, Duration::from_secs(5)).await?,
         200.0
     );
-    assert_eq!(metric(&gw, "meshgate_uplink_dead_lettered_total{uplink=\"mesh\"}")?, 0.0);
-    assert_eq!(metric(&gw, &format!("meshgate_uplink_endpoint_up{{uplink=\"mesh\",endpoint=\"{}\"}}", rt.addr))?, 1.0);
+    assert_eq!(gw.metric("meshgate_uplink_dead_lettered_total{uplink=\"mesh\"}")?, 0.0);
+    assert_eq!(gw.metric(&format!("meshgate_uplink_endpoint_up{{uplink=\"mesh\",endpoint=\"{}\"}}", rt.addr))?, 1.0);
     gw.wait_for_readyz(200, Duration::from_secs(5))?;
     Ok(())
 }
@@ -162,10 +143,10 @@ async fn a_runtime_killed_mid_stream_loses_nothing_and_is_readmitted(protocol: P
     let before_kill = a.stored().len();
     assert!(before_kill > 0, "runtime A took traffic before it died");
     a.kill();
-    assert_eq!(wait_metric(&gw, &up_a, 0.0, Duration::from_secs(5)).await?, 0.0, "A ejected");
+    assert_eq!(gw.wait_metric(&up_a, 0.0, Duration::from_secs(5)).await?, 0.0, "A ejected");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     a.restart()?;
-    assert_eq!(wait_metric(&gw, &up_a, 1.0, Duration::from_secs(10)).await?, 1.0, "A re-admitted");
+    assert_eq!(gw.wait_metric(&up_a, 1.0, Duration::from_secs(10)).await?, 1.0, "A re-admitted");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while a.stored().len() <= before_kill && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -188,7 +169,7 @@ async fn a_runtime_killed_mid_stream_loses_nothing_and_is_readmitted(protocol: P
         }
     }
     assert!(
-        metric(&gw, &format!("meshgate_uplink_endpoint_ejections_total{{uplink=\"mesh\",endpoint=\"{}\"}}", a.addr))?
+        gw.metric(&format!("meshgate_uplink_endpoint_ejections_total{{uplink=\"mesh\",endpoint=\"{}\"}}", a.addr))?
             >= 1.0
     );
     println!("{protocol:?}: {total} acknowledged, A stored {}, B stored {}", a.stored().len(), b.stored().len());
@@ -223,8 +204,8 @@ async fn a_busy_runtime_slows_the_gateway_without_loss(protocol: Protocol, rate_
     let events = gw.wait_for_events(80, Duration::from_secs(10))?;
     check_stored_events(protocol, &events, &stored)?;
     assert_eq!(rt.state().busy_answers.load(Ordering::SeqCst), 30);
-    assert_eq!(metric(&gw, "meshgate_uplink_busy_total{uplink=\"mesh\"}")?, 30.0);
-    assert!(metric(&gw, "meshgate_uplink_failures_total{uplink=\"mesh\"}")? >= 1.0, "batches were retried");
+    assert_eq!(gw.metric("meshgate_uplink_busy_total{uplink=\"mesh\"}")?, 30.0);
+    assert!(gw.metric("meshgate_uplink_failures_total{uplink=\"mesh\"}")? >= 1.0, "batches were retried");
     Ok(())
 }
 
@@ -294,10 +275,9 @@ async fn a_poison_event_is_dead_lettered_while_the_rest_flows(protocol: Protocol
     };
     assert_eq!(line["code"], code, "{line}");
     assert!(str_of(line, "reason").contains(words), "{line}");
-    let dead = wait_metric(&gw, "meshgate_uplink_dead_lettered_total{uplink=\"mesh\"}", 1.0, Duration::from_secs(5));
+    let dead = gw.wait_metric("meshgate_uplink_dead_lettered_total{uplink=\"mesh\"}", 1.0, Duration::from_secs(5));
     assert_eq!(dead.await?, 1.0);
-    let settled =
-        wait_metric(&gw, "meshgate_uplink_events_total{uplink=\"mesh\"}", 21.0, Duration::from_secs(5)).await?;
+    let settled = gw.wait_metric("meshgate_uplink_events_total{uplink=\"mesh\"}", 21.0, Duration::from_secs(5)).await?;
     assert_eq!(settled, 21.0, "the poison event is settled");
     Ok(())
 }
@@ -393,6 +373,6 @@ async fn a_stalled_runtime_is_ejected_and_its_events_go_to_another() -> anyhow::
     check_stored_events(Protocol::Grpc, &events, &stored)?;
     assert!(a.stored().is_empty());
     let ejections = format!("meshgate_uplink_endpoint_ejections_total{{uplink=\"mesh\",endpoint=\"{}\"}}", a.addr);
-    assert!(metric(&gw, &ejections)? >= 1.0, "the stalled runtime was ejected");
+    assert!(gw.metric(&ejections)? >= 1.0, "the stalled runtime was ejected");
     Ok(())
 }

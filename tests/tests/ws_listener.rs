@@ -225,23 +225,7 @@ async fn python_websockets_publishes_cloudevents_and_paho_runs_mqtt_over_websock
     Ok(())
 }
 
-fn connections(gw: &Gateway) -> anyhow::Result<f64> {
-    let (_, text) = gw.admin_get("/metrics")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("meshgate_connections{protocol=\"ws\"} ").and_then(|v| v.parse().ok()))
-        .ok_or_else(|| anyhow::anyhow!("no ws connection gauge"))
-}
-
-async fn wait_connections(gw: &Gateway, want: f64, timeout: Duration) -> anyhow::Result<f64> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let n = connections(gw)?;
-        if n == want || tokio::time::Instant::now() > deadline {
-            return Ok(n);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+const WS_CONNECTIONS: &str = "meshgate_connections{protocol=\"ws\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_are_closed_and_a_client_that_never_reads_is_cut_off() -> anyhow::Result<()> {
@@ -261,14 +245,14 @@ async fn silent_clients_are_closed_and_a_client_that_never_reads_is_cut_off() ->
     // A client that never reads subscribes to a topic that is then flooded: its socket fills, and it is cut off.
     let mut deaf = events_client(&gw, "/?client=deaf").await?;
     deaf.send(Message::text(json!({"subscribe": "flood/#"}).to_string())).await?;
-    assert_eq!(wait_connections(&gw, 2.0, Duration::from_secs(5)).await?, 2.0);
+    assert_eq!(gw.wait_metric(WS_CONNECTIONS, 2.0, Duration::from_secs(5)).await?, 2.0);
     let (flooder, _) = Client::connect(gw.mqtt, &Options::new(false, "flooder")).await?;
     let chunk = "z".repeat(8 * 1024);
     for _ in 0..2000 {
         flooder.publish("flood/data", 0, false, &chunk).await?;
     }
     // The silent one goes (idle, or cut off as its socket stays full); the one that reads stays.
-    assert_eq!(wait_connections(&gw, 1.0, Duration::from_secs(30)).await?, 1.0, "the deaf client is gone");
+    assert_eq!(gw.wait_metric(WS_CONNECTIONS, 1.0, Duration::from_secs(30)).await?, 1.0, "the deaf client is gone");
     assert!(!reader.is_finished(), "the reading client is still connected");
     let mut fresh = events_client(&gw, "/").await?;
     fresh.send(Message::text(event("after-flood", "a"))).await?;

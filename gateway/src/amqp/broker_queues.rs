@@ -79,19 +79,15 @@ impl BrokerQueues {
         }
     }
 
-    fn exists(&self, queue: &str) -> bool {
-        self.broker.read(|b| b.has_session(&session_id(queue)))
-    }
-
     fn require(&self, queue: &str) -> Result<String, QueueError> {
         let id = session_id(queue);
         if self.broker.read(|b| b.has_session(&id)) { Ok(id) } else { Err(QueueError::not_found(queue)) }
     }
 
-    fn fetched(&self, out: Outbound, remaining: u32) -> Option<Fetched> {
+    fn fetched(out: Outbound, remaining: u32, now: u64) -> Option<Fetched> {
         match out {
             Outbound::Publish { packet_id, dup, delivery } => {
-                let message = outgoing(&delivery.message, now_ms());
+                let message = outgoing(&delivery.message, now);
                 Some(Fetched { id: packet_id, redelivered: dup, message, remaining })
             }
             Outbound::PubRel(_) => None,
@@ -116,15 +112,20 @@ impl BrokerQueues {
             (polled, b.session(&id).map_or(0, |s| s.queued()))
         });
         let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
-        out.extend(polled.into_iter().filter_map(|o| self.fetched(o, remaining)));
+        out.extend(polled.into_iter().filter_map(|o| Self::fetched(o, remaining, now)));
         out
     }
 }
 
 impl Queues for BrokerQueues {
     fn declare(&mut self, name: &str, options: QueueOptions) -> Result<QueueInfo, QueueError> {
-        if options.passive || (!name.is_empty() && self.exists(name)) {
-            let id = self.require(name)?;
+        let existing = session_id(name);
+        let exists = !name.is_empty() && self.broker.read(|b| b.has_session(&existing));
+        if options.passive && !exists {
+            return Err(QueueError::not_found(name));
+        }
+        if exists {
+            let id = existing;
             let messages = self.broker.read(|b| b.session(&id).map_or(0, |s| s.queued()));
             let messages = u32::try_from(messages).unwrap_or(u32::MAX);
             let consumers = u32::from(self.broker.is_attached(&id));
@@ -212,7 +213,8 @@ impl Queues for BrokerQueues {
         let window = if prefetch == 0 { u16::MAX } else { prefetch };
         let resend =
             self.broker.with(|b| b.session_mut(&id).map(|s| s.connected(Version::V311, window)).unwrap_or_default());
-        let fetched: VecDeque<Fetched> = resend.into_iter().filter_map(|o| self.fetched(o, 0)).collect();
+        let now = now_ms();
+        let fetched: VecDeque<Fetched> = resend.into_iter().filter_map(|o| Self::fetched(o, 0, now)).collect();
         self.resend.insert(queue.to_string(), fetched);
         self.broker.attach_with(&id, self.conn_id, Arc::clone(&self.notify));
         self.consuming.insert(queue.to_string());
