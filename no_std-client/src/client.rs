@@ -78,8 +78,16 @@ enum State {
     Connected,
 }
 
-/// Acknowledgements owed to the server for QoS 1 messages received, bounded.
+/// Acknowledgements owed to the server (PUBACK, and with QoS 2 PUBREC, PUBREL, PUBCOMP), bounded.
 const OWED_ACKS: usize = 8;
+
+/// QoS 2 messages received and not yet released by the server (their ids, so a resent PUBLISH is not delivered
+/// twice), bounded.
+#[cfg(feature = "qos2")]
+const AWAITING_RELEASE: usize = 8;
+
+/// An acknowledgement the client owes: its kind, packet identifier and reason.
+type Owed = (PubResponseKind, u16, ReasonCode);
 
 /// One MQTT connection's client state, with up to `N` unacknowledged QoS 1 publishes kept for resending.
 #[derive(Debug)]
@@ -95,7 +103,9 @@ pub struct Client<'a, const N: usize> {
     outbox: Outbox<'a, N>,
     /// Resend position in the outbox after a reconnect (`None`: nothing to resend).
     resend: Option<usize>,
-    owed: Deque<u16, OWED_ACKS>,
+    owed: Deque<Owed, OWED_ACKS>,
+    #[cfg(feature = "qos2")]
+    awaiting_release: heapless::Vec<u16, AWAITING_RELEASE>,
 }
 
 impl<'a, const N: usize> Client<'a, N> {
@@ -113,6 +123,8 @@ impl<'a, const N: usize> Client<'a, N> {
             outbox: Outbox::new(outbox_arena),
             resend: None,
             owed: Deque::new(),
+            #[cfg(feature = "qos2")]
+            awaiting_release: heapless::Vec::new(),
         }
     }
 
@@ -126,7 +138,7 @@ impl<'a, const N: usize> Client<'a, N> {
         self.state == State::Connected
     }
 
-    /// QoS 1 publishes waiting for their acknowledgement.
+    /// QoS 1 (and 2) publishes waiting for their acknowledgement.
     pub fn in_flight(&self) -> usize {
         self.outbox.len()
     }
@@ -173,8 +185,8 @@ impl<'a, const N: usize> Client<'a, N> {
         }
     }
 
-    /// Encodes a PUBLISH into `out`; returns its length and, for QoS 1, its packet identifier (the packet is kept
-    /// until acknowledged). `publish.packet_id` and `dup` are set here.
+    /// Encodes a PUBLISH into `out`; returns its length and, for QoS 1 (and 2, with the `qos2` feature), its packet
+    /// identifier (the packet is kept until acknowledged). `publish.packet_id` and `dup` are set here.
     pub fn publish(
         &mut self,
         publish: &Publish<'_>,
@@ -190,6 +202,7 @@ impl<'a, const N: usize> Client<'a, N> {
             p.packet_id = None;
             return Ok((self.encode(&Packet::Publish(p), out, now_ms)?, None));
         }
+        #[cfg(not(feature = "qos2"))]
         if p.qos == QoS::ExactlyOnce {
             return Err(Error::Protocol);
         }
@@ -245,13 +258,7 @@ impl<'a, const N: usize> Client<'a, N> {
         };
         let event = match packet {
             Packet::ConnAck(ack) => self.on_connack(&ack)?,
-            Packet::PubResponse(r) if r.kind == PubResponseKind::PubAck => {
-                if !self.outbox.ack(r.packet_id) {
-                    // Not ours (a duplicate after a resend): harmless.
-                    return Ok(Some((used, Event::Nothing)));
-                }
-                Event::Acknowledged { packet_id: r.packet_id, reason: r.reason }
-            }
+            Packet::PubResponse(r) => self.on_pub_response(&r)?,
             Packet::SubAck(s) => Event::Subscribed { packet_id: s.packet_id, codes: s.codes },
             Packet::Publish(p) => {
                 if self.state != State::Connected {
@@ -259,11 +266,20 @@ impl<'a, const N: usize> Client<'a, N> {
                 }
                 match (p.qos, p.packet_id) {
                     (QoS::AtMostOnce, _) => {}
-                    (QoS::AtLeastOnce, Some(id)) => {
-                        // Bounded: a server flooding QoS 1 faster than the client flushes is refused.
-                        self.owed.push_back(id).map_err(|_| Error::InflightFull)?;
+                    (QoS::AtLeastOnce, Some(id)) => self.owe(PubResponseKind::PubAck, id, ReasonCode::SUCCESS)?,
+                    #[cfg(feature = "qos2")]
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        // Delivered once: a PUBLISH resent before its PUBREL is answered but not delivered again.
+                        let duplicate = self.awaiting_release.contains(&id);
+                        if !duplicate {
+                            self.awaiting_release.push(id).map_err(|_| Error::InflightFull)?;
+                        }
+                        self.owe(PubResponseKind::PubRec, id, ReasonCode::SUCCESS)?;
+                        if duplicate {
+                            return Ok(Some((used, Event::Nothing)));
+                        }
                     }
-                    // QoS 2 is not subscribed to by this client.
+                    // QoS 2 needs the `qos2` feature.
                     _ => return Err(Error::Protocol),
                 }
                 Event::Message(p)
@@ -283,6 +299,51 @@ impl<'a, const N: usize> Client<'a, N> {
         Ok(Some((used, event)))
     }
 
+    /// Queues an acknowledgement for `poll_transmit`. Bounded: a server sending faster than the client flushes is
+    /// refused.
+    fn owe(&mut self, kind: PubResponseKind, packet_id: u16, reason: ReasonCode) -> Result<(), Error> {
+        self.owed.push_back((kind, packet_id, reason)).map_err(|_| Error::InflightFull)
+    }
+
+    /// PUBACK, and with QoS 2 PUBREC, PUBCOMP (for what the client sent) and PUBREL (for what it received).
+    fn on_pub_response(&mut self, r: &PubResponse<'_>) -> Result<Event<'static>, Error> {
+        match r.kind {
+            PubResponseKind::PubAck => {}
+            // A refusing PUBREC ends the exchange, as PUBCOMP does.
+            #[cfg(feature = "qos2")]
+            PubResponseKind::PubComp => {}
+            #[cfg(feature = "qos2")]
+            PubResponseKind::PubRec if r.reason.is_error() => {}
+            #[cfg(feature = "qos2")]
+            PubResponseKind::PubRec => {
+                let known = self.outbox.release(r.packet_id);
+                let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+                self.owe(PubResponseKind::PubRel, r.packet_id, reason)?;
+                return Ok(Event::Nothing);
+            }
+            #[cfg(feature = "qos2")]
+            PubResponseKind::PubRel => {
+                let position = self.awaiting_release.iter().position(|&id| id == r.packet_id);
+                let reason = match position {
+                    Some(i) => {
+                        self.awaiting_release.swap_remove(i);
+                        ReasonCode::SUCCESS
+                    }
+                    None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                };
+                self.owe(PubResponseKind::PubComp, r.packet_id, reason)?;
+                return Ok(Event::Nothing);
+            }
+            #[cfg(not(feature = "qos2"))]
+            _ => return Err(Error::Protocol),
+        }
+        if !self.outbox.ack(r.packet_id) {
+            // Not ours (a duplicate after a resend): harmless.
+            return Ok(Event::Nothing);
+        }
+        Ok(Event::Acknowledged { packet_id: r.packet_id, reason: r.reason })
+    }
+
     fn on_connack(&mut self, ack: &ConnAck<'_>) -> Result<Event<'static>, Error> {
         if self.state != State::Connecting {
             return Err(Error::Protocol);
@@ -292,6 +353,11 @@ impl<'a, const N: usize> Client<'a, N> {
             return Err(Error::Refused(ack.code));
         }
         self.state = State::Connected;
+        #[cfg(feature = "qos2")]
+        if !ack.session_present {
+            // The server forgot the QoS 2 exchanges it had started.
+            self.awaiting_release.clear();
+        }
         self.server_receive_maximum = ack.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
         self.server_max_packet =
             ack.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
@@ -308,27 +374,35 @@ impl<'a, const N: usize> Client<'a, N> {
         Ok(Event::Connected { session_present: ack.session_present })
     }
 
-    /// The next packet the client owes the server, encoded into `out` (0: nothing now): acknowledgements of
-    /// received QoS 1 messages, then resent publishes after a reconnect, then PINGREQ when keep-alive is due.
+    /// The next packet the client owes the server, encoded into `out` (0: nothing now): acknowledgements (of
+    /// received messages, and PUBREL), then resent publishes after a reconnect (PUBREL for a QoS 2 one the
+    /// server already has), then PINGREQ when keep-alive is due.
     pub fn poll_transmit(&mut self, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
         if self.state != State::Connected {
             return Ok(0);
         }
-        if let Some(&id) = self.owed.front() {
-            let n = self.encode(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubAck, id)), out, now_ms)?;
+        if let Some(&(kind, packet_id, reason)) = self.owed.front() {
+            let response = PubResponse { kind, packet_id, reason, ..PubResponse::default() };
+            let n = self.encode(&Packet::PubResponse(response), out, now_ms)?;
             self.owed.pop_front();
             return Ok(n);
         }
         if let Some(index) = self.resend {
             match self.outbox.get(index) {
-                Some((_, packet)) => {
-                    let dst = out.get_mut(..packet.len()).ok_or(Error::BufferTooSmall)?;
-                    dst.copy_from_slice(packet);
+                None => self.resend = None,
+                Some(stored) if stored.released => {
+                    let release = PubResponse::new(PubResponseKind::PubRel, stored.packet_id);
+                    let n = self.encode(&Packet::PubResponse(release), out, now_ms)?;
+                    self.resend = Some(index + 1);
+                    return Ok(n);
+                }
+                Some(stored) => {
+                    let dst = out.get_mut(..stored.packet.len()).ok_or(Error::BufferTooSmall)?;
+                    dst.copy_from_slice(stored.packet);
                     self.resend = Some(index + 1);
                     self.last_sent_ms = now_ms;
-                    return Ok(packet.len());
+                    return Ok(dst.len());
                 }
-                None => self.resend = None,
             }
         }
         if self.keep_alive_ms > 0

@@ -116,9 +116,9 @@ fn base64(w: &mut SliceWriter<'_>, data: &[u8]) -> core::fmt::Result {
     Ok(())
 }
 
-/// How the data goes into a structured event.
+/// An event's data. In binary mode it is the payload as it is; in a structured event it is written as below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StructuredData<'a> {
+pub enum EventData<'a> {
     /// Already JSON (the caller vouches for it): written as the `data` value.
     Json(&'a str),
     /// Text: written as a JSON string `data`.
@@ -127,12 +127,22 @@ pub enum StructuredData<'a> {
     Binary(&'a [u8]),
 }
 
+impl<'a> EventData<'a> {
+    /// The data's bytes, as binary mode carries them.
+    pub fn bytes(&self) -> &'a [u8] {
+        match *self {
+            EventData::Json(s) | EventData::Text(s) => s.as_bytes(),
+            EventData::Binary(b) => b,
+        }
+    }
+}
+
+/// User-property slots [`binary_properties`] needs for an event: `specversion`, `id`, `source`, `type`, `subject`,
+/// `time` and up to eight extensions.
+pub const MAX_EVENT_PROPERTIES: usize = 14;
+
 /// Writes `attrs` and `data` as a structured-mode JSON event into `buf`; returns its length.
-pub fn write_structured(
-    attrs: &EventAttributes<'_>,
-    data: StructuredData<'_>,
-    buf: &mut [u8],
-) -> Result<usize, EventError> {
+pub fn write_structured(attrs: &EventAttributes<'_>, data: EventData<'_>, buf: &mut [u8]) -> Result<usize, EventError> {
     let mut w = SliceWriter { buf, len: 0 };
     let result = (|| -> core::fmt::Result {
         w.write_str("{\"specversion\":\"1.0\",\"id\":")?;
@@ -156,12 +166,12 @@ pub fn write_structured(
             json_string(&mut w, value)?;
         }
         match data {
-            StructuredData::Json(json) => write!(w, ",\"data\":{json}")?,
-            StructuredData::Text(text) => {
+            EventData::Json(json) => write!(w, ",\"data\":{json}")?,
+            EventData::Text(text) => {
                 w.write_str(",\"data\":")?;
                 json_string(&mut w, text)?;
             }
-            StructuredData::Binary(bytes) => {
+            EventData::Binary(bytes) => {
                 w.write_str(",\"data_base64\":\"")?;
                 base64(&mut w, bytes)?;
                 w.write_char('"')?;
@@ -235,14 +245,14 @@ mod tests {
     fn structured_events_parse_and_a_small_buffer_is_an_error() {
         let mut buf = [0u8; 512];
         let a = attrs("p2-2", None, &[]);
-        let n = write_structured(&a, StructuredData::Json(r#"{"bar":3.1}"#), &mut buf).unwrap();
+        let n = write_structured(&a, EventData::Json(r#"{"bar":3.1}"#), &mut buf).unwrap();
         let event = CloudEvent::from_json_slice(&buf[..n]).unwrap();
         assert_eq!(event.id, "p2-2");
-        let n = write_structured(&a, StructuredData::Binary(&[0, 1, 2, 250, 255]), &mut buf).unwrap();
+        let n = write_structured(&a, EventData::Binary(&[0, 1, 2, 250, 255]), &mut buf).unwrap();
         let event = CloudEvent::from_json_slice(&buf[..n]).unwrap();
         assert_eq!(event.data.map(|d| d.to_bytes()), Some(std::vec![0, 1, 2, 250, 255]));
         let mut tiny = [0u8; 40];
-        assert_eq!(write_structured(&a, StructuredData::Text("x"), &mut tiny), Err(EventError::BufferTooSmall));
+        assert_eq!(write_structured(&a, EventData::Text("x"), &mut tiny), Err(EventError::BufferTooSmall));
     }
 
     #[test]
@@ -261,7 +271,7 @@ mod tests {
             let extensions = [("note", ext.as_str())];
             let a = EventAttributes { subject: Some(&subject), datacontenttype: Some("text/plain"), ..attrs("x", None, &extensions) };
             let mut buf = std::vec![0u8; 64 + 8 * (subject.len() + text.len() + ext.len()) + 256];
-            let n = write_structured(&a, StructuredData::Text(&text), &mut buf).unwrap();
+            let n = write_structured(&a, EventData::Text(&text), &mut buf).unwrap();
             let value: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
             proptest::prop_assert_eq!(value["subject"].as_str(), Some(subject.as_str()));
             proptest::prop_assert_eq!(value["data"].as_str(), Some(text.as_str()));

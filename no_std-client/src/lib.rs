@@ -20,7 +20,11 @@ extern crate std;
 
 pub mod client;
 pub mod cloudevents;
+#[cfg(feature = "embassy-net")]
+pub mod net;
 pub mod outbox;
+#[cfg(any(test, feature = "selftest"))]
+pub mod selftest;
 pub mod session;
 
 pub use client::{Client, Error, Event};

@@ -1,5 +1,5 @@
-//! Unacknowledged QoS 1 publishes, kept encoded in a byte arena the application lends the client, so they can be
-//! sent again (with DUP) after a reconnect. No allocator: the arena is a ring of whole packets, the index a
+//! Unacknowledged QoS 1 (and QoS 2) publishes, kept encoded in a byte arena the application lends the client, so
+//! they can be sent again (with DUP) after a reconnect. No allocator: the arena is a ring of whole packets, the index a
 //! fixed-capacity deque; an acknowledgement may arrive out of order, and space is reclaimed from the oldest end.
 
 use heapless::Deque;
@@ -11,6 +11,19 @@ struct Entry {
     start: usize,
     len: usize,
     acked: bool,
+    /// QoS 2: PUBREC arrived, so after a reconnect PUBREL is what is sent again, not the PUBLISH.
+    released: bool,
+}
+
+/// A stored, unacknowledged packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored<'o> {
+    /// Its packet identifier.
+    pub packet_id: u16,
+    /// The encoded PUBLISH.
+    pub packet: &'o [u8],
+    /// QoS 2 only: the server has it (PUBREC); PUBCOMP is awaited.
+    pub released: bool,
 }
 
 /// Why a packet could not be stored.
@@ -84,7 +97,7 @@ impl<'a, const N: usize> Outbox<'a, N> {
         let start = self.place(packet.len())?;
         let slot = self.arena.get_mut(start..start + packet.len()).ok_or(OutboxFull::Bytes)?;
         slot.copy_from_slice(packet);
-        let entry = Entry { packet_id, start, len: packet.len(), acked: false };
+        let entry = Entry { packet_id, start, len: packet.len(), acked: false, released: false };
         self.entries.push_back(entry).map_err(|_| OutboxFull::Slots)
     }
 
@@ -100,6 +113,18 @@ impl<'a, const N: usize> Outbox<'a, N> {
         true
     }
 
+    /// QoS 2: PUBREC for `packet_id` arrived; returns whether it was waiting.
+    #[cfg(feature = "qos2")]
+    pub fn release(&mut self, packet_id: u16) -> bool {
+        match self.entries.iter_mut().find(|e| e.packet_id == packet_id && !e.acked) {
+            Some(entry) => {
+                entry.released = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Sets the DUP flag on every stored packet, for sending them again after a reconnect.
     pub fn mark_dup(&mut self) {
         for e in self.entries.iter().filter(|e| !e.acked) {
@@ -110,9 +135,10 @@ impl<'a, const N: usize> Outbox<'a, N> {
     }
 
     /// The `index`-th unacknowledged packet, oldest first.
-    pub fn get(&self, index: usize) -> Option<(u16, &[u8])> {
+    pub fn get(&self, index: usize) -> Option<Stored<'_>> {
         let e = self.entries.iter().filter(|e| !e.acked).nth(index)?;
-        Some((e.packet_id, self.arena.get(e.start..e.start + e.len)?))
+        let packet = self.arena.get(e.start..e.start + e.len)?;
+        Some(Stored { packet_id: e.packet_id, packet, released: e.released })
     }
 
     /// Forgets everything (a clean session the server did not keep, or the application gave up).
@@ -142,10 +168,10 @@ mod tests {
         assert_eq!(o.len(), 3);
         assert!(o.ack(3));
         o.push(6, &[0x32, 6, 6]).unwrap();
-        let ids: std::vec::Vec<u16> = (0..o.len()).filter_map(|i| o.get(i)).map(|(id, _)| id).collect();
+        let ids: std::vec::Vec<u16> = (0..o.len()).filter_map(|i| o.get(i)).map(|s| s.packet_id).collect();
         assert_eq!(ids, [4, 5, 6]);
         o.mark_dup();
-        assert_eq!(o.get(0), Some((4, &[0x3a, 4, 4, 4][..])), "DUP set for the resend");
+        assert_eq!(o.get(0).map(|s| s.packet), Some(&[0x3a, 4, 4, 4][..]), "DUP set for the resend");
         assert!(!o.ack(99));
         assert_eq!(o.push(7, &[0u8; 11]), Err(OutboxFull::TooLarge));
     }
@@ -173,7 +199,7 @@ mod tests {
                 }
                 proptest::prop_assert_eq!(o.len(), model.len());
                 for (i, (id, bytes)) in model.iter().enumerate() {
-                    proptest::prop_assert_eq!(o.get(i), Some((*id, bytes.as_slice())));
+                    proptest::prop_assert_eq!(o.get(i).map(|s| (s.packet_id, s.packet)), Some((*id, bytes.as_slice())));
                 }
             }
         }

@@ -6,6 +6,8 @@
 //! let mut session = Session::new(socket, Client::new(Version::V5, &mut outbox), &mut rx, &mut tx);
 //! session.connect(&Connect { client_id: "pump-2", keep_alive: 30, ..Connect::default() }).await?;
 //! session.publish(&Publish { topic: "devices/pump-2/events/pressure", qos: QoS::AtLeastOnce, .. }).await?;
+//! let event = EventAttributes { id: ids.next(&mut id_buf)?, source: "/devices/pump-2", ty: "com.example.pressure", .. };
+//! session.publish_event("devices/pump-2/events/pressure", QoS::AtLeastOnce, &event, EventData::Json("{\"bar\":3.1}")).await?;
 //! loop {
 //!     match session.receive().await? {
 //!         Event::Message(command) => { /* act on it; its PUBACK goes out with the next call */ }
@@ -18,9 +20,12 @@
 use embassy_futures::select::{Either, select};
 use embassy_time::{Instant, Timer};
 use embedded_io_async::{Read, Write};
-use meshgate_protocols::mqtt::{Connect, DecodeError, Packet, Publish, SubscribeFilter};
+use meshgate_protocols::mqtt::{Connect, DecodeError, Packet, Publish, QoS, SubscribeFilter, UserProperty, Version};
 
 use crate::client::{Client, Error, Event};
+use crate::cloudevents::{
+    EventAttributes, EventData, EventError, MAX_EVENT_PROPERTIES, binary_properties, write_structured,
+};
 
 /// Why a session call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +39,14 @@ pub enum SessionError<E> {
     Client(Error),
     /// A packet larger than the receive buffer arrived.
     RxBufferTooSmall,
+    /// The event could not be laid out (too many attributes, or too large for the buffer).
+    Event(EventError),
+}
+
+impl<E> From<EventError> for SessionError<E> {
+    fn from(e: EventError) -> Self {
+        SessionError::Event(e)
+    }
 }
 
 impl<E> From<Error> for SessionError<E> {
@@ -72,10 +85,16 @@ impl<'a, T: Read + Write, const N: usize> Session<'a, T, N> {
     /// Swaps in a new transport after the old one failed; unacknowledged publishes are resent after the next
     /// [`Session::connect`]. Returns the old transport.
     pub fn replace_transport(&mut self, io: T) -> T {
+        core::mem::replace(self.reset_transport(), io)
+    }
+
+    /// The connection is over: forgets buffered input and hands out the transport to be reopened in place.
+    #[cfg_attr(not(feature = "embassy-net"), allow(dead_code))]
+    pub(crate) fn reset_transport(&mut self) -> &mut T {
         self.client.connection_lost();
         self.rx_len = 0;
         self.consumed = 0;
-        core::mem::replace(&mut self.io, io)
+        &mut self.io
     }
 
     async fn send(&mut self, n: usize) -> Result<(), SessionError<T::Error>> {
@@ -116,6 +135,35 @@ impl<'a, T: Read + Write, const N: usize> Session<'a, T, N> {
         self.drop_consumed();
         self.flush().await?;
         let (n, id) = self.client.publish(publish, now_ms(), self.tx)?;
+        self.send(n).await?;
+        Ok(id)
+    }
+
+    /// Publishes a CloudEvent on `topic`. MQTT 5: binary mode (the attributes as user properties,
+    /// `datacontenttype` as Content Type, the data as the payload). MQTT 3.1.1: a structured JSON event, written
+    /// into the upper half of the transmit buffer while the packet is encoded into the lower half, so the
+    /// transmit buffer must hold about twice the event. Returns the packet identifier as [`Session::publish`] does.
+    pub async fn publish_event(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        attrs: &EventAttributes<'_>,
+        data: EventData<'_>,
+    ) -> Result<Option<u16>, SessionError<T::Error>> {
+        if self.client.version() == Version::V5 {
+            let mut slots = [UserProperty { name: "", value: "" }; MAX_EVENT_PROPERTIES];
+            let properties = binary_properties(attrs, &mut slots)?;
+            let publish = Publish { topic, qos, payload: data.bytes(), properties, ..Publish::default() };
+            return self.publish(&publish).await;
+        }
+        self.drop_consumed();
+        self.flush().await?;
+        let half = self.tx.len() / 2;
+        let (out, scratch) = self.tx.split_at_mut(half);
+        let len = write_structured(attrs, data, scratch)?;
+        let payload = scratch.get(..len).ok_or(SessionError::Event(EventError::BufferTooSmall))?;
+        let publish = Publish { topic, qos, payload, ..Publish::default() };
+        let (n, id) = self.client.publish(&publish, now_ms(), out)?;
         self.send(n).await?;
         Ok(id)
     }
