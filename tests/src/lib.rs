@@ -4,6 +4,7 @@
 
 pub mod amqp_raw;
 pub mod clients;
+pub mod embassy_link;
 pub mod eventmesh;
 pub mod pika;
 pub mod pki;
