@@ -11,8 +11,8 @@
 
 use heapless::Deque;
 use meshgate_protocols::mqtt::{
-    ConnAck, Connect, DecodeError, Disconnect, List, Packet, PubResponse, PubResponseKind, Publish, QoS, ReasonCode,
-    Subscribe, SubscribeFilter, Version,
+    ConnAck, Connect, DecodeError, Disconnect, Encode, EncodeError, List, Packet, PingReq, PubResponse,
+    PubResponseKind, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, Version,
 };
 
 use crate::outbox::{Outbox, OutboxFull};
@@ -40,6 +40,8 @@ pub enum Error {
     KeepAliveTimeout,
     /// The server ended the connection (MQTT 5 DISCONNECT with this reason).
     Disconnected(ReasonCode),
+    /// What was asked for is left out of this build: MQTT 5 (the `mqtt5` feature) or QoS 2 (`qos2`).
+    Unsupported,
 }
 
 /// What the server told the client.
@@ -143,15 +145,20 @@ impl<'a, const N: usize> Client<'a, N> {
         self.outbox.len()
     }
 
-    fn encode(&mut self, packet: &Packet<'_>, out: &mut [u8], now_ms: u64) -> Result<usize, Error> {
-        let len = packet.encoded_len(self.version);
-        if len > self.server_max_packet {
+    /// Encodes `packet` into `out` within the server's Maximum Packet Size.
+    fn write(&self, packet: &impl Encode, out: &mut [u8]) -> Result<usize, Error> {
+        if packet.encoded_len(self.version) > self.server_max_packet {
             return Err(Error::PacketTooLarge);
         }
-        let n = packet.encode(self.version, out).map_err(|e| match e {
-            meshgate_protocols::mqtt::EncodeError::BufferTooSmall { .. } => Error::BufferTooSmall,
+        packet.encode(self.version, out).map_err(|e| match e {
+            EncodeError::BufferTooSmall { .. } => Error::BufferTooSmall,
             _ => Error::PacketTooLarge,
-        })?;
+        })
+    }
+
+    /// [`Client::write`] for a packet that is sent now.
+    fn encode(&mut self, packet: &impl Encode, out: &mut [u8], now_ms: u64) -> Result<usize, Error> {
+        let n = self.write(packet, out)?;
         self.last_sent_ms = now_ms;
         Ok(n)
     }
@@ -159,9 +166,12 @@ impl<'a, const N: usize> Client<'a, N> {
     /// Encodes CONNECT (at `connect.version`, which the client then speaks) into `out`; returns its length.
     /// Unacknowledged publishes from an earlier connection are resent after CONNACK.
     pub fn connect(&mut self, connect: &Connect<'_>, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
+        if !connect.version.is_supported() {
+            return Err(Error::Unsupported);
+        }
         self.version = connect.version;
         self.server_max_packet = usize::MAX;
-        let n = self.encode(&Packet::Connect(*connect), out, now_ms)?;
+        let n = self.encode(connect, out, now_ms)?;
         self.state = State::Connecting;
         self.keep_alive_ms = u64::from(connect.keep_alive) * 1000;
         self.ping_sent_ms = None;
@@ -200,22 +210,18 @@ impl<'a, const N: usize> Client<'a, N> {
         p.dup = false;
         if p.qos == QoS::AtMostOnce {
             p.packet_id = None;
-            return Ok((self.encode(&Packet::Publish(p), out, now_ms)?, None));
+            return Ok((self.encode(&p, out, now_ms)?, None));
         }
         #[cfg(not(feature = "qos2"))]
         if p.qos == QoS::ExactlyOnce {
-            return Err(Error::Protocol);
+            return Err(Error::Unsupported);
         }
         if self.outbox.len() >= usize::from(self.server_receive_maximum).min(N) {
             return Err(Error::InflightFull);
         }
         let id = self.packet_id();
         p.packet_id = Some(id);
-        let packet = Packet::Publish(p);
-        if packet.encoded_len(self.version) > self.server_max_packet {
-            return Err(Error::PacketTooLarge);
-        }
-        let n = packet.encode(self.version, out).map_err(|_| Error::BufferTooSmall)?;
+        let n = self.write(&p, out)?;
         let stored = out.get(..n).ok_or(Error::BufferTooSmall)?;
         self.outbox.push(id, stored).map_err(|e| match e {
             OutboxFull::Slots => Error::InflightFull,
@@ -237,12 +243,12 @@ impl<'a, const N: usize> Client<'a, N> {
             return Err(Error::NotConnected);
         }
         let subscribe = Subscribe { packet_id, filters: List::new(filters), ..Subscribe::default() };
-        self.encode(&Packet::Subscribe(subscribe), out, now_ms)
+        self.encode(&subscribe, out, now_ms)
     }
 
     /// Encodes DISCONNECT; the connection is over for the client.
     pub fn disconnect(&mut self, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
-        let n = self.encode(&Packet::Disconnect(Disconnect::default()), out, now_ms)?;
+        let n = self.encode(&Disconnect::default(), out, now_ms)?;
         self.state = State::Disconnected;
         Ok(n)
     }
@@ -251,7 +257,7 @@ impl<'a, const N: usize> Client<'a, N> {
     /// what it means.
     pub fn handle<'p>(&mut self, input: &'p [u8], now_ms: u64) -> Result<Option<(usize, Event<'p>)>, Error> {
         let _ = now_ms;
-        let (packet, used) = match Packet::decode(input, self.version, usize::MAX) {
+        let (packet, used) = match Packet::decode_from_server(input, self.version, usize::MAX) {
             Ok(decoded) => decoded,
             Err(DecodeError::Incomplete { .. }) => return Ok(None),
             Err(_) => return Err(Error::Protocol),
@@ -383,7 +389,7 @@ impl<'a, const N: usize> Client<'a, N> {
         }
         if let Some(&(kind, packet_id, reason)) = self.owed.front() {
             let response = PubResponse { kind, packet_id, reason, ..PubResponse::default() };
-            let n = self.encode(&Packet::PubResponse(response), out, now_ms)?;
+            let n = self.encode(&response, out, now_ms)?;
             self.owed.pop_front();
             return Ok(n);
         }
@@ -392,7 +398,7 @@ impl<'a, const N: usize> Client<'a, N> {
                 None => self.resend = None,
                 Some(stored) if stored.released => {
                     let release = PubResponse::new(PubResponseKind::PubRel, stored.packet_id);
-                    let n = self.encode(&Packet::PubResponse(release), out, now_ms)?;
+                    let n = self.encode(&release, out, now_ms)?;
                     self.resend = Some(index + 1);
                     return Ok(n);
                 }
@@ -409,7 +415,7 @@ impl<'a, const N: usize> Client<'a, N> {
             && self.ping_sent_ms.is_none()
             && now_ms.saturating_sub(self.last_sent_ms) >= self.keep_alive_ms
         {
-            let n = self.encode(&Packet::PingReq, out, now_ms)?;
+            let n = self.encode(&PingReq, out, now_ms)?;
             self.ping_sent_ms = Some(now_ms);
             return Ok(n);
         }

@@ -94,7 +94,13 @@ fn json_string(w: &mut SliceWriter<'_>, s: &str) -> core::fmt::Result {
             '\n' => w.write_str("\\n")?,
             '\r' => w.write_str("\\r")?,
             '\t' => w.write_str("\\t")?,
-            c if (c as u32) < 0x20 => write!(w, "\\u{:04x}", c as u32)?,
+            c if (c as u32) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let hex = |nibble: u32| char::from(HEX.get(nibble as usize & 15).copied().unwrap_or(b'0'));
+                w.write_str("\\u00")?;
+                w.write_char(hex(c as u32 >> 4))?;
+                w.write_char(hex(c as u32))?;
+            }
             c => w.write_char(c)?,
         }
     }
@@ -114,6 +120,25 @@ fn base64(w: &mut SliceWriter<'_>, data: &[u8]) -> core::fmt::Result {
         w.write_char(if b[2].is_some() { sym(n) } else { '=' })?;
     }
     Ok(())
+}
+
+/// `n` in decimal (without `core::fmt`, whose integer formatting costs a device about a kilobyte of flash).
+fn decimal(w: &mut SliceWriter<'_>, n: u32) -> core::fmt::Result {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        if let Some(d) = digits.get_mut(start) {
+            *d = b'0' + (rest % 10) as u8;
+        }
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let text = digits.get(start..).and_then(|d| core::str::from_utf8(d).ok()).unwrap_or("0");
+    w.write_str(text)
 }
 
 /// An event's data. In binary mode it is the payload as it is; in a structured event it is written as below.
@@ -155,7 +180,9 @@ pub fn write_structured(attrs: &EventAttributes<'_>, data: EventData<'_>, buf: &
             [("subject", attrs.subject), ("time", attrs.time), ("datacontenttype", attrs.datacontenttype)]
         {
             if let Some(v) = value {
-                write!(w, ",\"{name}\":")?;
+                w.write_str(",\"")?;
+                w.write_str(name)?;
+                w.write_str("\":")?;
                 json_string(&mut w, v)?;
             }
         }
@@ -166,7 +193,10 @@ pub fn write_structured(attrs: &EventAttributes<'_>, data: EventData<'_>, buf: &
             json_string(&mut w, value)?;
         }
         match data {
-            EventData::Json(json) => write!(w, ",\"data\":{json}")?,
+            EventData::Json(json) => {
+                w.write_str(",\"data\":")?;
+                w.write_str(json)?;
+            }
             EventData::Text(text) => {
                 w.write_str(",\"data\":")?;
                 json_string(&mut w, text)?;
@@ -202,7 +232,9 @@ impl<'d> EventIds<'d> {
         let n = self.next;
         self.next = self.next.wrapping_add(1);
         let mut w = SliceWriter { buf, len: 0 };
-        write!(w, "{}-{n}", self.device).map_err(|_| EventError::BufferTooSmall)?;
+        w.write_str(self.device).map_err(|_| EventError::BufferTooSmall)?;
+        w.write_char('-').map_err(|_| EventError::BufferTooSmall)?;
+        decimal(&mut w, n).map_err(|_| EventError::BufferTooSmall)?;
         let len = w.len;
         let written = buf.get(..len).ok_or(EventError::BufferTooSmall)?;
         core::str::from_utf8(written).map_err(|_| EventError::BufferTooSmall)

@@ -30,3 +30,19 @@ pub mod session;
 pub use client::{Client, Error, Event};
 pub use meshgate_protocols::mqtt;
 pub use session::{Session, SessionError};
+
+/// Drops the first `used` of the `filled` bytes of a receive buffer (what [`Client::handle`] consumed), moving the
+/// rest to the front; returns how many bytes remain. A forward byte copy, correct for this overlap: unlike
+/// `copy_within` it does not pull in `memmove`, 1.5 KB of flash on a Cortex-M.
+pub fn consume(buf: &mut [u8], used: usize, filled: usize) -> usize {
+    let filled = filled.min(buf.len());
+    let used = used.min(filled);
+    for from in used..filled {
+        if let Some(byte) = buf.get(from).copied()
+            && let Some(to) = buf.get_mut(from - used)
+        {
+            *to = byte;
+        }
+    }
+    filled - used
+}

@@ -20,7 +20,7 @@
 use embassy_futures::select::{Either, select};
 use embassy_time::{Instant, Timer};
 use embedded_io_async::{Read, Write};
-use meshgate_protocols::mqtt::{Connect, DecodeError, Packet, Publish, QoS, SubscribeFilter, UserProperty, Version};
+use meshgate_protocols::mqtt::{Connect, DecodeError, FixedHeader, Publish, QoS, SubscribeFilter, UserProperty};
 
 use crate::client::{Client, Error, Event};
 use crate::cloudevents::{
@@ -150,7 +150,7 @@ impl<'a, T: Read + Write, const N: usize> Session<'a, T, N> {
         attrs: &EventAttributes<'_>,
         data: EventData<'_>,
     ) -> Result<Option<u16>, SessionError<T::Error>> {
-        if self.client.version() == Version::V5 {
+        if self.client.version().is_v5() {
             let mut slots = [UserProperty { name: "", value: "" }; MAX_EVENT_PROPERTIES];
             let properties = binary_properties(attrs, &mut slots)?;
             let publish = Publish { topic, qos, payload: data.bytes(), properties, ..Publish::default() };
@@ -190,20 +190,20 @@ impl<'a, T: Read + Write, const N: usize> Session<'a, T, N> {
 
     fn drop_consumed(&mut self) {
         if self.consumed > 0 {
-            self.rx.copy_within(self.consumed..self.rx_len, 0);
-            self.rx_len -= self.consumed;
+            self.rx_len = crate::consume(self.rx, self.consumed, self.rx_len);
             self.consumed = 0;
         }
     }
 
-    /// Whether the buffer holds a whole packet (decoding has no side effects; the client reads it next).
+    /// Whether the buffer holds a whole packet (by its fixed header; the client reads the packet next).
     fn packet_ready(&self) -> Result<bool, SessionError<T::Error>> {
         let buffered = self.rx.get(..self.rx_len).unwrap_or_default();
-        match Packet::decode(buffered, self.client.version(), usize::MAX) {
-            Ok(_) => Ok(true),
-            Err(DecodeError::Incomplete { .. }) if self.rx_len < self.rx.len() => Ok(false),
-            Err(DecodeError::Incomplete { .. }) => Err(SessionError::RxBufferTooSmall),
-            // Let the client judge it at its own protocol level.
+        match FixedHeader::parse(buffered, usize::MAX) {
+            Ok(header) if header.packet_len() <= self.rx_len => Ok(true),
+            Ok(header) if header.packet_len() > self.rx.len() => Err(SessionError::RxBufferTooSmall),
+            Ok(_) => Ok(false),
+            Err(DecodeError::Incomplete { .. }) => Ok(false),
+            // Let the client judge it.
             Err(_) => Ok(true),
         }
     }

@@ -20,7 +20,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-#[cfg(feature = "mqtt")]
+#[cfg(feature = "mqtt-v311")]
 pub mod mqtt;
 
 #[cfg(feature = "cloudevents")]

@@ -58,7 +58,7 @@ impl<'a> Connect<'a> {
         }
         let version = match level {
             4 => Version::V311,
-            5 => Version::V5,
+            5 if Version::V5.is_supported() => Version::V5,
             other => return Err(Malformed::UnsupportedProtocolVersion(other)),
         };
         let flags = r.u8()?;
@@ -97,7 +97,8 @@ impl<'a> Connect<'a> {
         Ok(Connect { version, clean_start, keep_alive, properties, client_id, will, username, password })
     }
 
-    pub(crate) fn body_len(&self) -> usize {
+    /// CONNECT is encoded at its own version; `_version` is for the shape [`Encode`](super::Encode) needs.
+    pub(crate) fn body_len(&self, _version: Version) -> usize {
         let v5 = self.version.is_v5();
         let mut len = prefixed_len(4) + 1 + 1 + 2 + prefixed_len(self.client_id.len());
         if v5 {
@@ -114,7 +115,7 @@ impl<'a> Connect<'a> {
         len
     }
 
-    pub(crate) fn write_body(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, _version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         let v5 = self.version.is_v5();
         w.utf8("MQTT")?;
         w.u8(self.version.level())?;

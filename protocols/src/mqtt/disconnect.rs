@@ -99,11 +99,12 @@ impl<'a> Auth<'a> {
         Ok(Auth { reason, properties })
     }
 
-    pub(crate) fn body_len(&self) -> usize {
+    /// AUTH exists only in MQTT 5; `_version` is for the shape [`Encode`](super::Encode) needs.
+    pub(crate) fn body_len(&self, _version: Version) -> usize {
         body_len(self.reason, &self.properties)
     }
 
-    pub(crate) fn write_body(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, _version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         write_body(self.reason, &self.properties, w)
     }
 }

@@ -127,6 +127,8 @@ pub enum Malformed {
     InvalidReturnCode(u8),
     /// The connect acknowledge flags have reserved bits set.
     ConnAckFlags,
+    /// A packet type only clients send (CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ), read from a server.
+    ClientOnlyPacket(u8),
 }
 
 impl Malformed {
@@ -182,6 +184,7 @@ impl fmt::Display for Malformed {
             Malformed::InvalidReasonCode(c) => write!(f, "reason code {c:#04x} not allowed here"),
             Malformed::InvalidReturnCode(c) => write!(f, "CONNACK return code {c} is invalid"),
             Malformed::ConnAckFlags => f.write_str("reserved CONNACK flags set"),
+            Malformed::ClientOnlyPacket(t) => write!(f, "packet type {t} is sent only by clients"),
         }
     }
 }

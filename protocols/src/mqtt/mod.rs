@@ -31,6 +31,7 @@
 
 mod connect;
 mod disconnect;
+mod encode;
 mod error;
 mod fixed_header;
 mod list;
@@ -44,6 +45,7 @@ mod wire;
 
 pub use connect::{ConnAck, Connect, Will};
 pub use disconnect::{Auth, Disconnect};
+pub use encode::{Encode, PingReq, PingResp};
 pub use error::{DecodeError, EncodeError, Malformed};
 pub use fixed_header::{FixedHeader, PacketType};
 pub use list::{List, ListItem, PropertyItem, PropertyList};
@@ -76,9 +78,17 @@ impl Version {
         }
     }
 
-    /// Whether this version carries properties and reason codes.
+    /// Whether this version carries properties and reason codes (never in a build with `mqtt-v311` alone).
     pub const fn is_v5(self) -> bool {
-        matches!(self, Version::V5)
+        cfg!(feature = "mqtt") && matches!(self, Version::V5)
+    }
+
+    /// Whether this build speaks the version (MQTT 5 needs the `mqtt` feature; `mqtt-v311` alone leaves it out).
+    pub const fn is_supported(self) -> bool {
+        match self {
+            Version::V311 => true,
+            Version::V5 => cfg!(feature = "mqtt"),
+        }
     }
 }
 

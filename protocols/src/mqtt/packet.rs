@@ -1,9 +1,10 @@
 //! The [`Packet`] enum: decode one packet from a byte stream, encode one into a buffer.
 
-use super::wire::{Reader, Writer, varint_len};
+use super::encode::{Encode, first_byte, sealed};
+use super::wire::{Reader, Writer};
 use super::{
-    Auth, ConnAck, Connect, DecodeError, Disconnect, EncodeError, FixedHeader, MAX_REMAINING_LENGTH, Malformed,
-    PacketType, PubResponse, PubResponseKind, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+    Auth, ConnAck, Connect, DecodeError, Disconnect, EncodeError, FixedHeader, Malformed, PacketType, PubResponse,
+    PubResponseKind, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 
 /// Any MQTT control packet, borrowing from the bytes it was decoded from.
@@ -35,18 +36,50 @@ impl<'a> Packet<'a> {
     /// bounds the whole packet, fixed header included, and is checked as soon as the fixed header is complete.
     /// On success returns the packet and the number of bytes it took.
     pub fn decode(buf: &'a [u8], version: Version, max_packet_size: usize) -> Result<(Packet<'a>, usize), DecodeError> {
+        Self::decode_directed::<false>(buf, version, max_packet_size)
+    }
+
+    /// Decodes only what a server sends (CONNACK, PUBLISH and its acknowledgements, SUBACK, UNSUBACK, PINGRESP,
+    /// DISCONNECT, AUTH), as [`Packet::decode`] does; a packet only clients send is
+    /// [`Malformed::ClientOnlyPacket`]. A client's decoder: it links none of the code for the packets it never
+    /// receives.
+    pub fn decode_from_server(
+        buf: &'a [u8],
+        version: Version,
+        max_packet_size: usize,
+    ) -> Result<(Packet<'a>, usize), DecodeError> {
+        Self::decode_directed::<true>(buf, version, max_packet_size)
+    }
+
+    fn decode_directed<const FROM_SERVER: bool>(
+        buf: &'a [u8],
+        version: Version,
+        max_packet_size: usize,
+    ) -> Result<(Packet<'a>, usize), DecodeError> {
         let header = FixedHeader::parse(buf, max_packet_size)?;
         let len = header.packet_len();
         let Some(body) = buf.get(header.header_len..len) else {
             return Err(DecodeError::Incomplete { needed: len - buf.len() });
         };
         let mut r = Reader::new(body);
-        let packet = Self::decode_body(&header, &mut r, version)?;
+        let packet = Self::decode_body::<FROM_SERVER>(&header, &mut r, version)?;
         Ok((packet, len))
     }
 
-    fn decode_body(header: &FixedHeader, r: &mut Reader<'a>, version: Version) -> Result<Packet<'a>, Malformed> {
+    fn decode_body<const FROM_SERVER: bool>(
+        header: &FixedHeader,
+        r: &mut Reader<'a>,
+        version: Version,
+    ) -> Result<Packet<'a>, Malformed> {
         let ack = |kind, r: &mut Reader<'a>| PubResponse::read(r, kind, version).map(Packet::PubResponse);
+        if FROM_SERVER
+            && matches!(
+                header.packet_type,
+                PacketType::Connect | PacketType::Subscribe | PacketType::Unsubscribe | PacketType::PingReq
+            )
+        {
+            return Err(Malformed::ClientOnlyPacket(header.packet_type as u8));
+        }
         let packet = match header.packet_type {
             PacketType::Connect => Packet::Connect(Connect::read(r)?),
             PacketType::ConnAck => Packet::ConnAck(ConnAck::read(r, version)?),
@@ -90,16 +123,31 @@ impl<'a> Packet<'a> {
         }
     }
 
-    fn flags(&self) -> u8 {
+    /// The number of bytes [`Packet::encode`] writes for this packet.
+    pub fn encoded_len(&self, version: Version) -> usize {
+        Encode::encoded_len(self, version)
+    }
+
+    /// Encodes the packet into `buf` and returns the number of bytes written. CONNECT is encoded at its own
+    /// version; every other packet at `version`. (A program that sends few packet types links less by encoding
+    /// them through their own [`Encode`].)
+    pub fn encode(&self, version: Version, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        Encode::encode(self, version, buf)
+    }
+}
+
+impl sealed::Body for Packet<'_> {
+    fn first_byte(&self) -> u8 {
         match self {
-            Packet::Publish(p) => p.flags(),
-            other => other.packet_type().required_flags().unwrap_or(0),
+            Packet::Publish(p) => p.first_byte(),
+            Packet::PubResponse(p) => p.first_byte(),
+            other => first_byte(other.packet_type()),
         }
     }
 
     fn body_len(&self, version: Version) -> usize {
         match self {
-            Packet::Connect(p) => p.body_len(),
+            Packet::Connect(p) => p.body_len(version),
             Packet::ConnAck(p) => p.body_len(version),
             Packet::Publish(p) => p.body_len(version),
             Packet::PubResponse(p) => p.body_len(version),
@@ -109,44 +157,25 @@ impl<'a> Packet<'a> {
             Packet::UnsubAck(p) => p.body_len(version),
             Packet::PingReq | Packet::PingResp => 0,
             Packet::Disconnect(p) => p.body_len(version),
-            Packet::Auth(p) => p.body_len(),
+            Packet::Auth(p) => p.body_len(version),
         }
     }
 
-    /// The number of bytes [`Packet::encode`] writes for this packet.
-    pub fn encoded_len(&self, version: Version) -> usize {
-        let body = self.body_len(version);
-        1 + varint_len(body) + body
-    }
-
-    /// Encodes the packet into `buf` and returns the number of bytes written. CONNECT is encoded at its own
-    /// version; every other packet at `version`.
-    pub fn encode(&self, version: Version, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        let body = self.body_len(version);
-        if body > MAX_REMAINING_LENGTH {
-            return Err(EncodeError::TooLarge);
-        }
-        let needed = 1 + varint_len(body) + body;
-        if buf.len() < needed {
-            return Err(EncodeError::BufferTooSmall { needed });
-        }
-        let mut w = Writer::new(buf);
-        w.u8(((self.packet_type() as u8) << 4) | self.flags())?;
-        w.varint(body)?;
+    fn write_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         match self {
-            Packet::Connect(p) => p.write_body(&mut w)?,
-            Packet::ConnAck(p) => p.write_body(version, &mut w)?,
-            Packet::Publish(p) => p.write_body(version, &mut w)?,
-            Packet::PubResponse(p) => p.write_body(version, &mut w)?,
-            Packet::Subscribe(p) => p.write_body(version, &mut w)?,
-            Packet::SubAck(p) => p.write_body(version, &mut w)?,
-            Packet::Unsubscribe(p) => p.write_body(version, &mut w)?,
-            Packet::UnsubAck(p) => p.write_body(version, &mut w)?,
-            Packet::PingReq | Packet::PingResp => {}
-            Packet::Disconnect(p) => p.write_body(version, &mut w)?,
-            Packet::Auth(p) => p.write_body(&mut w)?,
+            Packet::Connect(p) => p.write_body(version, w),
+            Packet::ConnAck(p) => p.write_body(version, w),
+            Packet::Publish(p) => p.write_body(version, w),
+            Packet::PubResponse(p) => p.write_body(version, w),
+            Packet::Subscribe(p) => p.write_body(version, w),
+            Packet::SubAck(p) => p.write_body(version, w),
+            Packet::Unsubscribe(p) => p.write_body(version, w),
+            Packet::UnsubAck(p) => p.write_body(version, w),
+            Packet::PingReq | Packet::PingResp => Ok(()),
+            Packet::Disconnect(p) => p.write_body(version, w),
+            Packet::Auth(p) => p.write_body(version, w),
         }
-        debug_assert_eq!(w.position(), needed);
-        Ok(w.position())
     }
 }
+
+impl Encode for Packet<'_> {}

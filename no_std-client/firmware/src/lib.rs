@@ -1,0 +1,22 @@
+//! Board support for running `meshgate-client` on QEMU's `mps2-an386` (Cortex-M4F): the CMSDK UART as an
+//! `embedded_io_async` transport, an embassy-time driver on SysTick, and the semihosting exit that makes a firmware
+//! run pass or fail.
+//!
+//! QEMU connects the board's first UART to whatever `-serial` names; `-serial tcp:127.0.0.1:1883` makes it a TCP
+//! connection to an MQTT server, so the client's bytes reach a real gateway without a network stack on the board.
+#![no_std]
+
+pub mod minimal;
+pub mod time;
+pub mod uart;
+
+use cortex_m_semihosting::debug;
+
+/// Ends the QEMU run with exit code 0 (`ok`) or 1.
+pub fn exit(ok: bool) -> ! {
+    debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
+    // Only reached without a debugger or emulator to exit to.
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
