@@ -6,6 +6,7 @@ pub mod amqp_raw;
 pub mod clients;
 pub mod embassy_link;
 pub mod eventmesh;
+pub mod firmware;
 pub mod pika;
 pub mod pki;
 pub mod proxy;
@@ -286,6 +287,6 @@ pub fn require_tool(name: &str) -> PathBuf {
         .find(|p| p.is_file());
     match found {
         Some(p) => p,
-        None => panic!("`{name}` is required by this test but is not installed (apt-get install mosquitto-clients)"),
+        None => panic!("`{name}` is required by this test but is not installed (.ci/setup installs it)"),
     }
 }

@@ -1,0 +1,87 @@
+//! The client as firmware: `no_std-client/firmware` built for `thumbv7em-none-eabihf` and run on QEMU's
+//! `mps2-an386` (Cortex-M4F). The client's state-machine scenarios pass on the target, and the publish example,
+//! whose UART QEMU connects to the real gateway, publishes CloudEvents that reach the uplink and receives a
+//! command. Pass or fail is QEMU's exit code, set by the firmware through semihosting.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use meshgate_tests::Gateway;
+use meshgate_tests::clients::{Client as MqttClient, Options};
+use meshgate_tests::firmware;
+use tokio::io::AsyncReadExt as _;
+
+/// Runs the `selftest` firmware with `features` and returns what it printed; fails unless it exits with 0.
+async fn selftest(features: &[&str]) -> Result<String> {
+    let elf = firmware::build("selftest", features)?;
+    // Scenarios only: the UART goes nowhere.
+    let out = tokio::process::Command::new(meshgate_tests::require_tool("qemu-system-arm"))
+        .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "null"])
+        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
+        .arg(&elf)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await.context("selftest timed out")??;
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "selftest failed on the target ({:?}):\n{printed}", out.status);
+    Ok(printed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_machine_scenarios_pass_as_firmware_on_a_cortex_m4() -> Result<()> {
+    let printed = selftest(&["selftest"]).await?;
+    assert!(printed.contains("7 scenarios, 0 failed (qos2: false)"), "{printed}");
+    let printed = selftest(&["selftest", "qos2"]).await?;
+    assert!(printed.contains("9 scenarios, 0 failed (qos2: true)"), "{printed}");
+    assert!(printed.contains("ok   qos2_messages_are_delivered_once"), "{printed}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_firmware_reaches_the_gateway_through_the_boards_uart() -> Result<()> {
+    let elf = firmware::build("publish", &[])?;
+    let gw = Gateway::start()?;
+    let mut qemu = firmware::run(&elf, gw.mqtt)?;
+    let device_events = |events: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        events.into_iter().filter(|e| e["source"] == "/devices/mps2-1").collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = device_events(gw.events()?);
+        if events.len() >= 3 {
+            break events;
+        }
+        if let Ok(Some(status)) = qemu.try_wait() {
+            let mut printed = String::new();
+            if let Some(mut stdout) = qemu.stdout.take() {
+                stdout.read_to_string(&mut printed).await?;
+            }
+            anyhow::bail!("the firmware ended ({status}) before its events arrived:\n{printed}");
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "no events from the firmware within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (operator, _) = MqttClient::connect(gw.mqtt, &Options::new(true, "operator")).await?;
+    operator.publish("devices/mps2-1/commands/blink", 1, false, "2").await?;
+    let out =
+        tokio::time::timeout(Duration::from_secs(30), qemu.wait_with_output()).await.context("firmware hung")??;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "firmware failed ({:?}):\n{printed}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("3 events acknowledged"), "{printed}");
+    assert!(printed.contains("command devices/mps2-1/commands/blink 2"), "{printed}");
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids, ["mps2-1-1", "mps2-1-2", "mps2-1-3"], "{events:#?}");
+    for (event, celsius) in events.iter().zip([21.5, 21.75, 22.0]) {
+        assert_eq!(event["type"], "com.example.temperature");
+        assert_eq!(event["subject"], "room-4");
+        assert_eq!(event["board"], "mps2-an386");
+        assert_eq!(event["datacontenttype"], "application/json");
+        assert_eq!(event["data"]["celsius"], celsius, "{event:#}");
+    }
+    Ok(())
+}
