@@ -34,14 +34,27 @@ fn attributes() -> EventAttributes<'static> {
     }
 }
 
+/// The buffers the application lends the client; the size binaries declare them as statics in `main` (.bss, as a
+/// C firmware would), so they count as static RAM, not as flash that zeroes them.
+pub struct Buffers {
+    /// Unacknowledged publishes.
+    pub outbox: &'static mut [u8; 512],
+    /// Received bytes.
+    pub rx: &'static mut [u8; 256],
+    /// Packets to send.
+    pub tx: &'static mut [u8; 512],
+    /// A structured event (MQTT 3.1.1), for the sans-IO variants.
+    pub json: &'static mut [u8; 256],
+}
+
 fn connect_packet() -> Connect<'static> {
     Connect { version: VERSION, keep_alive: 30, client_id: "mps2-1", ..Connect::default() }
 }
 
 /// One CloudEvent through the async session; returns whether it was acknowledged.
-pub async fn session_event(uart: Uart) -> bool {
-    let (mut outbox, mut rx, mut tx) = ([0u8; 512], [0u8; 256], [0u8; 512]);
-    let mut session: Session<'_, Uart, 4> = Session::new(uart, Client::new(VERSION, &mut outbox), &mut rx, &mut tx);
+pub async fn session_event(uart: Uart, buffers: Buffers) -> bool {
+    let Buffers { outbox, rx, tx, .. } = buffers;
+    let mut session: Session<'_, Uart, 4> = Session::new(uart, Client::new(VERSION, outbox), rx, tx);
     if session.connect(&connect_packet()).await.is_err() {
         return false;
     }
@@ -55,12 +68,12 @@ pub async fn session_event(uart: Uart) -> bool {
 
 /// One message through the sans-IO client: a CloudEvent (binary mode on MQTT 5, structured on 3.1.1) when
 /// `EVENT`, else the reading as a plain payload. Returns whether it was acknowledged.
-pub async fn core_publish<const EVENT: bool>(mut uart: Uart) -> bool {
-    let (mut outbox, mut rx, mut tx, mut json) = ([0u8; 512], [0u8; 256], [0u8; 512], [0u8; 256]);
+pub async fn core_publish<const EVENT: bool>(mut uart: Uart, buffers: Buffers) -> bool {
+    let Buffers { outbox, rx, tx, json } = buffers;
     let mut slots = [UserProperty { name: "", value: "" }; MAX_EVENT_PROPERTIES];
-    let mut client: Client<'_, 4> = Client::new(VERSION, &mut outbox);
+    let mut client: Client<'_, 4> = Client::new(VERSION, outbox);
     let now = || embassy_time::Instant::now().as_millis();
-    let Ok(n) = client.connect(&connect_packet(), now(), &mut tx) else { return false };
+    let Ok(n) = client.connect(&connect_packet(), now(), tx) else { return false };
     let Ok(()) = uart.write_all(&tx[..n]).await;
     let attrs = attributes();
     let data = EventData::Json(READING);
@@ -71,7 +84,7 @@ pub async fn core_publish<const EVENT: bool>(mut uart: Uart) -> bool {
             Ok(properties) => Publish { properties, ..plain },
             Err(_) => return false,
         },
-        (true, false) => match write_structured(&attrs, data, &mut json) {
+        (true, false) => match write_structured(&attrs, data, json) {
             Ok(len) => Publish { payload: &json[..len], ..plain },
             Err(_) => return false,
         },
@@ -82,8 +95,8 @@ pub async fn core_publish<const EVENT: bool>(mut uart: Uart) -> bool {
         filled += read;
         while let Ok(Some((used, event))) = client.handle(&rx[..filled], now()) {
             let reply = match event {
-                Event::Connected { .. } => client.publish(&publish, now(), &mut tx).map(|(n, _)| n),
-                Event::Acknowledged { .. } => client.disconnect(now(), &mut tx),
+                Event::Connected { .. } => client.publish(&publish, now(), tx).map(|(n, _)| n),
+                Event::Acknowledged { .. } => client.disconnect(now(), tx),
                 _ => Ok(0),
             };
             let Ok(n) = reply else { return false };
@@ -91,7 +104,14 @@ pub async fn core_publish<const EVENT: bool>(mut uart: Uart) -> bool {
             if matches!(event, Event::Acknowledged { .. }) {
                 return true;
             }
-            filled = meshgate_client::consume(&mut rx, used, filled);
+            filled = meshgate_client::consume(rx, used, filled);
+        }
+        // What the client owes: acknowledgements, resends, a due PINGREQ.
+        while let Ok(n @ 1..) = client.poll_transmit(now(), tx) {
+            let Ok(()) = uart.write_all(&tx[..n]).await;
+        }
+        if client.handle_timeout(now()).is_err() {
+            return false;
         }
     }
 }

@@ -295,6 +295,55 @@ fn set<T>(slot: &mut Option<T>, id: u8, v: T) -> Result<(), Malformed> {
     Ok(())
 }
 
+/// Reads a single-valued property out of [`Properties`].
+type Getter = for<'x> fn(&Properties<'x>) -> Option<PropertyValue<'x>>;
+
+/// Builds the getter table: one small function per property.
+macro_rules! getters {
+    ($($id:literal => |$p:ident| $value:expr),* $(,)?) => {
+        &[$(($id, {
+            fn get<'x>($p: &Properties<'x>) -> Option<PropertyValue<'x>> {
+                $value
+            }
+            get as Getter
+        })),*]
+    };
+}
+
+/// One getter per single-valued property, in identifier order: a table, so sizing and writing a property block is
+/// one small loop each rather than code per property (which a device's flash notices).
+const SINGLE_VALUED: &[(u8, Getter)] = getters![
+    0x01 => |p| p.payload_format_utf8.map(byte_flag),
+    0x02 => |p| p.message_expiry_interval.map(PropertyValue::U32),
+    0x03 => |p| p.content_type.map(PropertyValue::Str),
+    0x08 => |p| p.response_topic.map(PropertyValue::Str),
+    0x09 => |p| p.correlation_data.map(PropertyValue::Bin),
+    0x11 => |p| p.session_expiry_interval.map(PropertyValue::U32),
+    0x12 => |p| p.assigned_client_identifier.map(PropertyValue::Str),
+    0x13 => |p| p.server_keep_alive.map(PropertyValue::U16),
+    0x15 => |p| p.authentication_method.map(PropertyValue::Str),
+    0x16 => |p| p.authentication_data.map(PropertyValue::Bin),
+    0x17 => |p| p.request_problem_information.map(byte_flag),
+    0x18 => |p| p.will_delay_interval.map(PropertyValue::U32),
+    0x19 => |p| p.request_response_information.map(byte_flag),
+    0x1A => |p| p.response_information.map(PropertyValue::Str),
+    0x1C => |p| p.server_reference.map(PropertyValue::Str),
+    0x1F => |p| p.reason_string.map(PropertyValue::Str),
+    0x21 => |p| p.receive_maximum.map(PropertyValue::U16),
+    0x22 => |p| p.topic_alias_maximum.map(PropertyValue::U16),
+    0x23 => |p| p.topic_alias.map(PropertyValue::U16),
+    0x24 => |p| p.maximum_qos.map(|q| PropertyValue::Byte(q as u8)),
+    0x25 => |p| p.retain_available.map(byte_flag),
+    0x27 => |p| p.maximum_packet_size.map(PropertyValue::U32),
+    0x28 => |p| p.wildcard_subscription_available.map(byte_flag),
+    0x29 => |p| p.subscription_identifier_available.map(byte_flag),
+    0x2A => |p| p.shared_subscription_available.map(byte_flag),
+];
+
+fn byte_flag(x: bool) -> PropertyValue<'static> {
+    PropertyValue::Byte(u8::from(x))
+}
+
 impl<'a> Properties<'a> {
     /// Reads a length-prefixed property block and validates it for `ctx`.
     pub(crate) fn read(r: &mut Reader<'a>, ctx: Context) -> Result<Self, Malformed> {
@@ -371,42 +420,13 @@ impl<'a> Properties<'a> {
         Ok(p)
     }
 
-    /// Calls `f` with every single-valued property that is set, as `(identifier, value)`.
+    /// Calls `f` with every single-valued property that is set, as `(identifier, value)`, in identifier order.
     fn for_each_single(
         &self,
         mut f: impl FnMut(u8, PropertyValue<'a>) -> Result<(), EncodeError>,
     ) -> Result<(), EncodeError> {
-        use PropertyValue as V;
-        let b = |x: bool| V::Byte(u8::from(x));
-        let fields: [(u8, Option<PropertyValue<'a>>); 25] = [
-            (0x01, self.payload_format_utf8.map(b)),
-            (0x02, self.message_expiry_interval.map(V::U32)),
-            (0x03, self.content_type.map(V::Str)),
-            (0x08, self.response_topic.map(V::Str)),
-            (0x09, self.correlation_data.map(V::Bin)),
-            (0x11, self.session_expiry_interval.map(V::U32)),
-            (0x12, self.assigned_client_identifier.map(V::Str)),
-            (0x13, self.server_keep_alive.map(V::U16)),
-            (0x15, self.authentication_method.map(V::Str)),
-            (0x16, self.authentication_data.map(V::Bin)),
-            (0x17, self.request_problem_information.map(b)),
-            (0x18, self.will_delay_interval.map(V::U32)),
-            (0x19, self.request_response_information.map(b)),
-            (0x1A, self.response_information.map(V::Str)),
-            (0x1C, self.server_reference.map(V::Str)),
-            (0x1F, self.reason_string.map(V::Str)),
-            (0x21, self.receive_maximum.map(V::U16)),
-            (0x22, self.topic_alias_maximum.map(V::U16)),
-            (0x23, self.topic_alias.map(V::U16)),
-            (0x24, self.maximum_qos.map(|q| V::Byte(q as u8))),
-            (0x25, self.retain_available.map(b)),
-            (0x27, self.maximum_packet_size.map(V::U32)),
-            (0x28, self.wildcard_subscription_available.map(b)),
-            (0x29, self.subscription_identifier_available.map(b)),
-            (0x2A, self.shared_subscription_available.map(b)),
-        ];
-        for (id, value) in fields {
-            if let Some(v) = value {
+        for &(id, get) in SINGLE_VALUED {
+            if let Some(v) = get(self) {
                 f(id, v)?;
             }
         }
