@@ -1,6 +1,7 @@
 //! PUBLISH and its acknowledgements: PUBACK, PUBREC, PUBREL, PUBCOMP.
 
 use super::properties::{Context, Properties};
+use super::topic::has_wildcard;
 use super::wire::{Reader, Writer, prefixed_len};
 use super::{EncodeError, Malformed, PacketType, QoS, ReasonCode, Version};
 
@@ -33,7 +34,7 @@ impl<'a> Publish<'a> {
             return Err(Malformed::DupWithQoS0);
         }
         let topic = r.utf8()?;
-        if topic.contains(['+', '#']) {
+        if has_wildcard(topic) {
             return Err(Malformed::WildcardInTopicName);
         }
         let packet_id = if qos == QoS::AtMostOnce {

@@ -2,12 +2,17 @@
 
 use super::Malformed;
 
+/// Whether `s` holds a wildcard, `+` or `#` (a byte scan: less code on a device than a `char` pattern search).
+pub fn has_wildcard(s: &str) -> bool {
+    s.bytes().any(|b| matches!(b, b'+' | b'#'))
+}
+
 /// Checks a topic name for PUBLISH: non-empty and free of the wildcards `+` and `#`.
 pub fn validate_name(name: &str) -> Result<(), Malformed> {
     if name.is_empty() {
         return Err(Malformed::EmptyTopic);
     }
-    if name.contains(['+', '#']) {
+    if has_wildcard(name) {
         return Err(Malformed::WildcardInTopicName);
     }
     Ok(())
@@ -24,7 +29,7 @@ pub fn validate_filter(filter: &str) -> Result<(), Malformed> {
         match level {
             "+" => {}
             "#" if last => {}
-            _ if level.contains(['+', '#']) => return Err(Malformed::InvalidTopicFilter),
+            _ if has_wildcard(level) => return Err(Malformed::InvalidTopicFilter),
             _ => {}
         }
     }

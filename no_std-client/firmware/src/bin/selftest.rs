@@ -21,5 +21,7 @@ fn main() -> ! {
         }
     }
     hprintln!("{} scenarios, {} failed (qos2: {})", SCENARIOS.len(), failed, cfg!(feature = "qos2"));
+    // The client's own RAM on this target (its buffers are the application's).
+    hprintln!("size_of Client<'_, 4>: {} bytes", core::mem::size_of::<meshgate_client::Client<'static, 4>>());
     meshgate_firmware::exit(failed == 0)
 }
