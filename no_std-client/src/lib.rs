@@ -1,17 +1,23 @@
 //! `meshgate-client`: the `#![no_std]`, allocator-free MQTT client that devices flash to publish CloudEvents to
-//! meshgate.
+//! meshgate (or any MQTT 3.1.1 / 5 server) and to receive commands. No panics on any input, every buffer the
+//! application's, no allocation.
 //!
 //! - [`client`]: the protocol state, sans-IO: CONNECT and CONNACK (honouring the server's Receive Maximum,
-//!   Maximum Packet Size and Server Keep Alive), QoS 0 and 1 publishes, subscriptions, acknowledgements of what it
-//!   receives, keep-alive pings, and the resend (DUP) of unacknowledged publishes after a reconnect.
-//! - [`outbox`]: the unacknowledged publishes, in a byte arena the application lends.
-//! - [`session`]: the client over any `embedded_io_async` stream (an embassy-net `TcpSocket`, or a host socket),
-//!   with embassy-time for the keep-alive.
-//!
+//!   Maximum Packet Size and Server Keep Alive), publishes at QoS 0 and 1 (and 2 with the `qos2` feature),
+//!   subscriptions, acknowledgements of what it receives, keep-alive pings, and the resend (DUP, or PUBREL) of
+//!   unacknowledged publishes after a reconnect. Bytes and milliseconds in, bytes and events out.
+//! - [`outbox`]: the unacknowledged publishes, encoded, in a byte arena the application lends.
+//! - [`session`]: the client over any `embedded_io_async` stream with embassy-time for the keep-alive, and
+//!   [`Session::publish_event`] for a CloudEvent in one call.
+//! - [`net`] (feature `embassy-net`): an embassy-net `TcpSocket` as the transport, with [`Session::open`] to
+//!   (re)connect by endpoint.
 //! - [`cloudevents`]: events from a device: MQTT 5 binary mode, structured JSON for 3.1.1 into a fixed buffer, ids
 //!   from a per-device counter.
+//! - `selftest` (feature `selftest`): the state-machine scenarios, run by `cargo test` and as firmware on QEMU.
 //!
-//! The embassy-net feature, the firmware example and the QEMU tests come with the rest of issue 9.
+//! Features: `mqtt5` (default; without it the client speaks MQTT 3.1.1 only and is smaller), `qos2`,
+//! `embassy-net` (pick the medium on your own embassy-net dependency), `defmt`. `no_std-client/firmware` has a
+//! Cortex-M firmware example, and docs/no_std-client.md the guide; docs/benchmarks.md the flash and RAM it costs.
 #![no_std]
 #![deny(unsafe_code)]
 
