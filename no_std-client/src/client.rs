@@ -11,7 +11,7 @@
 
 use heapless::Deque;
 use meshgate_protocols::mqtt::{
-    ConnAck, Connect, DecodeError, Disconnect, Encode, EncodeError, List, Packet, PingReq, PubResponse,
+    ConnAck, Connect, DecodeError, Disconnect, Encode, EncodeError, List, Malformed, Packet, PingReq, PubResponse,
     PubResponseKind, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, Version,
 };
 
@@ -34,14 +34,28 @@ pub enum Error {
     InflightFull,
     /// The outbox arena has no room for the packet now.
     OutboxFull,
-    /// The server sent bytes that are not a valid packet, or a packet a server must not send.
+    /// The server sent a packet that breaks the protocol here (an unexpected CONNACK, a message before it, a
+    /// QoS this client does not take).
     Protocol,
+    /// The server sent bytes that are not a valid packet (or a packet only clients send); what is wrong.
+    Malformed(Malformed),
     /// No PINGRESP within the keep-alive interval: the connection is dead.
     KeepAliveTimeout,
     /// The server ended the connection (MQTT 5 DISCONNECT with this reason).
     Disconnected(ReasonCode),
     /// What was asked for is left out of this build: MQTT 5 (the `mqtt5` feature) or QoS 2 (`qos2`).
     Unsupported,
+}
+
+impl Error {
+    /// The MQTT 5 reason code to end the connection with, for errors in what the server sent.
+    pub fn reason_code(&self) -> Option<ReasonCode> {
+        match self {
+            Error::Malformed(m) => Some(m.reason_code()),
+            Error::Protocol => Some(ReasonCode::PROTOCOL_ERROR),
+            _ => None,
+        }
+    }
 }
 
 /// What the server told the client.
@@ -105,6 +119,8 @@ pub struct Client<'a, const N: usize> {
     outbox: Outbox<'a, N>,
     /// Resend position in the outbox after a reconnect (`None`: nothing to resend).
     resend: Option<usize>,
+    /// The server broke the protocol: the DISCONNECT (MQTT 5) with this reason is the last thing to send.
+    refusal: Option<ReasonCode>,
     owed: Deque<Owed, OWED_ACKS>,
     #[cfg(feature = "qos2")]
     awaiting_release: heapless::Vec<u16, AWAITING_RELEASE>,
@@ -124,6 +140,7 @@ impl<'a, const N: usize> Client<'a, N> {
             server_max_packet: usize::MAX,
             outbox: Outbox::new(outbox_arena),
             resend: None,
+            refusal: None,
             owed: Deque::new(),
             #[cfg(feature = "qos2")]
             awaiting_release: heapless::Vec::new(),
@@ -169,6 +186,7 @@ impl<'a, const N: usize> Client<'a, N> {
         if !connect.version.is_supported() {
             return Err(Error::Unsupported);
         }
+        self.refusal = None;
         self.version = connect.version;
         self.server_max_packet = usize::MAX;
         let n = self.encode(connect, out, now_ms)?;
@@ -183,6 +201,7 @@ impl<'a, const N: usize> Client<'a, N> {
     pub fn connection_lost(&mut self) {
         self.state = State::Disconnected;
         self.ping_sent_ms = None;
+        self.refusal = None;
     }
 
     fn packet_id(&mut self) -> u16 {
@@ -248,19 +267,27 @@ impl<'a, const N: usize> Client<'a, N> {
 
     /// Encodes DISCONNECT; the connection is over for the client.
     pub fn disconnect(&mut self, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
-        let n = self.encode(&Disconnect::default(), out, now_ms)?;
+        self.disconnect_with(ReasonCode::SUCCESS, now_ms, out)
+    }
+
+    /// Encodes DISCONNECT with `reason` (MQTT 5; 3.1.1 has none), e.g. [`Error::reason_code`] after the server
+    /// sent something malformed. Unacknowledged publishes stay for the next connection.
+    pub fn disconnect_with(&mut self, reason: ReasonCode, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
+        let n = self.encode(&Disconnect::with_reason(reason), out, now_ms)?;
         self.state = State::Disconnected;
         Ok(n)
     }
 
     /// Reads one packet from the start of `input`: `Ok(None)` until it is complete, else the bytes it used and
-    /// what it means.
+    /// what it means. When the server broke the protocol the connection is over: the error says how, and on MQTT 5
+    /// `poll_transmit` yields the DISCONNECT with its reason code, the last packet of the connection.
     pub fn handle<'p>(&mut self, input: &'p [u8], now_ms: u64) -> Result<Option<(usize, Event<'p>)>, Error> {
         let _ = now_ms;
         let (packet, used) = match Packet::decode_from_server(input, self.version, usize::MAX) {
             Ok(decoded) => decoded,
             Err(DecodeError::Incomplete { .. }) => return Ok(None),
-            Err(_) => return Err(Error::Protocol),
+            Err(DecodeError::Malformed(m)) => return Err(self.refuse(Error::Malformed(m))),
+            Err(DecodeError::TooLarge { .. }) => return Err(Error::PacketTooLarge),
         };
         let event = match packet {
             Packet::ConnAck(ack) => self.on_connack(&ack)?,
@@ -268,7 +295,7 @@ impl<'a, const N: usize> Client<'a, N> {
             Packet::SubAck(s) => Event::Subscribed { packet_id: s.packet_id, codes: s.codes },
             Packet::Publish(p) => {
                 if self.state != State::Connected {
-                    return Err(Error::Protocol);
+                    return Err(self.refuse(Error::Protocol));
                 }
                 match (p.qos, p.packet_id) {
                     (QoS::AtMostOnce, _) => {}
@@ -286,7 +313,7 @@ impl<'a, const N: usize> Client<'a, N> {
                         }
                     }
                     // QoS 2 needs the `qos2` feature.
-                    _ => return Err(Error::Protocol),
+                    _ => return Err(self.refuse(Error::Protocol)),
                 }
                 Event::Message(p)
             }
@@ -300,9 +327,21 @@ impl<'a, const N: usize> Client<'a, N> {
                 return Err(Error::Disconnected(d.reason));
             }
             // Packets only a client sends, or flows this client never starts (QoS 2, AUTH).
-            _ => return Err(Error::Protocol),
+            _ => return Err(self.refuse(Error::Protocol)),
         };
         Ok(Some((used, event)))
+    }
+
+    /// The server broke the protocol: the connection is over, and on MQTT 5 `poll_transmit` yields a DISCONNECT
+    /// saying why. Returns `e`.
+    fn refuse(&mut self, e: Error) -> Error {
+        log!(warn, "the server broke the protocol ({}); ending the connection", e);
+        self.state = State::Disconnected;
+        self.ping_sent_ms = None;
+        if self.version.is_v5() {
+            self.refusal = e.reason_code();
+        }
+        e
     }
 
     /// Queues an acknowledgement for `poll_transmit`. Bounded: a server sending faster than the client flushes is
@@ -341,7 +380,7 @@ impl<'a, const N: usize> Client<'a, N> {
                 return Ok(Event::Nothing);
             }
             #[cfg(not(feature = "qos2"))]
-            _ => return Err(Error::Protocol),
+            _ => return Err(self.refuse(Error::Protocol)),
         }
         if !self.outbox.ack(r.packet_id) {
             // Not ours (a duplicate after a resend): harmless.
@@ -352,9 +391,10 @@ impl<'a, const N: usize> Client<'a, N> {
 
     fn on_connack(&mut self, ack: &ConnAck<'_>) -> Result<Event<'static>, Error> {
         if self.state != State::Connecting {
-            return Err(Error::Protocol);
+            return Err(self.refuse(Error::Protocol));
         }
         if ack.code != ReasonCode::SUCCESS {
+            log!(warn, "connection refused: {}", ack.code);
             self.state = State::Disconnected;
             return Err(Error::Refused(ack.code));
         }
@@ -370,6 +410,12 @@ impl<'a, const N: usize> Client<'a, N> {
         if let Some(k) = ack.properties.server_keep_alive {
             self.keep_alive_ms = u64::from(k) * 1000;
         }
+        log!(
+            info,
+            "connected (session present: {}); {} unacknowledged publishes to send again",
+            ack.session_present,
+            self.outbox.len()
+        );
         if !self.outbox.is_empty() {
             // Sent before and not acknowledged: again, flagged DUP if the server kept the session.
             if ack.session_present {
@@ -384,6 +430,11 @@ impl<'a, const N: usize> Client<'a, N> {
     /// received messages, and PUBREL), then resent publishes after a reconnect (PUBREL for a QoS 2 one the
     /// server already has), then PINGREQ when keep-alive is due.
     pub fn poll_transmit(&mut self, now_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
+        if let Some(reason) = self.refusal {
+            let n = self.write(&Disconnect::with_reason(reason), out)?;
+            self.refusal = None;
+            return Ok(n);
+        }
         if self.state != State::Connected {
             return Ok(0);
         }
@@ -438,6 +489,7 @@ impl<'a, const N: usize> Client<'a, N> {
         if let Some(sent) = self.ping_sent_ms
             && now_ms.saturating_sub(sent) >= self.keep_alive_ms
         {
+            log!(warn, "no PINGRESP within the keep-alive; the connection is dead");
             self.connection_lost();
             return Err(Error::KeepAliveTimeout);
         }

@@ -24,6 +24,14 @@
 #[cfg(test)]
 extern crate std;
 
+/// Logs through defmt with the `defmt` feature; compiles to nothing without it.
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {
+        #[cfg(feature = "defmt")]
+        defmt::$level!($($arg)*);
+    };
+}
+
 pub mod client;
 pub mod cloudevents;
 #[cfg(feature = "embassy-net")]

@@ -40,7 +40,10 @@ impl<'a, 's, const N: usize> Session<'a, TcpSocket<'s>, N> {
             // keep-alive; the socket is closed either way.
             let _ = embedded_io_async::Write::flush(socket).await;
         }
-        socket.connect(endpoint).await.map_err(OpenError::Tcp)?;
+        socket.connect(endpoint).await.map_err(|e| {
+            log!(warn, "TCP connect failed: {}", e);
+            OpenError::Tcp(e)
+        })?;
         self.connect(connect).await.map_err(OpenError::Session)
     }
 }

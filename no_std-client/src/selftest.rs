@@ -6,7 +6,7 @@
 
 use heapless::Vec;
 use meshgate_protocols::mqtt::{
-    ConnAck, Connect, Packet, Properties, PubResponse, PubResponseKind, Publish, QoS, ReasonCode, SubAck,
+    ConnAck, Connect, Malformed, Packet, Properties, PubResponse, PubResponseKind, Publish, QoS, ReasonCode, SubAck,
     SubscribeFilter, SubscriptionOptions, Version,
 };
 
@@ -202,8 +202,8 @@ pub fn keep_alive_pings_and_gives_up() -> Result<(), Failure> {
     Ok(())
 }
 
-/// A refused CONNACK is reported with its reason; a packet only clients send is a protocol error; a partial
-/// packet waits for more bytes.
+/// A refused CONNACK is reported with its reason; a partial packet waits for more bytes; a packet only clients
+/// send, or a malformed one, ends the connection with a DISCONNECT saying why.
 pub fn refusals_and_server_mistakes_are_errors() -> Result<(), Failure> {
     let mut arena = [0u8; 64];
     let mut c: Client<'_, 4> = Client::new(V5, &mut arena);
@@ -212,7 +212,16 @@ pub fn refusals_and_server_mistakes_are_errors() -> Result<(), Failure> {
     let refused = server(&Packet::ConnAck(ConnAck { code: ReasonCode::NOT_AUTHORIZED, ..ConnAck::default() }));
     check!(c.handle(&refused, 0) == Err(Error::Refused(ReasonCode::NOT_AUTHORIZED)));
     check!(c.handle(&[0x20], 0) == Ok(None));
-    check!(c.handle(&server(&Packet::Connect(Connect::default())), 0) == Err(Error::Protocol));
+    let connect = server(&Packet::Connect(Connect::default()));
+    check!(c.handle(&connect, 0) == Err(Error::Malformed(Malformed::ClientOnlyPacket(1))));
+    // A connected client reading a malformed packet ends the connection, telling the server why.
+    let mut arena = [0u8; 64];
+    let mut c = connected(&mut arena, Properties::default())?;
+    check!(c.handle(&[0x30, 0x02, 0x00, 0x05], 0) == Err(Error::Malformed(Malformed::Truncated)));
+    check!(!c.is_connected());
+    let n = c.poll_transmit(0, &mut out).map_err(|_| "poll_transmit failed")?;
+    check!(matches!(decoded(&out[..n]), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::MALFORMED_PACKET));
+    check!(c.poll_transmit(0, &mut out) == Ok(0));
     check!(c.handle(&server(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubAck, 1))), 0).is_ok());
     Ok(())
 }

@@ -105,13 +105,7 @@ impl<'a, T: Read + Write, const N: usize> Session<'a, T, N> {
 
     /// Sends everything the client owes (acknowledgements, resends, a due PINGREQ).
     pub async fn flush(&mut self) -> Result<(), SessionError<T::Error>> {
-        loop {
-            let n = self.client.poll_transmit(now_ms(), self.tx)?;
-            if n == 0 {
-                return Ok(());
-            }
-            self.send(n).await?;
-        }
+        flush_owed(&mut self.client, &mut self.io, self.tx).await
     }
 
     /// Connects: CONNECT, then waits for CONNACK and resends what an earlier connection left unacknowledged.
@@ -240,12 +234,32 @@ impl<'a, T: Read + Write, const N: usize> Session<'a, T, N> {
             }
         }
         let buffered = self.rx.get(..self.rx_len).unwrap_or_default();
-        match self.client.handle(buffered, now_ms())? {
-            Some((used, event)) => {
+        match self.client.handle(buffered, now_ms()) {
+            Ok(Some((used, event))) => {
                 self.consumed = used;
                 Ok(event)
             }
-            None => Err(SessionError::Client(Error::Protocol)),
+            Ok(None) => Err(SessionError::Client(Error::Protocol)),
+            Err(e) => {
+                // The server broke the protocol: tell it why (MQTT 5), best effort; the connection is over.
+                let _ = flush_owed(&mut self.client, &mut self.io, self.tx).await;
+                Err(SessionError::Client(e))
+            }
         }
+    }
+}
+
+/// Sends what `client` owes over `io`, encoding into `tx`. (Free of `Session` so it can run while a received
+/// packet still borrows the receive buffer.)
+async fn flush_owed<T: Write, const N: usize>(
+    client: &mut Client<'_, N>,
+    io: &mut T,
+    tx: &mut [u8],
+) -> Result<(), SessionError<T::Error>> {
+    loop {
+        let n = client.poll_transmit(now_ms(), tx)?;
+        let Some(bytes) = tx.get(..n).filter(|b| !b.is_empty()) else { return Ok(()) };
+        io.write_all(bytes).await.map_err(SessionError::Io)?;
+        io.flush().await.map_err(SessionError::Io)?;
     }
 }

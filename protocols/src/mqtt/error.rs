@@ -143,7 +143,8 @@ impl Malformed {
             | Malformed::ZeroPacketId
             | Malformed::DupWithQoS0
             | Malformed::ProtocolName
-            | Malformed::NoTopicFilters => ReasonCode::PROTOCOL_ERROR,
+            | Malformed::NoTopicFilters
+            | Malformed::ClientOnlyPacket(_) => ReasonCode::PROTOCOL_ERROR,
             _ => ReasonCode::MALFORMED_PACKET,
         }
     }

@@ -80,6 +80,7 @@ impl<'a> Reader<'a> {
 /// Validates an MQTT UTF-8 string. `core::str::from_utf8` already rejects surrogates and overlong forms.
 pub(crate) fn check_utf8(bytes: &[u8]) -> Result<&str, Malformed> {
     let s = core::str::from_utf8(bytes).map_err(|_| Malformed::InvalidUtf8)?;
+    #[allow(clippy::manual_contains, reason = "a byte scan: `contains` pulls memchr into a device's flash")]
     if bytes.iter().any(|&b| b == 0) {
         return Err(Malformed::NullCharacter);
     }
