@@ -18,6 +18,15 @@ fn connack(version: Version, session_present: bool) -> Vec<u8> {
     buf
 }
 
+/// CONNECT, answered by a CONNACK with `present` as Session Present.
+fn reconnect(client: &mut Client<'_, 4>, version: Version, now: u64, present: bool) {
+    let mut out = [0u8; 64];
+    let connect = Connect { version, keep_alive: 5, client_id: "fuzz", ..Connect::default() };
+    if client.connect(&connect, now, &mut out).is_ok() {
+        let _ = client.handle(&connack(version, present), now);
+    }
+}
+
 /// Sends whatever the client owes and checks every packet is valid.
 fn drain(client: &mut Client<'_, 4>, now: u64, version: Version) {
     let mut out = [0u8; 512];
@@ -40,14 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rx = [0u8; 512];
     let mut filled = 0;
     let mut now = 0u64;
-    let connect = Connect { version, keep_alive: 5, client_id: "fuzz", ..Connect::default() };
-    let mut reconnect = |client: &mut Client<'_, 4>, now: u64, present: bool| {
-        if client.connect(&connect, now, &mut out).is_ok() {
-            let ack = connack(version, present);
-            let _ = client.handle(&ack, now);
-        }
-    };
-    reconnect(&mut client, now, first & 2 != 0);
+    reconnect(&mut client, version, now, first & 2 != 0);
     while let Some((&op, tail)) = rest.split_first() {
         rest = tail;
         now += u64::from(op >> 4) * 400;
@@ -68,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 client.connection_lost();
                 filled = 0;
-                reconnect(&mut client, now, op & 8 != 0);
+                reconnect(&mut client, version, now, op & 8 != 0);
             }
             5 => {
                 let _ = client.handle_timeout(now);
