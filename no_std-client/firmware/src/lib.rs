@@ -12,6 +12,14 @@ pub mod uart;
 
 use cortex_m_semihosting::debug;
 
+/// Starts the board: the 1 ms SysTick that embassy-time reads, and UART0.
+pub fn board() -> uart::Uart {
+    if let Some(p) = cortex_m::Peripherals::take() {
+        time::start(p.SYST);
+    }
+    uart::Uart::uart0()
+}
+
 /// Ends the QEMU run with exit code 0 (`ok`) or 1.
 pub fn exit(ok: bool) -> ! {
     debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });

@@ -47,6 +47,23 @@ pub struct Buffers {
     pub json: &'static mut [u8; 256],
 }
 
+/// The `main` of a size build: the application's [`Buffers`] as statics (`.bss`), the board, and
+/// `$run(uart, buffers)` to completion; the exit code says whether the publish was acknowledged.
+#[macro_export]
+macro_rules! size_firmware {
+    ($run:expr) => {
+        #[cortex_m_rt::entry]
+        fn main() -> ! {
+            static mut OUTBOX: [u8; 512] = [0; 512];
+            static mut RX: [u8; 256] = [0; 256];
+            static mut TX: [u8; 512] = [0; 512];
+            static mut JSON: [u8; 256] = [0; 256];
+            let buffers = $crate::minimal::Buffers { outbox: OUTBOX, rx: RX, tx: TX, json: JSON };
+            $crate::exit(embassy_futures::block_on($run($crate::board(), buffers)))
+        }
+    };
+}
+
 fn connect_packet() -> Connect<'static> {
     Connect { version: VERSION, keep_alive: 30, client_id: "mps2-1", ..Connect::default() }
 }

@@ -17,10 +17,8 @@ const DEVICE: &str = "mps2-1";
 
 #[cortex_m_rt::entry]
 fn main() -> ! {
-    if let Some(p) = cortex_m::Peripherals::take() {
-        meshgate_firmware::time::start(p.SYST);
-    }
-    let outcome = embassy_futures::block_on(with_timeout(Duration::from_secs(30), run(Uart::uart0())));
+    let uart = meshgate_firmware::board();
+    let outcome = embassy_futures::block_on(with_timeout(Duration::from_secs(30), run(uart)));
     let ok = match outcome {
         Ok(Ok(())) => true,
         Ok(Err(step)) => {

@@ -7,9 +7,6 @@ use panic_semihosting as _;
 
 #[cortex_m_rt::entry]
 fn main() -> ! {
-    if let Some(p) = cortex_m::Peripherals::take() {
-        meshgate_firmware::time::start(p.SYST);
-    }
-    let uart = meshgate_firmware::uart::Uart::uart0();
+    let uart = meshgate_firmware::board();
     meshgate_firmware::exit(embassy_futures::block_on(meshgate_firmware::minimal::baseline(uart)))
 }
