@@ -90,7 +90,7 @@ async fn device(stack: Stack<'_>, operator: &MqttClient) -> Result<(String, Vec<
         properties: Properties { session_expiry_interval: Some(600), ..Properties::default() },
         ..Connect::default()
     };
-    let present = session.open(gateway, &connect).await.map_err(|e| anyhow!("open: {e:?}"))?;
+    let present = open(&mut session, gateway, &connect).await?;
     assert!(!present, "a clean start");
     let filter = [SubscribeFilter {
         filter: "devices/pump-7/commands/#",
@@ -131,27 +131,31 @@ async fn device(stack: Stack<'_>, operator: &MqttClient) -> Result<(String, Vec<
         _ => false,
     })
     .await?;
-    // As after a lost link: the same socket, reopened, retried as a device does until the relay listens again;
-    // the gateway resumes the session.
+    // As after a lost link: the same socket, reopened; the gateway resumes the session.
     let resume = Connect { clean_start: false, ..connect };
-    let mut attempts = 0;
-    let present = loop {
-        match session.open(gateway, &resume).await {
-            Ok(present) => break present,
-            Err(OpenError::Tcp(e)) if attempts < 50 => {
-                attempts += 1;
-                eprintln!("reopen: {e:?}, again in 100 ms");
-                embassy_time::Timer::after_millis(100).await;
-            }
-            Err(e) => bail!("reopen: {e:?}"),
-        }
-    };
+    let present = open(&mut session, gateway, &resume).await?;
     assert!(present, "the gateway kept the session");
     publish(&mut session, "3.4").await?;
     wait_for(&mut session, |e| matches!(e, Event::Acknowledged { .. })).await?;
     assert_eq!(session.client().in_flight(), 0);
     session.disconnect().await.map_err(|e| anyhow!("disconnect: {e:?}"))?;
     command.context("no command")
+}
+
+/// Opens the session, retried as a device does while nothing listens yet (the relay's socket listens again only
+/// after it closed the previous connection).
+async fn open(session: &mut Session<'_, TcpSocket<'_>, 8>, gateway: IpEndpoint, connect: &Connect<'_>) -> Result<bool> {
+    for _ in 0..50 {
+        match session.open(gateway, connect).await {
+            Ok(present) => return Ok(present),
+            Err(OpenError::Tcp(e)) => {
+                eprintln!("open: {e:?}, again in 100 ms");
+                embassy_time::Timer::after_millis(100).await;
+            }
+            Err(e) => bail!("open: {e:?}"),
+        }
+    }
+    bail!("the relay never accepted")
 }
 
 /// Receives until `want` accepts an event.
