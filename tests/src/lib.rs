@@ -7,6 +7,7 @@ pub mod clients;
 pub mod embassy_link;
 pub mod eventmesh;
 pub mod firmware;
+pub mod load;
 pub mod pika;
 pub mod pki;
 pub mod proxy;

@@ -1,0 +1,73 @@
+//! The brokers a benchmark runs: a Mosquitto of its own on a free port (persistence off), and the resident set
+//! size of any process, from `/proc`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A Mosquitto of our own on a free port, persistence off.
+pub struct Mosquitto {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts one; `unlimited_queue` sets `max_queued_messages 0` (no limit) instead of its default of 1000.
+    pub fn start(unlimited_queue: bool) -> Result<Mosquitto> {
+        let bin = crate::require_tool("mosquitto");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("mosquitto.conf");
+        let queue = if unlimited_queue { "max_queued_messages 0\n" } else { "" };
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n{queue}"),
+        )?;
+        let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("mosquitto did not start on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Mosquitto { child, addr, _dir: dir })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The first line of `mosquitto -h` (its version).
+    pub fn version() -> String {
+        Command::new("mosquitto")
+            .arg("-h")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The resident set size of process `pid`, in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("process {pid}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}

@@ -1,0 +1,436 @@
+//! The benchmark suite: every scenario of docs/benchmarks.md ("Load suite") in one run on one machine, meshgate
+//! (release build, durable spool) next to a Mosquitto of its own (persistence off) and the generator's own ceiling
+//! against a trivial sink, written as Markdown between the markers in docs/benchmarks.md.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt as _;
+use meshgate_protocols::mqtt::QoS;
+
+use super::brokers::{Mosquitto, rss_kib};
+use super::conn;
+use super::run::{LoadSpec, Report, hold_idle, run, run_at};
+use crate::Gateway;
+
+/// The markers around the suite's section in docs/benchmarks.md.
+pub const BEGIN: &str = "<!-- load-suite:begin -->";
+/// See [`BEGIN`].
+pub const END: &str = "<!-- load-suite:end -->";
+
+/// How to run the suite.
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    /// Seconds per throughput scenario.
+    pub seconds: u64,
+    /// Idle connection counts.
+    pub idle: Vec<usize>,
+    /// Loopback source addresses.
+    pub sources: usize,
+    /// The Markdown file to write the section into.
+    pub write: Option<PathBuf>,
+}
+
+/// One row of a results table.
+struct Row {
+    scenario: String,
+    target: &'static str,
+    report: Report,
+}
+
+/// A trivial sink in a process of its own (this binary's `sink` command).
+struct Sink {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Sink {
+    fn start() -> Result<Sink> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args(["sink", "--bind", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start the sink")?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("sink stdout")?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let addr = line.trim().rsplit(' ').next().unwrap_or_default().parse().context("sink address")?;
+        Ok(Sink { child, addr })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn say(line: &str) {
+    eprintln!("suite: {line}");
+}
+
+async fn measured(rows: &mut Vec<Row>, scenario: &str, target: &'static str, spec: &LoadSpec) -> Result<Report> {
+    say(&format!("{scenario} on {target} ({} connections, {} s)", spec.connections, spec.duration.as_secs()));
+    let report = run(spec).await?;
+    say(&format!("  {}", report.summary()));
+    rows.push(Row { scenario: scenario.to_string(), target, report: report.clone() });
+    Ok(report)
+}
+
+/// Runs every scenario; returns the Markdown section (and writes it when asked).
+pub async fn suite(options: &SuiteOptions) -> Result<String> {
+    let seconds = Duration::from_secs(options.seconds);
+    let ingest = |target: SocketAddr, qos: QoS| LoadSpec {
+        target,
+        connections: 100,
+        payload: 100,
+        qos,
+        duration: seconds,
+        sources: options.sources,
+        ..LoadSpec::default()
+    };
+    let mut rows = Vec::new();
+
+    // 0. The generator's ceiling against a sink that acknowledges at once.
+    let sink = Sink::start()?;
+    measured(&mut rows, "QoS 1 ingest, 100 connections", "trivial sink", &ingest(sink.addr, QoS::AtLeastOnce)).await?;
+    measured(&mut rows, "QoS 0 ingest, 100 connections", "trivial sink", &ingest(sink.addr, QoS::AtMostOnce)).await?;
+    drop(sink);
+
+    // 1, 2. Ingest into meshgate (durable spool, acknowledged after fsync) and into Mosquitto (persistence off).
+    let gw = Gateway::start()?;
+    let max = measured(&mut rows, "QoS 1 ingest, 100 connections", "meshgate", &ingest(gw.mqtt, QoS::AtLeastOnce))
+        .await?
+        .acked_per_sec();
+    let half = LoadSpec { rate: (max / 2.0).floor(), ..ingest(gw.mqtt, QoS::AtLeastOnce) };
+    measured(&mut rows, &format!("QoS 1 ingest at half the maximum ({:.0}/s)", half.rate), "meshgate", &half).await?;
+    measured(&mut rows, "QoS 0 ingest, 100 connections", "meshgate", &ingest(gw.mqtt, QoS::AtMostOnce)).await?;
+    drop(gw);
+    let mosquitto = Mosquitto::start(true)?;
+    let m = mosquitto.addr;
+    measured(&mut rows, "QoS 1 ingest, 100 connections", "Mosquitto", &ingest(m, QoS::AtLeastOnce)).await?;
+    let half_m = LoadSpec { rate: half.rate, ..ingest(m, QoS::AtLeastOnce) };
+    measured(&mut rows, &format!("QoS 1 ingest at half the maximum ({:.0}/s)", half.rate), "Mosquitto", &half_m)
+        .await?;
+    measured(&mut rows, "QoS 0 ingest, 100 connections", "Mosquitto", &ingest(m, QoS::AtMostOnce)).await?;
+
+    // 4. Local QoS 1 publish → subscribe: 10 publishers, one subscriber on `load/#`.
+    let pubsub = |target| LoadSpec { connections: 10, subscribers: 1, ..ingest(target, QoS::AtLeastOnce) };
+    measured(&mut rows, "QoS 1 publish → subscribe, 10 → 1", "Mosquitto", &pubsub(m)).await?;
+    drop(mosquitto);
+    let gw = Gateway::start()?;
+    measured(&mut rows, "QoS 1 publish → subscribe, 10 → 1", "meshgate", &pubsub(gw.mqtt)).await?;
+    drop(gw);
+
+    // 3. Device → RabbitMQ consumer through the AMQP uplink.
+    let amqp = amqp_uplink_latency(&mut rows, options, seconds).await?;
+
+    // 5. Idle connections and RSS per connection.
+    let mut idle_rows = Vec::new();
+    for &n in &options.idle {
+        let gw = Gateway::start()?;
+        let pid = gw.pid().context("meshgate pid")?;
+        idle_rows.push(idle(n, "meshgate", gw.mqtt, pid, options.sources).await?);
+        drop(gw);
+        let mosquitto = Mosquitto::start(false)?;
+        idle_rows.push(idle(n, "Mosquitto", mosquitto.addr, mosquitto.pid(), options.sources).await?);
+    }
+
+    let section = markdown(options, &rows, &amqp, &idle_rows)?;
+    if let Some(path) = &options.write {
+        write_section(path, &section)?;
+        say(&format!("wrote {}", path.display()));
+    }
+    Ok(section)
+}
+
+/// Scenario 3: publishers at a fixed rate, events through meshgate's AMQP uplink to a RabbitMQ consumer that
+/// reads each payload's timestamp.
+async fn amqp_uplink_latency(rows: &mut Vec<Row>, options: &SuiteOptions, seconds: Duration) -> Result<Report> {
+    use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{FieldTable, ShortString};
+    const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    const EXCHANGE: &str = "meshgate-bench";
+    let conn = lapin::Connection::connect(BROKER, lapin::ConnectionProperties::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("RabbitMQ must run on 127.0.0.1:5672 for the AMQP scenario: {e}"))?;
+    let ch = conn.create_channel().await?;
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    ch.exchange_declare(ShortString::from(EXCHANGE), lapin::ExchangeKind::Topic, durable, FieldTable::default())
+        .await?;
+    let queue_options = QueueDeclareOptions { exclusive: true, ..QueueDeclareOptions::default() };
+    let queue = ch.queue_declare(ShortString::from(""), queue_options, FieldTable::default()).await?;
+    let queue = queue.name().to_string();
+    let bind = QueueBindOptions::default();
+    ch.queue_bind(queue.as_str().into(), EXCHANGE.into(), "#".into(), bind, FieldTable::default()).await?;
+    let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+    let mut consumer = ch.basic_consume(queue.as_str().into(), "bench".into(), no_ack, FieldTable::default()).await?;
+    let uplink = format!(
+        "\n[[uplinks]]\nname = \"rabbit\"\nkind = \"amqp\"\nuri = \"{BROKER}\"\nexchange = \"{EXCHANGE}\"\nrouting_key = \"{{subject}}\"\n"
+    );
+    let gw = Gateway::start_with(|base| base + &uplink)?;
+    let epoch = std::time::Instant::now();
+    let rate = 5_000.0;
+    let spec = LoadSpec {
+        target: gw.mqtt,
+        connections: 10,
+        rate,
+        duration: seconds,
+        sources: options.sources,
+        ..LoadSpec::default()
+    };
+    let scenario = format!("device → RabbitMQ consumer through the AMQP uplink, QoS 1 at {rate:.0}/s");
+    say(&scenario);
+    let consume = async {
+        let mut latency = conn::histogram();
+        let mut received = 0u64;
+        let quiet = Duration::from_secs(5);
+        while let Ok(Some(delivery)) = tokio::time::timeout(quiet, consumer.next()).await {
+            let delivery = delivery?;
+            received += 1;
+            if let Some(stamp) = delivery.data.get(..8) {
+                let sent = u64::from_be_bytes(stamp.try_into().unwrap_or_default());
+                let now = epoch.elapsed().as_nanos() as u64;
+                let _ = latency.record((now.saturating_sub(sent) / 1000).max(1));
+            }
+        }
+        anyhow::Ok((received, latency))
+    };
+    let (report, consumed) = tokio::join!(run_at(&spec, epoch), consume);
+    let mut report = report?;
+    let (received, latency) = consumed?;
+    report.received = received;
+    report.e2e_latency = latency;
+    say(&format!("  {}", report.summary()));
+    rows.push(Row { scenario, target: "meshgate → RabbitMQ", report: report.clone() });
+    drop(gw);
+    Ok(report)
+}
+
+/// One idle measurement.
+struct IdleRow {
+    connections: usize,
+    target: &'static str,
+    connected: usize,
+    connect_secs: f64,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    errors: Vec<String>,
+}
+
+async fn idle(n: usize, target: &'static str, addr: SocketAddr, pid: u32, sources: usize) -> Result<IdleRow> {
+    say(&format!("{n} idle connections on {target}"));
+    let rss_before_kib = rss_kib(pid)?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (measured_tx, measured_rx) = tokio::sync::oneshot::channel();
+    let measure = async move {
+        // Let the server settle, then read its RSS while every connection is held.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = measured_tx.send(rss_kib(pid));
+        let _ = tx.send(());
+    };
+    let held = hold_idle(addr, n, sources, meshgate_protocols::mqtt::Version::V311, async move {
+        let _ = rx.await;
+    });
+    let (held, ()) = tokio::join!(held, measure);
+    let (connected, took, errors) = held?;
+    let rss_after_kib = measured_rx.await??;
+    let row = IdleRow {
+        connections: n,
+        target,
+        connected,
+        connect_secs: took.as_secs_f64(),
+        rss_before_kib,
+        rss_after_kib,
+        errors,
+    };
+    say(&format!(
+        "  {} connected in {:.1} s; RSS {} → {} KiB ({:.2} KiB per connection){}",
+        row.connected,
+        row.connect_secs,
+        row.rss_before_kib,
+        row.rss_after_kib,
+        per_connection(&row),
+        if row.errors.is_empty() { String::new() } else { format!("; errors: {:?}", row.errors) }
+    ));
+    Ok(row)
+}
+
+fn per_connection(row: &IdleRow) -> f64 {
+    row.rss_after_kib.saturating_sub(row.rss_before_kib) as f64 / row.connected.max(1) as f64
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_string()))
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} vCPU {cpu}, {mem_gib:.0} GiB RAM, Linux {}", kernel.trim())
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}", a / b) } else { "–".into() }
+}
+
+fn markdown(options: &SuiteOptions, rows: &[Row], amqp: &Report, idle_rows: &[IdleRow]) -> Result<String> {
+    let mut md = String::new();
+    let commit = command_output("git", &["log", "-1", "--format=%h %s"]);
+    writeln!(md, "{BEGIN}")?;
+    writeln!(md, "## Load suite: meshgate next to Mosquitto, one run\n")?;
+    writeln!(
+        md,
+        "Written by `benches/suite` (`cargo run --release -p meshgate-tests --bin meshgate-load -- suite --write \
+         docs/benchmarks.md`, {} s per throughput scenario, connections spread over {} loopback source addresses). \
+         Do not edit by hand: run it again.\n",
+        options.seconds, options.sources
+    )?;
+    writeln!(md, "- Machine: {}.", machine())?;
+    writeln!(
+        md,
+        "- Versions: meshgate at `{commit}` (release build), {}, {}.",
+        Mosquitto::version(),
+        command_output("rustc", &["--version"])
+    )?;
+    writeln!(
+        md,
+        "- meshgate: durable spool (each QoS 1 publish acknowledged after the fsync that covers it), the default file \
+         uplink (or the AMQP uplink in scenario 3). Mosquitto: a process of its own on a free port, persistence off, \
+         `max_queued_messages 0` for the throughput runs (its default 1000 drops QoS 1 messages to a slow \
+         subscriber), default settings for the idle runs. The generator, the brokers and RabbitMQ share the same cores.\n"
+    )?;
+    writeln!(
+        md,
+        "| scenario | target | sent | acknowledged/s | ack p50 ms | ack p99 ms | ack p99.9 ms | received/s | publish→receive p50 ms | p99 ms | errors |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for r in rows {
+        let p = &r.report;
+        let recv = |f: f64| if p.received > 0 { format!("{f:.2}") } else { "–".into() };
+        writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            r.scenario,
+            r.target,
+            p.sent,
+            p.acked_per_sec(),
+            Report::ms(&p.ack_latency, 50.0),
+            Report::ms(&p.ack_latency, 99.0),
+            Report::ms(&p.ack_latency, 99.9),
+            if p.received > 0 { format!("{:.0}", p.received_per_sec()) } else { "–".into() },
+            recv(Report::ms(&p.e2e_latency, 50.0)),
+            recv(Report::ms(&p.e2e_latency, 99.0)),
+            p.errors
+        )?;
+    }
+    let find = |scenario: &str, target: &str| {
+        rows.iter().find(|r| r.scenario.starts_with(scenario) && r.target == target).map(|r| &r.report)
+    };
+    writeln!(md, "\nRatios meshgate / Mosquitto in this run:\n")?;
+    writeln!(md, "| figure | meshgate | Mosquitto | ratio |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    let pairs = [
+        ("QoS 1 ingest, acknowledged/s", "QoS 1 ingest, 100", true),
+        ("QoS 0 ingest, sent/s", "QoS 0 ingest, 100", true),
+        ("QoS 1 publish → subscribe, received/s", "QoS 1 publish → subscribe", false),
+    ];
+    for (label, scenario, acked) in pairs {
+        if let (Some(a), Some(b)) = (find(scenario, "meshgate"), find(scenario, "Mosquitto")) {
+            let (x, y) = if acked {
+                (a.acked_per_sec(), b.acked_per_sec())
+            } else {
+                (a.received_per_sec(), b.received_per_sec())
+            };
+            writeln!(md, "| {label} | {x:.0} | {y:.0} | {} |", ratio(x, y))?;
+        }
+    }
+    if let (Some(a), Some(b)) = (find("QoS 1 ingest at half", "meshgate"), find("QoS 1 ingest at half", "Mosquitto")) {
+        let (x, y) = (Report::ms(&a.ack_latency, 99.0), Report::ms(&b.ack_latency, 99.0));
+        writeln!(
+            md,
+            "| QoS 1 publish → ack p99 at half of meshgate's maximum, ms | {x:.2} | {y:.2} | {} |",
+            ratio(x, y)
+        )?;
+    }
+    for n in options.idle.iter() {
+        let get = |t: &str| idle_rows.iter().find(|r| r.connections == *n && r.target == t);
+        if let (Some(a), Some(b)) = (get("meshgate"), get("Mosquitto")) {
+            let (x, y) = (per_connection(a), per_connection(b));
+            writeln!(md, "| RSS per idle connection at {n}, KiB | {x:.2} | {y:.2} | {} |", ratio(x, y))?;
+        }
+    }
+    writeln!(
+        md,
+        "\nIdle connections (MQTT 3.1.1, no keep-alive), RSS of the broker process before and while holding them:\n"
+    )?;
+    writeln!(
+        md,
+        "| connections | target | connected | connect time s | RSS before KiB | RSS held KiB | KiB per connection |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for r in idle_rows {
+        writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {} | {} | {:.2} |",
+            r.connections,
+            r.target,
+            r.connected,
+            r.connect_secs,
+            r.rss_before_kib,
+            r.rss_after_kib,
+            per_connection(r)
+        )?;
+    }
+    writeln!(
+        md,
+        "\nScenario 3 (device → RabbitMQ): {} published, {} consumed from the queue; publish → consume p50 {:.2} ms, \
+         p99 {:.2} ms, p99.9 {:.2} ms.",
+        amqp.sent,
+        amqp.received,
+        Report::ms(&amqp.e2e_latency, 50.0),
+        Report::ms(&amqp.e2e_latency, 99.0),
+        Report::ms(&amqp.e2e_latency, 99.9)
+    )?;
+    writeln!(md, "{END}")?;
+    Ok(md)
+}
+
+/// Replaces the section between the markers in `path` (or appends it).
+fn write_section(path: &Path, section: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let updated = match (text.find(BEGIN), text.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{}{}", &text[..b], section.trim_end(), &text[e + END.len()..]),
+        (None, None) => format!("{}\n\n{}", text.trim_end(), section),
+        _ => bail!("{}: the suite's markers are out of order", path.display()),
+    };
+    std::fs::write(path, updated)?;
+    Ok(())
+}
