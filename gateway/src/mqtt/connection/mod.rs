@@ -117,6 +117,11 @@ where
     }
 }
 
+/// The read buffer's first size: enough for a CONNECT and small publishes. A busy connection's buffer grows to
+/// what it needs (and keeps that); an idle one stays small, which is most of a gateway's connections (8 KiB of
+/// RSS per idle connection is the goal, docs/benchmarks.md).
+const READ_BUFFER_START: usize = 512;
+
 struct Connection<S> {
     stream: S,
     ctx: Arc<MqttContext>,
@@ -154,8 +159,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Connection {
             stream,
             ctx,
-            rbuf: BytesMut::with_capacity(4096),
-            wbuf: Vec::with_capacity(1024),
+            rbuf: BytesMut::with_capacity(READ_BUFFER_START),
+            wbuf: Vec::new(),
             version: Version::V5,
             session: None,
             keep_alive: None,
