@@ -9,6 +9,11 @@ use meshgate_gateway::config::Config;
 use meshgate_gateway::{auth, server};
 use tracing_subscriber::EnvFilter;
 
+/// Every device connection, event and acknowledgement allocates from many threads at once; glibc's allocator
+/// serialised them on its arena locks (a fifth of the CPU in a QoS 1 profile, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// meshgate: the IoT edge gateway. MQTT devices in, durable CloudEvents out.
 #[derive(Parser)]
 #[command(version, about)]
