@@ -61,7 +61,7 @@ pub struct BrokerStats {
     pub in_flight: usize,
     /// Messages handed to connections for sending, in total.
     pub delivered: u64,
-    /// Messages dropped from full session queues, in total (of sessions that still exist).
+    /// Messages dropped from full session queues, in total (ended sessions' drops included: a counter).
     pub dropped: u64,
 }
 
@@ -75,6 +75,8 @@ pub struct Broker {
     /// Next member per shared subscription, for round-robin.
     share_turn: HashMap<Arc<str>, usize>,
     delivered: u64,
+    /// Drops of sessions that have ended, so `dropped` never goes down.
+    dropped_by_ended: u64,
 }
 
 impl Broker {
@@ -87,6 +89,7 @@ impl Broker {
             retained: BTreeMap::new(),
             share_turn: HashMap::new(),
             delivered: 0,
+            dropped_by_ended: 0,
         }
     }
 
@@ -97,6 +100,7 @@ impl Broker {
             subscriptions: self.tree.len(),
             retained: self.retained.len(),
             delivered: self.delivered,
+            dropped: self.dropped_by_ended,
             ..BrokerStats::default()
         };
         for s in self.sessions.values() {
@@ -204,6 +208,7 @@ impl Broker {
     /// whose client ids are returned.
     fn end_session(&mut self, client: &str, now_ms: u64) -> Vec<Arc<str>> {
         let Some((key, mut session)) = self.sessions.remove_entry(client) else { return Vec::new() };
+        self.dropped_by_ended += session.dropped;
         for filter in session.subscriptions.keys() {
             self.unindex(&key, filter);
         }

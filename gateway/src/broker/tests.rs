@@ -191,3 +191,17 @@ fn a_restored_broker_has_the_sessions_and_retained_messages_of_its_snapshot() {
     assert_eq!(polled(&mut r, "d").len(), 1, "the subscription is indexed again");
     assert_eq!(r.retained().count(), 1);
 }
+
+#[test]
+fn dropped_messages_stay_counted_after_their_session_ends() {
+    let mut b = Broker::new(BrokerConfig { max_queued_messages: 2 });
+    connect(&mut b, "slow", true, 0);
+    b.subscribe("slow", "t", &opts(QoS::AtLeastOnce), None, 0);
+    for n in 0..5 {
+        b.publish(msg("t", 1, false, &n.to_string(), "p"), 0);
+    }
+    assert_eq!(b.stats().dropped, 3, "a queue of 2 keeps 2 of 5");
+    b.disconnect("slow", None, 0);
+    assert!(!b.has_session("slow"));
+    assert_eq!(b.stats().dropped, 3, "a counter: the ended session's drops are still counted");
+}

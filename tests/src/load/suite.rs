@@ -360,7 +360,7 @@ fn markdown(
     limit: usize,
 ) -> Result<String> {
     let mut md = String::new();
-    let commit = command_output("git", &["log", "-1", "--format=%h %s"]);
+    let commit = command_output("git", &["log", "-1", "--format=%h"]);
     writeln!(md, "{BEGIN}")?;
     writeln!(md, "## Load suite: meshgate next to Mosquitto, one run\n")?;
     writeln!(
@@ -386,22 +386,29 @@ fn markdown(
     )?;
     writeln!(
         md,
-        "| scenario | target | sent | acknowledged/s | ack p50 ms | ack p99 ms | ack p99.9 ms | received/s | publish→receive p50 ms | p99 ms | errors |"
+        "| scenario | target | sent | acknowledged/s (QoS 0: sent/s) | ack p50 ms | ack p99 ms | ack p99.9 ms | received/s | publish→receive p50 ms | p99 ms | errors |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for r in rows {
         let p = &r.report;
         let recv = |f: f64| if p.received > 0 { format!("{f:.2}") } else { "–".into() };
+        let ack = |percentile: f64| {
+            if p.ack_latency.is_empty() {
+                "–".into()
+            } else {
+                format!("{:.2}", Report::ms(&p.ack_latency, percentile))
+            }
+        };
         writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.target,
             p.sent,
             p.acked_per_sec(),
-            Report::ms(&p.ack_latency, 50.0),
-            Report::ms(&p.ack_latency, 99.0),
-            Report::ms(&p.ack_latency, 99.9),
+            ack(50.0),
+            ack(99.0),
+            ack(99.9),
             if p.received > 0 { format!("{:.0}", p.received_per_sec()) } else { "–".into() },
             recv(Report::ms(&p.e2e_latency, 50.0)),
             recv(Report::ms(&p.e2e_latency, 99.0)),
