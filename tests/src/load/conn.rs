@@ -67,10 +67,18 @@ pub async fn open(target: SocketAddr, source: IpAddr, client_id: &str, version: 
     }
 }
 
+/// Encodes `packet` at the end of `out` (packets bound for one write).
+pub fn append(out: &mut Vec<u8>, packet: &impl Encode, version: Version) -> Result<()> {
+    let start = out.len();
+    out.resize(start + packet.encoded_len(version), 0);
+    packet.encode(version, &mut out[start..])?;
+    Ok(())
+}
+
 async fn write_packet(stream: &mut TcpStream, packet: &impl Encode, version: Version) -> Result<()> {
-    let mut out = vec![0u8; packet.encoded_len(version)];
-    let n = packet.encode(version, &mut out)?;
-    stream.write_all(&out[..n]).await?;
+    let mut out = Vec::new();
+    append(&mut out, packet, version)?;
+    stream.write_all(&out).await?;
     Ok(())
 }
 
@@ -167,9 +175,7 @@ pub async fn publish(
             });
             let publish =
                 Publish { topic: &plan.topic, qos: plan.qos, packet_id, payload: &payload, ..Publish::default() };
-            let start_len = out.len();
-            out.resize(start_len + publish.encoded_len(version), 0);
-            publish.encode(version, &mut out[start_len..])?;
+            append(&mut out, &publish, version)?;
             seq += 1;
             stats.sent += 1;
             if qos1 {
@@ -274,10 +280,7 @@ pub async fn subscribe(
                         let _ = stats.e2e_latency.record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
                     }
                     if let Some(id) = p.packet_id {
-                        let ack = PubResponse::new(PubResponseKind::PubAck, id);
-                        let start = out.len();
-                        out.resize(start + ack.encoded_len(version), 0);
-                        ack.encode(version, &mut out[start..])?;
+                        append(&mut out, &PubResponse::new(PubResponseKind::PubAck, id), version)?;
                     }
                 }
                 _ => {}

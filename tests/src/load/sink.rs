@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use meshgate_protocols::mqtt::{ConnAck, Encode, Packet, PingResp, PubResponse, PubResponseKind, SubAck, Version};
+use meshgate_protocols::mqtt::{ConnAck, Packet, PingResp, PubResponse, PubResponseKind, SubAck, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::conn::append;
 
 /// Serves on `listener` until the process ends.
 pub async fn serve(listener: TcpListener) -> Result<()> {
@@ -23,13 +25,6 @@ pub async fn start(addr: SocketAddr) -> Result<(SocketAddr, tokio::task::JoinHan
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     Ok((bound, tokio::spawn(serve(listener))))
-}
-
-fn push(out: &mut Vec<u8>, packet: &impl Encode, version: Version) -> Result<()> {
-    let start = out.len();
-    out.resize(start + packet.encoded_len(version), 0);
-    packet.encode(version, &mut out[start..])?;
-    Ok(())
 }
 
 async fn connection(mut stream: TcpStream) -> Result<()> {
@@ -52,19 +47,19 @@ async fn connection(mut stream: TcpStream) -> Result<()> {
             match packet {
                 Packet::Connect(c) => {
                     version = c.version;
-                    push(&mut out, &ConnAck::default(), version)?;
+                    append(&mut out, &ConnAck::default(), version)?;
                 }
                 Packet::Publish(p) => {
                     if let Some(id) = p.packet_id {
-                        push(&mut out, &PubResponse::new(PubResponseKind::PubAck, id), version)?;
+                        append(&mut out, &PubResponse::new(PubResponseKind::PubAck, id), version)?;
                     }
                 }
                 Packet::Subscribe(s) => {
                     let codes = [0u8; 1];
                     let suback = SubAck { packet_id: s.packet_id, codes: &codes, ..SubAck::default() };
-                    push(&mut out, &suback, version)?;
+                    append(&mut out, &suback, version)?;
                 }
-                Packet::PingReq => push(&mut out, &PingResp, version)?,
+                Packet::PingReq => append(&mut out, &PingResp, version)?,
                 Packet::Disconnect(_) => return Ok(()),
                 _ => {}
             }
