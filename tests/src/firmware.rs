@@ -35,6 +35,27 @@ pub fn build(bin: &str, features: &[&str]) -> Result<PathBuf> {
     Ok(dir.join("target/thumbv7em-none-eabihf/release").join(bin))
 }
 
+/// Starts QEMU on `elf` with the board's LAN9118 on QEMU's user network (the host is 10.0.2.2 to the firmware)
+/// and `args` on the semihosting command line; stdout carries what the firmware prints, the exit code its
+/// verdict.
+pub fn run_networked(elf: &Path, args: &[String]) -> Result<tokio::process::Child> {
+    let qemu = crate::require_tool("qemu-system-arm");
+    let mut semihosting = String::from("enable=on,target=native,arg=fw");
+    for arg in args {
+        semihosting += &format!(",arg={arg}");
+    }
+    tokio::process::Command::new(qemu)
+        .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none"])
+        .args(["-semihosting-config", &semihosting, "-nic", "user", "-kernel"])
+        .arg(elf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start qemu-system-arm")
+}
+
 /// Starts QEMU on `elf` with the board's UART connected to `uart_peer` over TCP; stdout carries what the
 /// firmware prints through semihosting, the exit code its verdict.
 pub fn run(elf: &Path, uart_peer: SocketAddr) -> Result<tokio::process::Child> {

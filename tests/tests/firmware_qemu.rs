@@ -1,7 +1,8 @@
 //! The client as firmware: `no_std-client/firmware` built for `thumbv7em-none-eabihf` and run on QEMU's
-//! `mps2-an386` (Cortex-M4F). The client's state-machine scenarios pass on the target, and the publish example,
-//! whose UART QEMU connects to the real gateway, publishes CloudEvents that reach the uplink and receives a
-//! command. Pass or fail is QEMU's exit code, set by the firmware through semihosting.
+//! `mps2-an386` (Cortex-M4F). The client's state-machine scenarios pass on the target; the publish example, whose
+//! UART QEMU connects to the real gateway, publishes CloudEvents that reach the uplink and receives a command; and
+//! the Ethernet firmware (LAN9118 driver, embassy-net, QEMU's user network) publishes to the gateway on the host,
+//! and fails when the gateway is down. Pass or fail is QEMU's exit code, set by the firmware through semihosting.
 
 use std::time::Duration;
 
@@ -83,5 +84,38 @@ async fn the_publish_firmware_reaches_the_gateway_through_the_boards_uart() -> R
         assert_eq!(event["datacontenttype"], "application/json");
         assert_eq!(event["data"]["celsius"], celsius, "{event:#}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ethernet_firmware_publishes_to_the_gateway_on_the_host() -> Result<()> {
+    let elf = firmware::build("net_publish", &[])?;
+    let gw = Gateway::start()?;
+    let qemu = firmware::run_networked(&elf, &[format!("port={}", gw.mqtt.port())])?;
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), qemu.wait_with_output()).await.context("firmware hung")??;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "firmware failed ({:?}):\n{printed}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("3 events acknowledged"), "{printed}");
+    let events = gw.wait_for_events(3, Duration::from_secs(10))?;
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids, ["mps2-net-1-1", "mps2-net-1-2", "mps2-net-1-3"], "{events:#?}");
+    for (event, celsius) in events.iter().zip([20.5, 20.75, 21.0]) {
+        assert_eq!(event["source"], "/devices/mps2-net-1");
+        assert_eq!(event["link"], "lan9118");
+        assert_eq!(event["data"]["celsius"], celsius, "{event:#}");
+    }
+    // The gateway gone: the firmware must fail, not pass.
+    let port = gw.mqtt.port();
+    drop(gw);
+    let qemu = firmware::run_networked(&elf, &[format!("port={port}")])?;
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), qemu.wait_with_output()).await.context("firmware hung")??;
+    assert!(!out.status.success(), "with no gateway the firmware must fail:\n{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! connection to an MQTT server, so the client's bytes reach a real gateway without a network stack on the board.
 #![no_std]
 
+pub mod executor;
+pub mod lan9118;
 pub mod minimal;
 pub mod time;
 pub mod uart;
@@ -18,6 +20,22 @@ pub fn board() -> uart::Uart {
         time::start(p.SYST);
     }
     uart::Uart::uart0()
+}
+
+/// The value of `name=VALUE` on the semihosting command line (QEMU's `-semihosting-config ...,arg=name=VALUE`).
+pub fn semihosting_arg(name: &str) -> Option<heapless::String<16>> {
+    let mut buf = [0u8; 128];
+    let mut block = [buf.as_mut_ptr() as usize, buf.len()];
+    // SAFETY: SYS_GET_CMDLINE writes at most `block[1]` bytes into `buf` and the length into `block[1]`; both
+    // live across the call.
+    let failed =
+        unsafe { cortex_m_semihosting::syscall1(cortex_m_semihosting::nr::GET_CMDLINE, block.as_mut_ptr() as usize) };
+    if failed != 0 {
+        return None;
+    }
+    let line = core::str::from_utf8(buf.get(..block[1])?).ok()?;
+    let value = line.split(' ').find_map(|arg| arg.strip_prefix(name)?.strip_prefix('='))?;
+    heapless::String::try_from(value).ok()
 }
 
 /// Ends the QEMU run with exit code 0 (`ok`) or 1.
