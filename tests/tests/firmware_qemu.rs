@@ -91,6 +91,9 @@ async fn the_publish_firmware_reaches_the_gateway_through_the_boards_uart() -> R
 async fn the_ethernet_firmware_publishes_to_the_gateway_on_the_host() -> Result<()> {
     let elf = firmware::build("net_publish", &[])?;
     let gw = Gateway::start()?;
+    // The command waits, retained, for the device's subscription.
+    let (operator, _) = MqttClient::connect(gw.mqtt, &Options::new(true, "operator")).await?;
+    operator.publish("devices/mps2-net-1/commands/blink", 1, true, "2").await?;
     let qemu = firmware::run_networked(&elf, &[format!("port={}", gw.mqtt.port())])?;
     let out =
         tokio::time::timeout(Duration::from_secs(60), qemu.wait_with_output()).await.context("firmware hung")??;
@@ -102,10 +105,14 @@ async fn the_ethernet_firmware_publishes_to_the_gateway_on_the_host() -> Result<
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(printed.contains("3 events acknowledged"), "{printed}");
-    let events = gw.wait_for_events(3, Duration::from_secs(10))?;
+    assert!(printed.contains("command devices/mps2-net-1/commands/blink 2"), "{printed}");
+    assert!(printed.contains("2 structured events acknowledged"), "{printed}");
+    let events = gw.wait_for_events(6, Duration::from_secs(10))?;
+    let events: Vec<_> = events.into_iter().filter(|e| e["source"] == "/devices/mps2-net-1").collect();
     let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
-    assert_eq!(ids, ["mps2-net-1-1", "mps2-net-1-2", "mps2-net-1-3"], "{events:#?}");
-    for (event, celsius) in events.iter().zip([20.5, 20.75, 21.0]) {
+    // Three in MQTT 5 binary mode, then two structured from the same device speaking MQTT 3.1.1.
+    assert_eq!(ids, ["mps2-net-1-1", "mps2-net-1-2", "mps2-net-1-3", "mps2-net-1-4", "mps2-net-1-5"], "{events:#?}");
+    for (event, celsius) in events.iter().zip([20.5, 20.75, 21.0, 19.5, 19.25]) {
         assert_eq!(event["source"], "/devices/mps2-net-1");
         assert_eq!(event["link"], "lan9118");
         assert_eq!(event["data"]["celsius"], celsius, "{event:#}");

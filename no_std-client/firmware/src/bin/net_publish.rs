@@ -1,7 +1,8 @@
 //! The client on the board's Ethernet: LAN9118 + embassy-net with the static address QEMU's user network expects
 //! (10.0.2.15/24), then `meshgate-client` to the gateway at 10.0.2.2:PORT (`port=NNNN` on the semihosting command
 //! line; the host's 127.0.0.1:PORT). It publishes three CloudEvents in MQTT 5 binary mode at QoS 1, waits for
-//! their acknowledgements, disconnects, and exits 0.
+//! their acknowledgements and for one command on `devices/mps2-net-1/commands/#`, disconnects, reconnects on the
+//! same socket as an MQTT 3.1.1 device publishing two structured-mode events, disconnects, and exits 0.
 #![no_std]
 #![no_main]
 
@@ -11,7 +12,7 @@ use embassy_net::tcp::TcpSocket;
 use embassy_net::{Config, IpEndpoint, Ipv4Address, Ipv4Cidr, StackResources, StaticConfigV4};
 use embassy_time::{Duration, with_timeout};
 use meshgate_client::cloudevents::{EventAttributes, EventData, EventIds};
-use meshgate_client::mqtt::{Connect, QoS, Version};
+use meshgate_client::mqtt::{Connect, QoS, SubscribeFilter, SubscriptionOptions, Version};
 use meshgate_client::{Client, Event, Session};
 use meshgate_firmware::lan9118::Lan9118;
 use panic_semihosting as _;
@@ -45,7 +46,7 @@ fn main() -> ! {
     let client: Client<'_, 4> = Client::new(Version::V5, &mut outbox);
     let mut session = Session::new(socket, client, &mut rx, &mut tx);
     let gateway = IpEndpoint::new(Ipv4Address::new(10, 0, 2, 2).into(), port);
-    let app = with_timeout(Duration::from_secs(30), async {
+    let app = with_timeout(Duration::from_secs(40), async {
         let connect = Connect { version: Version::V5, keep_alive: 30, client_id: DEVICE, ..Connect::default() };
         session.open(gateway, &connect).await.map_err(|_| "open")?;
         hprintln!("connected to 10.0.2.2:{}", port);
@@ -74,6 +75,50 @@ fn main() -> ! {
             }
         }
         hprintln!("3 events acknowledged");
+        let commands = [SubscribeFilter {
+            filter: "devices/mps2-net-1/commands/#",
+            options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() },
+        }];
+        session.subscribe(1, &commands).await.map_err(|_| "subscribe")?;
+        loop {
+            match session.receive().await.map_err(|_| "receive")? {
+                Event::Subscribed { .. } => hprintln!("waiting for a command"),
+                Event::Message(command) => {
+                    let payload = core::str::from_utf8(command.payload).unwrap_or("(binary)");
+                    hprintln!("command {} {}", command.topic, payload);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        session.disconnect().await.map_err(|_| "disconnect")?;
+        // The same socket, now as an MQTT 3.1.1 device: structured-mode events.
+        let connect = Connect { version: Version::V311, keep_alive: 30, client_id: "mps2-net-1-v311", ..connect };
+        session.open(gateway, &connect).await.map_err(|_| "open 3.1.1")?;
+        for reading in ["{\"celsius\":19.5}", "{\"celsius\":19.25}"] {
+            let mut id = [0u8; 24];
+            let attrs = EventAttributes {
+                id: ids.next(&mut id).map_err(|_| "id")?,
+                source: "/devices/mps2-net-1",
+                ty: "com.example.temperature",
+                subject: Some("lab"),
+                time: None,
+                datacontenttype: Some("application/json"),
+                extensions: &[("link", "lan9118")],
+            };
+            let topic = "devices/mps2-net-1/events/temperature";
+            session
+                .publish_event(topic, QoS::AtLeastOnce, &attrs, EventData::Json(reading))
+                .await
+                .map_err(|_| "publish")?;
+        }
+        let mut acknowledged = 0;
+        while acknowledged < 2 {
+            if let Event::Acknowledged { .. } = session.receive().await.map_err(|_| "receive")? {
+                acknowledged += 1;
+            }
+        }
+        hprintln!("2 structured events acknowledged");
         session.disconnect().await.map_err(|_| "disconnect")
     });
     let outcome = meshgate_firmware::executor::block_on(select(runner.run(), app));
