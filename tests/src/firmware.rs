@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
@@ -35,18 +36,35 @@ pub fn build(bin: &str, features: &[&str]) -> Result<PathBuf> {
     Ok(dir.join("target/thumbv7em-none-eabihf/release").join(bin))
 }
 
-/// Starts QEMU on `elf` with the board's LAN9118 on QEMU's user network (the host is 10.0.2.2 to the firmware)
-/// and `args` on the semihosting command line; stdout carries what the firmware prints, the exit code its
-/// verdict.
-pub fn run_networked(elf: &Path, args: &[String]) -> Result<tokio::process::Child> {
+/// What the board is wired to.
+pub enum Wiring<'a> {
+    /// Nothing: the UART goes nowhere, no network card is plugged in.
+    Alone,
+    /// The UART, as a TCP connection to this peer (`-serial tcp:`).
+    Uart(SocketAddr),
+    /// The LAN9118 on QEMU's user network (the host is 10.0.2.2 to the firmware), with these `name=value`
+    /// arguments on the semihosting command line.
+    Ethernet(&'a [String]),
+}
+
+/// Starts QEMU's `mps2-an386` on `elf`, wired as asked; stdout carries what the firmware prints through
+/// semihosting, the exit code its verdict.
+pub fn run(elf: &Path, wiring: Wiring<'_>) -> Result<tokio::process::Child> {
     let qemu = crate::require_tool("qemu-system-arm");
     let mut semihosting = String::from("enable=on,target=native,arg=fw");
-    for arg in args {
-        semihosting += &format!(",arg={arg}");
-    }
+    let (serial, nic) = match wiring {
+        Wiring::Alone => ("null".to_string(), "none"),
+        Wiring::Uart(peer) => (format!("tcp:{peer}"), "none"),
+        Wiring::Ethernet(args) => {
+            for arg in args {
+                semihosting += &format!(",arg={arg}");
+            }
+            ("none".to_string(), "user")
+        }
+    };
     tokio::process::Command::new(qemu)
-        .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none"])
-        .args(["-semihosting-config", &semihosting, "-nic", "user", "-kernel"])
+        .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic", "-monitor", "none"])
+        .args(["-serial", &serial, "-nic", nic, "-semihosting-config", &semihosting, "-kernel"])
         .arg(elf)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -56,20 +74,17 @@ pub fn run_networked(elf: &Path, args: &[String]) -> Result<tokio::process::Chil
         .context("start qemu-system-arm")
 }
 
-/// Starts QEMU on `elf` with the board's UART connected to `uart_peer` over TCP; stdout carries what the
-/// firmware prints through semihosting, the exit code its verdict.
-pub fn run(elf: &Path, uart_peer: SocketAddr) -> Result<tokio::process::Child> {
-    let qemu = crate::require_tool("qemu-system-arm");
-    tokio::process::Command::new(qemu)
-        .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic", "-monitor", "none"])
-        .args(["-semihosting-config", "enable=on,target=native"])
-        .arg("-serial")
-        .arg(format!("tcp:{uart_peer}"))
-        .arg("-kernel")
-        .arg(elf)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start qemu-system-arm")
+/// Waits at most `limit` for the firmware to end; returns its exit status and what it printed (stdout, then
+/// QEMU's stderr).
+pub async fn finished(qemu: tokio::process::Child, limit: Duration) -> Result<(ExitStatus, String)> {
+    let out = tokio::time::timeout(limit, qemu.wait_with_output()).await.context("the firmware hung")??;
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status, printed))
+}
+
+/// [`finished`], failing unless the firmware exited with 0; returns what it printed.
+pub async fn passed(qemu: tokio::process::Child, limit: Duration) -> Result<String> {
+    let (status, printed) = finished(qemu, limit).await?;
+    ensure!(status.success(), "the firmware failed ({status:?}):\n{printed}");
+    Ok(printed)
 }

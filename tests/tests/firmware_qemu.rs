@@ -6,25 +6,17 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use meshgate_tests::Gateway;
 use meshgate_tests::clients::{Client as MqttClient, Options};
-use meshgate_tests::firmware;
+use meshgate_tests::firmware::{self, Wiring};
 use tokio::io::AsyncReadExt as _;
 
 /// Runs the `selftest` firmware with `features` and returns what it printed; fails unless it exits with 0.
 async fn selftest(features: &[&str]) -> Result<String> {
     let elf = firmware::build("selftest", features)?;
     // Scenarios only: the UART goes nowhere.
-    let out = tokio::process::Command::new(meshgate_tests::require_tool("qemu-system-arm"))
-        .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "null"])
-        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
-        .arg(&elf)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out).await.context("selftest timed out")??;
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(out.status.success(), "selftest failed on the target ({:?}):\n{printed}", out.status);
+    let printed = firmware::passed(firmware::run(&elf, Wiring::Alone)?, Duration::from_secs(60)).await?;
     Ok(printed)
 }
 
@@ -42,7 +34,7 @@ async fn the_state_machine_scenarios_pass_as_firmware_on_a_cortex_m4() -> Result
 async fn the_publish_firmware_reaches_the_gateway_through_the_boards_uart() -> Result<()> {
     let elf = firmware::build("publish", &[])?;
     let gw = Gateway::start()?;
-    let mut qemu = firmware::run(&elf, gw.mqtt)?;
+    let mut qemu = firmware::run(&elf, Wiring::Uart(gw.mqtt))?;
     let device_events = |events: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
         events.into_iter().filter(|e| e["source"] == "/devices/mps2-1").collect()
     };
@@ -64,15 +56,7 @@ async fn the_publish_firmware_reaches_the_gateway_through_the_boards_uart() -> R
     };
     let (operator, _) = MqttClient::connect(gw.mqtt, &Options::new(true, "operator")).await?;
     operator.publish("devices/mps2-1/commands/blink", 1, false, "2").await?;
-    let out =
-        tokio::time::timeout(Duration::from_secs(30), qemu.wait_with_output()).await.context("firmware hung")??;
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "firmware failed ({:?}):\n{printed}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let printed = firmware::passed(qemu, Duration::from_secs(30)).await?;
     assert!(printed.contains("3 events acknowledged"), "{printed}");
     assert!(printed.contains("command devices/mps2-1/commands/blink 2"), "{printed}");
     let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
@@ -94,16 +78,8 @@ async fn the_ethernet_firmware_publishes_to_the_gateway_on_the_host() -> Result<
     // The command waits, retained, for the device's subscription.
     let (operator, _) = MqttClient::connect(gw.mqtt, &Options::new(true, "operator")).await?;
     operator.publish("devices/mps2-net-1/commands/blink", 1, true, "2").await?;
-    let qemu = firmware::run_networked(&elf, &[format!("port={}", gw.mqtt.port())])?;
-    let out =
-        tokio::time::timeout(Duration::from_secs(60), qemu.wait_with_output()).await.context("firmware hung")??;
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "firmware failed ({:?}):\n{printed}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let qemu = firmware::run(&elf, Wiring::Ethernet(&[format!("port={}", gw.mqtt.port())]))?;
+    let printed = firmware::passed(qemu, Duration::from_secs(60)).await?;
     assert!(printed.contains("3 events acknowledged"), "{printed}");
     assert!(printed.contains("command devices/mps2-net-1/commands/blink 2"), "{printed}");
     assert!(printed.contains("2 structured events acknowledged"), "{printed}");
@@ -120,9 +96,8 @@ async fn the_ethernet_firmware_publishes_to_the_gateway_on_the_host() -> Result<
     // The gateway gone: the firmware must fail, not pass.
     let port = gw.mqtt.port();
     drop(gw);
-    let qemu = firmware::run_networked(&elf, &[format!("port={port}")])?;
-    let out =
-        tokio::time::timeout(Duration::from_secs(60), qemu.wait_with_output()).await.context("firmware hung")??;
-    assert!(!out.status.success(), "with no gateway the firmware must fail:\n{}", String::from_utf8_lossy(&out.stdout));
+    let qemu = firmware::run(&elf, Wiring::Ethernet(&[format!("port={port}")]))?;
+    let (status, printed) = firmware::finished(qemu, Duration::from_secs(60)).await?;
+    assert!(!status.success(), "with no gateway the firmware must fail:\n{printed}");
     Ok(())
 }

@@ -19,6 +19,37 @@ use panic_semihosting as _;
 
 const DEVICE: &str = "mps2-net-1";
 
+/// Publishes one temperature event per reading at QoS 1 (binary mode on MQTT 5, structured on 3.1.1, as the
+/// session speaks) and waits until the gateway acknowledged them all.
+async fn publish_readings(
+    session: &mut Session<'_, TcpSocket<'_>, 4>,
+    ids: &mut EventIds<'_>,
+    readings: &[&str],
+) -> Result<(), &'static str> {
+    for reading in readings {
+        let mut id = [0u8; 24];
+        let attrs = EventAttributes {
+            id: ids.next(&mut id).map_err(|_| "id")?,
+            source: "/devices/mps2-net-1",
+            ty: "com.example.temperature",
+            subject: Some("lab"),
+            time: None,
+            datacontenttype: Some("application/json"),
+            extensions: &[("link", "lan9118")],
+        };
+        let topic = "devices/mps2-net-1/events/temperature";
+        let data = EventData::Json(reading);
+        session.publish_event(topic, QoS::AtLeastOnce, &attrs, data).await.map_err(|_| "publish")?;
+    }
+    let mut acknowledged = 0;
+    while acknowledged < readings.len() {
+        if let Event::Acknowledged { .. } = session.receive().await.map_err(|_| "receive")? {
+            acknowledged += 1;
+        }
+    }
+    Ok(())
+}
+
 #[cortex_m_rt::entry]
 fn main() -> ! {
     if let Some(p) = cortex_m::Peripherals::take() {
@@ -51,29 +82,8 @@ fn main() -> ! {
         session.open(gateway, &connect).await.map_err(|_| "open")?;
         hprintln!("connected to 10.0.2.2:{}", port);
         let mut ids = EventIds::new(DEVICE, 0);
-        for reading in ["{\"celsius\":20.5}", "{\"celsius\":20.75}", "{\"celsius\":21}"] {
-            let mut id = [0u8; 24];
-            let attrs = EventAttributes {
-                id: ids.next(&mut id).map_err(|_| "id")?,
-                source: "/devices/mps2-net-1",
-                ty: "com.example.temperature",
-                subject: Some("lab"),
-                time: None,
-                datacontenttype: Some("application/json"),
-                extensions: &[("link", "lan9118")],
-            };
-            let topic = "devices/mps2-net-1/events/temperature";
-            session
-                .publish_event(topic, QoS::AtLeastOnce, &attrs, EventData::Json(reading))
-                .await
-                .map_err(|_| "publish")?;
-        }
-        let mut acknowledged = 0;
-        while acknowledged < 3 {
-            if let Event::Acknowledged { .. } = session.receive().await.map_err(|_| "receive")? {
-                acknowledged += 1;
-            }
-        }
+        publish_readings(&mut session, &mut ids, &["{\"celsius\":20.5}", "{\"celsius\":20.75}", "{\"celsius\":21}"])
+            .await?;
         hprintln!("3 events acknowledged");
         let commands = [SubscribeFilter {
             filter: "devices/mps2-net-1/commands/#",
@@ -95,29 +105,7 @@ fn main() -> ! {
         // The same socket, now as an MQTT 3.1.1 device: structured-mode events.
         let connect = Connect { version: Version::V311, keep_alive: 30, client_id: "mps2-net-1-v311", ..connect };
         session.open(gateway, &connect).await.map_err(|_| "open 3.1.1")?;
-        for reading in ["{\"celsius\":19.5}", "{\"celsius\":19.25}"] {
-            let mut id = [0u8; 24];
-            let attrs = EventAttributes {
-                id: ids.next(&mut id).map_err(|_| "id")?,
-                source: "/devices/mps2-net-1",
-                ty: "com.example.temperature",
-                subject: Some("lab"),
-                time: None,
-                datacontenttype: Some("application/json"),
-                extensions: &[("link", "lan9118")],
-            };
-            let topic = "devices/mps2-net-1/events/temperature";
-            session
-                .publish_event(topic, QoS::AtLeastOnce, &attrs, EventData::Json(reading))
-                .await
-                .map_err(|_| "publish")?;
-        }
-        let mut acknowledged = 0;
-        while acknowledged < 2 {
-            if let Event::Acknowledged { .. } = session.receive().await.map_err(|_| "receive")? {
-                acknowledged += 1;
-            }
-        }
+        publish_readings(&mut session, &mut ids, &["{\"celsius\":19.5}", "{\"celsius\":19.25}"]).await?;
         hprintln!("2 structured events acknowledged");
         session.disconnect().await.map_err(|_| "disconnect")
     });
