@@ -89,7 +89,6 @@ impl<'a, T: Read + Write, const N: usize> Session<'a, T, N> {
     }
 
     /// The connection is over: forgets buffered input and hands out the transport to be reopened in place.
-    #[cfg_attr(not(feature = "embassy-net"), allow(dead_code))]
     pub(crate) fn reset_transport(&mut self) -> &mut T {
         self.client.connection_lost();
         self.rx_len = 0;

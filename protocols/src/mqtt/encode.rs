@@ -97,30 +97,24 @@ encodes! {
     Auth: |_| first_byte(PacketType::Auth);
 }
 
-impl sealed::Body for PingReq {
-    fn first_byte(&self) -> u8 {
-        first_byte(PacketType::PingReq)
-    }
-    fn body_len(&self, _: Version) -> usize {
-        0
-    }
-    fn write_body(&self, _: Version, _: &mut Writer<'_>) -> Result<(), EncodeError> {
-        Ok(())
-    }
+/// Implements [`Encode`] for the packets that are a fixed header alone.
+macro_rules! header_only {
+    ($($ty:ident),*) => {
+        $(
+            impl sealed::Body for $ty {
+                fn first_byte(&self) -> u8 {
+                    first_byte(PacketType::$ty)
+                }
+                fn body_len(&self, _: Version) -> usize {
+                    0
+                }
+                fn write_body(&self, _: Version, _: &mut Writer<'_>) -> Result<(), EncodeError> {
+                    Ok(())
+                }
+            }
+            impl Encode for $ty {}
+        )*
+    };
 }
 
-impl Encode for PingReq {}
-
-impl sealed::Body for PingResp {
-    fn first_byte(&self) -> u8 {
-        first_byte(PacketType::PingResp)
-    }
-    fn body_len(&self, _: Version) -> usize {
-        0
-    }
-    fn write_body(&self, _: Version, _: &mut Writer<'_>) -> Result<(), EncodeError> {
-        Ok(())
-    }
-}
-
-impl Encode for PingResp {}
+header_only!(PingReq, PingResp);

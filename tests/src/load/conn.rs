@@ -75,6 +75,28 @@ pub fn append(out: &mut Vec<u8>, packet: &impl Encode, version: Version) -> Resu
     Ok(())
 }
 
+/// Opens `count` connections named `{prefix}{n}`, spread over `sources` loopback addresses, a few hundred at a
+/// time; returns each one's number and outcome.
+pub async fn open_many(
+    target: SocketAddr,
+    count: usize,
+    sources: usize,
+    prefix: &str,
+    version: Version,
+) -> Vec<(usize, Result<TcpStream>)> {
+    let mut opened = Vec::with_capacity(count);
+    for first in (0..count).step_by(256) {
+        let chunk = first..(first + 256).min(count);
+        opened.extend(
+            futures::future::join_all(chunk.map(|n| async move {
+                (n, open(target, source_address(n, sources), &format!("{prefix}{n}"), version).await)
+            }))
+            .await,
+        );
+    }
+    opened
+}
+
 async fn write_packet(stream: &mut TcpStream, packet: &impl Encode, version: Version) -> Result<()> {
     let mut out = Vec::new();
     append(&mut out, packet, version)?;

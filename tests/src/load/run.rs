@@ -169,19 +169,12 @@ pub async fn run_at(spec: &LoadSpec, epoch: std::time::Instant) -> Result<Report
     // Publishers: connected first (concurrently, a few hundred at a time), then started together.
     let per_connection = spec.rate / spec.connections.max(1) as f64;
     let mut streams = Vec::with_capacity(spec.connections);
-    for chunk in (0..spec.connections).collect::<Vec<_>>().chunks(256) {
-        let opened = futures::future::join_all(chunk.iter().map(|&n| {
-            let source = conn::source_address(n, spec.sources);
-            async move { (n, conn::open(spec.target, source, &format!("load-pub-{n}"), spec.version).await) }
-        }))
-        .await;
-        for (n, stream) in opened {
-            match stream {
-                Ok(s) => streams.push((n, s)),
-                Err(e) => {
-                    report.errors += 1;
-                    report.first_error.get_or_insert(format!("{e:#}"));
-                }
+    for (n, stream) in conn::open_many(spec.target, spec.connections, spec.sources, "load-pub-", spec.version).await {
+        match stream {
+            Ok(s) => streams.push((n, s)),
+            Err(e) => {
+                report.errors += 1;
+                report.first_error.get_or_insert(format!("{e:#}"));
             }
         }
     }
@@ -243,17 +236,11 @@ pub async fn hold_idle(
     let started = Instant::now();
     let mut held = Vec::with_capacity(connections);
     let mut errors = Vec::new();
-    for chunk in (0..connections).collect::<Vec<_>>().chunks(512) {
-        let opened = futures::future::join_all(chunk.iter().map(|&n| async move {
-            conn::open(target, conn::source_address(n, sources), &format!("idle-{n}"), version).await
-        }))
-        .await;
-        for stream in opened {
-            match stream {
-                Ok(s) => held.push(s),
-                Err(e) if errors.len() < 5 => errors.push(format!("{e:#}")),
-                Err(_) => {}
-            }
+    for (_, stream) in conn::open_many(target, connections, sources, "idle-", version).await {
+        match stream {
+            Ok(s) => held.push(s),
+            Err(e) if errors.len() < 5 => errors.push(format!("{e:#}")),
+            Err(_) => {}
         }
     }
     let took = started.elapsed();
