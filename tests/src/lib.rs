@@ -276,7 +276,9 @@ pub fn read_events(path: &Path) -> Result<Vec<Value>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line: {l}"))).collect()
+    // A last line without its newline is being written right now: it is read on the next call.
+    let whole = text.rfind('\n').map_or("", |end| &text[..=end]);
+    whole.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line: {l}"))).collect()
 }
 
 /// Runs a command-line tool that the tests need, failing loudly (never skipping) when it is missing.

@@ -5,12 +5,12 @@
 //! {"at":"2026-12-01T10:00:00.123Z","uplink":"mesh","endpoint":"10.0.0.7:10105","code":7,"reason":"...","event":{...}}
 //! ```
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::jsonl::JsonLinesFile;
 use crate::CloudEvent;
 
 /// Why an event was set aside.
@@ -28,10 +28,12 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
-/// An append-only dead-letter file.
+/// An append-only dead-letter file; clones append to the same open file.
 #[derive(Debug, Clone)]
 pub struct DeadLetterFile {
     path: PathBuf,
+    /// Opened on the first dead letter.
+    file: Arc<Mutex<Option<JsonLinesFile>>>,
 }
 
 #[derive(Serialize)]
@@ -45,7 +47,7 @@ struct Line<'a> {
 impl DeadLetterFile {
     /// A dead-letter file at `path` (created, with its directory, on first use).
     pub fn new(path: &Path) -> DeadLetterFile {
-        DeadLetterFile { path: path.to_owned() }
+        DeadLetterFile { path: path.to_owned(), file: Arc::default() }
     }
 
     /// Where it is.
@@ -64,12 +66,12 @@ impl DeadLetterFile {
         .unwrap_or_default();
         let mut line = serde_json::to_vec(&Line { at, why, event }).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.path)?;
-        f.write_all(&line)?;
-        f.sync_data()
+        let mut file = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = match &mut *file {
+            Some(file) => file,
+            None => file.insert(JsonLinesFile::open(&self.path)?),
+        };
+        file.append(&line)
     }
 }
 

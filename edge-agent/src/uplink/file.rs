@@ -1,17 +1,17 @@
 //! The embedded default uplink: a JSON-lines file of structured-mode CloudEvents, one event per line, fsynced
 //! before a batch counts as delivered.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::jsonl::JsonLinesFile;
 use super::{BoxFuture, Uplink, UplinkError};
 use crate::CloudEvent;
 
-/// Appends events to a file, one JSON object per line.
+/// Appends events to a file, one JSON object per line; a batch is in the file whole or not at all.
 pub struct FileUplink {
-    file: Arc<File>,
+    /// Locked only inside the blocking write, never across an await.
+    file: Arc<Mutex<JsonLinesFile>>,
     /// Reused between batches so a commit allocates nothing once warm.
     buf: Vec<u8>,
 }
@@ -20,15 +20,9 @@ impl FileUplink {
     /// Opens (creating if needed) the file for appending, and its parent directories.
     pub async fn open(path: &Path) -> Result<FileUplink, UplinkError> {
         let path = path.to_owned();
-        let file = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            OpenOptions::new().create(true).append(true).open(&path)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        Ok(FileUplink { file: Arc::new(file), buf: Vec::with_capacity(64 * 1024) })
+        let file =
+            tokio::task::spawn_blocking(move || JsonLinesFile::open(&path)).await.map_err(std::io::Error::other)??;
+        Ok(FileUplink { file: Arc::new(Mutex::new(file)), buf: Vec::with_capacity(64 * 1024) })
     }
 }
 
@@ -43,7 +37,7 @@ impl Uplink for FileUplink {
             }
             let file = Arc::clone(&self.file);
             let (buf, result) = tokio::task::spawn_blocking(move || {
-                let result = (&*file).write_all(&buf).and_then(|()| file.sync_data());
+                let result = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(&buf);
                 (buf, result)
             })
             .await

@@ -6,6 +6,7 @@
 pub mod dead_letter;
 pub mod eventmesh;
 mod file;
+mod jsonl;
 pub mod rabbitmq;
 pub mod template;
 
