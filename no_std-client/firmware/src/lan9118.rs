@@ -1,14 +1,16 @@
-//! A polled `embassy-net-driver` for the SMSC LAN9118 Ethernet controller of the mps2 boards, as QEMU models it
+//! An `embassy-net-driver` for the SMSC LAN9118 Ethernet controller of the mps2 boards, as QEMU models it
 //! (`hw/net/lan9118.c`; facts in `../shared/reference/qemu-network.md`): MMIO at `0x4020_0000`, frames through
-//! the TX/RX data FIFOs as little-endian words. With no frame waiting, the receiver asks embassy-time to poll it
-//! again a millisecond later (the SysTick tick), so the core sleeps in between; the RX interrupt is enabled at
-//! the controller, for a firmware that wants to wake on it instead.
+//! the TX/RX data FIFOs as little-endian words. The receiver is polled by embassy-net and woken by the controller's
+//! RX interrupt (NVIC line 13): with no frame waiting it arms the interrupt and parks its waker; the interrupt
+//! masks itself and wakes the stack, so the core sleeps until a frame arrives or a timer is due.
 //!
-//! `unsafe` is confined to the two register accessors.
+//! `unsafe` is confined to the register accessors (and the signature cortex-m-rt demands of the interrupt handler).
 
+use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::Context;
 
 use embassy_net_driver::{Capabilities, Driver, HardwareAddress, LinkState, RxToken, TxToken};
+use embassy_sync::waitqueue::AtomicWaker;
 
 const BASE: usize = 0x4020_0000;
 const RX_DATA: usize = 0x00;
@@ -32,6 +34,22 @@ const ADDRH: u32 = 2;
 const ADDRL: u32 = 3;
 /// The largest Ethernet frame without FCS.
 const MTU: usize = 1514;
+/// INT_STS/INT_EN: a status word entered the RX status FIFO (QEMU sets it on every frame; write 1 to clear).
+const RSFL: u32 = 1 << 3;
+/// The controller's line on the NVIC (mps2-an386).
+const IRQ: u16 = 13;
+/// NVIC Interrupt Set-Enable Register 0 (lines 0 to 31).
+const NVIC_ISER0: usize = 0xE000_E100;
+
+/// The receiver's waker, woken by the RX interrupt.
+static RX_WAKER: AtomicWaker = AtomicWaker::new();
+/// RX interrupts taken since start.
+static RX_INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+
+/// How many RX interrupts woke the receiver since start.
+pub fn rx_interrupts() -> u32 {
+    RX_INTERRUPTS.load(Ordering::Relaxed)
+}
 
 /// Why the controller did not come up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +69,32 @@ fn read(offset: usize) -> u32 {
 fn write(offset: usize, value: u32) {
     // SAFETY: as in `read`.
     unsafe { core::ptr::write_volatile((BASE + offset) as *mut u32, value) }
+}
+
+/// Enables the controller's line in the NVIC.
+fn nvic_enable() {
+    // SAFETY: NVIC_ISER0 is the architectural set-enable register of every Cortex-M; writing a 1 bit enables only
+    // that line, and the handler for line 13 (`DefaultHandler` below) touches nothing but the controller and the
+    // waker, both safe from interrupt context.
+    unsafe { core::ptr::write_volatile(NVIC_ISER0 as *mut u32, 1 << IRQ) }
+}
+
+/// The controller's interrupt: masks it (QEMU keeps the status bit set until it is cleared) and wakes the receiver,
+/// which clears the bit and re-arms it once the FIFO is empty.
+fn on_interrupt() {
+    write(INT_EN, 0);
+    RX_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    RX_WAKER.wake();
+}
+
+/// Every device interrupt lands here (the board has no PAC vector table); only the controller's is expected.
+#[cortex_m_rt::exception]
+unsafe fn DefaultHandler(irqn: i16) {
+    if irqn == IRQ as i16 {
+        on_interrupt();
+    } else {
+        panic!("unexpected interrupt {}", irqn);
+    }
 }
 
 fn wait_until(mut done: impl FnMut() -> bool) -> Result<(), InitError> {
@@ -81,8 +125,9 @@ pub struct Lan9118 {
 }
 
 impl Lan9118 {
-    /// Resets and starts the controller: TX and RX on, full duplex, the RX-status interrupt enabled at the
-    /// controller with `IRQ_CFG` set (after reset QEMU holds the line asserted until it is).
+    /// Resets and starts the controller: TX and RX on, full duplex, the interrupt line configured (`IRQ_CFG`:
+    /// after reset QEMU holds the line asserted until it is set) and enabled in the NVIC; the RX interrupt itself
+    /// is armed by the receiver when it runs out of frames.
     pub fn new() -> Result<Self, InitError> {
         if read(BYTE_TEST) != 0x8765_4321 || read(ID_REV) >> 16 != 0x0118 {
             return Err(InitError::NotFound);
@@ -96,8 +141,9 @@ impl Lan9118 {
         write(TX_CFG, 0x6);
         mac_csr(MAC_CR, Some((1 << 20) | (1 << 3) | (1 << 2)))?;
         write(INT_STS, u32::MAX);
-        write(INT_EN, 1 << 3);
+        write(INT_EN, 0);
         write(IRQ_CFG, 0x111);
+        nvic_enable();
         Ok(Lan9118 { mac })
     }
 }
@@ -143,9 +189,12 @@ impl Driver for Lan9118 {
     type TxToken<'a> = Tx;
 
     fn receive(&mut self, cx: &mut Context<'_>) -> Option<(Rx, Tx)> {
+        // Arrivals so far are looked at now; one after this sets the bit again.
+        write(INT_STS, RSFL);
         if (read(RX_FIFO_INF) >> 16) & 0xff == 0 {
-            let next_tick = embassy_time_driver::now() + embassy_time_driver::TICK_HZ / 1000;
-            embassy_time_driver::schedule_wake(next_tick, cx.waker());
+            RX_WAKER.register(cx.waker());
+            // Fires at once if a frame arrived since the bit was cleared.
+            write(INT_EN, RSFL);
             return None;
         }
         let status = read(RX_STATUS);

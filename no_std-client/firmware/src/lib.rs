@@ -1,6 +1,6 @@
 //! Board support for running `meshgate-client` on QEMU's `mps2-an386` (Cortex-M4F): the CMSDK UART as an
-//! `embedded_io_async` transport, an embassy-time driver on SysTick, and the semihosting exit that makes a firmware
-//! run pass or fail.
+//! `embedded_io_async` transport, the LAN9118 Ethernet controller under embassy-net, an embassy-time driver on
+//! SysTick, a sleeping executor, and the semihosting exit that makes a firmware run pass or fail.
 //!
 //! QEMU connects the board's first UART to whatever `-serial` names; `-serial tcp:127.0.0.1:1883` makes it a TCP
 //! connection to an MQTT server, so the client's bytes reach a real gateway without a network stack on the board.
@@ -9,6 +9,7 @@
 pub mod executor;
 pub mod lan9118;
 pub mod minimal;
+pub mod net;
 pub mod time;
 pub mod uart;
 

@@ -7,14 +7,13 @@
 #![no_main]
 
 use cortex_m_semihosting::hprintln;
-use embassy_futures::select::{Either, select};
+use embassy_net::StackResources;
 use embassy_net::tcp::TcpSocket;
-use embassy_net::{Config, IpEndpoint, Ipv4Address, Ipv4Cidr, StackResources, StaticConfigV4};
-use embassy_time::{Duration, with_timeout};
+use embassy_time::{Duration, Instant};
 use meshgate_client::cloudevents::{EventAttributes, EventData, EventIds};
 use meshgate_client::mqtt::{Connect, QoS, SubscribeFilter, SubscriptionOptions, Version};
 use meshgate_client::{Client, Event, Session};
-use meshgate_firmware::lan9118::Lan9118;
+use meshgate_firmware::{lan9118, net};
 use panic_semihosting as _;
 
 const DEVICE: &str = "mps2-net-1";
@@ -52,35 +51,19 @@ async fn publish_readings(
 
 #[cortex_m_rt::entry]
 fn main() -> ! {
-    if let Some(p) = cortex_m::Peripherals::take() {
-        meshgate_firmware::time::start(p.SYST);
-    }
-    let port = meshgate_firmware::semihosting_arg("port").and_then(|p| p.parse().ok()).unwrap_or(1883u16);
-    let driver = match Lan9118::new() {
-        Ok(d) => d,
-        Err(e) => {
-            hprintln!("failed: LAN9118 {:?}", e);
-            meshgate_firmware::exit(false)
-        }
-    };
-    let config = Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(Ipv4Address::new(10, 0, 2, 15), 24),
-        gateway: Some(Ipv4Address::new(10, 0, 2, 2)),
-        dns_servers: Default::default(),
-    });
     let mut resources = StackResources::<2>::new();
-    let (stack, mut runner) = embassy_net::new(driver, config, &mut resources, 0x6d65_7368);
+    let (stack, runner) = net::stack(&mut resources);
     let (mut socket_rx, mut socket_tx) = ([0u8; 2048], [0u8; 2048]);
     let mut socket = TcpSocket::new(stack, &mut socket_rx, &mut socket_tx);
     socket.set_timeout(Some(Duration::from_secs(10)));
     let (mut outbox, mut rx, mut tx) = ([0u8; 1024], [0u8; 512], [0u8; 512]);
     let client: Client<'_, 4> = Client::new(Version::V5, &mut outbox);
     let mut session = Session::new(socket, client, &mut rx, &mut tx);
-    let gateway = IpEndpoint::new(Ipv4Address::new(10, 0, 2, 2).into(), port);
-    let app = with_timeout(Duration::from_secs(40), async {
+    let gateway = net::gateway();
+    net::run(runner, Duration::from_secs(40), async {
         let connect = Connect { version: Version::V5, keep_alive: 30, client_id: DEVICE, ..Connect::default() };
         session.open(gateway, &connect).await.map_err(|_| "open")?;
-        hprintln!("connected to 10.0.2.2:{}", port);
+        hprintln!("connected to {}", gateway);
         let mut ids = EventIds::new(DEVICE, 0);
         publish_readings(&mut session, &mut ids, &["{\"celsius\":20.5}", "{\"celsius\":20.75}", "{\"celsius\":21}"])
             .await?;
@@ -107,20 +90,7 @@ fn main() -> ! {
         session.open(gateway, &connect).await.map_err(|_| "open 3.1.1")?;
         publish_readings(&mut session, &mut ids, &["{\"celsius\":19.5}", "{\"celsius\":19.25}"]).await?;
         hprintln!("2 structured events acknowledged");
+        hprintln!("{} RX interrupts in {} ms", lan9118::rx_interrupts(), Instant::now().as_millis());
         session.disconnect().await.map_err(|_| "disconnect")
-    });
-    let outcome = meshgate_firmware::executor::block_on(select(runner.run(), app));
-    let ok = match outcome {
-        Either::First(never) => match never {},
-        Either::Second(Ok(Ok(()))) => true,
-        Either::Second(Ok(Err(step))) => {
-            hprintln!("failed: {}", step);
-            false
-        }
-        Either::Second(Err(_)) => {
-            hprintln!("failed: timed out");
-            false
-        }
-    };
-    meshgate_firmware::exit(ok)
+    })
 }
