@@ -93,7 +93,8 @@ unsafe fn DefaultHandler(irqn: i16) {
     if irqn == IRQ as i16 {
         on_interrupt();
     } else {
-        panic!("unexpected interrupt {}", irqn);
+        // Nothing else is enabled: a stray interrupt means the firmware is broken; fail the run.
+        crate::exit(false);
     }
 }
 

@@ -5,4 +5,4 @@
 
 use panic_semihosting as _;
 
-meshgate_firmware::size_firmware!(meshgate_firmware::minimal::core_publish::<true>);
+meshgate_firmware::size_firmware!(uart, meshgate_firmware::minimal::core_publish::<true>);
