@@ -71,3 +71,33 @@ impl Default for UplinkConfig {
         UplinkConfig::File(FileUplinkConfig { name: "local".into(), path: default_file_path() })
     }
 }
+
+/// The uplinks to start: `configured`, or the default file uplink when there are none.
+pub fn uplinks_or_default(configured: &[UplinkConfig]) -> Vec<UplinkConfig> {
+    if configured.is_empty() { vec![UplinkConfig::default()] } else { configured.to_vec() }
+}
+
+/// Checks the mesh-facing tables both binaries share: the spool's sizes, unique uplink names and each uplink's
+/// values, and that every rule routes to a known uplink. The error names the key and the problem.
+pub fn validate_mesh(
+    spool: &crate::spool::SpoolConfig,
+    uplinks: &[UplinkConfig],
+    rules: &[crate::normalize::RuleConfig],
+) -> Result<(), (String, String)> {
+    if spool.segment_bytes == 0 || spool.segment_bytes > spool.max_bytes / 2 {
+        return Err(("spool.segment_bytes".into(), "must be non-zero and at most half of spool.max_bytes".into()));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, u) in uplinks.iter().enumerate() {
+        if !names.insert(u.name()) {
+            return Err((format!("uplinks[{i}].name"), format!("`{}` is used by two uplinks", u.name())));
+        }
+        u.validate().map_err(|(k, p)| (format!("uplinks[{i}].{k}"), p))?;
+    }
+    let started = uplinks_or_default(uplinks);
+    let known: Vec<&str> = started.iter().map(|u| u.name()).collect();
+    for (i, rule) in rules.iter().enumerate() {
+        rule.validate(&known).map_err(|(k, p)| (format!("rules[{i}].{k}"), p))?;
+    }
+    Ok(())
+}

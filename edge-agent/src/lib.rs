@@ -11,9 +11,13 @@
 //! - [`uplink`]: the [`Uplink`](uplink::Uplink) trait and its implementations: a JSON-lines file (the embedded
 //!   default), RabbitMQ, and Apache EventMesh over gRPC, HTTP and TCP with load balancing and failover.
 
+pub mod bridge;
 pub mod config;
+pub mod config_file;
 pub mod forwarder;
+pub mod normalize;
 pub mod pipeline;
+pub mod process;
 pub mod spool;
 pub mod uplink;
 

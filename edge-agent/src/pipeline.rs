@@ -54,6 +54,11 @@ impl From<SpoolError> for DeliveryError {
     }
 }
 
+/// Why the pipeline could not start: the configuration key at fault and the error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(String);
+
 /// The pipeline no longer takes events (the gateway is shutting down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the ingest pipeline is closed")]
@@ -157,6 +162,26 @@ impl Pipeline {
         }
         let ingest = IngestHandle { spool: appender };
         Ok((Pipeline { spool: handle, writer, forwarders, stop, stats, recovery }, ingest))
+    }
+
+    /// Builds the configured uplinks (relative paths under `data_dir`) and starts the pipeline on the spool in
+    /// `data_dir/spool.dir`: what `meshgate` and `edge-agent` both do at start. The error names the failing key.
+    pub async fn start_configured(
+        data_dir: &Path,
+        uplinks: &[crate::config::UplinkConfig],
+        spool: &SpoolConfig,
+        forwarder: ForwarderConfig,
+    ) -> Result<(Pipeline, IngestHandle), StartError> {
+        let mut built = Vec::new();
+        for (i, u) in uplinks.iter().enumerate() {
+            let uplink = crate::uplink::build(u, data_dir)
+                .await
+                .map_err(|e| StartError(format!("uplinks[{i}] `{}`: {e}", u.name())))?;
+            built.push(uplink);
+        }
+        let spool_dir = data_dir.join(&spool.dir);
+        Pipeline::start(&spool_dir, spool, forwarder, built)
+            .map_err(|e| StartError(format!("spool.dir: cannot open the spool in {}: {e}", spool_dir.display())))
     }
 
     /// The counters of every uplink, by name.

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use meshgate_edge_agent::config::UplinkConfig;
+pub use meshgate_edge_agent::config_file::{self, ConfigError};
 use meshgate_edge_agent::forwarder::ForwarderConfig;
 use meshgate_edge_agent::spool::SpoolConfig;
 use serde::Deserialize;
@@ -321,18 +322,6 @@ pub struct UserConfig {
     pub password_hash: PasswordHash,
 }
 
-/// A configuration problem: the file, the key and what is wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}: {problem}")]
-pub struct ConfigError {
-    /// The file (or `<defaults>`, or the environment variable).
-    pub file: String,
-    /// The dotted key path.
-    pub key: String,
-    /// What is wrong.
-    pub problem: String,
-}
-
 impl Config {
     /// The configuration used when no file is given: MQTT and admin on loopback, anonymous devices allowed
     /// (only local processes can reach a loopback listener), the default file uplink.
@@ -343,54 +332,11 @@ impl Config {
     /// Loads `path` (or the embedded defaults when `None`), applies `MESHGATE_...` overrides from `env`, and
     /// validates the result.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let (file, mut table) = match path {
-            Some(p) => {
-                let name = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                    file: name.clone(),
-                    key: "(file)".into(),
-                    problem: e.to_string(),
-                })?;
-                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
-                    file: name.clone(),
-                    key: e.span().map_or_else(|| "(syntax)".into(), |s| line_of(&text, s.start)),
-                    problem: e.message().to_string(),
-                })?;
-                (name, Some(table))
-            }
-            None => ("<defaults>".to_string(), EMBEDDED_DEFAULTS.parse::<toml::Table>().ok()),
-        };
-        let mut overridden = false;
-        for (name, value) in env {
-            let Some(path) = name.strip_prefix("MESHGATE_") else {
-                continue;
-            };
-            if path.is_empty() || path == "LOG" {
-                continue;
-            }
-            let table = table.get_or_insert_with(toml::Table::new);
-            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-            apply_override(table, &keys, &value).map_err(|problem| ConfigError {
-                file: format!("environment {name}"),
-                key: keys.join("."),
-                problem,
-            })?;
-            overridden = true;
-        }
-        let config: Config = serde_path_to_error::deserialize(table.unwrap_or_default()).map_err(|e| ConfigError {
-            file: if overridden { format!("{file} (with MESHGATE_ overrides)") } else { file.clone() },
-            key: e.path().to_string(),
-            problem: e.inner().message().to_string(),
-        })?;
-        config.validate().map_err(|(key, problem)| ConfigError { file, key, problem })?;
-        Ok(config)
+        config_file::load(path, EMBEDDED_DEFAULTS, env, Config::validate)
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, p: &str| Err((k.to_string(), p.to_string()));
-        if self.spool.segment_bytes == 0 || self.spool.segment_bytes > self.spool.max_bytes / 2 {
-            return err("spool.segment_bytes", "must be non-zero and at most half of spool.max_bytes");
-        }
         if self.gateway.id.is_empty() {
             return err("gateway.id", "must not be empty");
         }
@@ -433,18 +379,7 @@ impl Config {
                 return err("listeners.mqtt.tls_bind", "needs a [tls] table with cert_file and key_file");
             }
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, u) in self.uplinks.iter().enumerate() {
-            if !names.insert(u.name()) {
-                return err(&format!("uplinks[{i}].name"), &format!("`{}` is used by two uplinks", u.name()));
-            }
-            u.validate().map_err(|(k, p)| (format!("uplinks[{i}].{k}"), p))?;
-        }
-        let uplinks = self.uplinks();
-        let known: Vec<&str> = uplinks.iter().map(|u| u.name()).collect();
-        for (i, rule) in self.rules.iter().enumerate() {
-            rule.validate(&known).map_err(|(k, p)| (format!("rules[{i}].{k}"), p))?;
-        }
+        meshgate_edge_agent::config::validate_mesh(&self.spool, &self.uplinks, &self.rules)?;
         let mut users = std::collections::HashSet::new();
         for (i, u) in self.auth.users.iter().enumerate() {
             if !users.insert(&u.username) {
@@ -456,31 +391,8 @@ impl Config {
 
     /// The configured uplinks, or the embedded default (a file uplink named `local`).
     pub fn uplinks(&self) -> Vec<UplinkConfig> {
-        if self.uplinks.is_empty() { vec![UplinkConfig::default()] } else { self.uplinks.clone() }
+        meshgate_edge_agent::config::uplinks_or_default(&self.uplinks)
     }
-}
-
-fn line_of(text: &str, offset: usize) -> String {
-    let line = text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1;
-    format!("line {line}")
-}
-
-fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
-    let Some((last, parents)) = keys.split_last() else {
-        return Err("empty key".into());
-    };
-    let mut current = table;
-    for key in parents {
-        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry.as_table_mut().ok_or_else(|| format!("`{key}` is not a table"))?;
-    }
-    let value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    current.insert(last.clone(), value);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! - [`amqp`]: the AMQP 0-9-1 listener: publisher confirms, channel.flow, queues over the local broker.
 //! - [`ws`]: the WebSocket listener: `cloudevents.json` with acknowledgements, and MQTT over WebSocket.
 //! - [`listener`]: the accept loop the listeners share; [`tls`]: rustls (ring) for the TLS listeners.
-//! - [`normalize`]: message → CloudEvent, with mapping rules.
+//! - [`normalize`]: message → CloudEvent, with mapping rules (shared with the `edge-agent` bridge, so it lives there).
 //! - [`metrics`] and [`admin`]: counters and the health/metrics endpoint.
 //! - [`server`]: process wiring and ordered shutdown.
 
@@ -24,7 +24,7 @@ pub mod config;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
-pub mod normalize;
+pub use meshgate_edge_agent::normalize;
 pub mod server;
 pub mod tls;
 pub mod ws;

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use meshgate_edge_agent::process;
 use meshgate_gateway::config::Config;
 use meshgate_gateway::{auth, server};
-use tracing_subscriber::EnvFilter;
 
 /// Every device connection, event and acknowledgement allocates from many threads at once; glibc's allocator
 /// serialised them on its arena locks (a fifth of the CPU in a QoS 1 profile, docs/benchmarks.md).
@@ -40,16 +40,6 @@ enum Command {
     Check,
     /// Hash a device password for `[[auth.users]] password_hash` (reads it from stdin).
     HashPassword,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("MESHGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin::returned_messages=error"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn load(cli: &Cli) -> Result<Config, ExitCode> {
@@ -86,29 +76,6 @@ fn hash_password() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -124,7 +91,7 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    init_logging(cli.log_format);
+    process::init_logging(matches!(cli.log_format, LogFormat::Json));
     let config = match load(&cli) {
         Ok(c) => c,
         Err(code) => return code,
@@ -136,7 +103,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(server::run(config, shutdown_signal()));
+    let outcome = runtime.block_on(server::run(config, process::shutdown_signal()));
     // Everything owed was flushed within the grace periods; do not wait on a blocking task that is stuck (a
     // writer waiting for space on a full spool, say).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

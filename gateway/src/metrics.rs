@@ -9,29 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use meshgate_edge_agent::spool::Spool;
 use meshgate_edge_agent::uplink::{LATENCY_BUCKETS_MS, UplinkStats};
 
-/// The device protocols the gateway terminates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// MQTT 3.1.1 and 5 over TCP.
-    Mqtt,
-    /// AMQP 0-9-1 over TCP.
-    Amqp,
-    /// CloudEvents over WebSocket (`cloudevents.json`; MQTT over WebSocket counts as MQTT).
-    Ws,
-}
-
-impl Protocol {
-    const ALL: [Protocol; 3] = [Protocol::Mqtt, Protocol::Amqp, Protocol::Ws];
-
-    /// The name used in event sources, the `protocol` extension and metric labels.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Mqtt => "mqtt",
-            Protocol::Amqp => "amqp",
-            Protocol::Ws => "ws",
-        }
-    }
-}
+pub use meshgate_edge_agent::normalize::Protocol;
 
 /// Why a connection or a message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

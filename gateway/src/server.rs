@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use meshgate_edge_agent::pipeline::Pipeline;
-use meshgate_edge_agent::uplink;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -63,14 +62,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("gateway.data_dir: cannot create {}", data_dir.display()))?;
 
     let metrics = Arc::new(Metrics::default());
-    let mut uplinks = Vec::new();
-    for (i, u) in config.uplinks().iter().enumerate() {
-        let built = uplink::build(u, &data_dir).await.with_context(|| format!("uplinks[{i}] `{}`", u.name()))?;
-        uplinks.push(built);
-    }
-    let spool_dir = data_dir.join(&config.spool.dir);
-    let (pipeline, ingest) = Pipeline::start(&spool_dir, &config.spool, config.forwarder, uplinks)
-        .with_context(|| format!("spool.dir: cannot open the spool in {}", spool_dir.display()))?;
+    let (pipeline, ingest) =
+        Pipeline::start_configured(&data_dir, &config.uplinks(), &config.spool, config.forwarder).await?;
     metrics.set_uplinks(pipeline.stats());
     metrics.set_spool(pipeline.spool().clone());
     let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);

@@ -4,6 +4,7 @@
 
 pub mod amqp_raw;
 pub mod clients;
+pub mod edge_agent;
 pub mod embassy_link;
 pub mod eventmesh;
 pub mod firmware;
@@ -28,24 +29,34 @@ use serde_json::Value;
 /// The `meshgate` binary, built on first use if the test run did not build it already.
 pub fn meshgate_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/<test> (tests) or target/<profile>/<bin> (the bench) → target/<profile>/meshgate
-        let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe.parent().expect("target/<profile>");
-        let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir }.to_path_buf();
-        let bin = profile_dir.join("meshgate");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "meshgate-gateway", "--bin", "meshgate"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        // Always ask cargo: it is a no-op when the binary is current, and never runs a stale one.
-        let status = build.status().expect("run cargo build for the meshgate binary");
-        assert!(status.success(), "building meshgate failed");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| workspace_bin("meshgate-gateway", "meshgate"))
+}
+
+/// The `edge-agent` binary, built on first use if the test run did not build it already.
+pub fn edge_agent_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("meshgate-edge-agent", "edge-agent"))
+}
+
+/// Builds (a no-op when current) and returns binary `bin` of workspace package `package`, in the test run's
+/// profile.
+fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    // target/<profile>/deps/<test> (tests) or target/<profile>/<bin> (the bench) → target/<profile>/<bin>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().expect("target/<profile>");
+    let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir }.to_path_buf();
+    let path = profile_dir.join(bin);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", package, "--bin", bin]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    // Always ask cargo: it is a no-op when the binary is current, and never runs a stale one.
+    let status = build.status().unwrap_or_else(|e| panic!("run cargo build for {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
 }
 
 /// A running gateway.

@@ -1,4 +1,5 @@
-//! normalize: every accepted message becomes a CloudEvent.
+//! normalize: every accepted message becomes a CloudEvent, with the same rules in the gateway (device messages)
+//! and in the `edge-agent` bridge (an existing broker's messages).
 //!
 //! A message that already is a CloudEvent (a CloudEvents protocol binding, binary or structured) is validated and
 //! kept as it is. Any other message is wrapped with the default mapping of DESIGN.md, then the first matching
@@ -9,14 +10,37 @@ mod rules;
 
 use std::sync::Arc;
 
+use crate::pipeline::Route;
+use crate::spool::WhenFull;
 use chrono::{DateTime, SecondsFormat, Utc};
-use meshgate_edge_agent::pipeline::Route;
-use meshgate_edge_agent::spool::WhenFull;
 use meshgate_protocols::cloudevents::{CloudEvent, CloudEventError, Data, HeaderValue, decode_amqp, decode_mqtt};
 use meshgate_protocols::mqtt::{Properties, Version};
 pub use rules::{Pattern, Rule, RuleConfig, Vars};
 
-use crate::metrics::Protocol;
+/// The protocol a message came over: its name goes into event sources, the `protocol` extension and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// MQTT 3.1.1 and 5 over TCP (a device of the gateway, or a broker the edge-agent bridges).
+    Mqtt,
+    /// AMQP 0-9-1 over TCP.
+    Amqp,
+    /// CloudEvents over WebSocket (`cloudevents.json`; MQTT over WebSocket counts as MQTT).
+    Ws,
+}
+
+impl Protocol {
+    /// Every protocol, in metric order.
+    pub const ALL: [Protocol; 3] = [Protocol::Mqtt, Protocol::Amqp, Protocol::Ws];
+
+    /// The name used in event sources, the `protocol` extension and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Mqtt => "mqtt",
+            Protocol::Amqp => "amqp",
+            Protocol::Ws => "ws",
+        }
+    }
+}
 
 /// A message as a listener received it, before mapping.
 #[derive(Debug, Clone, Copy)]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use meshgate_edge_agent::spool::WhenFull;
+use crate::spool::WhenFull;
 use meshgate_protocols::cloudevents::CloudEvent;
 use meshgate_protocols::mqtt::topic;
 use serde::Deserialize;

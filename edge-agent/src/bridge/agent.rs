@@ -1,0 +1,66 @@
+//! The `edge-agent` process: the pipeline (spool, forwarders, uplinks) started from the configuration, one task
+//! per bridge, and an ordered shutdown (stop taking messages, then drain the pipeline within the grace period).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::config::AgentConfig;
+use super::source::{self, BridgeContext};
+use crate::normalize::Normalizer;
+use crate::pipeline::{Pipeline, StartError};
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The data directory could not be created.
+    #[error("gateway.data_dir: cannot create {0}: {1}")]
+    DataDir(String, std::io::Error),
+    /// A bridge's TLS settings could not be loaded.
+    #[error("bridges[{0}].{1}: {2}")]
+    Tls(usize, String, String),
+    /// The mapping rules did not compile.
+    #[error("rules: {0}")]
+    Rules(String),
+    /// The pipeline did not start.
+    #[error(transparent)]
+    Pipeline(#[from] StartError),
+}
+
+/// Runs the bridges until `shutdown` resolves.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let data_dir = config.gateway.data_dir.clone();
+    tokio::fs::create_dir_all(&data_dir).await.map_err(|e| AgentError::DataDir(data_dir.display().to_string(), e))?;
+    let mut tls = Vec::new();
+    for (i, bridge) in config.bridges.iter().enumerate() {
+        let client = bridge.tls.as_ref().map(super::tls::client_config).transpose();
+        tls.push(client.map_err(|(key, problem)| AgentError::Tls(i, key, problem))?);
+    }
+    let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(AgentError::Rules)?);
+    let (pipeline, ingest) =
+        Pipeline::start_configured(&data_dir, &config.uplinks(), &config.spool, config.forwarder).await?;
+    let (stop_tx, stop) = watch::channel(false);
+    let cx = BridgeContext { normalizer, ingest, stop };
+    let bridges: Vec<_> = config
+        .bridges
+        .iter()
+        .zip(tls)
+        .map(|(bridge, tls)| tokio::spawn(source::run(bridge.clone(), tls, cx.clone())))
+        .collect();
+    // The bridges hold the only ingest handles: once they end, the pipeline can drain.
+    drop(cx);
+    tracing::info!(gateway = %config.gateway.id, bridges = bridges.len(), data_dir = %data_dir.display(), "edge-agent started");
+    shutdown.await;
+    tracing::info!("shutting down: closing the bridges, then draining the pipeline");
+    let _ = stop_tx.send(true);
+    for bridge in bridges {
+        let _ = bridge.await;
+    }
+    let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
+    if tokio::time::timeout(grace, pipeline.shutdown()).await.is_err() {
+        tracing::warn!("forwarders did not catch up within the grace period; the rest stays in the spool");
+    }
+    tracing::info!("edge-agent stopped");
+    Ok(())
+}
