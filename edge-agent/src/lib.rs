@@ -14,6 +14,7 @@
 pub mod bridge;
 pub mod config;
 pub mod config_file;
+pub mod downlink;
 pub mod forwarder;
 pub mod normalize;
 pub mod pipeline;

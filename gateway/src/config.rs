@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use meshgate_edge_agent::config::UplinkConfig;
 pub use meshgate_edge_agent::config_file::{self, ConfigError};
+use meshgate_edge_agent::downlink::config::DownlinkConfig;
 use meshgate_edge_agent::forwarder::ForwarderConfig;
 use meshgate_edge_agent::spool::SpoolConfig;
 use serde::Deserialize;
@@ -49,6 +50,9 @@ pub struct Config {
     /// `[[uplinks]]`: where events go; none configured means the default file uplink.
     #[serde(default)]
     pub uplinks: Vec<UplinkConfig>,
+    /// `[[downlinks]]`: events from the mesh for the devices; none by default.
+    #[serde(default)]
+    pub downlinks: Vec<DownlinkConfig>,
     /// `[spool]`: where and how much the edge stores.
     #[serde(default)]
     pub spool: SpoolConfig,
@@ -380,6 +384,13 @@ impl Config {
             }
         }
         meshgate_edge_agent::config::validate_mesh(&self.spool, &self.uplinks, &self.rules)?;
+        let mut downlinks = std::collections::HashSet::new();
+        for (i, d) in self.downlinks.iter().enumerate() {
+            if !downlinks.insert(d.name()) {
+                return err(&format!("downlinks[{i}].name"), &format!("`{}` is used by two downlinks", d.name()));
+            }
+            d.validate().map_err(|(k, p)| (format!("downlinks[{i}].{k}"), p))?;
+        }
         let mut users = std::collections::HashSet::new();
         for (i, u) in self.auth.users.iter().enumerate() {
             if !users.insert(&u.username) {

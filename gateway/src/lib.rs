@@ -12,6 +12,7 @@
 //! - [`ws`]: the WebSocket listener: `cloudevents.json` with acknowledgements, and MQTT over WebSocket.
 //! - [`listener`]: the accept loop the listeners share; [`tls`]: rustls (ring) for the TLS listeners.
 //! - [`normalize`]: message → CloudEvent, with mapping rules (shared with the `edge-agent` bridge, so it lives there).
+//! - [`downlinks`]: events from the mesh delivered to devices through the local broker.
 //! - [`metrics`] and [`admin`]: counters and the health/metrics endpoint.
 //! - [`server`]: process wiring and ordered shutdown.
 
@@ -21,6 +22,7 @@ pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod downlinks;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use meshgate_edge_agent::downlink::DownlinkStats;
 use meshgate_edge_agent::spool::Spool;
 use meshgate_edge_agent::uplink::{LATENCY_BUCKETS_MS, UplinkStats};
 
@@ -86,6 +87,7 @@ pub struct Metrics {
     flow_paused: [AtomicU64; PROTOCOLS],
     rejects: [[AtomicU64; REASONS]; PROTOCOLS],
     uplinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<UplinkStats>)>>,
+    downlinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<DownlinkStats>)>>,
     spool: std::sync::OnceLock<Spool>,
     broker: std::sync::OnceLock<Arc<crate::broker::LocalBroker>>,
 }
@@ -98,6 +100,11 @@ impl Metrics {
     /// Registers the uplinks whose counters `/metrics` reports.
     pub fn set_uplinks(&self, uplinks: Vec<(Arc<str>, Arc<UplinkStats>)>) {
         let _ = self.uplinks.set(uplinks);
+    }
+
+    /// Registers the downlinks whose counters `/metrics` reports.
+    pub fn set_downlinks(&self, downlinks: Vec<(Arc<str>, Arc<DownlinkStats>)>) {
+        let _ = self.downlinks.set(downlinks);
     }
 
     /// Registers the spool whose state `/metrics` and `/readyz` report.
@@ -250,6 +257,19 @@ impl Metrics {
             for (u, s) in uplinks {
                 let _ = writeln!(out, "{name}{{uplink=\"{u}\"}} {}", read(s));
             }
+        }
+        let downlinks = self.downlinks.get().map(Vec::as_slice).unwrap_or_default();
+        let name = "meshgate_downlink_events_total";
+        header(&mut out, name, "counter", "Events from the mesh by outcome: delivered, expired (ttl), refused.");
+        for (d, s) in downlinks {
+            for (outcome, n) in [("delivered", &s.delivered), ("expired", &s.expired), ("refused", &s.refused)] {
+                let _ = writeln!(out, "{name}{{downlink=\"{d}\",outcome=\"{outcome}\"}} {}", n.load(Ordering::Relaxed));
+            }
+        }
+        let name = "meshgate_downlink_connects_total";
+        header(&mut out, name, "counter", "Downlink connections (re)established.");
+        for (d, s) in downlinks {
+            let _ = writeln!(out, "{name}{{downlink=\"{d}\"}} {}", s.connects.load(Ordering::Relaxed));
         }
         let endpoint_gauges: [(&str, &str, &str, EndpointReader); 3] = [
             ("meshgate_uplink_endpoint_up", "gauge", "1 while an endpoint takes traffic, 0 while ejected.", |e| {

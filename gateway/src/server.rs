@@ -98,6 +98,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tokio::spawn(cert.watch(Duration::from_secs(secs), stop_rx.clone()));
     }
     metrics.set_broker(Arc::clone(&broker));
+    let downlinks = crate::downlinks::start(&config.downlinks, &broker, &stop_rx);
+    metrics.set_downlinks(downlinks.stats);
 
     let shared = listener::Shared {
         auth: Authenticator::new(&config.auth),
@@ -193,6 +195,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::warn!("connections did not finish within the grace period");
     }
     for task in admin_tasks {
+        let _ = task.await;
+    }
+    for task in downlinks.tasks {
         let _ = task.await;
     }
     let _ = maintenance.await;

@@ -13,6 +13,7 @@ pub mod pika;
 pub mod pki;
 pub mod proxy;
 pub mod raw;
+pub mod ws;
 
 pub use raw::publish_numbered;
 

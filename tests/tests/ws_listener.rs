@@ -3,36 +3,16 @@
 //! are refused with the documented nack or close code, subscriptions deliver local broker messages, and MQTT over
 //! WebSocket runs the same sessions as MQTT over TCP.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use meshgate_tests::Gateway;
 use meshgate_tests::clients::{Client, Options};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-type Ws = WebSocketStream<TcpStream>;
-
-async fn ws_connect(addr: SocketAddr, target: &str, protocols: &str, headers: &[(&str, &str)]) -> Result<Ws, WsError> {
-    let stream = TcpStream::connect(addr).await.map_err(WsError::Io)?;
-    let mut request = format!("ws://{addr}{target}").into_client_request()?;
-    if !protocols.is_empty() {
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", protocols.parse().map_err(|_| WsError::Utf8(String::new()))?);
-    }
-    for (k, v) in headers {
-        let name: tokio_tungstenite::tungstenite::http::HeaderName =
-            k.parse().map_err(|_| WsError::Utf8(String::new()))?;
-        request.headers_mut().insert(name, v.parse().map_err(|_| WsError::Utf8(String::new()))?);
-    }
-    Ok(tokio_tungstenite::client_async(request, stream).await?.0)
-}
+use meshgate_tests::ws::{Ws, connect as ws_connect};
 
 async fn events_client(gw: &Gateway, target: &str) -> anyhow::Result<Ws> {
     Ok(ws_connect(gw.listener("ws")?, target, "cloudevents.json", &[]).await?)

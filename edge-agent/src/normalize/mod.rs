@@ -6,12 +6,14 @@
 //! mapping rule may set `type`, `source`, `subject`, extensions and the uplink route. Pure functions: the
 //! receive time and ids come in as arguments, so tests pin them.
 
+mod amqp_headers;
 mod rules;
 
 use std::sync::Arc;
 
 use crate::pipeline::Route;
 use crate::spool::WhenFull;
+pub use amqp_headers::cloudevent_headers;
 use chrono::{DateTime, SecondsFormat, Utc};
 use meshgate_protocols::cloudevents::{CloudEvent, CloudEventError, Data, HeaderValue, decode_amqp, decode_mqtt};
 use meshgate_protocols::mqtt::{Properties, Version};
@@ -147,9 +149,16 @@ impl Normalizer {
 
     /// A structured CloudEvent as it came (WebSocket `cloudevents.json`): kept, routed by the first rule matching
     /// `topic` (its subject).
+    ///
+    /// An event marked as come from the mesh ([`crate::downlink::ORIGIN_EXTENSION`]: a device republished a
+    /// command it received) goes to no uplink, so it never loops back up; local subscribers still get it.
     pub fn kept(&self, event: CloudEvent, topic: &str) -> Normalized {
         let rule = self.first_match(topic).map(|(r, _)| r);
-        let route = rule.and_then(Rule::route).cloned().map_or(Route::All, Route::Uplinks);
+        let route = if event.extensions.contains_key(crate::downlink::ORIGIN_EXTENSION) {
+            Route::Uplinks(Arc::from([]))
+        } else {
+            rule.and_then(Rule::route).cloned().map_or(Route::All, Route::Uplinks)
+        };
         let when_full = rule.map_or(WhenFull::Block, Rule::when_full);
         Normalized { event, route, when_full }
     }

@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use amq_protocol::protocol::basic::AMQPProperties;
-use amq_protocol::types::AMQPValue;
 use bytes::{Buf, BytesMut};
 use chrono::Utc;
 use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
-use meshgate_protocols::cloudevents::{AMQP_PREFIX, AMQP_PREFIX_COLON, HeaderValue};
+use meshgate_protocols::cloudevents::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -31,7 +30,7 @@ use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms as wall_ms;
 use crate::broker::{Message, MessageProperties};
 use crate::metrics::{Protocol, RejectReason};
-use crate::normalize::{AmqpInbound, Normalized};
+use crate::normalize::{AmqpInbound, Normalized, cloudevent_headers};
 
 const PROTOCOL: Protocol = Protocol::Amqp;
 
@@ -289,7 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         let content_type = properties.content_type().as_ref().map(|c| c.as_str());
         // The headers are read once: as CloudEvents attributes here, as user properties for local subscribers.
-        let headers = cloudevent_headers(properties);
+        let headers = cloudevent_headers(properties.headers().as_ref());
         let normalized = match &headers {
             Ok(headers) => {
                 let inbound = AmqpInbound {
@@ -426,37 +425,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             self.conn.confirm(p.channel, tag, ok);
         }
     }
-}
-
-/// The application headers as the CloudEvents binding reads them; a `cloudEvents_` header of a type no
-/// attribute can have makes the message an invalid CloudEvent.
-fn cloudevent_headers(p: &AMQPProperties) -> Result<Vec<(String, HeaderValue)>, String> {
-    let Some(table) = p.headers() else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    for (name, value) in table.inner() {
-        let name = name.as_str();
-        let is_attribute = name.starts_with(AMQP_PREFIX) || name.starts_with(AMQP_PREFIX_COLON);
-        let converted = match value {
-            AMQPValue::LongString(s) => Some(HeaderValue::String(String::from_utf8_lossy(s.as_bytes()).into_owned())),
-            AMQPValue::ShortString(s) => Some(HeaderValue::String(s.as_str().to_string())),
-            AMQPValue::Boolean(b) => Some(HeaderValue::Bool(*b)),
-            AMQPValue::ShortShortInt(i) => Some(HeaderValue::Int(i64::from(*i))),
-            AMQPValue::ShortShortUInt(i) => Some(HeaderValue::Int(i64::from(*i))),
-            AMQPValue::ShortInt(i) => Some(HeaderValue::Int(i64::from(*i))),
-            AMQPValue::ShortUInt(i) => Some(HeaderValue::Int(i64::from(*i))),
-            AMQPValue::LongInt(i) => Some(HeaderValue::Int(i64::from(*i))),
-            AMQPValue::LongUInt(i) => Some(HeaderValue::Int(i64::from(*i))),
-            AMQPValue::LongLongInt(i) => Some(HeaderValue::Int(*i)),
-            AMQPValue::Timestamp(t) => Some(HeaderValue::Timestamp(*t)),
-            _ => None,
-        };
-        match converted {
-            Some(v) => out.push((name.to_string(), v)),
-            None if is_attribute => return Err(format!("header `{name}` has a type no CloudEvents attribute has")),
-            None => {}
-        }
-    }
-    Ok(out)
 }
 
 /// The reject counted for a connection closed with `code` (a refused login is counted where it is refused; the

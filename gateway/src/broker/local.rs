@@ -238,6 +238,13 @@ impl LocalBroker {
         write_json(&self.dir.join("sessions.json"), &sessions)
     }
 
+    /// Writes the persistent sessions now (their queues included), so what was handed to them survives a crash;
+    /// the downlinks call it before they acknowledge to the mesh.
+    pub async fn persist_sessions(self: &Arc<Self>) -> std::io::Result<()> {
+        let broker = Arc::clone(self);
+        tokio::task::spawn_blocking(move || broker.save_sessions()).await.map_err(std::io::Error::other)?
+    }
+
     /// Writes retained messages and persistent sessions (at shutdown).
     pub fn save(&self) -> std::io::Result<()> {
         self.save_retained(true)?;

@@ -36,6 +36,24 @@ fn amqp_error(e: lapin::Error) -> UplinkError {
     UplinkError::Broker(e.to_string())
 }
 
+/// Declares exchange `name` of `kind` (durable) or, without `declare`, only checks that it exists: a missing
+/// exchange is then a clear 404 at connection time rather than on every publish.
+pub(crate) async fn declare_exchange(ch: &Channel, name: &str, kind: &str, declare: bool) -> lapin::Result<()> {
+    let kind = match kind {
+        "topic" => ExchangeKind::Topic,
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "headers" => ExchangeKind::Headers,
+        other => ExchangeKind::Custom(other.to_string()),
+    };
+    let options = if declare {
+        ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() }
+    } else {
+        ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() }
+    };
+    ch.exchange_declare(ShortString::from(name), kind, options, FieldTable::default()).await
+}
+
 impl RabbitMqUplink {
     /// An uplink for `config`; it connects on first use. Relative paths resolve under `data_dir`.
     pub fn new(config: AmqpUplinkConfig, data_dir: &Path, stats: Arc<UplinkStats>) -> RabbitMqUplink {
@@ -55,20 +73,7 @@ impl RabbitMqUplink {
         let conn = Connection::connect(&self.config.uri, ConnectionProperties::default()).await.map_err(amqp_error)?;
         let ch = conn.create_channel().await.map_err(amqp_error)?;
         ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp_error)?;
-        let kind = match self.config.exchange_type.as_str() {
-            "topic" => ExchangeKind::Topic,
-            "direct" => ExchangeKind::Direct,
-            "fanout" => ExchangeKind::Fanout,
-            "headers" => ExchangeKind::Headers,
-            other => ExchangeKind::Custom(other.to_string()),
-        };
-        let options = if self.config.declare {
-            ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() }
-        } else {
-            // Only check that it exists: a missing exchange is a clear 404 here rather than on every publish.
-            ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() }
-        };
-        ch.exchange_declare(ShortString::from(self.config.exchange.as_str()), kind, options, FieldTable::default())
+        declare_exchange(&ch, &self.config.exchange, &self.config.exchange_type, self.config.declare)
             .await
             .map_err(amqp_error)?;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
