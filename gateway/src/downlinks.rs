@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use meshgate_edge_agent::CloudEvent;
 use meshgate_edge_agent::downlink::config::DownlinkConfig;
-use meshgate_edge_agent::downlink::{DownlinkStats, LocalDelivery, rabbitmq};
+use meshgate_edge_agent::downlink::{DownlinkStats, LocalDelivery, eventmesh_tcp, rabbitmq};
 use meshgate_edge_agent::uplink::BoxFuture;
 use meshgate_protocols::mqtt::QoS;
 use tokio::sync::watch;
@@ -55,9 +55,14 @@ pub fn start(configs: &[DownlinkConfig], broker: &Arc<LocalBroker>, stop: &watch
         let counters = Arc::new(DownlinkStats::default());
         stats.push((Arc::from(config.name()), Arc::clone(&counters)));
         let task = match config {
-            DownlinkConfig::Amqp(c) => rabbitmq::run(c.clone(), Arc::clone(&target), counters, stop.clone()),
+            DownlinkConfig::Amqp(c) => {
+                tokio::spawn(rabbitmq::run(c.clone(), Arc::clone(&target), counters, stop.clone()))
+            }
+            DownlinkConfig::EventMeshTcp(c) => {
+                tokio::spawn(eventmesh_tcp::run(c.clone(), Arc::clone(&target), counters, stop.clone()))
+            }
         };
-        tasks.push(tokio::spawn(task));
+        tasks.push(task);
     }
     Running { tasks, stats }
 }

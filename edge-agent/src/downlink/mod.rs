@@ -12,12 +12,20 @@
 //!   the broker as the message's expiry, so a device that comes back too late does not get it either;
 //! - the topic must render to a valid MQTT topic name, or the event is refused as unroutable.
 //!
-//! - [`config`]: `[[downlinks]]`; [`rabbitmq`]: a queue bound to a pattern on a RabbitMQ exchange.
+//! The mesh is acknowledged only after the commit, so a gateway killed between delivery and acknowledgement gets
+//! the events again: delivery to devices is at least once, and the event id stays the same.
+//!
+//! The rooms: [`config`] reads `[[downlinks]]`, [`rabbitmq`] consumes a queue bound to a pattern on a RabbitMQ
+//! exchange, and [`eventmesh_tcp`] subscribes to topics of an Apache EventMesh runtime over its TCP protocol.
 
 pub mod config;
+pub mod eventmesh_tcp;
 pub mod rabbitmq;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
 
 use crate::CloudEvent;
 use crate::uplink::BoxFuture;
@@ -52,6 +60,73 @@ impl DownlinkStats {
     fn count(&self, counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Runs `session` until `stop`, and again after each end (returning why) with capped exponential backoff from
+/// 100 ms to `reconnect_max_ms`; a session that connected (counted in `stats.connects`) starts the backoff over.
+pub(crate) async fn reconnecting<F, Fut>(
+    name: &str,
+    reconnect_max_ms: u64,
+    stats: &DownlinkStats,
+    mut stop: watch::Receiver<bool>,
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = String>,
+{
+    let backoff =
+        crate::forwarder::ForwarderConfig { max_batch: 1, backoff_initial_ms: 100, backoff_max_ms: reconnect_max_ms };
+    let mut attempt = 0u32;
+    loop {
+        let connects = stats.connects.load(Ordering::Relaxed);
+        let why = tokio::select! {
+            _ = stop.changed() => return,
+            why = session() => why,
+        };
+        if stats.connects.load(Ordering::Relaxed) != connects {
+            attempt = 0;
+        }
+        let wait = backoff.backoff(attempt);
+        tracing::warn!(downlink = %name, error = %why, retry_in = ?wait, "downlink connection ended");
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Judges an event from downlink `name` ([`judge`]), delivers it if it is for a device, and counts the outcome.
+/// `false` when it is refused (a RabbitMQ downlink rejects it).
+pub(crate) fn deliver(
+    event: &mut CloudEvent,
+    name: &str,
+    topic_template: &str,
+    target: &dyn LocalDelivery,
+    stats: &DownlinkStats,
+) -> bool {
+    match judge(event, name, topic_template, crate::spool::record::now_ms()) {
+        Verdict::Deliver { topic, expires_at_ms } => {
+            target.deliver(&topic, event, expires_at_ms);
+            stats.count(&stats.delivered);
+            true
+        }
+        Verdict::Expired => {
+            tracing::debug!(downlink = %name, event = %event.id, "dropped an expired event");
+            stats.count(&stats.expired);
+            true
+        }
+        Verdict::Unroutable(why) => {
+            refused(name, &event.id, &why, stats);
+            false
+        }
+    }
+}
+
+/// Logs and counts an event refused by downlink `name`.
+pub(crate) fn refused(name: &str, what: &str, why: &str, stats: &DownlinkStats) {
+    tracing::warn!(downlink = %name, what, why, "refused an event from the mesh");
+    stats.count(&stats.refused);
 }
 
 /// What becomes of one event from the mesh.

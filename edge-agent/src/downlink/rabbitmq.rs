@@ -19,7 +19,7 @@ use meshgate_protocols::cloudevents::decode_amqp;
 use tokio::sync::watch;
 
 use super::config::AmqpDownlinkConfig;
-use super::{DownlinkStats, LocalDelivery, Verdict, judge};
+use super::{DownlinkStats, LocalDelivery};
 use crate::uplink::rabbitmq::declare_exchange;
 
 /// Why a connection ended.
@@ -38,28 +38,15 @@ pub async fn run(
     config: AmqpDownlinkConfig,
     target: Arc<dyn LocalDelivery>,
     stats: Arc<DownlinkStats>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut attempt = 0u32;
-    loop {
-        let outcome = tokio::select! {
-            _ = stop.changed() => return,
-            outcome = consume(&config, target.as_ref(), &stats, &mut attempt) => outcome,
-        };
-        let wait = crate::forwarder::ForwarderConfig {
-            max_batch: 1,
-            backoff_initial_ms: 100,
-            backoff_max_ms: config.reconnect_max_ms,
+    super::reconnecting(&config.name, config.reconnect_max_ms, &stats, stop, || async {
+        match consume(&config, target.as_ref(), &stats).await {
+            Ok(()) => "closed".to_string(),
+            Err(e) => e.to_string(),
         }
-        .backoff(attempt);
-        let error = outcome.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
-        tracing::warn!(downlink = %config.name, error = %error, retry_in = ?wait, "downlink connection ended");
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
+    })
+    .await;
 }
 
 /// One connection: declare, bind, consume in batches.
@@ -67,7 +54,6 @@ async fn consume(
     config: &AmqpDownlinkConfig,
     target: &dyn LocalDelivery,
     stats: &DownlinkStats,
-    attempt: &mut u32,
 ) -> Result<(), LinkError> {
     let conn = Connection::connect(&config.uri, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
@@ -94,7 +80,6 @@ async fn consume(
         )
         .await?;
     stats.count(&stats.connects);
-    *attempt = 0;
     tracing::info!(downlink = %config.name, queue = %queue, exchange = %config.exchange, binding = %config.binding, "consuming commands from the mesh");
     let mut batch: Vec<Delivery> = Vec::with_capacity(usize::from(config.prefetch));
     loop {
@@ -123,11 +108,10 @@ async fn consume(
     }
 }
 
-/// Judges and delivers one message; `false` when it is refused (to be rejected).
+/// Decodes, judges and delivers one message; `false` when it is refused (to be rejected).
 fn handle(config: &AmqpDownlinkConfig, target: &dyn LocalDelivery, stats: &DownlinkStats, delivery: &Delivery) -> bool {
     let refuse = |why: &str| {
-        tracing::warn!(downlink = %config.name, routing_key = %delivery.routing_key, why, "refused an event from the mesh");
-        stats.count(&stats.refused);
+        super::refused(&config.name, delivery.routing_key.as_str(), why, stats);
         false
     };
     let properties = &delivery.properties;
@@ -137,24 +121,9 @@ fn handle(config: &AmqpDownlinkConfig, target: &dyn LocalDelivery, stats: &Downl
     };
     let content_type = properties.content_type().as_ref().map(|c| c.as_str());
     let decoded = decode_amqp(content_type, headers.iter().map(|(k, v)| (k.as_str(), v)), &delivery.data);
-    let mut event = match decoded {
-        Ok(Some(event)) => event,
-        Ok(None) => return refuse("not a CloudEvent (no cloudEvents_ headers, not application/cloudevents+json)"),
-        Err(e) => return refuse(&e.to_string()),
-    };
-    let now = crate::spool::record::now_ms();
-    match judge(&mut event, &config.name, &config.topic, now) {
-        Verdict::Deliver { topic, expires_at_ms } => {
-            target.deliver(&topic, &event, expires_at_ms);
-            stats.count(&stats.delivered);
-            true
-        }
-        Verdict::Expired => {
-            tracing::debug!(downlink = %config.name, event = %event.id, "dropped an expired event");
-            stats.count(&stats.expired);
-            // Acknowledged with the batch: it is handled, by being dropped.
-            true
-        }
-        Verdict::Unroutable(why) => refuse(&why),
+    match decoded {
+        Ok(Some(mut event)) => super::deliver(&mut event, &config.name, &config.topic, target, stats),
+        Ok(None) => refuse("not a CloudEvent (no cloudEvents_ headers, not application/cloudevents+json)"),
+        Err(e) => refuse(&e.to_string()),
     }
 }

@@ -282,6 +282,39 @@ pub struct Redirect {
     pub port: u16,
 }
 
+impl Command {
+    /// The acknowledgement a client owes for a message the runtime pushed (`ASYNC_MESSAGE_TO_CLIENT` → `_ACK`,
+    /// broadcast and request alike); `None` for every other command.
+    pub fn push_ack(self) -> Option<Command> {
+        match self {
+            Command::AsyncMessageToClient => Some(Command::AsyncMessageToClientAck),
+            Command::BroadcastMessageToClient => Some(Command::BroadcastMessageToClientAck),
+            Command::RequestToClient => Some(Command::RequestToClientAck),
+            _ => None,
+        }
+    }
+}
+
+/// The body of `SUBSCRIBE_REQUEST` and `UNSUBSCRIBE_REQUEST`: `{"topicList":[{"topic":..,"mode":..,"type":..}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// The topics, each with its delivery mode and type.
+    #[serde(rename = "topicList")]
+    pub topic_list: Vec<SubscriptionItem>,
+}
+
+/// One subscribed topic (`SubscriptionItem.java`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionItem {
+    /// The topic.
+    pub topic: String,
+    /// `CLUSTERING` (one consumer of the group gets each event, acknowledged) or `BROADCASTING` (every consumer).
+    pub mode: String,
+    /// `ASYNC` (events) or `SYNC` (request-reply).
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +327,16 @@ mod tests {
             assert_eq!(json, alloc::format!("\"{}\"", cmd.name()));
             assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
         }
+        assert_eq!(Command::AsyncMessageToClient.push_ack(), Some(Command::AsyncMessageToClientAck));
+        assert_eq!(Command::BroadcastMessageToClient.push_ack().map(Command::code), Some(27));
+        assert_eq!(Command::AsyncMessageToServer.push_ack(), None);
+    }
+
+    #[test]
+    fn a_subscription_body_is_the_runtimes_topic_list() {
+        let item = SubscriptionItem { topic: "cmd".into(), mode: "CLUSTERING".into(), kind: "ASYNC".into() };
+        let json = serde_json::to_string(&Subscription { topic_list: alloc::vec![item] }).unwrap();
+        assert_eq!(json, r#"{"topicList":[{"topic":"cmd","mode":"CLUSTERING","type":"ASYNC"}]}"#);
     }
 
     #[test]

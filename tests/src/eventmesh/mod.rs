@@ -59,6 +59,25 @@ pub struct State {
     pub hellos: AtomicU64,
     /// Batch publishes received (gRPC).
     pub batches: AtomicU64,
+    /// Consumers: what each consumer group has acknowledged and has in flight (TCP).
+    pub(crate) groups: Mutex<std::collections::HashMap<String, Group>>,
+    /// Woken when there may be something new to push: an event stored, a push acknowledged, a consumer gone.
+    pub(crate) to_push: tokio::sync::Notify,
+    /// Events pushed to consumers, redeliveries included (TCP).
+    pub pushes: AtomicU64,
+    /// Pushes acknowledged by consumers (TCP).
+    pub push_acks: AtomicU64,
+    /// Events the runtime could not push: their `datacontenttype` is not an event format (TCP).
+    pub unpushable: AtomicU64,
+}
+
+/// A consumer group's progress through the stored events (by their index in the store).
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    /// Acknowledged, or never pushable: done for this group.
+    pub(crate) done: std::collections::HashSet<usize>,
+    /// Pushed and not yet acknowledged, with the session holding each.
+    pub(crate) in_flight: std::collections::HashMap<usize, u64>,
 }
 
 /// What the double does with one publish that passed the runtime's checks.
@@ -94,6 +113,7 @@ impl State {
 
     pub(crate) fn store(&self, stored: Stored) {
         self.stored.lock().unwrap_or_else(|p| p.into_inner()).push(stored);
+        self.to_push.notify_waiters();
     }
 }
 
@@ -226,6 +246,17 @@ impl Runtime {
         if let Some(t) = &self.tcp {
             t.redirect(to);
         }
+    }
+
+    /// TCP only: publishes `event` (structured JSON) as a producer would, through the double's own wire path
+    /// (HELLO as `pub`, `ASYNC_MESSAGE_TO_SERVER`); `Ok` once the double acknowledged it as stored.
+    pub async fn publish(&self, event: &Value) -> anyhow::Result<()> {
+        tcp::publish(self.addr, event).await
+    }
+
+    /// TCP only: pushes not yet acknowledged, over every consumer group.
+    pub fn unacknowledged(&self) -> usize {
+        self.state.groups.lock().unwrap_or_else(|p| p.into_inner()).values().map(|g| g.in_flight.len()).sum()
     }
 
     /// Waits until at least `n` events are stored; returns them.

@@ -7,10 +7,22 @@
 //! the limit"; rate limiting fails with code 1 and "Tps overload, global flow control"; success acks with the same
 //! `seq` and the event as body. A test can make every session get `SERVER_GOODBYE_REQUEST` or
 //! `REDIRECT_TO_CLIENT`.
+//!
+//! Consumers (`SessionPusher`, `MessageAckProcessor`): `SUBSCRIBE_REQUEST` with a `topicList`, then
+//! `LISTEN_REQUEST`; from then on the stored events of the subscribed topics are pushed as
+//! `ASYNC_MESSAGE_TO_CLIENT` (structured JSON, `protocoltype` `cloudevents`) with a `seq` of the double's, to one
+//! listening session of each consumer group (`CLUSTERING`), and stay in flight until an
+//! `ASYNC_MESSAGE_TO_CLIENT_ACK` echoes that `seq`; an unknown `seq` is ignored, as the runtime only logs it. What
+//! a session held unacknowledged when it ended goes to the group again. Only events whose `datacontenttype` is an
+//! event format (`application/cloudevents+json`) can be pushed: the runtime picks its serializer by that type and
+//! finds none for others, so those are counted as unpushable and never delivered. The double keeps at most the
+//! HELLO's `unack` (100 without one) pushes in flight per session; the runtime's own limit is its configuration's.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -40,6 +52,97 @@ impl Control {
     pub(crate) fn redirect(&self, to: SocketAddr) {
         let body = json!({"ip": to.ip().to_string(), "port": to.port()}).to_string().into_bytes();
         let _ = self.tx.send(("REDIRECT_TO_CLIENT".into(), body));
+    }
+}
+
+/// Pushes in flight per consumer session without an `unack` in its HELLO.
+const DEFAULT_UNACK: usize = 100;
+
+/// Session ids and push `seq`s, unique in the process.
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// A session that subscribed.
+struct Consumer {
+    group: String,
+    topics: Vec<String>,
+    listening: bool,
+    limit: usize,
+    /// Pushes in flight: `seq` → index of the stored event.
+    in_flight: HashMap<String, usize>,
+}
+
+/// The frames to push to consumer session `id` now: the group's next events on its topics, up to its limit.
+fn pushes(state: &State, id: u64, consumer: &mut Consumer) -> Vec<Vec<u8>> {
+    let stored = state.stored.lock().unwrap_or_else(|p| p.into_inner());
+    let mut groups = state.groups.lock().unwrap_or_else(|p| p.into_inner());
+    let group = groups.entry(consumer.group.clone()).or_default();
+    let mut frames = Vec::new();
+    for (i, s) in stored.iter().enumerate() {
+        if consumer.in_flight.len() >= consumer.limit {
+            break;
+        }
+        if !consumer.topics.contains(&s.topic) || group.done.contains(&i) || group.in_flight.contains_key(&i) {
+            continue;
+        }
+        if s.event.get("datacontenttype").and_then(Value::as_str) != Some("application/cloudevents+json") {
+            group.done.insert(i);
+            state.unpushable.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        let seq = format!("{:010}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        consumer.in_flight.insert(seq.clone(), i);
+        group.in_flight.insert(i, id);
+        state.pushes.fetch_add(1, Ordering::SeqCst);
+        let header = json!({"cmd": "ASYNC_MESSAGE_TO_CLIENT", "code": 0, "seq": seq,
+            "properties": {"protocoltype": "cloudevents", "protocolversion": "1.0", "protocoldesc": "tcp"}});
+        frames.push(frame(&header, s.event.to_string().as_bytes()));
+    }
+    frames
+}
+
+/// An acknowledgement from consumer session `consumer`: the event is done for its group.
+fn acknowledged(state: &State, consumer: &mut Consumer, seq: &str) {
+    let Some(i) = consumer.in_flight.remove(seq) else { return };
+    let mut groups = state.groups.lock().unwrap_or_else(|p| p.into_inner());
+    let group = groups.entry(consumer.group.clone()).or_default();
+    group.in_flight.remove(&i);
+    group.done.insert(i);
+    state.push_acks.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Session `id` ended: what it held unacknowledged goes to its group again.
+fn released(state: &State, id: u64) {
+    let mut groups = state.groups.lock().unwrap_or_else(|p| p.into_inner());
+    for group in groups.values_mut() {
+        group.in_flight.retain(|_, holder| *holder != id);
+    }
+    drop(groups);
+    state.to_push.notify_waiters();
+}
+
+/// A producer's publish through the double's wire path; see [`super::Runtime::publish`].
+pub(crate) async fn publish(addr: SocketAddr, event: &Value) -> anyhow::Result<()> {
+    let (mut reader, mut writer) = TcpStream::connect(addr).await?.into_split();
+    let agent = json!({"env": "PRD", "subsystem": "5023", "path": "/", "pid": 1, "host": "127.0.0.1", "port": 0,
+        "version": "2.0", "username": "u", "password": "p", "idc": "DEFAULT", "group": "test-producer",
+        "purpose": "pub", "unack": 0});
+    writer
+        .write_all(&frame(&json!({"cmd": "HELLO_REQUEST", "code": 0, "seq": "1"}), agent.to_string().as_bytes()))
+        .await?;
+    let header = json!({"cmd": "ASYNC_MESSAGE_TO_SERVER", "code": 0, "seq": "2",
+        "properties": {"protocoltype": "cloudevents", "protocolversion": "1.0", "protocoldesc": "tcp"}});
+    writer.write_all(&frame(&header, event.to_string().as_bytes())).await?;
+    loop {
+        let (header, _) = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut reader))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the double closed the connection"))?;
+        match header.get("cmd").and_then(Value::as_str) {
+            Some("HELLO_RESPONSE" | "ASYNC_MESSAGE_TO_SERVER_ACK") if header["code"] != 0 => {
+                anyhow::bail!("refused: {header}")
+            }
+            Some("ASYNC_MESSAGE_TO_SERVER_ACK") => return Ok(()),
+            _ => {}
+        }
     }
 }
 
@@ -94,7 +197,19 @@ async fn session(stream: TcpStream, state: Arc<State>, mut control: broadcast::R
         }
     });
     let mut hello = false;
+    let id = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let (mut group, mut unack) = (String::new(), DEFAULT_UNACK);
+    let mut consumer: Option<Consumer> = None;
+    // A notification can fall between two checks; the tick catches what it missed.
+    let mut recheck = tokio::time::interval(Duration::from_millis(50));
     loop {
+        if let Some(c) = consumer.as_mut().filter(|c| c.listening) {
+            for push in pushes(&state, id, c) {
+                if out_tx.send(push).await.is_err() {
+                    break;
+                }
+            }
+        }
         let (header, body) = tokio::select! {
             f = read_frame(&mut reader) => match f {
                 Some(f) => f,
@@ -106,6 +221,8 @@ async fn session(stream: TcpStream, state: Arc<State>, mut control: broadcast::R
                 }
                 continue;
             }
+            () = state.to_push.notified() => continue,
+            _ = recheck.tick() => continue,
         };
         let cmd = header.get("cmd").and_then(Value::as_str).unwrap_or_default().to_string();
         let seq = header.get("seq").cloned().unwrap_or(Value::Null);
@@ -117,6 +234,8 @@ async fn session(stream: TcpStream, state: Arc<State>, mut control: broadcast::R
                     && agent.get("group").and_then(Value::as_str).is_some_and(|g| !g.trim().is_empty());
                 if ok {
                     hello = true;
+                    group = agent.get("group").and_then(Value::as_str).unwrap_or_default().to_string();
+                    unack = agent.get("unack").and_then(Value::as_u64).filter(|&n| n > 0).map_or(unack, |n| n as usize);
                     state.hellos.fetch_add(1, Ordering::SeqCst);
                     frame(&reply("HELLO_RESPONSE", 0, "success", &seq), &[])
                 } else {
@@ -134,6 +253,36 @@ async fn session(stream: TcpStream, state: Arc<State>, mut control: broadcast::R
                 break;
             }
             "SERVER_GOODBYE_RESPONSE" => continue,
+            "SUBSCRIBE_REQUEST" => {
+                let topics: Vec<String> = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|b| b.get("topicList").and_then(Value::as_array).cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|item| item.get("topic").and_then(Value::as_str).map(String::from))
+                    .collect();
+                if topics.is_empty() {
+                    frame(&reply("SUBSCRIBE_RESPONSE", 1, "topicList is empty or unreadable", &seq), &[])
+                } else {
+                    let limit = unack;
+                    let (group, in_flight) = (group.clone(), HashMap::new());
+                    consumer = Some(Consumer { group, topics, listening: false, limit, in_flight });
+                    frame(&reply("SUBSCRIBE_RESPONSE", 0, "success", &seq), &[])
+                }
+            }
+            "LISTEN_REQUEST" => match consumer.as_mut() {
+                Some(c) => {
+                    c.listening = true;
+                    frame(&reply("LISTEN_RESPONSE", 0, "success", &seq), &[])
+                }
+                None => frame(&reply("LISTEN_RESPONSE", 1, "no subscription", &seq), &[]),
+            },
+            "ASYNC_MESSAGE_TO_CLIENT_ACK" => {
+                if let (Some(c), Some(seq)) = (consumer.as_mut(), seq.as_str()) {
+                    acknowledged(&state, c, seq);
+                }
+                continue;
+            }
             "ASYNC_MESSAGE_TO_SERVER" => {
                 let ack = "ASYNC_MESSAGE_TO_SERVER_ACK";
                 let props = header.get("properties").cloned().unwrap_or(Value::Null);
@@ -177,6 +326,7 @@ async fn session(stream: TcpStream, state: Arc<State>, mut control: broadcast::R
             break;
         }
     }
+    released(&state, id);
     drop(out_tx);
     let _ = writer_task.await;
 }

@@ -130,7 +130,7 @@ fn default_max_in_flight() -> usize {
 fn default_timeout_ms() -> u64 {
     10_000
 }
-fn default_connect_timeout_ms() -> u64 {
+pub(crate) fn default_connect_timeout_ms() -> u64 {
     3_000
 }
 fn default_eject_after() -> u32 {
@@ -155,25 +155,25 @@ fn default_ttl_ms() -> u64 {
 fn default_batch_max() -> usize {
     100
 }
-fn default_heartbeat_ms() -> u64 {
+pub(crate) fn default_heartbeat_ms() -> u64 {
     30_000
 }
-fn default_env() -> String {
+pub(crate) fn default_env() -> String {
     "PRD".into()
 }
-fn default_idc() -> String {
+pub(crate) fn default_idc() -> String {
     "DEFAULT".into()
 }
-fn default_sys() -> String {
+pub(crate) fn default_sys() -> String {
     "0000".into()
 }
-fn default_ip() -> String {
+pub(crate) fn default_ip() -> String {
     "127.0.0.1".into()
 }
-fn default_username() -> String {
+pub(crate) fn default_username() -> String {
     "eventmesh".into()
 }
-fn default_password() -> String {
+pub(crate) fn default_password() -> String {
     "pass".into()
 }
 fn default_producer_group() -> String {
@@ -184,15 +184,7 @@ impl EventMeshUplinkConfig {
     /// Checks the keys for `protocol`; the error names the key (relative to the uplink's table) and the problem.
     pub fn validate(&self, protocol: Protocol) -> Result<(), (String, String)> {
         let err = |k: &str, p: String| Err((k.to_string(), p));
-        if self.endpoints.is_empty() {
-            return err("endpoints", "needs at least one `host:port`".into());
-        }
-        for (i, e) in self.endpoints.iter().enumerate() {
-            let port = e.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
-            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
-                return err(&format!("endpoints[{i}]"), format!("`{e}` is not `host:port`"));
-            }
-        }
+        validate_endpoints(&self.endpoints)?;
         if !self.weights.is_empty() && self.weights.len() != self.endpoints.len() {
             return err(
                 "weights",
@@ -211,7 +203,7 @@ impl EventMeshUplinkConfig {
         if self.batch_publish && protocol != Protocol::Grpc {
             return err("batch_publish", format!("is for eventmesh-grpc only, not {}", protocol.kind()));
         }
-        for (key, value) in [
+        validate_not_blank(&[
             ("env", &self.env),
             ("idc", &self.idc),
             ("sys", &self.sys),
@@ -220,12 +212,7 @@ impl EventMeshUplinkConfig {
             ("password", &self.password),
             ("producer_group", &self.producer_group),
             ("default_topic", &self.default_topic),
-        ] {
-            if value.trim().is_empty() {
-                return err(key, "must not be blank (the runtime refuses blank identity fields)".into());
-            }
-        }
-        Ok(())
+        ])
     }
 
     /// The identity presented to the runtime.
@@ -252,6 +239,30 @@ impl EventMeshUplinkConfig {
     /// The weight of endpoint `i` (1 without `weights`).
     pub fn weight(&self, i: usize) -> u32 {
         self.weights.get(i).copied().unwrap_or(1)
+    }
+}
+
+/// Checks a runtime endpoint list: at least one, each `host:port`.
+pub(crate) fn validate_endpoints(endpoints: &[String]) -> Result<(), (String, String)> {
+    if endpoints.is_empty() {
+        return Err(("endpoints".into(), "needs at least one `host:port`".into()));
+    }
+    for (i, e) in endpoints.iter().enumerate() {
+        let port = e.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+            return Err((format!("endpoints[{i}]"), format!("`{e}` is not `host:port`")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that identity keys are not blank (the runtime refuses blank identity fields).
+pub(crate) fn validate_not_blank(keys: &[(&str, &String)]) -> Result<(), (String, String)> {
+    match keys.iter().find(|(_, value)| value.trim().is_empty()) {
+        Some((key, _)) => {
+            Err((key.to_string(), "must not be blank (the runtime refuses blank identity fields)".into()))
+        }
+        None => Ok(()),
     }
 }
 

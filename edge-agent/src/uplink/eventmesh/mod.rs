@@ -27,7 +27,7 @@ pub mod config;
 mod grpc;
 mod health;
 mod http;
-mod tcp;
+pub(crate) mod tcp;
 
 use std::collections::HashMap;
 use std::path::Path;

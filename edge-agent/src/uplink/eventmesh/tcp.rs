@@ -66,37 +66,100 @@ pub(crate) struct TcpTransport {
     stats: Arc<UplinkStats>,
 }
 
-fn next_seq(seq: &AtomicU64) -> String {
+pub(crate) fn next_seq(seq: &AtomicU64) -> String {
     // Ten digits, as the Java SDK sends.
     format!("{:010}", seq.fetch_add(1, Ordering::Relaxed) % 10_000_000_000)
 }
 
-fn encode(header: Header, body: Vec<u8>) -> Result<Vec<u8>, String> {
+pub(crate) fn encode(header: Header, body: Vec<u8>) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     Frame { header, body }.encode(&mut out).map_err(|e| e.to_string())?;
     Ok(out)
 }
 
+/// The HELLO `UserAgent` for `identity`: purpose `pub` (publishing, the group is the producer group) or `sub`
+/// (a consumer, the group is the consumer group).
+pub(crate) fn user_agent(identity: meshgate_protocols::eventmesh::Identity, purpose: &str) -> UserAgent {
+    UserAgent {
+        env: identity.env,
+        subsystem: identity.sys,
+        path: "/meshgate".into(),
+        pid: identity.pid.parse().unwrap_or(0),
+        host: identity.ip,
+        port: 0,
+        version: Some(CLIENT_VERSION.into()),
+        username: identity.username,
+        password: identity.password,
+        token: identity.token,
+        idc: identity.idc,
+        group: identity.producer_group,
+        purpose: purpose.into(),
+        unack: 0,
+    }
+}
+
+/// Opens a session: connects to `address` and says HELLO with `agent` (its port set to the local one), both
+/// within `timeout`. Returns the stream and whatever was read after the `HELLO_RESPONSE`.
+pub(crate) async fn hello(
+    address: &str,
+    agent: &UserAgent,
+    timeout: Duration,
+    seq: &AtomicU64,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| format!("connect timed out after {timeout:?}"))?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut agent = agent.clone();
+    agent.port = stream.local_addr().map(|a| i64::from(a.port())).unwrap_or(0);
+    let body = serde_json::to_vec(&agent).map_err(|e| e.to_string())?;
+    let hello = encode(Header::new(Command::HelloRequest, &next_seq(seq)), body)?;
+    let mut buf = Vec::with_capacity(8 * 1024);
+    let answer = tokio::time::timeout(timeout, async {
+        stream.write_all(&hello).await.map_err(|e| format!("HELLO: {e}"))?;
+        // Nothing but the answer comes before a session exists.
+        read_answer(&mut stream, &mut buf, Command::HelloResponse, &mut Vec::new()).await
+    })
+    .await
+    .map_err(|_| "no HELLO_RESPONSE in time".to_string())??;
+    if answer.code != 0 {
+        return Err(format!("HELLO refused: code {} {}", answer.code, answer.desc.unwrap_or_default()));
+    }
+    Ok((stream, buf))
+}
+
+/// Reads frames into `buf` until one with command `expect` arrives; returns its header. Frames before it go to
+/// `others` (a consumer may be pushed an event before its `LISTEN_RESPONSE`).
+pub(crate) async fn read_answer(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    expect: Command,
+    others: &mut Vec<Frame>,
+) -> Result<Header, String> {
+    loop {
+        match Frame::decode(buf) {
+            Ok((frame, used)) => {
+                buf.drain(..used);
+                if frame.header.cmd == expect {
+                    return Ok(frame.header);
+                }
+                others.push(frame);
+            }
+            Err(FrameError::Incomplete { .. }) => {
+                if stream.read_buf(buf).await.map_err(|e| format!("{}: {e}", expect.name()))? == 0 {
+                    return Err(format!("the runtime closed the connection before {}", expect.name()));
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", expect.name())),
+        }
+    }
+}
+
 impl TcpTransport {
     /// A transport to `address` (`host:port`); it opens its session on first use.
     pub fn new(address: &str, config: &EventMeshUplinkConfig, stats: Arc<UplinkStats>) -> TcpTransport {
-        let identity = config.identity();
-        let user_agent = UserAgent {
-            env: identity.env,
-            subsystem: identity.sys,
-            path: "/meshgate".into(),
-            pid: identity.pid.parse().unwrap_or(0),
-            host: identity.ip,
-            port: 0,
-            version: Some(CLIENT_VERSION.into()),
-            username: identity.username,
-            password: identity.password,
-            token: identity.token,
-            idc: identity.idc,
-            group: identity.producer_group,
-            purpose: "pub".into(),
-            unack: 0,
-        };
+        let user_agent = user_agent(config.identity(), "pub");
         TcpTransport {
             configured: address.into(),
             redirect: Arc::new(Mutex::new(None)),
@@ -134,40 +197,7 @@ impl TcpTransport {
     }
 
     async fn open(&self, address: &str) -> Result<Arc<Session>, String> {
-        let mut stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| format!("connect timed out after {:?}", self.connect_timeout))?
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let mut agent = self.user_agent.clone();
-        agent.port = stream.local_addr().map(|a| i64::from(a.port())).unwrap_or(0);
-        let body = serde_json::to_vec(&agent).map_err(|e| e.to_string())?;
-        let hello = encode(Header::new(Command::HelloRequest, &next_seq(&self.seq)), body)?;
-        let mut buf = Vec::with_capacity(8 * 1024);
-        let answer = tokio::time::timeout(self.connect_timeout, async {
-            stream.write_all(&hello).await.map_err(|e| format!("HELLO: {e}"))?;
-            loop {
-                match Frame::decode(&buf) {
-                    Ok((frame, used)) => {
-                        buf.drain(..used);
-                        if frame.header.cmd == Command::HelloResponse {
-                            return Ok(frame.header);
-                        }
-                    }
-                    Err(FrameError::Incomplete { .. }) => {
-                        if stream.read_buf(&mut buf).await.map_err(|e| format!("HELLO: {e}"))? == 0 {
-                            return Err("the runtime closed the connection during HELLO".to_string());
-                        }
-                    }
-                    Err(e) => return Err(format!("HELLO: {e}")),
-                }
-            }
-        })
-        .await
-        .map_err(|_| "no HELLO_RESPONSE in time".to_string())??;
-        if answer.code != 0 {
-            return Err(format!("HELLO refused: code {} {}", answer.code, answer.desc.unwrap_or_default()));
-        }
+        let (stream, buf) = hello(address, &self.user_agent, self.connect_timeout, &self.seq).await?;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(endpoint = %address, "EventMesh TCP session open");
         let (outgoing, rx) = mpsc::channel(self.queue);
