@@ -1,7 +1,8 @@
 //! `edge-agent` bridging the real Mosquitto on 127.0.0.1:1883 into the mesh: `mosquitto_pub` publishes to bridged
 //! topics, the messages arrive in the uplink as CloudEvents with the gateway's mapping rules, and nothing is lost
 //! when the agent is killed with SIGKILL mid-stream: what it had not acknowledged, and what was published while it
-//! was down, Mosquitto delivers again to its persistent session when it returns.
+//! was down, Mosquitto delivers again to its persistent session when it returns. An event already marked as bridged
+//! or as come from the mesh is never bridged again.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -118,29 +119,42 @@ fn bridged_messages_survive_a_sigkill_and_those_published_meanwhile_arrive_after
 }
 
 #[test]
-fn an_mqtt5_bridge_keeps_binary_mode_cloudevents_as_they_were_published() -> Result<()> {
+fn an_mqtt5_bridge_keeps_binary_mode_cloudevents_and_never_bridges_marked_ones_again() -> Result<()> {
     let mosquitto_pub = require_tool("mosquitto_pub");
     let dir = tempfile::tempdir()?;
     let run = unique("bridge5");
     let agent = EdgeAgent::start_in(dir.path(), &config(dir.path(), &run, "5"), 1)?;
     let topic = format!("bridge-test/{run}/dev-5/events");
-    let status = Command::new(mosquitto_pub)
-        .args(["-h", "127.0.0.1", "-p", "1883", "-V", "5", "-q", "1", "-t", &topic, "-m", "{\"seq\":7}"])
-        .args(["-D", "publish", "content-type", "application/json"])
-        .args(["-D", "publish", "user-property", "specversion", "1.0"])
-        .args(["-D", "publish", "user-property", "id", "ev-7"])
-        .args(["-D", "publish", "user-property", "source", "/plant/7"])
-        .args(["-D", "publish", "user-property", "type", "com.example.reading"])
-        .status()?;
-    ensure!(status.success(), "mosquitto_pub failed: {status}");
+    // Events already marked as bridged (by this bridge or another) or as come from the mesh go first: they are
+    // acknowledged and left out. Then the one to bridge.
+    let marked: [&[&str]; 2] = [&["bridge", "other-site"], &["meshgateorigin", "mesh:cmd"]];
+    for (i, marker) in marked.iter().chain([&[][..]].iter()).enumerate() {
+        let id = format!("ev-{}", 5 + i);
+        let mut publish = Command::new(&mosquitto_pub);
+        publish
+            .args(["-h", "127.0.0.1", "-p", "1883", "-V", "5", "-q", "1", "-t", &topic])
+            .args(["-m", &format!("{{\"seq\":{}}}", 5 + i)])
+            .args(["-D", "publish", "content-type", "application/json"])
+            .args(["-D", "publish", "user-property", "specversion", "1.0"])
+            .args(["-D", "publish", "user-property", "id", &id])
+            .args(["-D", "publish", "user-property", "source", "/plant/7"])
+            .args(["-D", "publish", "user-property", "type", "com.example.reading"]);
+        if let [name, value] = marker {
+            publish.args(["-D", "publish", "user-property", name, value]);
+        }
+        let status = publish.status()?;
+        ensure!(status.success(), "mosquitto_pub failed: {status}");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
+    // Mosquitto delivers in order: once the last one arrived, the marked ones would have too.
     let events: Vec<Value> = loop {
         let events = agent.events()?;
-        if !events.is_empty() || Instant::now() > deadline {
+        if events.iter().any(|e| e["id"] == "ev-7") || Instant::now() > deadline {
             break events;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    assert_eq!(events.len(), 1, "marked events were bridged again: {events:#?}");
     let event = events.first().context("no event bridged")?;
     assert_eq!(event["id"], "ev-7", "{event:#}");
     assert_eq!(event["source"], "/plant/7");

@@ -19,6 +19,7 @@ use meshgate_protocols::mqtt::{Properties, PropertyList, UserProperty, Version};
 use tokio::sync::{mpsc, watch};
 
 use super::config::{BridgeConfig, MqttVersion};
+use crate::downlink::ORIGIN_EXTENSION;
 use crate::normalize::{MqttInbound, Normalizer};
 use crate::pipeline::{IngestHandle, Receipt};
 
@@ -72,8 +73,10 @@ struct Delivered<'a> {
     user_properties: &'a [(String, String)],
 }
 
-/// Normalizes and submits one delivered message; `None` when it is not kept (an invalid CloudEvent, which the
-/// broker could never deliver differently: it is logged and acknowledged) or the pipeline is closed.
+/// Normalizes and submits one delivered message; `None` when it is not kept or the pipeline is closed. Not kept:
+/// an invalid CloudEvent, which the broker could never deliver differently (logged and acknowledged), and a
+/// CloudEvent already marked with the `bridge` or `meshgateorigin` extension (acknowledged and left out, so a
+/// topic that carries bridged or mesh events back to the broker never makes a loop).
 async fn submit(config: &BridgeConfig, cx: &BridgeContext, msg: &Delivered<'_>) -> Option<Receipt> {
     let user: Vec<UserProperty<'_>> =
         msg.user_properties.iter().map(|(name, value)| UserProperty { name, value }).collect();
@@ -96,6 +99,12 @@ async fn submit(config: &BridgeConfig, cx: &BridgeContext, msg: &Delivered<'_>) 
             return None;
         }
     };
+    let extensions = &normalized.event.extensions;
+    if let Some(marker) = [BRIDGE_EXTENSION, ORIGIN_EXTENSION].into_iter().find(|m| extensions.contains_key(*m)) {
+        // Bridged into the mesh before, or come from it: bridging it again would loop.
+        tracing::debug!(bridge = %config.name, topic = msg.topic, marker, "a marked event is not bridged again; acknowledged and left out");
+        return None;
+    }
     normalized.event.extensions.insert(BRIDGE_EXTENSION.into(), config.name.as_str().into());
     cx.ingest.submit(normalized.event, normalized.route).await.ok()
 }
