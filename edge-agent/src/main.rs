@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use meshgate_edge_agent::bridge::{AgentConfig, agent};
 use meshgate_edge_agent::{config_file, process};
 
@@ -17,16 +17,10 @@ struct Cli {
     #[arg(long, short, global = true, env = "MESHGATE_CONFIG")]
     config: Option<PathBuf>,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
-    log_format: LogFormat,
+    #[arg(long, value_enum, default_value_t = process::LogFormat::Human, global = true)]
+    log_format: process::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -57,25 +51,10 @@ fn main() -> ExitCode {
             Err(code) => code,
         };
     }
-    process::init_logging(matches!(cli.log_format, LogFormat::Json));
+    process::init_logging(cli.log_format);
     let config = match load(&cli) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("edge-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = runtime.block_on(agent::run(config, process::shutdown_signal()));
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("edge-agent: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run_service("edge-agent", agent::run(config, process::shutdown_signal()))
 }

@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use meshgate_edge_agent::process;
 use meshgate_gateway::config::Config;
 use meshgate_gateway::{auth, server};
@@ -22,16 +22,10 @@ struct Cli {
     #[arg(long, short, global = true, env = "MESHGATE_CONFIG")]
     config: Option<PathBuf>,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
-    log_format: LogFormat,
+    #[arg(long, value_enum, default_value_t = process::LogFormat::Human, global = true)]
+    log_format: process::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -91,27 +85,10 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    process::init_logging(matches!(cli.log_format, LogFormat::Json));
+    process::init_logging(cli.log_format);
     let config = match load(&cli) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("meshgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = runtime.block_on(server::run(config, process::shutdown_signal()));
-    // Everything owed was flushed within the grace periods; do not wait on a blocking task that is stuck (a
-    // writer waiting for space on a full spool, say).
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("meshgate: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run_service("meshgate", server::run(config, process::shutdown_signal()))
 }

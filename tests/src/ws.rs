@@ -1,11 +1,14 @@
 //! A WebSocket client for tests: tokio-tungstenite with a chosen subprotocol and headers.
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// A WebSocket client connection.
 pub type Ws = WebSocketStream<TcpStream>;
@@ -25,4 +28,17 @@ pub async fn connect(addr: SocketAddr, target: &str, protocols: &str, headers: &
         request.headers_mut().insert(name, v.parse().map_err(|_| WsError::Utf8(String::new()))?);
     }
     Ok(tokio_tungstenite::client_async(request, stream).await?.0)
+}
+
+/// The next text message as JSON, within 10 s (pings are answered by the library as it reads).
+pub async fn next_json(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+            Some(Ok(Message::Close(c))) => anyhow::bail!("closed: {c:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("stream ended"),
+        }
+    }
 }

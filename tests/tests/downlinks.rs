@@ -9,13 +9,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use meshgate_tests::Gateway;
 use meshgate_tests::clients::{Client, Options};
 use meshgate_tests::eventmesh::{Protocol, Runtime};
+use meshgate_tests::ws::next_json;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -275,16 +276,4 @@ async fn every_kind_of_device_gets_its_command_once(mesh: &Mesh) -> Result<(Gate
     assert!(again.is_empty(), "dev-o got its command more than once: {again:?}");
     dev_o.disconnect().await;
     Ok((gw, dir))
-}
-
-async fn next_json(ws: &mut meshgate_tests::ws::Ws) -> Result<Value> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
-            Some(Ok(Message::Close(c))) => anyhow::bail!("closed: {c:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => anyhow::bail!("stream ended"),
-        }
-    }
 }

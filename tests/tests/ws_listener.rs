@@ -12,23 +12,10 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use meshgate_tests::ws::{Ws, connect as ws_connect};
+use meshgate_tests::ws::{Ws, connect as ws_connect, next_json};
 
 async fn events_client(gw: &Gateway, target: &str) -> anyhow::Result<Ws> {
     Ok(ws_connect(gw.listener("ws")?, target, "cloudevents.json", &[]).await?)
-}
-
-/// The next text message as JSON (pings are answered by the library as it reads).
-async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
-            Some(Ok(Message::Close(c))) => anyhow::bail!("closed: {c:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => anyhow::bail!("stream ended"),
-        }
-    }
 }
 
 /// Reads until the gateway closes; returns the close code.

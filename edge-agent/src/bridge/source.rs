@@ -51,8 +51,37 @@ pub async fn run(config: BridgeConfig, tls: Option<Arc<rustls::ClientConfig>>, c
 }
 
 /// The delay before reconnection attempt `attempt` (0-based): 100 ms doubling up to `max_ms`, with jitter.
-fn backoff(attempt: u32, max_ms: u64) -> Duration {
-    crate::forwarder::ForwarderConfig { max_batch: 1, backoff_initial_ms: 100, backoff_max_ms: max_ms }.backoff(attempt)
+/// After a CONNACK: a resumed session holds the subscriptions already; a new one gets them (`subscribe` queues
+/// them, `false` when it could not).
+fn connected(config: &BridgeConfig, session_present: bool, subscribe: impl FnOnce() -> bool) {
+    tracing::info!(bridge = %config.name, session_present, "connected to the broker");
+    if session_present {
+        announce_ready(config);
+    } else if !subscribe() {
+        tracing::warn!(bridge = %config.name, "could not queue the subscription");
+    }
+}
+
+/// After a failed connection: waits the backoff of `attempt` (100 ms doubling to `reconnect_max_ms`, jittered) and
+/// counts it; `false` when the agent stops meanwhile.
+async fn wait_to_retry(
+    config: &BridgeConfig,
+    error: &(dyn std::fmt::Display + Sync),
+    attempt: &mut u32,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let backoff = crate::forwarder::ForwarderConfig {
+        max_batch: 1,
+        backoff_initial_ms: 100,
+        backoff_max_ms: config.reconnect_max_ms,
+    };
+    let wait = backoff.backoff(*attempt);
+    tracing::warn!(bridge = %config.name, error = %error, retry_in = ?wait, "broker connection failed");
+    *attempt = attempt.saturating_add(1);
+    tokio::select! {
+        _ = stop.changed() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
 }
 
 /// Prints `edge-agent: bridge NAME subscribed at HOST:PORT` on stdout once the broker holds the subscriptions (a
@@ -165,12 +194,7 @@ mod v311 {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     attempt = 0;
-                    tracing::info!(bridge = %config.name, session_present = ack.session_present, "connected to the broker");
-                    if ack.session_present {
-                        announce_ready(&config);
-                    } else if client.try_subscribe_many(filters.clone()).is_err() {
-                        tracing::warn!(bridge = %config.name, "could not queue the subscription");
-                    }
+                    connected(&config, ack.session_present, || client.try_subscribe_many(filters.clone()).is_ok());
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => announce_ready(&config),
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -188,12 +212,8 @@ mod v311 {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let wait = backoff(attempt, config.reconnect_max_ms);
-                    tracing::warn!(bridge = %config.name, error = %e, retry_in = ?wait, "broker connection failed");
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        _ = cx.stop.changed() => break,
-                        () = tokio::time::sleep(wait) => {}
+                    if !wait_to_retry(&config, &e, &mut attempt, &mut cx.stop).await {
+                        break;
                     }
                 }
             }
@@ -241,12 +261,7 @@ mod v5 {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     attempt = 0;
-                    tracing::info!(bridge = %config.name, session_present = ack.session_present, "connected to the broker");
-                    if ack.session_present {
-                        announce_ready(&config);
-                    } else if client.try_subscribe_many(filters.clone()).is_err() {
-                        tracing::warn!(bridge = %config.name, "could not queue the subscription");
-                    }
+                    connected(&config, ack.session_present, || client.try_subscribe_many(filters.clone()).is_ok());
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => announce_ready(&config),
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -272,12 +287,8 @@ mod v5 {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let wait = backoff(attempt, config.reconnect_max_ms);
-                    tracing::warn!(bridge = %config.name, error = %e, retry_in = ?wait, "broker connection failed");
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        _ = cx.stop.changed() => break,
-                        () = tokio::time::sleep(wait) => {}
+                    if !wait_to_retry(&config, &e, &mut attempt, &mut cx.stop).await {
+                        break;
                     }
                 }
             }
