@@ -108,18 +108,18 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Deletes the segments before the active one whose records every consumer confirmed.
-    fn release_acked(&mut self) -> std::io::Result<bool> {
+    /// Takes the segments before the active one whose records every consumer confirmed out of the spool (their
+    /// bytes no longer count); the caller deletes their files with [`delete_segments`], after unlocking.
+    fn take_acked(&mut self) -> Vec<Segment> {
         let low = self.low_water();
-        let mut freed = false;
+        let mut taken = Vec::new();
         while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.last_id.is_none_or(|l| l <= low)) {
             if let Some(seg) = self.segments.pop_front() {
-                std::fs::remove_file(&seg.path)?;
                 self.total_bytes = self.total_bytes.saturating_sub(seg.bytes);
-                freed = true;
+                taken.push(seg);
             }
         }
-        Ok(freed)
+        taken
     }
 
     /// Deletes the oldest non-active segment made only of droppable records, confirmed or not. Returns whether one
@@ -153,9 +153,21 @@ impl State {
     }
 }
 
+/// Deletes the files of segments taken out of the spool; returns whether there were any.
+fn delete_segments(segments: Vec<Segment>) -> std::io::Result<bool> {
+    let freed = !segments.is_empty();
+    for seg in segments {
+        std::fs::remove_file(&seg.path)?;
+    }
+    Ok(freed)
+}
+
 pub(crate) struct Shared {
     dir: PathBuf,
     state: Mutex<State>,
+    /// Held while the ledger file is written, so ledger writes happen one at a time; taken before `state`, and
+    /// `state` is never held while writing.
+    ledger_file: Mutex<()>,
     /// Signalled when acknowledgements free space.
     space: Condvar,
     durable: watch::Sender<u64>,
@@ -241,6 +253,7 @@ impl Spool {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
+            ledger_file: Mutex::new(()),
             space: Condvar::new(),
             durable,
             healthy: AtomicBool::new(true),
@@ -263,17 +276,28 @@ impl Spool {
     }
 
     /// Records that `consumer` confirmed everything up to `id`, durably, and deletes segments nobody needs.
+    ///
+    /// The ledger file is written outside the state lock, which the writer thread takes for every commit: a
+    /// cursor's fsyncs never hold up an acknowledgement to a device. The in-memory cursor moves only once the new
+    /// ledger is durable, so no segment is deleted on the strength of a cursor a crash could roll back.
     pub fn ack(&self, consumer: &str, id: u64) -> std::io::Result<()> {
-        let mut state = self.shared.lock();
-        let cursor = state.ledger.cursors.entry(consumer.to_string()).or_insert(0);
-        if id <= *cursor {
-            return Ok(());
-        }
-        *cursor = id;
-        state.ledger.store(&self.shared.dir)?;
-        let freed = state.release_acked()?;
-        drop(state);
-        if freed {
+        // One ledger write at a time, each from the cursors as they are when it starts: none overwrites a newer one.
+        let _writing = self.shared.ledger_file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ledger = {
+            let state = self.shared.lock();
+            if state.ledger.cursors.get(consumer).is_some_and(|&cursor| id <= cursor) {
+                return Ok(());
+            }
+            state.ledger.clone()
+        };
+        ledger.cursors.insert(consumer.to_string(), id);
+        ledger.store(&self.shared.dir)?;
+        let acked = {
+            let mut state = self.shared.lock();
+            state.ledger = ledger;
+            state.take_acked()
+        };
+        if delete_segments(acked)? {
             self.shared.space.notify_all();
         }
         Ok(())

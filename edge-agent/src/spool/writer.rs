@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::segment::{self, Segment};
-use super::{Append, Shared, SpoolConfig, SpoolError, record};
+use super::{Append, Shared, SpoolConfig, SpoolError, delete_segments, record};
 
 pub(super) struct Writer {
     shared: Arc<Shared>,
@@ -136,7 +136,8 @@ impl Writer {
             if state.active_fully_acked() {
                 drop(state);
                 self.active = Self::create_segment(&self.shared, self.next_id)?;
-                if self.shared.lock().release_acked()? {
+                let acked = self.shared.lock().take_acked();
+                if delete_segments(acked)? {
                     continue;
                 }
                 state = self.shared.lock();
