@@ -79,6 +79,8 @@ pub struct Report {
     pub ack_latency: Histogram<u64>,
     /// Publish → receive, µs.
     pub e2e_latency: Histogram<u64>,
+    /// Paced publishes: due time → written, µs.
+    pub send_lag: Histogram<u64>,
 }
 
 impl Report {
@@ -119,6 +121,13 @@ impl Report {
                 Self::ms(&self.e2e_latency, 99.0)
             );
         }
+        if !self.send_lag.is_empty() {
+            line += &format!(
+                "; send lag p50 {:.2} ms p99 {:.2} ms",
+                Self::ms(&self.send_lag, 50.0),
+                Self::ms(&self.send_lag, 99.0)
+            );
+        }
         if self.errors > 0 {
             line +=
                 &format!("; {} connection errors (first: {})", self.errors, self.first_error.as_deref().unwrap_or("?"));
@@ -147,6 +156,7 @@ pub async fn run_at(spec: &LoadSpec, epoch: std::time::Instant) -> Result<Report
         first_error: None,
         ack_latency: conn::histogram(),
         e2e_latency: conn::histogram(),
+        send_lag: conn::histogram(),
     };
     // Subscribers first, each confirmed by its SUBACK.
     let mut subscribers = Vec::new();
@@ -216,6 +226,7 @@ fn merge(report: &mut Report, stats: Result<ConnStats>) {
             report.received += s.received;
             let _ = report.ack_latency.add(&s.ack_latency);
             let _ = report.e2e_latency.add(&s.e2e_latency);
+            let _ = report.send_lag.add(&s.send_lag);
         }
         Err(e) => {
             report.errors += 1;
