@@ -71,3 +71,15 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS")
 }
+
+/// CPU time process `pid` has used, user and system, in seconds (`utime` + `stime` of `/proc/PID/stat`, counted in
+/// USER_HZ, which Linux fixes at 100).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid}"))?;
+    // The command name may hold spaces and parentheses: the fields counted here start after its last `)`.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); `fields[0]` is field 3 (state).
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).context("no utime/stime");
+    Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt as _;
 use meshgate_protocols::mqtt::QoS;
 
-use super::brokers::{Mosquitto, rss_kib};
+use super::brokers::{Mosquitto, cpu_seconds, rss_kib};
 use super::conn;
 use super::run::{LoadSpec, Report, hold_idle, run, run_at};
 use crate::Gateway;
@@ -40,7 +40,12 @@ struct Row {
     scenario: String,
     target: &'static str,
     report: Report,
+    /// CPU seconds the broker used for the run, including work it finished after the run (an uplink's backlog).
+    cpu_secs: Option<f64>,
 }
+
+/// The rates of the latency sweep (QoS 1 ingest), where they are below half of meshgate's maximum.
+const SWEEP_RATES: [f64; 3] = [10_000.0, 20_000.0, 40_000.0];
 
 /// A trivial sink in a process of its own (this binary's `sink` command).
 struct Sink {
@@ -76,12 +81,44 @@ fn say(line: &str) {
     eprintln!("suite: {line}");
 }
 
-async fn measured(rows: &mut Vec<Row>, scenario: &str, target: &'static str, spec: &LoadSpec) -> Result<Report> {
+async fn measured(
+    rows: &mut Vec<Row>,
+    scenario: &str,
+    target: &'static str,
+    spec: &LoadSpec,
+    broker: Option<u32>,
+) -> Result<Report> {
     say(&format!("{scenario} on {target} ({} connections, {} s)", spec.connections, spec.duration.as_secs()));
+    let cpu_before = broker.map(cpu_seconds).transpose()?;
     let report = run(spec).await?;
-    say(&format!("  {}", report.summary()));
-    rows.push(Row { scenario: scenario.to_string(), target, report: report.clone() });
+    let cpu_secs = match (broker, cpu_before) {
+        (Some(pid), Some(before)) => Some(settled_cpu_seconds(pid).await? - before),
+        _ => None,
+    };
+    let cpu = cpu_secs.map_or(String::new(), |c| format!("; broker CPU {c:.1} s"));
+    say(&format!("  {}{cpu}", report.summary()));
+    rows.push(Row { scenario: scenario.to_string(), target, report: report.clone(), cpu_secs });
     Ok(report)
+}
+
+/// The CPU seconds of `pid` once it has gone quiet (under 5 % of a core over half a second, or after 120 s), so
+/// work a broker finishes after the run, such as an uplink's backlog, counts towards the messages it took.
+async fn settled_cpu_seconds(pid: u32) -> Result<f64> {
+    let mut last = cpu_seconds(pid)?;
+    for _ in 0..240 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = cpu_seconds(pid)?;
+        if now - last < 0.025 {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
+/// Broker CPU per acknowledged message (QoS 0: per message sent), µs.
+fn cpu_per_message_us(row: &Row) -> Option<f64> {
+    row.cpu_secs.filter(|_| row.report.acked > 0).map(|c| c * 1e6 / row.report.acked as f64)
 }
 
 /// A broker for one scenario, started fresh so no backlog of the previous one competes with it.
@@ -104,6 +141,13 @@ impl Broker {
             Broker::Mosquitto(m) => m.addr,
         }
     }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Broker::Meshgate(gw) => gw.pid(),
+            Broker::Mosquitto(m) => Some(m.pid()),
+        }
+    }
 }
 
 /// Runs every scenario; returns the Markdown section (and writes it when asked).
@@ -122,31 +166,40 @@ pub async fn suite(options: &SuiteOptions) -> Result<String> {
 
     // 0. The generator's ceiling against a sink that acknowledges at once.
     let sink = Sink::start()?;
-    measured(&mut rows, "QoS 1 ingest, 100 connections", "trivial sink", &ingest(sink.addr, QoS::AtLeastOnce)).await?;
-    measured(&mut rows, "QoS 0 ingest, 100 connections", "trivial sink", &ingest(sink.addr, QoS::AtMostOnce)).await?;
+    let ceiling = ingest(sink.addr, QoS::AtLeastOnce);
+    measured(&mut rows, "QoS 1 ingest, 100 connections", "trivial sink", &ceiling, None).await?;
+    let ceiling = ingest(sink.addr, QoS::AtMostOnce);
+    measured(&mut rows, "QoS 0 ingest, 100 connections", "trivial sink", &ceiling, None).await?;
     drop(sink);
 
     // 1, 2, 4: ingest (meshgate: durable spool, acknowledged after fsync; Mosquitto: persistence off), QoS 1 at
-    // half of meshgate's maximum rate, and local publish → subscribe (10 publishers, one subscriber on the run's
-    // topics). Each on a fresh broker.
+    // half of meshgate's maximum rate and at the sweep's lower rates, and local publish → subscribe (10 publishers,
+    // one subscriber on the run's topics). Each on a fresh broker.
     let mut half_rate = 0.0;
     for target in ["meshgate", "Mosquitto"] {
         let broker = Broker::start(target)?;
-        let max =
-            measured(&mut rows, "QoS 1 ingest, 100 connections", target, &ingest(broker.addr(), QoS::AtLeastOnce))
-                .await?
-                .acked_per_sec();
+        let full = ingest(broker.addr(), QoS::AtLeastOnce);
+        let max = measured(&mut rows, "QoS 1 ingest, 100 connections", target, &full, broker.pid()).await?;
         drop(broker);
         if target == "meshgate" {
-            half_rate = (max / 2.0).floor();
+            half_rate = (max.acked_per_sec() / 2.0).floor();
+        }
+        let scenario = format!("QoS 1 ingest at half of meshgate's maximum ({half_rate:.0}/s)");
+        let mut paced = vec![(scenario, half_rate)];
+        for rate in SWEEP_RATES.into_iter().filter(|&r| r < half_rate) {
+            paced.push((format!("QoS 1 ingest at {rate:.0}/s"), rate));
+        }
+        for (scenario, rate) in paced {
+            let broker = Broker::start(target)?;
+            // The sweep's lower rates run for at most 20 s each: a latency figure, not a throughput one.
+            let duration = if rate < half_rate { seconds.min(Duration::from_secs(20)) } else { seconds };
+            let spec = LoadSpec { rate, duration, ..ingest(broker.addr(), QoS::AtLeastOnce) };
+            measured(&mut rows, &scenario, target, &spec, broker.pid()).await?;
+            drop(broker);
         }
         let broker = Broker::start(target)?;
-        let half = LoadSpec { rate: half_rate, ..ingest(broker.addr(), QoS::AtLeastOnce) };
-        let scenario = format!("QoS 1 ingest at half of meshgate's maximum ({half_rate:.0}/s)");
-        measured(&mut rows, &scenario, target, &half).await?;
-        drop(broker);
-        let broker = Broker::start(target)?;
-        measured(&mut rows, "QoS 0 ingest, 100 connections", target, &ingest(broker.addr(), QoS::AtMostOnce)).await?;
+        let qos0 = ingest(broker.addr(), QoS::AtMostOnce);
+        measured(&mut rows, "QoS 0 ingest, 100 connections", target, &qos0, broker.pid()).await?;
         drop(broker);
         let broker = Broker::start(target)?;
         let pubsub = LoadSpec {
@@ -156,7 +209,7 @@ pub async fn suite(options: &SuiteOptions) -> Result<String> {
             filter: "pubsub/#".into(),
             ..ingest(broker.addr(), QoS::AtLeastOnce)
         };
-        measured(&mut rows, "QoS 1 publish → subscribe, 10 → 1", target, &pubsub).await?;
+        measured(&mut rows, "QoS 1 publish → subscribe, 10 → 1", target, &pubsub, broker.pid()).await?;
         drop(broker);
     }
 
@@ -259,7 +312,7 @@ async fn amqp_uplink_latency(rows: &mut Vec<Row>, options: &SuiteOptions, second
     report.received = received;
     report.e2e_latency = latency;
     say(&format!("  {}", report.summary()));
-    rows.push(Row { scenario, target: "meshgate → RabbitMQ", report: report.clone() });
+    rows.push(Row { scenario, target: "meshgate → RabbitMQ", report: report.clone(), cpu_secs: None });
     drop(gw);
     Ok(report)
 }
@@ -382,13 +435,23 @@ fn markdown(
         "- meshgate: durable spool (each QoS 1 publish acknowledged after the fsync that covers it), the default file \
          uplink (or the AMQP uplink in scenario 3). Mosquitto: a process of its own on a free port, persistence off, \
          `max_queued_messages 0` for the throughput runs (its default 1000 drops QoS 1 messages to a slow \
-         subscriber), default settings for the idle runs. The generator, the brokers and RabbitMQ share the same cores.\n"
+         subscriber), default settings for the idle runs. The generator, the brokers and RabbitMQ share the same cores."
     )?;
     writeln!(
         md,
-        "| scenario | target | sent | acknowledged/s (QoS 0: sent/s) | ack p50 ms | ack p99 ms | ack p99.9 ms | received/s | publish→receive p50 ms | p99 ms | errors |"
+        "- Latencies count from the moment a publish is written. The send lag is how late paced publishes went out \
+         after they were due: the generator's own timer, or a connection's window of {window} unacknowledged \
+         publishes filled by a slow broker, so a broker's stalls show there. Broker CPU is the broker process's user \
+         and system time from the start of a run until it has gone quiet after it (meshgate's uplink backlog \
+         included), per acknowledged message (QoS 0: per message sent). The lower rates of the latency sweep run \
+         for at most 20 s.\n",
+        window = LoadSpec::default().window
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        md,
+        "| scenario | target | sent | acknowledged/s (QoS 0: sent/s) | ack p50 ms | ack p99 ms | ack p99.9 ms | received/s | publish→receive p50 ms | p99 ms | send lag p99 ms | broker CPU µs per message | errors |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for r in rows {
         let p = &r.report;
         let recv = |f: f64| if p.received > 0 { format!("{f:.2}") } else { "–".into() };
@@ -401,7 +464,7 @@ fn markdown(
         };
         writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.target,
             p.sent,
@@ -412,6 +475,8 @@ fn markdown(
             if p.received > 0 { format!("{:.0}", p.received_per_sec()) } else { "–".into() },
             recv(Report::ms(&p.e2e_latency, 50.0)),
             recv(Report::ms(&p.e2e_latency, 99.0)),
+            if p.send_lag.is_empty() { "–".into() } else { format!("{:.2}", Report::ms(&p.send_lag, 99.0)) },
+            cpu_per_message_us(r).map_or("–".into(), |us| format!("{us:.1}")),
             p.errors
         )?;
     }
@@ -436,13 +501,28 @@ fn markdown(
             writeln!(md, "| {label} | {x:.0} | {y:.0} | {} |", ratio(x, y))?;
         }
     }
-    if let (Some(a), Some(b)) = (find("QoS 1 ingest at half", "meshgate"), find("QoS 1 ingest at half", "Mosquitto")) {
-        let (x, y) = (Report::ms(&a.ack_latency, 99.0), Report::ms(&b.ack_latency, 99.0));
+    let row =
+        |scenario: &str, target: &str| rows.iter().find(|r| r.scenario.starts_with(scenario) && r.target == target);
+    if let (Some(a), Some(b)) = (
+        row("QoS 1 ingest, 100", "meshgate").and_then(cpu_per_message_us),
+        row("QoS 1 ingest, 100", "Mosquitto").and_then(cpu_per_message_us),
+    ) {
         writeln!(
             md,
-            "| QoS 1 publish → ack p99 at half of meshgate's maximum, ms | {x:.2} | {y:.2} | {} |",
-            ratio(x, y)
+            "| broker CPU per acknowledged QoS 1 message at full speed, µs | {a:.1} | {b:.1} | {} |",
+            ratio(a, b)
         )?;
+    }
+    let mut sweep: Vec<(String, String)> =
+        vec![("QoS 1 ingest at half".into(), "QoS 1 publish → ack p99 at half of meshgate's maximum, ms".into())];
+    for rate in SWEEP_RATES {
+        sweep.push((format!("QoS 1 ingest at {rate:.0}/s"), format!("QoS 1 publish → ack p99 at {rate:.0}/s, ms")));
+    }
+    for (scenario, label) in sweep {
+        if let (Some(a), Some(b)) = (find(&scenario, "meshgate"), find(&scenario, "Mosquitto")) {
+            let (x, y) = (Report::ms(&a.ack_latency, 99.0), Report::ms(&b.ack_latency, 99.0));
+            writeln!(md, "| {label} | {x:.2} | {y:.2} | {} |", ratio(x, y))?;
+        }
     }
     for n in options.idle.iter() {
         let get = |t: &str| idle_rows.iter().find(|r| r.connections == *n && r.target == t);
