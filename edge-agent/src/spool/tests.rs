@@ -220,3 +220,49 @@ fn drop_oldest_evicts_only_segments_of_droppable_telemetry() {
     drop(appender);
     writer.join();
 }
+
+#[test]
+fn a_cursor_that_could_not_be_stored_moves_nothing_and_deletes_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, appender, writer, _) = open(dir.path());
+    // Enough records for several segments (2 KiB each), so a confirmed cursor would free some.
+    let ids: Vec<u64> = rt.block_on(async {
+        let mut receipts = Vec::new();
+        for n in 0..40 {
+            receipts.push(appender.append(record(n, 200), true).await.expect("append").expect("receipt"));
+        }
+        let mut ids = Vec::new();
+        for rx in receipts {
+            ids.push(rx.await.expect("answer").expect("durable"));
+        }
+        ids
+    });
+    let last = *ids.last().expect("ids");
+    let segments_before = segment::list(dir.path()).expect("list").len();
+    assert!(segments_before > 2, "{segments_before} segments");
+
+    // The ledger's temporary file cannot be created: the cursor's store fails.
+    std::fs::create_dir(dir.path().join("ledger.json.tmp")).expect("block the ledger");
+    for consumer in CONSUMERS {
+        assert!(spool.ack(consumer, last).is_err(), "the store must fail");
+        assert_eq!(spool.cursor(consumer), 0, "a cursor that is not durable does not move");
+    }
+    assert_eq!(segment::list(dir.path()).expect("list").len(), segments_before, "nothing deleted");
+    assert_eq!(read_all(&spool, "a").len(), ids.len());
+
+    // Once it can be stored, the same acknowledgements move the cursors and free every confirmed segment.
+    std::fs::remove_dir(dir.path().join("ledger.json.tmp")).expect("unblock");
+    for consumer in CONSUMERS {
+        spool.ack(consumer, last).expect("ack");
+        assert_eq!(spool.cursor(consumer), last);
+    }
+    assert_eq!(segment::list(dir.path()).expect("list").len(), 1, "only the active segment is left");
+    assert!(read_all(&spool, "b").is_empty());
+    drop(appender);
+    writer.join();
+    let (reopened, appender, writer, _) = open(dir.path());
+    assert_eq!(reopened.cursor("a"), last, "the cursor was durable");
+    drop(appender);
+    writer.join();
+}
