@@ -89,11 +89,11 @@ async fn measured(
     broker: Option<u32>,
 ) -> Result<Report> {
     say(&format!("{scenario} on {target} ({} connections, {} s)", spec.connections, spec.duration.as_secs()));
-    let cpu_before = broker.map(cpu_seconds).transpose()?;
+    let cpu_before = broker.map(|pid| cpu_seconds(pid).map(|before| (pid, before))).transpose()?;
     let report = run(spec).await?;
-    let cpu_secs = match (broker, cpu_before) {
-        (Some(pid), Some(before)) => Some(settled_cpu_seconds(pid).await? - before),
-        _ => None,
+    let cpu_secs = match cpu_before {
+        Some((pid, before)) => Some(settled_cpu_seconds(pid).await? - before),
+        None => None,
     };
     let cpu = cpu_secs.map_or(String::new(), |c| format!("; broker CPU {c:.1} s"));
     say(&format!("  {}{cpu}", report.summary()));
@@ -480,9 +480,9 @@ fn markdown(
             p.errors
         )?;
     }
-    let find = |scenario: &str, target: &str| {
-        rows.iter().find(|r| r.scenario.starts_with(scenario) && r.target == target).map(|r| &r.report)
-    };
+    let row =
+        |scenario: &str, target: &str| rows.iter().find(|r| r.scenario.starts_with(scenario) && r.target == target);
+    let find = |scenario: &str, target: &str| row(scenario, target).map(|r| &r.report);
     writeln!(md, "\nRatios meshgate / Mosquitto in this run:\n")?;
     writeln!(md, "| figure | meshgate | Mosquitto | ratio |")?;
     writeln!(md, "|---|---|---|---|")?;
@@ -501,8 +501,6 @@ fn markdown(
             writeln!(md, "| {label} | {x:.0} | {y:.0} | {} |", ratio(x, y))?;
         }
     }
-    let row =
-        |scenario: &str, target: &str| rows.iter().find(|r| r.scenario.starts_with(scenario) && r.target == target);
     if let (Some(a), Some(b)) = (
         row("QoS 1 ingest, 100", "meshgate").and_then(cpu_per_message_us),
         row("QoS 1 ingest, 100", "Mosquitto").and_then(cpu_per_message_us),
