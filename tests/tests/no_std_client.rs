@@ -245,7 +245,7 @@ async fn the_client_survives_a_gateway_restart_and_resends_what_was_not_acknowle
         drop(session.replace_transport(socket));
         break session.connect(&connect_packet("boiler-1", false)).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
     };
-    // A killed gateway keeps sessions as of its last snapshot (docs/mqtt.md): resumed or not, the client resends.
+    // A killed gateway keeps sessions as of its last snapshot (docs/broker.md): resumed or not, the client resends.
     eprintln!("session present after the restart: {present}");
     acks(&mut session, unacknowledged).await?;
     assert_eq!(session.client().in_flight(), 0);
