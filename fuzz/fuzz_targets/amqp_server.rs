@@ -35,7 +35,7 @@ fn handshake() -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else { return };
-    let limits = Limits { frame_max: 4096, channel_max: 64, heartbeat: 0, max_body: 1 << 20 };
+    let limits = Limits { frame_max: 4096, channel_max: 64, heartbeat: 0, max_body: 1 << 20, max_table_depth: 32 };
     let mut c = ServerConnection::new(limits, 0);
     let mut queues = MemoryQueues::default();
     for name in ["q", ""] {

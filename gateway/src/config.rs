@@ -65,6 +65,9 @@ pub struct Config {
     /// `[tls]`: the server certificate the TLS listeners present.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// `[limits]`: depth, count, byte and rate budgets against hostile or careless devices.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// `[tls]`.
@@ -104,11 +107,13 @@ pub struct BrokerSection {
     /// Messages queued per session (beyond those in flight) while its client is slow or offline; when full, QoS 0
     /// messages are dropped first, then the oldest.
     pub max_queued_messages: usize,
+    /// Bytes of messages (payload and topic) queued per session, beside the count; the same drop order applies.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for BrokerSection {
     fn default() -> Self {
-        BrokerSection { max_queued_messages: 1000 }
+        BrokerSection { max_queued_messages: 1000, max_queued_bytes: 16 * 1024 * 1024 }
     }
 }
 
@@ -303,7 +308,7 @@ impl Default for AdminConfig {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Whether devices may connect without credentials.
@@ -314,6 +319,30 @@ pub struct AuthConfig {
     pub acl: Vec<crate::acl::AclRule>,
     /// What a publish or subscription no rule allows gets: `allow` (default) or `deny`.
     pub acl_default: crate::acl::AclDefault,
+    /// Password verifications (Argon2, memory-hard) run at once; further logins wait their turn.
+    pub max_concurrent_verifications: usize,
+    /// The first delay, in milliseconds, before answering a login from a source address or for a user name that
+    /// failed recently; it doubles with each further failure.
+    pub backoff_base_ms: u64,
+    /// The longest such delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Seconds after its last failure that a source address or user name is forgiven.
+    pub failure_window_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: false,
+            users: Vec::new(),
+            acl: Vec::new(),
+            acl_default: crate::acl::AclDefault::default(),
+            max_concurrent_verifications: 2,
+            backoff_base_ms: 250,
+            backoff_max_ms: 10_000,
+            failure_window_secs: 300,
+        }
+    }
 }
 
 /// `[[auth.users]]`.
@@ -347,6 +376,13 @@ impl Config {
         if self.broker.max_queued_messages == 0 {
             return err("broker.max_queued_messages", "must be at least 1");
         }
+        if self.broker.max_queued_bytes == 0 {
+            return err("broker.max_queued_bytes", "must be at least 1");
+        }
+        if self.auth.max_concurrent_verifications == 0 {
+            return err("auth.max_concurrent_verifications", "must be at least 1");
+        }
+        self.limits.validate()?;
         if let Some(amqp) = &self.listeners.amqp {
             if amqp.frame_max < 4096 {
                 return err("listeners.amqp.frame_max", "must be at least 4096 bytes (AMQP 0-9-1's minimum)");

@@ -10,6 +10,7 @@
 //! - [`mqtt`]: the MQTT listener, our own sessions over the `meshgate-protocols` codec.
 //! - [`amqp`]: the AMQP 0-9-1 listener: publisher confirms, channel.flow, queues over the local broker.
 //! - [`ws`]: the WebSocket listener: `cloudevents.json` with acknowledgements, and MQTT over WebSocket.
+//! - [`limits`]: the named depth, count, byte and rate budgets of `[limits]`, and the checks that apply them.
 //! - [`listener`]: the accept loop the listeners share; [`tls`]: rustls (ring) for the TLS listeners.
 //! - [`normalize`]: message → CloudEvent, with mapping rules (shared with the `edge-agent` bridge, so it lives there).
 //! - [`downlinks`]: events from the mesh delivered to devices through the local broker.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod downlinks;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;

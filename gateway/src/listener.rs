@@ -16,6 +16,28 @@ use crate::broker::LocalBroker;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 
+/// What the transport tells about a connection's peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Its address (none for transports without one).
+    pub addr: Option<std::net::SocketAddr>,
+    /// The subject of the client certificate it proved (TLS with mTLS): a device that brings no credentials is
+    /// that device.
+    pub identity: Option<String>,
+}
+
+impl Peer {
+    /// The peer of a plain TCP connection.
+    pub fn of(stream: &TcpStream) -> Peer {
+        Peer { addr: stream.peer_addr().ok(), identity: None }
+    }
+
+    /// Where a login from this peer over `protocol` comes from.
+    pub fn login(&self, protocol: crate::metrics::Protocol) -> crate::auth::LoginFrom {
+        crate::auth::LoginFrom { addr: self.addr.map(|a| a.ip()), protocol }
+    }
+}
+
 /// The gateway's parts every device connection works with, whatever its protocol.
 #[derive(Clone)]
 pub struct Shared {
@@ -31,6 +53,8 @@ pub struct Shared {
     pub broker: Arc<LocalBroker>,
     /// Publish and subscribe rules.
     pub acl: Acl,
+    /// `[limits]`.
+    pub limits: crate::limits::LimitsConfig,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -35,10 +35,12 @@ pub enum RejectReason {
     ProtocolViolation,
     /// An unsupported protocol version.
     UnsupportedVersion,
+    /// A named limit of `[limits]` (topic levels, table depth, subscriptions, sessions) refused it.
+    LimitExceeded,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 10] = [
+    const ALL: [RejectReason; 11] = [
         RejectReason::BadCredentials,
         RejectReason::NotAuthorized,
         RejectReason::Malformed,
@@ -49,6 +51,7 @@ impl RejectReason {
         RejectReason::KeepAliveTimeout,
         RejectReason::ProtocolViolation,
         RejectReason::UnsupportedVersion,
+        RejectReason::LimitExceeded,
     ];
 
     /// The metric label value.
@@ -64,6 +67,7 @@ impl RejectReason {
             RejectReason::KeepAliveTimeout => "keepalive_timeout",
             RejectReason::ProtocolViolation => "protocol_violation",
             RejectReason::UnsupportedVersion => "unsupported_version",
+            RejectReason::LimitExceeded => "limit_exceeded",
         }
     }
 }
@@ -85,6 +89,7 @@ pub struct Metrics {
     messages_in: [AtomicU64; PROTOCOLS],
     acknowledged: [AtomicU64; PROTOCOLS],
     flow_paused: [AtomicU64; PROTOCOLS],
+    auth_failures: [AtomicU64; PROTOCOLS],
     rejects: [[AtomicU64; REASONS]; PROTOCOLS],
     uplinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<UplinkStats>)>>,
     downlinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<DownlinkStats>)>>,
@@ -148,6 +153,11 @@ impl Metrics {
         self.flow_paused[p as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A device's credentials were checked and refused (wrong password, unknown user, anonymous not allowed).
+    pub fn auth_failed(&self, p: Protocol) {
+        self.auth_failures[p as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Something was refused.
     pub fn reject(&self, p: Protocol, r: RejectReason) {
         self.rejects[p as usize][reason_index(r)].fetch_add(1, Ordering::Relaxed);
@@ -169,7 +179,7 @@ impl Metrics {
             let v = self.connections[p as usize].load(Ordering::Relaxed);
             let _ = writeln!(out, "meshgate_connections{{protocol=\"{}\"}} {v}", p.as_str());
         }
-        let per_protocol: [(&str, &str, &[AtomicU64; PROTOCOLS]); 4] = [
+        let per_protocol: [(&str, &str, &[AtomicU64; PROTOCOLS]); 5] = [
             ("meshgate_connections_accepted_total", "Device connections accepted.", &self.connections_total),
             ("meshgate_messages_in_total", "Messages accepted from devices into the pipeline.", &self.messages_in),
             (
@@ -182,6 +192,7 @@ impl Metrics {
                 "Times a connection's publishers were paused because the spool withheld credit.",
                 &self.flow_paused,
             ),
+            ("meshgate_auth_failures_total", "Device logins refused (credentials wrong or missing).", &self.auth_failures),
         ];
         for (name, help, counters) in per_protocol {
             header(&mut out, name, "counter", help);

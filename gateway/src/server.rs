@@ -16,7 +16,7 @@ use crate::amqp::{self, AmqpContext};
 use crate::auth::Authenticator;
 use crate::broker::{BrokerConfig, LocalBroker};
 use crate::config::Config;
-use crate::listener;
+use crate::listener::{self, Peer};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttContext};
 use crate::normalize::Normalizer;
@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let broker_dir = data_dir.join("broker");
-    let broker_config = BrokerConfig { max_queued_messages: config.broker.max_queued_messages };
+    let broker_config = BrokerConfig::new(&config.broker, &config.limits);
     let broker = Arc::new(
         LocalBroker::open(&broker_dir, broker_config)
             .with_context(|| format!("gateway.data_dir: cannot open the broker state in {}", broker_dir.display()))?,
@@ -102,12 +102,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     metrics.set_downlinks(downlinks.stats);
 
     let shared = listener::Shared {
-        auth: Authenticator::new(&config.auth),
+        auth: Authenticator::new(&config.auth).with_metrics(Arc::clone(&metrics)),
         normalizer,
         ingest,
         metrics: Arc::clone(&metrics),
         broker: Arc::clone(&broker),
         acl: crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default),
+        limits: config.limits,
         shutdown: stop_rx.clone(),
     };
     let mut listener_tasks = Vec::new();
@@ -128,7 +129,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         if let Some(listener) = mqtt_listener {
             announce("mqtt", &listener)?;
             let ctx = Arc::clone(ctx);
-            spawn(listener, cfg.max_connections, boxed(move |s| mqtt::connection::serve(s, Arc::clone(&ctx))));
+            let serve = move |s| {
+                let peer = Peer::of(&s);
+                mqtt::connection::serve_as(s, Arc::clone(&ctx), peer)
+            };
+            spawn(listener, cfg.max_connections, boxed(serve));
         }
         if let (Some(listener), Some(acceptor)) = (mqtts_listener, tls.clone()) {
             announce("mqtts", &listener)?;
@@ -143,7 +148,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         if let Some(listener) = amqp_listener {
             announce("amqp", &listener)?;
             let ctx = Arc::clone(&ctx);
-            spawn(listener, cfg.max_connections, boxed(move |s| amqp::driver::serve(s, Arc::clone(&ctx))));
+            let serve = move |s| {
+                let peer = Peer::of(&s);
+                amqp::driver::serve_as(s, Arc::clone(&ctx), peer)
+            };
+            spawn(listener, cfg.max_connections, boxed(serve));
         }
         if let (Some(listener), Some(acceptor)) = (amqps_listener, tls.clone()) {
             announce("amqps", &listener)?;
@@ -157,7 +166,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         if let Some(listener) = ws_listener {
             announce("ws", &listener)?;
             let ctx = Arc::clone(&ctx);
-            spawn(listener, cfg.max_connections, boxed(move |s| ws::serve(s, Arc::clone(&ctx), None)));
+            let serve = move |s| {
+                let peer = Peer::of(&s);
+                ws::serve(s, Arc::clone(&ctx), peer)
+            };
+            spawn(listener, cfg.max_connections, boxed(serve));
         }
         if let (Some(listener), Some(acceptor)) = (wss_listener, tls.clone()) {
             announce("wss", &listener)?;

@@ -165,16 +165,17 @@ pub type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// and the client certificate's identity.
 pub fn over_tls<F, Fut>(acceptor: TlsAcceptor, timeout: Duration, serve: F) -> impl Fn(TcpStream) -> Serving
 where
-    F: Fn(TlsStream<TcpStream>, Option<String>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(TlsStream<TcpStream>, crate::listener::Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     move |stream| {
         let (acceptor, serve) = (acceptor.clone(), serve.clone());
         Box::pin(async move {
+            let addr = stream.peer_addr().ok();
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let identity = peer_identity(&tls);
-                    serve(tls, identity).await;
+                    serve(tls, crate::listener::Peer { addr, identity }).await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),

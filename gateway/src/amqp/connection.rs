@@ -77,6 +77,8 @@ pub struct Limits {
     pub heartbeat: u16,
     /// The largest message body.
     pub max_body: u64,
+    /// The deepest nesting of field tables and arrays accepted (`limits.max_table_depth`).
+    pub max_table_depth: usize,
 }
 
 /// What the driver must act on.
@@ -265,13 +267,19 @@ impl ServerConnection {
                     }
                 }
             }
-            match frames::decode(rest, self.frame_max) {
+            match frames::decode(rest, self.frame_max, self.limits.max_table_depth) {
                 Ok(Some((frame, n))) => {
                     used += n;
                     self.last_input_ms = now_ms;
                     self.handle_frame(frame, queues);
                 }
                 Ok(None) => return used,
+                Err(FrameError::TooDeep { max }) => {
+                    let text = format!("field table nested deeper than {max} levels (limits.max_table_depth)");
+                    self.close(reply::FRAME_ERROR, &text, 0, 0);
+                    self.finish(reply::FRAME_ERROR, "field table too deep");
+                    return input.len();
+                }
                 Err(FrameError::TooLarge { size, max }) => {
                     self.close(reply::FRAME_ERROR, &format!("frame of {size} bytes exceeds frame_max {max}"), 0, 0);
                     self.finish(reply::FRAME_ERROR, "frame too large");
@@ -392,7 +400,7 @@ impl ServerConnection {
                 let external = (ok.mechanism.as_str() == "EXTERNAL")
                     .then(|| self.certificate_identity.clone().map(|id| (id, String::new())))
                     .flatten();
-                match external.or_else(|| parse_credentials(ok.mechanism.as_str(), ok.response.as_bytes())) {
+                match external.or_else(|| parse_credentials(ok.mechanism.as_str(), ok.response.as_bytes(), self.limits.max_table_depth)) {
                     Some((username, password)) => {
                         self.state = State::AwaitAuth;
                         let mechanism = ok.mechanism.as_str().to_string();
@@ -438,7 +446,7 @@ impl ServerConnection {
 }
 
 /// PLAIN (`\0user\0password`) or AMQPLAIN (a field table of LOGIN and PASSWORD, without its length prefix).
-fn parse_credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
+fn parse_credentials(mechanism: &str, response: &[u8], max_table_depth: usize) -> Option<(String, String)> {
     match mechanism {
         "PLAIN" => {
             let mut parts = response.split(|&b| b == 0);
@@ -450,6 +458,7 @@ fn parse_credentials(mechanism: &str, response: &[u8]) -> Option<(String, String
         "AMQPLAIN" => {
             let mut table = u32::try_from(response.len()).ok()?.to_be_bytes().to_vec();
             table.extend_from_slice(response);
+            super::table_depth::check_table(&table, max_table_depth).ok()?;
             let (_, fields) = amq_protocol::types::parsing::parse_field_table(table.as_slice()).ok()?;
             let text = |k: &str| match fields.inner().get(&short(k)) {
                 Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),

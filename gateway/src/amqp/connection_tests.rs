@@ -6,12 +6,12 @@ use amq_protocol::protocol::{channel, confirm, exchange, queue};
 use super::*;
 use crate::amqp::queues::{MemoryQueues, OutgoingMessage};
 
-const LIMITS: Limits = Limits { frame_max: 131_072, channel_max: 16, heartbeat: 10, max_body: 1024 };
+const LIMITS: Limits = Limits { frame_max: 131_072, channel_max: 16, heartbeat: 10, max_body: 1024, max_table_depth: 32 };
 
 fn frames_of(bytes: &[u8]) -> Vec<AMQPFrame> {
     let mut out = Vec::new();
     let mut rest = bytes;
-    while let Ok(Some((f, n))) = frames::decode(rest, 0) {
+    while let Ok(Some((f, n))) = frames::decode(rest, 0, 32) {
         out.push(f);
         rest = &rest[n..];
     }
@@ -228,10 +228,10 @@ fn wrong_credentials_a_foreign_header_and_oversized_frames_end_the_connection() 
 fn amqplain_credentials_are_read_from_their_table() {
     use amq_protocol::auth::{Credentials, SASLMechanism};
     let response = Credentials::new("dev".into(), "secret".into()).sasl_auth_string(SASLMechanism::AMQPlain);
-    assert_eq!(parse_credentials("AMQPLAIN", response.as_bytes()), Some(("dev".into(), "secret".into())));
-    assert_eq!(parse_credentials("PLAIN", b"\0a\0b"), Some(("a".into(), "b".into())));
-    assert_eq!(parse_credentials("PLAIN", b"garbage"), None);
-    assert_eq!(parse_credentials("EXTERNAL", b""), None);
+    assert_eq!(parse_credentials("AMQPLAIN", response.as_bytes(), 32), Some(("dev".into(), "secret".into())));
+    assert_eq!(parse_credentials("PLAIN", b"\0a\0b", 32), Some(("a".into(), "b".into())));
+    assert_eq!(parse_credentials("PLAIN", b"garbage", 32), None);
+    assert_eq!(parse_credentials("EXTERNAL", b"", 32), None);
 }
 
 #[test]

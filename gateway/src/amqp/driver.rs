@@ -29,6 +29,7 @@ use crate::acl::DeviceAcl;
 use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms as wall_ms;
 use crate::broker::{Message, MessageProperties};
+use crate::listener::Peer;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{AmqpInbound, Normalized, cloudevent_headers};
 
@@ -56,22 +57,14 @@ struct Pending {
     local: Option<Message>,
 }
 
-/// Serves one accepted connection until it ends.
-pub async fn serve<S>(stream: S, ctx: Arc<AmqpContext>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    serve_as(stream, ctx, None).await;
-}
-
-/// Serves one accepted connection whose peer proved `identity` with a client certificate (amqps with mTLS): it
-/// may log in with the SASL mechanism EXTERNAL as that device.
-pub async fn serve_as<S>(stream: S, ctx: Arc<AmqpContext>, identity: Option<String>)
+/// Serves one accepted connection until it ends. A peer that proved an identity with a client certificate (amqps
+/// with mTLS) may log in with the SASL mechanism EXTERNAL as that device.
+pub async fn serve_as<S>(stream: S, ctx: Arc<AmqpContext>, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     ctx.shared.metrics.connection_opened(PROTOCOL);
-    let mut driver = Driver::new(stream, Arc::clone(&ctx), identity);
+    let mut driver = Driver::new(stream, Arc::clone(&ctx), peer);
     let outcome = driver.run().await;
     driver.conn.release(&mut driver.queues);
     driver.queues.close();
@@ -95,22 +88,26 @@ struct Driver<S> {
     client_id: String,
     acl: DeviceAcl,
     pending: VecDeque<Pending>,
+    /// The peer's address and certificate identity.
+    peer: Peer,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
-    fn new(stream: S, ctx: Arc<AmqpContext>, identity: Option<String>) -> Self {
+    fn new(stream: S, ctx: Arc<AmqpContext>, peer: Peer) -> Self {
         let c = &ctx.config;
         let limits = Limits {
             frame_max: c.frame_max,
             channel_max: c.channel_max,
             heartbeat: c.heartbeat_secs,
             max_body: c.max_message_size,
+            max_table_depth: ctx.shared.limits.max_table_depth,
         };
         let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         let queues = BrokerQueues::new(Arc::clone(&ctx.shared.broker), conn_id, DeviceAcl::default());
         Driver {
             stream,
-            conn: ServerConnection::new(limits, 0).with_certificate_identity(identity),
+            conn: ServerConnection::new(limits, 0).with_certificate_identity(peer.identity.clone()),
+            peer,
             deliveries: queues.notifier(),
             queues,
             ctx,
@@ -243,7 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     // The state machine offers EXTERNAL only with a verified certificate, whose name this is.
                     (AuthOutcome::Allowed, true)
                 } else {
-                    self.ctx.shared.auth.check_presented(&username, password.as_bytes()).await
+                    self.ctx.shared.auth.check_presented(&username, password.as_bytes(), self.peer.login(PROTOCOL)).await
                 };
                 let ok = outcome == AuthOutcome::Allowed;
                 if ok {
@@ -252,7 +249,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     self.queues.set_acl(self.acl.clone());
                 } else {
                     self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::BadCredentials);
-                    tracing::info!(username, mechanism, "AMQP login refused");
                 }
                 self.conn.accept_credentials(ok);
             }

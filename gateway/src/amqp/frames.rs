@@ -33,6 +33,12 @@ pub enum FrameError {
     },
     /// The frame does not parse, or does not end with 0xCE (501, frame-error).
     Malformed(String),
+    /// A field table or array in it nests deeper than the limit (501, frame-error): refused before parsing, which
+    /// would recurse once per level.
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Reads the protocol header at the start of `input`: `Ok(Some(8))` once it is there and right.
@@ -45,8 +51,9 @@ pub fn decode_protocol_header(input: &[u8]) -> Result<Option<usize>, FrameError>
 }
 
 /// Decodes the frame at the start of `input`; `Ok(None)` until it is complete. `frame_max` (0: no limit) is
-/// checked from the size field, before the payload is read or buffered further.
-pub fn decode(input: &[u8], frame_max: usize) -> Result<Option<(AMQPFrame, usize)>, FrameError> {
+/// checked from the size field, before the payload is read or buffered further; the nesting of its field tables
+/// is checked against `max_table_depth` before it is parsed.
+pub fn decode(input: &[u8], frame_max: usize, max_table_depth: usize) -> Result<Option<(AMQPFrame, usize)>, FrameError> {
     let Some(size) = input.get(3..7).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes) else {
         return Ok(None);
     };
@@ -57,6 +64,12 @@ pub fn decode(input: &[u8], frame_max: usize) -> Result<Option<(AMQPFrame, usize
     let Some(frame) = input.get(..total) else { return Ok(None) };
     if frame.last() != Some(&FRAME_END) {
         return Err(FrameError::Malformed("frame does not end with 0xCE".into()));
+    }
+    if let Err(e) = super::table_depth::check_frame(frame, max_table_depth) {
+        return Err(match e {
+            super::table_depth::DepthError::TooDeep { max } => FrameError::TooDeep { max },
+            super::table_depth::DepthError::Malformed => FrameError::Malformed("malformed field table".into()),
+        });
     }
     match parse_frame(frame) {
         Ok(([], parsed)) => Ok(Some((parsed, total))),
@@ -86,18 +99,18 @@ mod tests {
         let frame = AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})));
         let mut wire = Vec::new();
         encode(&frame, &mut wire);
-        assert_eq!(decode(&wire, 4096), Ok(Some((frame, wire.len()))));
+        assert_eq!(decode(&wire, 4096, 32), Ok(Some((frame, wire.len()))));
         for cut in 0..wire.len() {
-            assert_eq!(decode(&wire[..cut], 4096), Ok(None), "prefix {cut}");
+            assert_eq!(decode(&wire[..cut], 4096, 32), Ok(None), "prefix {cut}");
         }
         let mut huge = vec![1, 0, 1];
         huge.extend_from_slice(&(1u32 << 30).to_be_bytes());
-        assert!(matches!(decode(&huge, 131_072), Err(FrameError::TooLarge { .. })), "refused from the header alone");
+        assert!(matches!(decode(&huge, 131_072, 32), Err(FrameError::TooLarge { .. })), "refused from the header alone");
         let mut bad_end = wire.clone();
         if let Some(last) = bad_end.last_mut() {
             *last = 0;
         }
-        assert!(matches!(decode(&bad_end, 4096), Err(FrameError::Malformed(_))));
+        assert!(matches!(decode(&bad_end, 4096, 32), Err(FrameError::Malformed(_))));
     }
 
     #[test]

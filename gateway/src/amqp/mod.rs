@@ -14,6 +14,7 @@ mod channel;
 pub mod connection;
 pub mod driver;
 pub mod frames;
+pub mod table_depth;
 pub mod queues;
 pub mod topic;
 

@@ -19,6 +19,29 @@ use super::topic_tree::TopicTree;
 pub struct BrokerConfig {
     /// Messages queued per session beyond those in flight.
     pub max_queued_messages: usize,
+    /// Bytes queued per session beyond those in flight.
+    pub max_queued_bytes: u64,
+    /// `[limits]`.
+    pub limits: crate::limits::LimitsConfig,
+}
+
+impl BrokerConfig {
+    /// The broker's limits from `[broker]` and `[limits]`.
+    pub fn new(broker: &crate::config::BrokerSection, limits: &crate::limits::LimitsConfig) -> BrokerConfig {
+        BrokerConfig {
+            max_queued_messages: broker.max_queued_messages,
+            max_queued_bytes: broker.max_queued_bytes,
+            limits: *limits,
+        }
+    }
+
+    /// These limits with at most `n` messages queued per session (tests).
+    pub fn with_max_queued(n: usize) -> BrokerConfig {
+        BrokerConfig::new(
+            &crate::config::BrokerSection { max_queued_messages: n, ..Default::default() },
+            &crate::limits::LimitsConfig::default(),
+        )
+    }
 }
 
 /// A subscription's key in the index: the client, and the share group for `$share/{group}/...`.

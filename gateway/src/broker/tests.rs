@@ -6,7 +6,9 @@ use meshgate_protocols::mqtt::{QoS, RetainHandling, SubscriptionOptions, Version
 use super::*;
 use crate::broker::message::MessageProperties;
 
-const CONFIG: BrokerConfig = BrokerConfig { max_queued_messages: 100 };
+fn config() -> BrokerConfig {
+    BrokerConfig::with_max_queued(100)
+}
 
 fn msg(topic: &str, qos: u8, retain: bool, payload: &str, publisher: &str) -> Message {
     Message {
@@ -47,7 +49,7 @@ fn connect(b: &mut Broker, client: &str, clean: bool, expiry: u32) -> Connected 
 
 #[test]
 fn delivery_qos_is_the_lower_of_publish_and_subscription() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     connect(&mut b, "s", true, 0);
     assert_eq!(b.subscribe("s", "a/+", &opts(QoS::AtLeastOnce), None, 0), QoS::AtLeastOnce);
     b.publish(msg("a/b", 2, false, "x", "p"), 0);
@@ -57,7 +59,7 @@ fn delivery_qos_is_the_lower_of_publish_and_subscription() {
 
 #[test]
 fn overlapping_subscriptions_deliver_once_with_every_identifier() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     connect(&mut b, "s", true, 0);
     b.subscribe("s", "a/#", &opts(QoS::AtMostOnce), Some(1), 0);
     b.subscribe("s", "a/b", &opts(QoS::ExactlyOnce), Some(2), 0);
@@ -69,7 +71,7 @@ fn overlapping_subscriptions_deliver_once_with_every_identifier() {
 
 #[test]
 fn no_local_and_retain_as_published_are_honoured() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     connect(&mut b, "me", true, 0);
     let no_local = SubscriptionOptions { no_local: true, ..opts(QoS::AtMostOnce) };
     b.subscribe("me", "t", &no_local, None, 0);
@@ -88,7 +90,7 @@ fn no_local_and_retain_as_published_are_honoured() {
 
 #[test]
 fn retained_messages_follow_retain_handling_and_an_empty_payload_clears_them() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     b.publish(msg("status/1", 1, true, "up", "p"), 0);
     b.publish(msg("status/2", 1, true, "down", "p"), 0);
     b.publish(msg("status/2", 0, true, "", "p"), 0);
@@ -106,7 +108,7 @@ fn retained_messages_follow_retain_handling_and_an_empty_payload_clears_them() {
 
 #[test]
 fn a_persistent_session_keeps_subscriptions_and_queues_while_offline() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     assert!(!connect(&mut b, "d", false, u32::MAX).session_present);
     b.subscribe("d", "cmd/d", &opts(QoS::AtLeastOnce), None, 0);
     b.publish(msg("cmd/d", 1, false, "one", "p"), 0);
@@ -125,7 +127,7 @@ fn a_persistent_session_keeps_subscriptions_and_queues_while_offline() {
 
 #[test]
 fn sessions_expire_after_their_interval() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     connect(&mut b, "d", false, 10);
     b.disconnect("d", None, 1_000);
     assert!(b.expire_sessions(10_999).0.is_empty());
@@ -135,7 +137,7 @@ fn sessions_expire_after_their_interval() {
 
 #[test]
 fn shared_subscriptions_spread_messages_and_hand_over_when_a_member_leaves() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     for c in ["w1", "w2"] {
         connect(&mut b, c, true, 0);
         b.subscribe(c, "$share/g/jobs/+", &opts(QoS::AtLeastOnce), None, 0);
@@ -164,7 +166,7 @@ fn shared_subscriptions_spread_messages_and_hand_over_when_a_member_leaves() {
 
 #[test]
 fn expired_messages_are_not_delivered() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     connect(&mut b, "s", true, 0);
     b.subscribe("s", "t", &opts(QoS::AtLeastOnce), None, 0);
     let mut m = msg("t", 1, false, "old", "p");
@@ -175,7 +177,7 @@ fn expired_messages_are_not_delivered() {
 
 #[test]
 fn a_restored_broker_has_the_sessions_and_retained_messages_of_its_snapshot() {
-    let mut b = Broker::new(CONFIG);
+    let mut b = Broker::new(config());
     connect(&mut b, "d", false, u32::MAX);
     b.subscribe("d", "cmd/#", &opts(QoS::AtLeastOnce), None, 0);
     b.publish(msg("cmd/1", 1, true, "queued", "p"), 0);
@@ -184,7 +186,7 @@ fn a_restored_broker_has_the_sessions_and_retained_messages_of_its_snapshot() {
         .map(|(c, s)| (c.to_string(), serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap()))
         .collect();
     let retained: Vec<Message> = b.retained().cloned().collect();
-    let mut r = Broker::restore(CONFIG, sessions, retained, 5);
+    let mut r = Broker::restore(config(), sessions, retained, 5);
     assert!(connect(&mut r, "d", false, u32::MAX).session_present);
     assert_eq!(polled(&mut r, "d"), [(1, 1, false, "queued".into(), vec![])]);
     r.publish(msg("cmd/2", 1, false, "live", "p"), 5);
@@ -194,7 +196,7 @@ fn a_restored_broker_has_the_sessions_and_retained_messages_of_its_snapshot() {
 
 #[test]
 fn dropped_messages_stay_counted_after_their_session_ends() {
-    let mut b = Broker::new(BrokerConfig { max_queued_messages: 2 });
+    let mut b = Broker::new(BrokerConfig::with_max_queued(2));
     connect(&mut b, "slow", true, 0);
     b.subscribe("slow", "t", &opts(QoS::AtLeastOnce), None, 0);
     for n in 0..5 {

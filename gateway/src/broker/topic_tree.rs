@@ -31,9 +31,16 @@ impl<K, V> Default for Node<K, V> {
     }
 }
 
+#[cfg(test)]
 impl<K, V> Node<K, V> {
     fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.rest.is_empty() && self.children.is_empty() && self.plus.is_none()
+    }
+}
+
+impl<K, V> Drop for TopicTree<K, V> {
+    fn drop(&mut self) {
+        drop_iteratively(std::mem::take(&mut self.root));
     }
 }
 
@@ -81,58 +88,112 @@ impl<K: Ord + Clone, V> TopicTree<K, V> {
         old
     }
 
-    /// Removes `key`'s subscription to `filter`; returns its value. Branches left empty are pruned.
+    /// Removes `key`'s subscription to `filter`; returns its value. Branches left empty are pruned. Iterative:
+    /// a filter's depth never becomes stack depth.
     pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
         let levels: Vec<&str> = filter.split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels, key);
+        let (path, last_is_rest) = match levels.split_last() {
+            Some((&"#", path)) => (path, true),
+            _ => (levels.as_slice(), false),
+        };
+        // Walk down once, read-only, noting the shallowest node from which everything below would be left empty.
+        let mut node = &self.root;
+        let mut prune_from: Option<usize> = None;
+        for (depth, level) in path.iter().enumerate() {
+            let child = if *level == "+" { node.plus.as_deref() } else { node.children.get(*level) };
+            let Some(child) = child else { return None };
+            node = child;
+            if depth + 1 == path.len() {
+                break; // the end node: judged below, by what is left once `key` leaves it
+            }
+            let links = child.children.len() + usize::from(child.plus.is_some());
+            let only_link = child.exact.is_empty() && child.rest.is_empty() && links == 1;
+            match (only_link, prune_from) {
+                (true, None) => prune_from = Some(depth),
+                (false, _) => prune_from = None,
+                (true, Some(_)) => {}
+            }
+        }
+        // The end node itself: empty once `key` leaves it?
+        let subs = if last_is_rest { &node.rest } else { &node.exact };
+        let others = node.exact.len() + node.rest.len() + node.children.len() + usize::from(node.plus.is_some());
+        if !subs.contains_key(key) {
+            return None;
+        }
+        let end_empties = others == 1;
+        let cut = match (end_empties, prune_from) {
+            (true, Some(d)) => Some(d),
+            (true, None) => path.len().checked_sub(1),
+            (false, _) => None,
+        };
+        // Walk down again, mutably, to the node holding the subscription, or to the parent of the cut.
+        let stop = cut.unwrap_or(path.len());
+        let mut node = &mut self.root;
+        for level in path.iter().take(stop) {
+            node = if *level == "+" { node.plus.as_deref_mut()? } else { node.children.get_mut(*level)? };
+        }
+        let removed = match cut {
+            Some(depth) => {
+                let level = path.get(depth)?;
+                let subtree = if *level == "+" {
+                    node.plus.take().map(|b| *b)
+                } else {
+                    node.children.remove(*level)
+                };
+                let mut end = subtree?;
+                let value = Self::take_from_chain(&mut end, path.get(depth + 1..)?, key, last_is_rest);
+                drop_iteratively(end);
+                value
+            }
+            None if last_is_rest => node.rest.remove(key),
+            None => node.exact.remove(key),
+        };
         self.len -= usize::from(removed.is_some());
         removed
     }
 
-    fn remove_at(node: &mut Node<K, V>, levels: &[&str], key: &K) -> Option<V> {
-        match levels {
-            [] => node.exact.remove(key),
-            ["#"] => node.rest.remove(key),
-            [level, rest @ ..] => {
-                let removed;
-                if *level == "+" {
-                    let child = node.plus.as_deref_mut()?;
-                    removed = Self::remove_at(child, rest, key);
-                    if child.is_empty() {
-                        node.plus = None;
-                    }
-                } else {
-                    let child = node.children.get_mut(*level)?;
-                    removed = Self::remove_at(child, rest, key);
-                    if child.is_empty() {
-                        node.children.remove(*level);
-                    }
-                }
-                removed
-            }
+    /// Takes `key`'s value out of the node at `path` below `node` (a branch about to be dropped).
+    fn take_from_chain(node: &mut Node<K, V>, path: &[&str], key: &K, rest: bool) -> Option<V> {
+        let mut node = node;
+        for level in path {
+            node = if *level == "+" { node.plus.as_deref_mut()? } else { node.children.get_mut(*level)? };
         }
+        if rest { node.rest.remove(key) } else { node.exact.remove(key) }
     }
 
-    /// Calls `f` with every subscription matching the topic `name`.
+    /// Calls `f` with every subscription matching the topic `name`. Iterative: a topic's depth never becomes
+    /// stack depth.
     pub fn for_each_match(&self, name: &str, mut f: impl FnMut(&K, &V)) {
         let levels: Vec<&str> = name.split('/').collect();
-        Self::visit(&self.root, &levels, name.starts_with('$'), &mut f);
-    }
-
-    fn visit(node: &Node<K, V>, levels: &[&str], dollar_first: bool, f: &mut impl FnMut(&K, &V)) {
-        if !dollar_first {
-            node.rest.iter().for_each(|(k, v)| f(k, v));
-        }
-        match levels.split_first() {
-            None => node.exact.iter().for_each(|(k, v)| f(k, v)),
-            Some((level, rest)) => {
-                if let Some(child) = node.children.get(*level) {
-                    Self::visit(child, rest, false, f);
-                }
-                if !dollar_first && let Some(plus) = &node.plus {
-                    Self::visit(plus, rest, false, f);
+        // (node, how many levels it has consumed); only the root may see a `$` topic's first level.
+        let mut stack: Vec<(&Node<K, V>, usize)> = vec![(&self.root, 0)];
+        while let Some((node, depth)) = stack.pop() {
+            let dollar_first = depth == 0 && name.starts_with('$');
+            if !dollar_first {
+                node.rest.iter().for_each(|(k, v)| f(k, v));
+            }
+            match levels.get(depth) {
+                None => node.exact.iter().for_each(|(k, v)| f(k, v)),
+                Some(level) => {
+                    if !dollar_first && let Some(plus) = &node.plus {
+                        stack.push((plus, depth + 1));
+                    }
+                    if let Some(child) = node.children.get(*level) {
+                        stack.push((child, depth + 1));
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Drops a branch level by level, so a deep branch never recurses in `Drop`.
+fn drop_iteratively<K, V>(node: Node<K, V>) {
+    let mut pending = vec![node];
+    while let Some(mut node) = pending.pop() {
+        pending.extend(node.children.drain().map(|(_, child)| child));
+        if let Some(plus) = node.plus.take() {
+            pending.push(*plus);
         }
     }
 }
@@ -173,6 +234,43 @@ mod tests {
         }
         assert!(t.is_empty());
         assert!(t.root.is_empty(), "every branch pruned");
+    }
+
+    #[test]
+    fn filters_and_topics_far_deeper_than_the_stack_are_matched_removed_and_dropped() {
+        // Recursion over levels overflowed a worker's stack at a few thousand; this runs on a test thread's 2 MiB.
+        let deep = "a/".repeat(200_000);
+        let mut t = TopicTree::new();
+        t.insert(&format!("{deep}#"), 1u32, "deep".to_string());
+        t.insert(&format!("{deep}b"), 2u32, "deep-b".to_string());
+        t.insert("a/+/#", 3u32, "shallow".to_string());
+        assert_eq!(matched(&t, &format!("{deep}b")), ["deep", "deep-b", "shallow"]);
+        assert_eq!(t.remove(&format!("{deep}#"), &1), Some("deep".into()));
+        assert_eq!(matched(&t, &format!("{deep}b")), ["deep-b", "shallow"]);
+        assert_eq!(t.remove(&format!("{deep}b"), &2), Some("deep-b".into()));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.root.children.get("a").map(|a| a.children.len()), Some(0), "the deep branch is pruned");
+        t.insert(&format!("{deep}c"), 4u32, "left for drop".to_string());
+    }
+
+    #[test]
+    fn removal_prunes_only_what_it_leaves_empty() {
+        let mut t = TopicTree::new();
+        t.insert("a/b/c/d", 1u32, String::new());
+        t.insert("a/b", 2u32, String::new());
+        t.insert("a/b/x/#", 3u32, String::new());
+        assert!(t.remove("a/b/c/d", &1).is_some());
+        assert!(t.root.children["a"].children["b"].children.get("c").is_none(), "c and d pruned");
+        assert_eq!(t.remove("a/b/c/d", &1), None);
+        assert_eq!(t.remove("a/b/x", &3), None, "a/b/x is not a/b/x/#");
+        assert!(t.remove("a/b/x/#", &3).is_some());
+        assert!(t.root.children["a"].children["b"].children.is_empty());
+        assert!(t.remove("a/b", &2).is_some());
+        assert!(t.root.is_empty());
+        t.insert("#", 5, String::new());
+        t.insert("", 6, String::new());
+        assert!(t.remove("#", &5).is_some() && t.remove("", &6).is_some());
+        assert!(t.root.is_empty() && t.is_empty());
     }
 
     fn level() -> impl Strategy<Value = String> {

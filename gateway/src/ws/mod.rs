@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth::AuthOutcome;
 use crate::config::WsListenerConfig;
-use crate::listener::Shared;
+use crate::listener::{Peer, Shared};
 use crate::metrics::{Protocol, RejectReason};
 use crate::mqtt::MqttContext;
 use upgrade::{Negotiated, Subprotocol};
@@ -40,7 +40,7 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 /// Upgrades an accepted connection and serves it with the negotiated subprotocol. `identity` is the subject of a
 /// verified client certificate (wss with mTLS): a device that brings no credentials is that device.
 #[allow(clippy::result_large_err, reason = "the callback's error type is tungstenite's HTTP response")]
-pub async fn serve<S>(stream: S, ctx: Arc<WsContext>, identity: Option<String>)
+pub async fn serve<S>(stream: S, ctx: Arc<WsContext>, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -73,16 +73,17 @@ where
     match negotiated.subprotocol {
         Subprotocol::Mqtt => {
             let bytes = stream::WsByteStream::new(ws);
-            crate::mqtt::connection::serve_as(bytes, Arc::clone(&ctx.mqtt), identity).await;
+            crate::mqtt::connection::serve_as(bytes, Arc::clone(&ctx.mqtt), peer).await;
         }
         Subprotocol::CloudEventsJson => {
-            let (user, pass) = match (&negotiated.credentials, &identity) {
+            let identity = &peer.identity;
+            let (user, pass) = match (&negotiated.credentials, identity) {
                 (Some((u, p)), _) => (Some(u.as_str()), Some(p.as_bytes())),
                 (None, Some(cn)) => (Some(cn.as_str()), None),
                 (None, None) => (None, None),
             };
             let certified = negotiated.credentials.is_none() && identity.is_some();
-            if !certified && ctx.shared.auth.check(user, pass).await != AuthOutcome::Allowed {
+            if !certified && ctx.shared.auth.check(user, pass, peer.login(Protocol::Ws)).await != AuthOutcome::Allowed {
                 ctx.shared.metrics.reject(Protocol::Ws, RejectReason::BadCredentials);
                 let frame = CloseFrame { code: CloseCode::Policy, reason: "not authorized".into() };
                 let _ = ws.close(Some(frame)).await;

@@ -72,11 +72,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Packet::ConnAck(ConnAck { code, ..ConnAck::default() })
         };
         // A verified client certificate (mTLS) is the identity of a device that sends no user name.
-        let certified = connect.username.is_none() && self.peer_identity.is_some();
+        let certified = connect.username.is_none() && self.peer.identity.is_some();
         let outcome = if certified {
             AuthOutcome::Allowed
         } else {
-            self.ctx.shared.auth.check(connect.username, connect.password).await
+            self.ctx.shared.auth.check(connect.username, connect.password, self.peer.login(PROTOCOL)).await
         };
         match outcome {
             AuthOutcome::Allowed => {}
@@ -124,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.client_max_packet =
             connect.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let now = now_ms();
-        let identity = if certified { self.peer_identity.as_deref() } else { connect.username };
+        let identity = if certified { self.peer.identity.as_deref() } else { connect.username };
         self.acl = self.ctx.shared.acl.for_device(identity, &client_id);
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
         self.deliveries = Some(self.ctx.shared.broker.attach(&client_id, registration.conn_id));

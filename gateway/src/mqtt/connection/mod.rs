@@ -25,6 +25,7 @@ use super::will::{self, PendingWill};
 use super::{MqttContext, outbound, registry::Registration};
 use crate::broker::Message;
 use crate::broker::local::now_ms;
+use crate::listener::Peer;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{Lifecycle, MqttInbound, Normalized};
 
@@ -68,23 +69,15 @@ struct PendingAck {
 /// Deliveries written per wake-up before the driver checks its other work again.
 const OUTBOUND_PER_WAKE: usize = 64;
 
-/// Serves one accepted connection until it ends.
-pub async fn serve<S>(stream: S, ctx: Arc<MqttContext>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    serve_as(stream, ctx, None).await;
-}
-
-/// Serves one accepted connection whose peer proved `identity` with a client certificate (mTLS): a CONNECT
-/// without a user name is that device, for authentication and ACLs.
-pub async fn serve_as<S>(stream: S, ctx: Arc<MqttContext>, identity: Option<String>)
+/// Serves one accepted connection until it ends. A peer that proved an identity with a client certificate (mTLS)
+/// and sends a CONNECT without a user name is that device, for authentication and ACLs.
+pub async fn serve_as<S>(stream: S, ctx: Arc<MqttContext>, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     ctx.shared.metrics.connection_opened(PROTOCOL);
     let mut conn = Connection::new(stream, Arc::clone(&ctx));
-    conn.peer_identity = identity;
+    conn.peer = peer;
     let outcome = conn.run().await;
     if let Some((client_id, reg)) = &conn.session {
         ctx.registry.unregister(client_id, reg.conn_id);
@@ -149,8 +142,8 @@ struct Connection<S> {
     aliases: outbound::OutboundAliases,
     /// Whether the client wants reason strings (MQTT 5 Request Problem Information, default yes).
     problem_info: bool,
-    /// The subject of a verified client certificate (mTLS).
-    peer_identity: Option<String>,
+    /// The peer's address and the subject of a verified client certificate (mTLS).
+    peer: Peer,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -175,7 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             acl: crate::acl::DeviceAcl::default(),
             aliases: outbound::OutboundAliases::default(),
             problem_info: true,
-            peer_identity: None,
+            peer: Peer::default(),
         }
     }
 

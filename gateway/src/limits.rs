@@ -1,0 +1,153 @@
+//! `[limits]`: every depth, count, byte and rate budget a device can push against, named and configurable, and
+//! the small checks that apply them (topic depth, a per-connection message rate).
+//!
+//! Each limit answers an attack listed in docs/security.md; each refusal is the protocol's own (MQTT 5 reason
+//! codes, 3.1.1 SUBACK 0x80 or a close, AMQP connection.close, WebSocket nacks and close codes).
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The most levels (`/`-separated) a topic name or filter may have, on every protocol (EMQX's default).
+    pub max_topic_levels: usize,
+    /// The deepest nesting of AMQP field tables and arrays accepted (client properties, arguments, headers).
+    pub max_table_depth: usize,
+    /// The most bytes of messages queued for delivery, over all sessions (in flight included). Past it, new QoS 0
+    /// deliveries are dropped and QoS 1/2 ones go only to sessions under their own `broker.max_queued_bytes`
+    /// share of it; publishers are never refused for a subscriber's backlog.
+    pub max_memory_bytes: u64,
+    /// The most sessions the broker holds (connected or kept for an offline client).
+    pub max_sessions: usize,
+    /// The most sessions one user (one user name; anonymous devices count as one) may hold.
+    pub max_sessions_per_user: usize,
+    /// The most subscriptions one session may hold.
+    pub max_subscriptions_per_session: usize,
+    /// The most subscriptions in the broker, all sessions together.
+    pub max_subscriptions: usize,
+    /// Messages per second one connection may publish (0: no limit). Past it the gateway stops reading the
+    /// connection until the rate allows more: backpressure, never a disconnect.
+    pub max_messages_per_second: u32,
+    /// Messages a connection may publish at once above the rate before it is slowed (with a rate set).
+    pub message_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_topic_levels: 128,
+            max_table_depth: 32,
+            max_memory_bytes: 256 * 1024 * 1024,
+            max_sessions: 100_000,
+            max_sessions_per_user: 10_000,
+            max_subscriptions_per_session: 1_000,
+            max_subscriptions: 1_000_000,
+            max_messages_per_second: 0,
+            message_burst: 1_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the values: `Err((key, problem))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let checks: [(&str, bool); 6] = [
+            ("max_topic_levels", self.max_topic_levels == 0),
+            ("max_table_depth", self.max_table_depth == 0),
+            ("max_sessions", self.max_sessions == 0),
+            ("max_sessions_per_user", self.max_sessions_per_user == 0),
+            ("max_subscriptions_per_session", self.max_subscriptions_per_session == 0),
+            ("max_subscriptions", self.max_subscriptions == 0),
+        ];
+        match checks.iter().find(|(_, zero)| *zero) {
+            Some((key, _)) => Err((format!("limits.{key}"), "must be at least 1".into())),
+            None if self.max_messages_per_second > 0 && self.message_burst == 0 => {
+                Err(("limits.message_burst".into(), "must be at least 1 when a rate is set".into()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a topic name or filter has at most [`LimitsConfig::max_topic_levels`] levels (counted without
+    /// allocating, and without reading past the limit).
+    pub fn topic_depth_ok(&self, topic: &str) -> bool {
+        topic_levels_within(topic, self.max_topic_levels)
+    }
+
+    /// A rate limiter for one connection, or `None` when no rate is set.
+    pub fn connection_rate(&self, now: Instant) -> Option<RateLimiter> {
+        (self.max_messages_per_second > 0)
+            .then(|| RateLimiter::new(self.max_messages_per_second, self.message_burst.max(1), now))
+    }
+}
+
+/// Whether `topic` has at most `max` levels.
+pub fn topic_levels_within(topic: &str, max: usize) -> bool {
+    topic.bytes().filter(|&b| b == b'/').take(max).count() < max
+}
+
+/// A token bucket: `rate` messages per second on average, `burst` at once. Sans-IO: the caller passes the time
+/// and waits itself.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    per_message: Duration,
+    burst: Duration,
+    /// When the bucket is full again; earlier than `now` means full.
+    full_at: Instant,
+}
+
+impl RateLimiter {
+    /// A full bucket of `burst` messages at `rate` per second.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> RateLimiter {
+        let per_message = Duration::from_secs(1) / rate.max(1);
+        RateLimiter { per_message, burst: per_message * burst.max(1), full_at: now }
+    }
+
+    /// Takes one message's token. Returns how long the caller must wait before the next one is within the rate
+    /// (`None`: go on now).
+    pub fn take(&mut self, now: Instant) -> Option<Duration> {
+        let start = self.full_at.max(now);
+        self.full_at = start + self.per_message;
+        let debt = self.full_at.saturating_duration_since(now);
+        debt.checked_sub(self.burst).filter(|d| !d.is_zero())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_levels_are_counted_up_to_the_limit() {
+        assert!(topic_levels_within("a", 1));
+        assert!(!topic_levels_within("a/b", 1));
+        assert!(topic_levels_within("a/b/c", 3));
+        assert!(!topic_levels_within("a/b/c/", 3), "an empty last level counts");
+        assert!(!topic_levels_within(&"a/".repeat(10_000), 128));
+        assert!(topic_levels_within(&"a/".repeat(127), 128));
+    }
+
+    #[test]
+    fn the_bucket_allows_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(10, 3, t0);
+        assert_eq!(r.take(t0), None);
+        assert_eq!(r.take(t0), None);
+        assert_eq!(r.take(t0), None);
+        let wait = r.take(t0).expect("the fourth at once is over the burst");
+        assert_eq!(wait, Duration::from_millis(100));
+        // After a second the bucket has refilled.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(r.take(later), None);
+    }
+
+    #[test]
+    fn zero_limits_are_refused_with_their_key() {
+        let bad = LimitsConfig { max_topic_levels: 0, ..LimitsConfig::default() };
+        assert_eq!(bad.validate().unwrap_err().0, "limits.max_topic_levels");
+        assert!(LimitsConfig::default().validate().is_ok());
+    }
+}
