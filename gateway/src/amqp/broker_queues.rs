@@ -23,7 +23,11 @@ use super::queues::{Fetched, OutgoingMessage, QueueError, QueueInfo, QueueOption
 use super::topic;
 use crate::acl::DeviceAcl;
 use crate::broker::local::now_ms;
-use crate::broker::{LocalBroker, Message, Outbound};
+use crate::broker::{LocalBroker, Message, Outbound, SessionRefused};
+
+/// Bytes of deliveries taken from a queue per fetch (at least one): a slow consumer's backlog stays in its
+/// bounded queue.
+const FETCH_BYTES: u64 = 256 * 1024;
 
 /// The broker client id of a queue.
 pub fn session_id(queue: &str) -> String {
@@ -35,6 +39,8 @@ pub struct BrokerQueues {
     broker: Arc<LocalBroker>,
     conn_id: u64,
     acl: DeviceAcl,
+    /// The user the queues it declares belong to (`""`: anonymous).
+    owner: String,
     /// Woken when the broker queued messages for a queue this connection consumes.
     notify: Arc<Notify>,
     /// Queues that end with this connection.
@@ -52,6 +58,7 @@ impl BrokerQueues {
             broker,
             conn_id,
             acl,
+            owner: String::new(),
             notify: Arc::new(Notify::new()),
             owned: HashSet::new(),
             consuming: HashSet::new(),
@@ -64,9 +71,10 @@ impl BrokerQueues {
         Arc::clone(&self.notify)
     }
 
-    /// Replaces the device's ACL (once it authenticated).
-    pub fn set_acl(&mut self, acl: DeviceAcl) {
+    /// Sets the device's ACL and the user its queues belong to (once it authenticated).
+    pub fn set_device(&mut self, acl: DeviceAcl, owner: &str) {
         self.acl = acl;
+        self.owner = owner.to_string();
     }
 
     /// The connection ended: consumers detach, queues it owned end (their messages with them).
@@ -108,7 +116,7 @@ impl BrokerQueues {
         let id = session_id(queue);
         let now = now_ms();
         let (polled, remaining) = self.broker.with(|b| {
-            let polled = b.poll_outbound(&id, now, max - out.len());
+            let polled = b.poll_outbound(&id, now, max - out.len(), FETCH_BYTES);
             (polled, b.session(&id).map_or(0, |s| s.queued()))
         });
         let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
@@ -139,15 +147,23 @@ impl Queues for BrokerQueues {
         let persistent = options.durable && !options.exclusive && !options.auto_delete;
         let id = session_id(&name);
         let now = now_ms();
+        let owner = self.owner.as_str();
+        let refused = |e: SessionRefused| {
+            let text = format!("PRECONDITION_FAILED - cannot declare queue '{name}': {e:?} (see [limits])");
+            QueueError { code: reply::PRECONDITION_FAILED, text }
+        };
         if persistent {
             // A persistent session, disconnected until consumed: it collects messages and is saved.
-            self.broker.with(|b| {
-                b.connect(&id, Version::V311, false, u32::MAX, u16::MAX, now);
-                b.disconnect(&id, None, now);
-            });
+            self.broker
+                .with(|b| {
+                    let connected = b.connect(&id, owner, Version::V311, false, u32::MAX, u16::MAX, now);
+                    b.disconnect(&id, None, now);
+                    connected
+                })
+                .map_err(refused)?;
         } else {
             // Expiry 0: never saved, and ended by `close` with this connection.
-            self.broker.with(|b| b.connect(&id, Version::V311, false, 0, u16::MAX, now));
+            self.broker.with(|b| b.connect(&id, owner, Version::V311, false, 0, u16::MAX, now)).map_err(refused)?;
             self.owned.insert(name.clone());
         }
         Ok(QueueInfo { name, messages: 0, consumers: 0 })
@@ -166,7 +182,10 @@ impl Queues for BrokerQueues {
             ..SubscriptionOptions::default()
         };
         let now = now_ms();
-        self.broker.with(|b| b.subscribe(&id, &filter, &options, None, now));
+        self.broker.with(|b| b.subscribe(&id, &filter, &options, None, now)).map_err(|e| {
+            let text = format!("PRECONDITION_FAILED - binding to '{routing_key}' refused: {e:?} (see [limits])");
+            QueueError { code: reply::PRECONDITION_FAILED, text }
+        })?;
         self.broker.wake(&id);
         Ok(())
     }

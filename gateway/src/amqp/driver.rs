@@ -246,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 if ok {
                     self.client_id = connection_name.filter(|n| !n.is_empty()).unwrap_or_else(|| username.clone());
                     self.acl = self.ctx.shared.acl.for_device(known.then_some(username.as_str()), &self.client_id);
-                    self.queues.set_acl(self.acl.clone());
+                    self.queues.set_device(self.acl.clone(), if known { &username } else { "" });
                 } else {
                     self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::BadCredentials);
                 }

@@ -11,7 +11,7 @@ use meshgate_protocols::mqtt::topic::{matches, split_shared};
 use meshgate_protocols::mqtt::{QoS, RetainHandling, SubscriptionOptions, Version};
 
 use super::message::Message;
-use super::session::{Delivery, Outbound, Session, Subscription};
+use super::session::{Delivery, MemoryBudget, Outbound, QueueLimits, Session, Subscription};
 use super::topic_tree::TopicTree;
 
 /// Limits of the broker.
@@ -58,6 +58,26 @@ struct SubValue {
     sub: Subscription,
 }
 
+/// Why the broker refused a new session (MQTT 5 CONNACK 0x97 Quota exceeded; 3.1.1 return code 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// `limits.max_sessions` sessions exist.
+    TooManySessions,
+    /// The user holds `limits.max_sessions_per_user` sessions.
+    TooManyForUser,
+}
+
+/// Why the broker refused a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeRefused {
+    /// The filter has more than `limits.max_topic_levels` levels (MQTT 5 SUBACK 0x8F; 3.1.1 0x80).
+    TooDeep,
+    /// The session or the broker holds as many subscriptions as allowed (MQTT 5 SUBACK 0x97; 3.1.1 0x80).
+    Quota,
+    /// The client has no session.
+    NoSession,
+}
+
 /// What `connect` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connected {
@@ -86,6 +106,8 @@ pub struct BrokerStats {
     pub delivered: u64,
     /// Messages dropped from full session queues, in total (ended sessions' drops included: a counter).
     pub dropped: u64,
+    /// Bytes queued for sessions (against `limits.max_memory_bytes`).
+    pub queued_bytes: u64,
 }
 
 /// The broker.
@@ -100,6 +122,10 @@ pub struct Broker {
     delivered: u64,
     /// Drops of sessions that have ended, so `dropped` never goes down.
     dropped_by_ended: u64,
+    /// Bytes queued over all sessions.
+    budget: MemoryBudget,
+    /// Sessions per owner (user name; `""` for anonymous devices).
+    owners: HashMap<String, usize>,
 }
 
 impl Broker {
@@ -113,7 +139,20 @@ impl Broker {
             share_turn: HashMap::new(),
             delivered: 0,
             dropped_by_ended: 0,
+            budget: MemoryBudget::new(config.limits.max_memory_bytes),
+            owners: HashMap::new(),
         }
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        QueueLimits { messages: self.config.max_queued_messages, bytes: self.config.max_queued_bytes }
+    }
+
+    /// Adds a session to the broker's books (budget and owner count).
+    fn admit_session(&mut self, client: Arc<str>, mut session: Session) -> &mut Session {
+        session.join_budget(&self.budget);
+        *self.owners.entry(session.owner.clone()).or_default() += 1;
+        self.sessions.entry(client).or_insert(session)
     }
 
     /// Figures for `/metrics` (walks the sessions: call per scrape, not per message).
@@ -124,6 +163,7 @@ impl Broker {
             retained: self.retained.len(),
             delivered: self.delivered,
             dropped: self.dropped_by_ended,
+            queued_bytes: self.budget.used(),
             ..BrokerStats::default()
         };
         for s in self.sessions.values() {
@@ -142,16 +182,36 @@ impl Broker {
         now_ms: u64,
     ) -> Broker {
         let mut broker = Broker::new(config);
+        let limits = config.limits;
         for m in retained {
+            if !limits.topic_depth_ok(&m.topic) {
+                tracing::warn!(levels_max = limits.max_topic_levels, "retained message on a topic deeper than limits.max_topic_levels dropped");
+                continue;
+            }
             broker.retained.insert(m.topic.clone(), Arc::new(m));
         }
         for (client, mut session) in sessions {
             let client: Arc<str> = client.into();
             session.disconnected_at_ms.get_or_insert(now_ms);
-            for (filter, sub) in &session.subscriptions {
+            let before = session.subscriptions.len();
+            session.subscriptions.retain(|filter, _| limits.topic_depth_ok(filter));
+            session.subscriptions = std::mem::take(&mut session.subscriptions)
+                .into_iter()
+                .take(limits.max_subscriptions_per_session)
+                .collect();
+            if session.subscriptions.len() < before {
+                tracing::warn!(
+                    client = &*client,
+                    dropped = before - session.subscriptions.len(),
+                    "stored subscriptions over limits.max_topic_levels or limits.max_subscriptions_per_session dropped"
+                );
+            }
+            let subscriptions: Vec<(String, Subscription)> =
+                session.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
+            for (filter, sub) in &subscriptions {
                 broker.index(&client, filter, *sub);
             }
-            broker.sessions.insert(client, session);
+            broker.admit_session(client, session);
         }
         broker
     }
@@ -175,22 +235,46 @@ impl Broker {
 
     /// A client connects. `clean_start` discards an existing session; `expiry_secs` is how long the session
     /// outlives the connection (3.1.1: 0 for clean session, forever otherwise).
+    ///
+    /// A new session belongs to `owner` (the user name; `""` for anonymous devices) and is refused past
+    /// `limits.max_sessions` in all or `limits.max_sessions_per_user` for its owner.
+    #[allow(clippy::too_many_arguments, reason = "each is one CONNECT field")]
     pub fn connect(
         &mut self,
         client: &str,
+        owner: &str,
         version: Version,
         clean_start: bool,
         expiry_secs: u32,
         receive_maximum: u16,
         now_ms: u64,
-    ) -> Connected {
+    ) -> Result<Connected, SessionRefused> {
+        let exists = self.sessions.contains_key(client);
+        // A clean start replaces a session: that one makes room for itself.
+        let limits = self.config.limits;
+        let replaced_owner = self.sessions.get(client).map(|s| s.owner.as_str()).filter(|_| clean_start);
+        let room = usize::from(replaced_owner.is_some());
+        let owner_room = usize::from(replaced_owner == Some(owner));
+        if !exists || clean_start {
+            if self.sessions.len().saturating_sub(room) >= limits.max_sessions {
+                return Err(SessionRefused::TooManySessions);
+            }
+            if self.owners.get(owner).copied().unwrap_or(0).saturating_sub(owner_room) >= limits.max_sessions_per_user {
+                return Err(SessionRefused::TooManyForUser);
+            }
+        }
         let woken = if clean_start { self.end_session(client, now_ms) } else { Vec::new() };
-        let key: Arc<str> = client.into();
         let session_present = self.sessions.contains_key(client);
-        let session = self.sessions.entry(key).or_insert_with(|| Session::new(version, expiry_secs));
+        let session = if session_present {
+            self.sessions.get_mut(client).ok_or(SessionRefused::TooManySessions)?
+        } else {
+            let mut fresh = Session::new(version, expiry_secs);
+            fresh.owner = owner.to_string();
+            self.admit_session(client.into(), fresh)
+        };
         session.expiry_secs = expiry_secs;
         let resend = session.connected(version, receive_maximum);
-        Connected { session_present, resend, woken }
+        Ok(Connected { session_present, resend, woken })
     }
 
     /// The client's connection ended at `now_ms`; a session with expiry 0 ends with it. `expiry_secs` replaces
@@ -232,6 +316,12 @@ impl Broker {
     fn end_session(&mut self, client: &str, now_ms: u64) -> Vec<Arc<str>> {
         let Some((key, mut session)) = self.sessions.remove_entry(client) else { return Vec::new() };
         self.dropped_by_ended += session.dropped;
+        if let Some(n) = self.owners.get_mut(&session.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.owners.remove(&session.owner);
+            }
+        }
         for filter in session.subscriptions.keys() {
             self.unindex(&key, filter);
         }
@@ -260,7 +350,7 @@ impl Broker {
     }
 
     /// Adds a subscription (or replaces one with the same filter) and queues the retained messages it should
-    /// get. Returns the QoS granted.
+    /// get. Returns the QoS granted, or why the subscription is refused (`limits`).
     pub fn subscribe(
         &mut self,
         client: &str,
@@ -268,13 +358,23 @@ impl Broker {
         options: &SubscriptionOptions,
         id: Option<u32>,
         now_ms: u64,
-    ) -> QoS {
-        let Some((key, session)) = self.sessions.get_key_value(client) else { return options.qos };
+    ) -> Result<QoS, SubscribeRefused> {
+        let limits = self.config.limits;
+        if !limits.topic_depth_ok(filter) {
+            return Err(SubscribeRefused::TooDeep);
+        }
+        let Some((key, session)) = self.sessions.get_key_value(client) else { return Err(SubscribeRefused::NoSession) };
         let key = Arc::clone(key);
         let sub = Subscription::new(options, id);
         let existed = session.subscriptions.contains_key(filter);
+        if !existed
+            && (session.subscriptions.len() >= limits.max_subscriptions_per_session
+                || self.tree.len() >= limits.max_subscriptions)
+        {
+            return Err(SubscribeRefused::Quota);
+        }
         self.index(&key, filter, sub);
-        let max_queued = self.config.max_queued_messages;
+        let max_queued = self.queue_limits();
         let retained: Vec<Arc<Message>> = match (split_shared(filter), options.retain_handling) {
             // Retained messages are not sent for shared subscriptions (MQTT 5 section 4.8.2).
             (Some(_), _) | (None, RetainHandling::DoNotSend) => Vec::new(),
@@ -292,7 +392,7 @@ impl Broker {
                 session.enqueue(delivery, max_queued);
             }
         }
-        options.qos
+        Ok(options.qos)
     }
 
     /// Removes a subscription; returns whether it existed.
@@ -321,7 +421,11 @@ impl Broker {
 
     /// Routes a message to every matching subscription and, with RETAIN, updates the retained store (an empty
     /// payload clears the topic). Returns the clients with new deliveries, to wake.
+    /// A topic deeper than `limits.max_topic_levels` is neither routed nor retained (listeners refuse it first).
     pub fn publish(&mut self, message: Message, now_ms: u64) -> Vec<Arc<str>> {
+        if !self.config.limits.topic_depth_ok(&message.topic) {
+            return Vec::new();
+        }
         let message = Arc::new(message);
         if message.retain {
             if message.payload.is_empty() {
@@ -349,7 +453,7 @@ impl Broker {
                 shared.entry(Arc::clone(&value.filter)).or_default().push((Arc::clone(&key.client), value.sub));
             }
         });
-        let max_queued = self.config.max_queued_messages;
+        let max_queued = self.queue_limits();
         let mut woken = Vec::with_capacity(direct.len() + shared.len());
         for (client, (sub_qos, rap, ids)) in direct {
             if let Some(session) = self.sessions.get_mut(&client) {
@@ -414,13 +518,14 @@ impl Broker {
             subscription_ids: sub.id.into_iter().collect(),
             shared: Some(filter.into()),
         };
-        session.enqueue(delivery, self.config.max_queued_messages);
+        let limits = QueueLimits { messages: self.config.max_queued_messages, bytes: self.config.max_queued_bytes };
+        session.enqueue(delivery, limits);
         Some(client)
     }
 
-    /// The next outbound packets for `client` (at most `max`).
-    pub fn poll_outbound(&mut self, client: &str, now_ms: u64, max: usize) -> Vec<Outbound> {
-        let out = self.sessions.get_mut(client).map(|s| s.poll_outbound(now_ms, max)).unwrap_or_default();
+    /// The next outbound packets for `client` (at most `max`, and past `max_bytes` only the first).
+    pub fn poll_outbound(&mut self, client: &str, now_ms: u64, max: usize, max_bytes: u64) -> Vec<Outbound> {
+        let out = self.sessions.get_mut(client).map(|s| s.poll_outbound(now_ms, max, max_bytes)).unwrap_or_default();
         self.delivered += out.len() as u64;
         out
     }

@@ -47,7 +47,22 @@ pub struct Message {
     pub expires_at_ms: Option<u64>,
 }
 
+/// What a queued message costs besides its topic, payload and properties (the structures around it), for the
+/// byte limits of queues.
+const QUEUED_OVERHEAD: u64 = 128;
+
 impl Message {
+    /// The bytes it holds while queued, as the queue limits and the memory budget count them.
+    pub fn queued_size(&self) -> u64 {
+        let p = &self.properties;
+        let props = p.content_type.as_ref().map_or(0, String::len)
+            + p.response_topic.as_ref().map_or(0, String::len)
+            + p.correlation_data.as_ref().map_or(0, Vec::len)
+            + p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let bytes = self.topic.len() + self.payload.len() + self.publisher.len() + props;
+        u64::try_from(bytes).unwrap_or(u64::MAX).saturating_add(QUEUED_OVERHEAD)
+    }
+
     /// The message a PUBLISH carries, received at `now_ms` from `publisher`.
     pub fn from_publish(publish: &Publish<'_>, topic: &str, publisher: &str, now_ms: u64) -> Message {
         let Publish { payload, qos, retain, properties, .. } = publish;

@@ -13,7 +13,7 @@ pub mod message;
 pub mod session;
 pub mod topic_tree;
 
-pub use self::core::{Broker, BrokerConfig, BrokerStats, Connected};
+pub use self::core::{Broker, BrokerConfig, BrokerStats, Connected, SessionRefused, SubscribeRefused};
 pub use self::local::LocalBroker;
 pub use self::message::{Message, MessageProperties};
-pub use self::session::{Delivery, Outbound, Session, Subscription};
+pub use self::session::{Delivery, MemoryBudget, Outbound, QueueLimits, Session, Subscription};

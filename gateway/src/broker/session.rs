@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshgate_protocols::mqtt::{QoS, SubscriptionOptions, Version};
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,54 @@ pub struct Delivery {
     pub shared: Option<String>,
 }
 
+impl Delivery {
+    /// The bytes it holds while queued, as the queue limits count them.
+    pub fn size(&self) -> u64 {
+        self.message.queued_size()
+    }
+}
+
+/// Bytes queued for delivery over all sessions, against `limits.max_memory_bytes`. Shared by the broker's
+/// sessions; each session adds and removes its own.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBudget {
+    used: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> MemoryBudget {
+        MemoryBudget { used: Arc::new(AtomicU64::new(0)), limit }
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn would_exceed(&self, more: u64) -> bool {
+        self.limit > 0 && self.used().saturating_add(more) > self.limit
+    }
+
+    fn add(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: u64) {
+        let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(n)));
+    }
+}
+
+/// How much one session may queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Messages (`broker.max_queued_messages`).
+    pub messages: usize,
+    /// Bytes (`broker.max_queued_bytes`).
+    pub bytes: u64,
+}
+
 /// Where an outbound flow stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stage {
@@ -103,6 +152,15 @@ pub struct Session {
     pub dropped: u64,
     #[serde(skip, default = "default_receive_maximum")]
     receive_maximum: u16,
+    /// The user that created it (`""`: an anonymous device).
+    #[serde(default)]
+    pub owner: String,
+    /// Bytes of `queue`.
+    #[serde(skip)]
+    queued_bytes: u64,
+    /// The process-wide budget `queued_bytes` is part of.
+    #[serde(skip)]
+    budget: MemoryBudget,
 }
 
 fn default_receive_maximum() -> u16 {
@@ -135,7 +193,74 @@ impl Session {
             disconnected_at_ms: None,
             dropped: 0,
             receive_maximum: u16::MAX,
+            owner: String::new(),
+            queued_bytes: 0,
+            budget: MemoryBudget::default(),
         }
+    }
+
+    /// Counts its queue in `budget` (a new or restored session joining the broker).
+    pub fn join_budget(&mut self, budget: &MemoryBudget) {
+        self.queued_bytes = self.queue.iter().map(Delivery::size).sum();
+        self.budget = budget.clone();
+        self.budget.add(self.queued_bytes);
+    }
+
+    /// Bytes of the messages waiting to be sent.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    fn push_back(&mut self, d: Delivery) {
+        self.account_in(d.size());
+        self.queue.push_back(d);
+    }
+
+    fn push_front(&mut self, d: Delivery) {
+        self.account_in(d.size());
+        self.queue.push_front(d);
+    }
+
+    fn pop_front(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.account_out(d.size());
+        Some(d)
+    }
+
+    fn remove_at(&mut self, i: usize) -> Option<Delivery> {
+        let d = self.queue.remove(i)?;
+        self.account_out(d.size());
+        Some(d)
+    }
+
+    fn account_in(&mut self, n: u64) {
+        self.queued_bytes += n;
+        self.budget.add(n);
+    }
+
+    fn account_out(&mut self, n: u64) {
+        self.queued_bytes = self.queued_bytes.saturating_sub(n);
+        self.budget.sub(n);
+    }
+
+    /// Empties the queue, handing its bytes back to the budget.
+    fn drain_queue(&mut self) -> VecDeque<Delivery> {
+        self.budget.sub(self.queued_bytes);
+        self.queued_bytes = 0;
+        std::mem::take(&mut self.queue)
+    }
+
+    /// Drops one queued delivery to make room: the oldest QoS 0 one, else the oldest.
+    fn evict(&mut self) -> bool {
+        let victim = self.queue.iter().position(|d| d.qos == 0).unwrap_or(0);
+        let evicted = self.remove_at(victim).is_some();
+        self.dropped += u64::from(evicted);
+        evicted
+    }
+
+    /// Leaves the broker: its queue's bytes go back to the budget.
+    pub fn leave_budget(&mut self) {
+        self.drain_queue();
     }
 
     /// A (re)connection: sets the client's Receive Maximum and returns what must be resent, in order.
@@ -152,14 +277,28 @@ impl Session {
             .collect()
     }
 
-    /// Queues a delivery; `max_queued` bounds the queue (QoS 0 messages are dropped first, then the oldest).
-    pub fn enqueue(&mut self, delivery: Delivery, max_queued: usize) {
-        if self.queue.len() >= max_queued {
-            let victim = self.queue.iter().position(|d| d.qos == 0).unwrap_or(0);
-            self.queue.remove(victim);
+    /// Queues a delivery within `limits` (QoS 0 messages are dropped first, then the oldest) and the process-wide
+    /// budget (past it a QoS 0 delivery is dropped, and a QoS 1/2 one takes the place of this session's own
+    /// queued deliveries, or is dropped when it has none). Returns whether it was queued.
+    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> bool {
+        let size = delivery.size();
+        if size > limits.bytes || (delivery.qos == 0 && self.budget.would_exceed(size)) {
             self.dropped += 1;
+            return false;
         }
-        self.queue.push_back(delivery);
+        while self.queue.len() >= limits.messages || self.queued_bytes + size > limits.bytes {
+            if !self.evict() {
+                break;
+            }
+        }
+        while self.budget.would_exceed(size) {
+            if !self.evict() {
+                self.dropped += 1;
+                return false;
+            }
+        }
+        self.push_back(delivery);
+        true
     }
 
     /// Messages waiting to be sent.
@@ -185,23 +324,26 @@ impl Session {
 
     /// Takes up to `max` queued deliveries that may go out now (QoS 1/2 only while fewer than the client's
     /// Receive Maximum are in flight), skipping expired ones, and starts their flows.
-    pub fn poll_outbound(&mut self, now_ms: u64, max: usize) -> Vec<Outbound> {
+    /// Stops after `max_bytes` (at least one delivery goes out), so a slow reader's write buffer stays small.
+    pub fn poll_outbound(&mut self, now_ms: u64, max: usize, max_bytes: u64) -> Vec<Outbound> {
         let mut out = Vec::new();
-        while out.len() < max {
+        let mut bytes = 0u64;
+        while out.len() < max && (out.is_empty() || bytes < max_bytes) {
             let Some(front) = self.queue.front() else { break };
             if front.message.is_expired(now_ms) {
-                self.queue.pop_front();
+                self.pop_front();
                 continue;
             }
             if front.qos > 0 && self.inflight.len() >= usize::from(self.receive_maximum) {
                 break;
             }
-            let Some(delivery) = self.queue.pop_front() else { break };
+            let Some(delivery) = self.pop_front() else { break };
+            bytes += delivery.size();
             let packet_id = match delivery.qos {
                 0 => 0,
                 qos => {
                     let Some(id) = self.next_packet_id() else {
-                        self.queue.push_front(delivery);
+                        self.push_front(delivery);
                         break;
                     };
                     let stage = if qos == 1 { Stage::AwaitPubAck } else { Stage::AwaitPubRec };
@@ -251,7 +393,7 @@ impl Session {
     pub fn requeue(&mut self, id: u16) -> bool {
         match self.inflight.remove(&id) {
             Some((_, delivery)) => {
-                self.queue.push_front(delivery);
+                self.push_front(delivery);
                 true
             }
             None => false,
@@ -260,9 +402,7 @@ impl Session {
 
     /// Drops every queued delivery (not those in flight); returns how many (AMQP queue.purge).
     pub fn purge(&mut self) -> usize {
-        let n = self.queue.len();
-        self.queue.clear();
-        n
+        self.drain_queue().len()
     }
 
     /// Takes every delivery not yet acknowledged (queued or in flight), ending the flows: for handing shared
@@ -271,7 +411,7 @@ impl Session {
         let inflight = std::mem::take(&mut self.inflight);
         let mut out: Vec<Delivery> =
             inflight.into_values().filter(|(stage, _)| *stage != Stage::AwaitPubComp).map(|(_, d)| d).collect();
-        out.extend(self.queue.drain(..));
+        out.extend(self.drain_queue());
         out
     }
 
@@ -298,6 +438,10 @@ mod tests {
         Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: vec![], shared: None }
     }
 
+    fn lim(messages: usize) -> QueueLimits {
+        QueueLimits { messages, bytes: u64::MAX }
+    }
+
     fn ids(out: &[Outbound]) -> Vec<(u16, bool)> {
         out.iter()
             .map(|o| match o {
@@ -312,16 +456,16 @@ mod tests {
         let mut s = Session::new(Version::V5, 0);
         s.connected(Version::V5, 2);
         for n in 0..4 {
-            s.enqueue(delivery(1, n), 10);
+            s.enqueue(delivery(1, n), lim(10));
         }
-        s.enqueue(delivery(2, 9), 10);
-        assert_eq!(ids(&s.poll_outbound(0, 10)), [(1, false), (2, false)]);
-        assert!(s.poll_outbound(0, 10).is_empty(), "two in flight = Receive Maximum");
+        s.enqueue(delivery(2, 9), lim(10));
+        assert_eq!(ids(&s.poll_outbound(0, 10, u64::MAX)), [(1, false), (2, false)]);
+        assert!(s.poll_outbound(0, 10, u64::MAX).is_empty(), "two in flight = Receive Maximum");
         assert!(s.puback(1));
         assert!(!s.puback(1), "a second PUBACK is not a flow");
-        assert_eq!(ids(&s.poll_outbound(0, 10)), [(3, false)]);
+        assert_eq!(ids(&s.poll_outbound(0, 10, u64::MAX)), [(3, false)]);
         assert!(s.puback(2) && s.puback(3));
-        assert_eq!(ids(&s.poll_outbound(0, 10)), [(4, false), (5, false)]);
+        assert_eq!(ids(&s.poll_outbound(0, 10, u64::MAX)), [(4, false), (5, false)]);
         assert!(s.pubrec(5, false), "QoS 2 moves to PUBREL");
         assert!(!s.pubcomp(4), "PUBCOMP does not end a QoS 1 flow");
         assert!(s.pubcomp(5));
@@ -332,10 +476,10 @@ mod tests {
     fn a_reconnect_resends_publishes_with_dup_and_pubrels() {
         let mut s = Session::new(Version::V311, u32::MAX);
         s.connected(Version::V311, 10);
-        s.enqueue(delivery(1, 0), 10);
-        s.enqueue(delivery(2, 1), 10);
-        s.enqueue(delivery(2, 2), 10);
-        s.poll_outbound(0, 10);
+        s.enqueue(delivery(1, 0), lim(10));
+        s.enqueue(delivery(2, 1), lim(10));
+        s.enqueue(delivery(2, 2), lim(10));
+        s.poll_outbound(0, 10, u64::MAX);
         assert!(s.pubrec(3, false));
         let json = serde_json::to_string(&s).unwrap();
         let mut back: Session = serde_json::from_str(&json).unwrap();
@@ -346,12 +490,52 @@ mod tests {
     #[test]
     fn a_full_queue_drops_qos0_first_then_the_oldest() {
         let mut s = Session::new(Version::V5, 0);
-        s.enqueue(delivery(1, 0), 2);
-        s.enqueue(delivery(0, 1), 2);
-        s.enqueue(delivery(1, 2), 2);
-        s.enqueue(delivery(1, 3), 2);
+        s.enqueue(delivery(1, 0), lim(2));
+        s.enqueue(delivery(0, 1), lim(2));
+        s.enqueue(delivery(1, 2), lim(2));
+        s.enqueue(delivery(1, 3), lim(2));
         let payloads: Vec<u8> = s.queue.iter().map(|d| d.message.payload[0]).collect();
         assert_eq!(payloads, [2, 3]);
         assert_eq!(s.dropped, 2);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_the_budget_is_shared() {
+        let budget = MemoryBudget::new(3 * delivery(1, 0).size());
+        let (mut a, mut b) = (Session::new(Version::V5, 0), Session::new(Version::V5, 0));
+        a.join_budget(&budget);
+        b.join_budget(&budget);
+        let two = QueueLimits { messages: 100, bytes: 2 * delivery(1, 0).size() };
+        for n in 0..5 {
+            assert!(a.enqueue(delivery(1, n), two));
+        }
+        assert_eq!((a.queued(), a.dropped), (2, 3), "two fit in the session's bytes; the oldest went");
+        assert!(b.enqueue(delivery(1, 7), two));
+        assert_eq!(budget.used(), 3 * delivery(1, 0).size(), "the process-wide budget is full");
+        assert!(!b.enqueue(delivery(0, 8), two), "past the budget, QoS 0 is dropped");
+        assert!(b.enqueue(delivery(1, 9), two), "QoS 1 takes the place of the session's own oldest");
+        assert_eq!(b.queue.iter().map(|d| d.message.payload[0]).collect::<Vec<_>>(), [9]);
+        let mut c = Session::new(Version::V5, 0);
+        c.join_budget(&budget);
+        assert!(!c.enqueue(delivery(1, 10), two), "a session with nothing queued cannot make room");
+        a.poll_outbound(0, 1, u64::MAX);
+        assert_eq!(budget.used(), 2 * delivery(1, 0).size(), "a delivery sent hands its bytes back");
+        a.leave_budget();
+        b.purge();
+        assert_eq!(budget.used(), 0);
+        let too_big = QueueLimits { messages: 100, bytes: delivery(1, 0).size() - 1 };
+        assert!(!c.enqueue(delivery(1, 0), too_big), "one message above the session's bytes is dropped");
+    }
+
+    #[test]
+    fn polling_stops_after_its_bytes_but_always_sends_one() {
+        let mut s = Session::new(Version::V5, 0);
+        s.connected(Version::V5, 100);
+        for n in 0..5 {
+            s.enqueue(delivery(0, n), lim(10));
+        }
+        assert_eq!(s.poll_outbound(0, 10, 1).len(), 1);
+        assert_eq!(s.poll_outbound(0, 10, 2 * delivery(0, 0).size()).len(), 2);
+        assert_eq!(s.queued_bytes(), 2 * delivery(0, 0).size());
     }
 }

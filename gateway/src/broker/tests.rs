@@ -28,7 +28,7 @@ fn opts(qos: QoS) -> SubscriptionOptions {
 
 /// (packet id, qos, retain, payload, subscription ids) of every publish polled for `client`.
 fn polled(b: &mut Broker, client: &str) -> Vec<(u16, u8, bool, String, Vec<u32>)> {
-    b.poll_outbound(client, 0, 100)
+    b.poll_outbound(client, 0, 100, u64::MAX)
         .into_iter()
         .filter_map(|o| match o {
             Outbound::Publish { packet_id, delivery, .. } => Some((
@@ -44,14 +44,14 @@ fn polled(b: &mut Broker, client: &str) -> Vec<(u16, u8, bool, String, Vec<u32>)
 }
 
 fn connect(b: &mut Broker, client: &str, clean: bool, expiry: u32) -> Connected {
-    b.connect(client, Version::V5, clean, expiry, 10, 0)
+    b.connect(client, "", Version::V5, clean, expiry, 10, 0).expect("within the session limits")
 }
 
 #[test]
 fn delivery_qos_is_the_lower_of_publish_and_subscription() {
     let mut b = Broker::new(config());
     connect(&mut b, "s", true, 0);
-    assert_eq!(b.subscribe("s", "a/+", &opts(QoS::AtLeastOnce), None, 0), QoS::AtLeastOnce);
+    assert_eq!(b.subscribe("s", "a/+", &opts(QoS::AtLeastOnce), None, 0), Ok(QoS::AtLeastOnce));
     b.publish(msg("a/b", 2, false, "x", "p"), 0);
     b.publish(msg("a/b", 0, false, "y", "p"), 0);
     assert_eq!(polled(&mut b, "s"), [(1, 1, false, "x".into(), vec![]), (0, 0, false, "y".into(), vec![])]);
@@ -61,9 +61,9 @@ fn delivery_qos_is_the_lower_of_publish_and_subscription() {
 fn overlapping_subscriptions_deliver_once_with_every_identifier() {
     let mut b = Broker::new(config());
     connect(&mut b, "s", true, 0);
-    b.subscribe("s", "a/#", &opts(QoS::AtMostOnce), Some(1), 0);
-    b.subscribe("s", "a/b", &opts(QoS::ExactlyOnce), Some(2), 0);
-    b.subscribe("s", "c", &opts(QoS::ExactlyOnce), Some(3), 0);
+    b.subscribe("s", "a/#", &opts(QoS::AtMostOnce), Some(1), 0).expect("granted");
+    b.subscribe("s", "a/b", &opts(QoS::ExactlyOnce), Some(2), 0).expect("granted");
+    b.subscribe("s", "c", &opts(QoS::ExactlyOnce), Some(3), 0).expect("granted");
     let woken = b.publish(msg("a/b", 2, false, "x", "p"), 0);
     assert_eq!(woken.len(), 1);
     assert_eq!(polled(&mut b, "s"), [(1, 2, false, "x".into(), vec![1, 2])]);
@@ -74,15 +74,15 @@ fn no_local_and_retain_as_published_are_honoured() {
     let mut b = Broker::new(config());
     connect(&mut b, "me", true, 0);
     let no_local = SubscriptionOptions { no_local: true, ..opts(QoS::AtMostOnce) };
-    b.subscribe("me", "t", &no_local, None, 0);
+    b.subscribe("me", "t", &no_local, None, 0).expect("granted");
     b.publish(msg("t", 0, false, "mine", "me"), 0);
     b.publish(msg("t", 0, false, "theirs", "you"), 0);
     assert_eq!(polled(&mut b, "me"), [(0, 0, false, "theirs".into(), vec![])]);
 
     connect(&mut b, "rap", true, 0);
-    b.subscribe("rap", "r/+", &SubscriptionOptions { retain_as_published: true, ..opts(QoS::AtMostOnce) }, None, 0);
+    b.subscribe("rap", "r/+", &SubscriptionOptions { retain_as_published: true, ..opts(QoS::AtMostOnce) }, None, 0).expect("granted");
     connect(&mut b, "plain", true, 0);
-    b.subscribe("plain", "r/+", &opts(QoS::AtMostOnce), None, 0);
+    b.subscribe("plain", "r/+", &opts(QoS::AtMostOnce), None, 0).expect("granted");
     b.publish(msg("r/1", 0, true, "v", "p"), 0);
     assert_eq!(polled(&mut b, "rap"), [(0, 0, true, "v".into(), vec![])]);
     assert_eq!(polled(&mut b, "plain"), [(0, 0, false, "v".into(), vec![])], "RETAIN cleared on live delivery");
@@ -95,13 +95,13 @@ fn retained_messages_follow_retain_handling_and_an_empty_payload_clears_them() {
     b.publish(msg("status/2", 1, true, "down", "p"), 0);
     b.publish(msg("status/2", 0, true, "", "p"), 0);
     connect(&mut b, "s", true, 0);
-    b.subscribe("s", "status/+", &opts(QoS::ExactlyOnce), None, 0);
+    b.subscribe("s", "status/+", &opts(QoS::ExactlyOnce), None, 0).expect("granted");
     assert_eq!(polled(&mut b, "s"), [(1, 1, true, "up".into(), vec![])], "sent with RETAIN set");
     let if_new = SubscriptionOptions { retain_handling: RetainHandling::SendIfNew, ..opts(QoS::AtLeastOnce) };
-    b.subscribe("s", "status/+", &if_new, None, 0);
+    b.subscribe("s", "status/+", &if_new, None, 0).expect("granted");
     assert!(polled(&mut b, "s").is_empty(), "not again for an existing subscription");
     let never = SubscriptionOptions { retain_handling: RetainHandling::DoNotSend, ..opts(QoS::AtLeastOnce) };
-    b.subscribe("s", "status/#", &never, None, 0);
+    b.subscribe("s", "status/#", &never, None, 0).expect("granted");
     assert!(polled(&mut b, "s").is_empty());
     assert_eq!(b.retained().count(), 1);
 }
@@ -110,7 +110,7 @@ fn retained_messages_follow_retain_handling_and_an_empty_payload_clears_them() {
 fn a_persistent_session_keeps_subscriptions_and_queues_while_offline() {
     let mut b = Broker::new(config());
     assert!(!connect(&mut b, "d", false, u32::MAX).session_present);
-    b.subscribe("d", "cmd/d", &opts(QoS::AtLeastOnce), None, 0);
+    b.subscribe("d", "cmd/d", &opts(QoS::AtLeastOnce), None, 0).expect("granted");
     b.publish(msg("cmd/d", 1, false, "one", "p"), 0);
     assert_eq!(polled(&mut b, "d").len(), 1, "sent, not acknowledged");
     b.disconnect("d", None, 0);
@@ -140,7 +140,7 @@ fn shared_subscriptions_spread_messages_and_hand_over_when_a_member_leaves() {
     let mut b = Broker::new(config());
     for c in ["w1", "w2"] {
         connect(&mut b, c, true, 0);
-        b.subscribe(c, "$share/g/jobs/+", &opts(QoS::AtLeastOnce), None, 0);
+        b.subscribe(c, "$share/g/jobs/+", &opts(QoS::AtLeastOnce), None, 0).expect("granted");
     }
     for n in 0..4 {
         b.publish(msg("jobs/x", 1, false, &n.to_string(), "p"), 0);
@@ -160,7 +160,7 @@ fn shared_subscriptions_spread_messages_and_hand_over_when_a_member_leaves() {
     b.publish(msg("jobs/r", 0, true, "kept", "p"), 0);
     polled(&mut b, "w2");
     connect(&mut b, "w3", true, 0);
-    b.subscribe("w3", "$share/g/jobs/+", &opts(QoS::AtLeastOnce), None, 0);
+    b.subscribe("w3", "$share/g/jobs/+", &opts(QoS::AtLeastOnce), None, 0).expect("granted");
     assert!(polled(&mut b, "w3").is_empty());
 }
 
@@ -168,18 +168,18 @@ fn shared_subscriptions_spread_messages_and_hand_over_when_a_member_leaves() {
 fn expired_messages_are_not_delivered() {
     let mut b = Broker::new(config());
     connect(&mut b, "s", true, 0);
-    b.subscribe("s", "t", &opts(QoS::AtLeastOnce), None, 0);
+    b.subscribe("s", "t", &opts(QoS::AtLeastOnce), None, 0).expect("granted");
     let mut m = msg("t", 1, false, "old", "p");
     m.expires_at_ms = Some(500);
     b.publish(m, 0);
-    assert!(b.poll_outbound("s", 500, 10).is_empty());
+    assert!(b.poll_outbound("s", 500, 10, u64::MAX).is_empty());
 }
 
 #[test]
 fn a_restored_broker_has_the_sessions_and_retained_messages_of_its_snapshot() {
     let mut b = Broker::new(config());
     connect(&mut b, "d", false, u32::MAX);
-    b.subscribe("d", "cmd/#", &opts(QoS::AtLeastOnce), None, 0);
+    b.subscribe("d", "cmd/#", &opts(QoS::AtLeastOnce), None, 0).expect("granted");
     b.publish(msg("cmd/1", 1, true, "queued", "p"), 0);
     let sessions: Vec<(String, Session)> = b
         .persistent_sessions()
@@ -198,7 +198,7 @@ fn a_restored_broker_has_the_sessions_and_retained_messages_of_its_snapshot() {
 fn dropped_messages_stay_counted_after_their_session_ends() {
     let mut b = Broker::new(BrokerConfig::with_max_queued(2));
     connect(&mut b, "slow", true, 0);
-    b.subscribe("slow", "t", &opts(QoS::AtLeastOnce), None, 0);
+    b.subscribe("slow", "t", &opts(QoS::AtLeastOnce), None, 0).expect("granted");
     for n in 0..5 {
         b.publish(msg("t", 1, false, &n.to_string(), "p"), 0);
     }
@@ -206,4 +206,54 @@ fn dropped_messages_stay_counted_after_their_session_ends() {
     b.disconnect("slow", None, 0);
     assert!(!b.has_session("slow"));
     assert_eq!(b.stats().dropped, 3, "a counter: the ended session's drops are still counted");
+}
+
+#[test]
+fn sessions_subscriptions_and_topic_depth_are_limited() {
+    let limits = crate::limits::LimitsConfig {
+        max_topic_levels: 4,
+        max_sessions: 3,
+        max_sessions_per_user: 2,
+        max_subscriptions_per_session: 2,
+        max_subscriptions: 3,
+        ..crate::limits::LimitsConfig::default()
+    };
+    let mut b = Broker::new(BrokerConfig { limits, ..config() });
+    let open = |b: &mut Broker, c: &str, owner: &str| b.connect(c, owner, Version::V5, false, u32::MAX, 10, 0);
+    assert!(open(&mut b, "a1", "alice").is_ok() && open(&mut b, "a2", "alice").is_ok());
+    assert_eq!(open(&mut b, "a3", "alice").unwrap_err(), SessionRefused::TooManyForUser);
+    assert!(open(&mut b, "a1", "alice").is_ok(), "resuming is not a new session");
+    assert!(b.connect("a1", "alice", Version::V5, true, 0, 10, 0).is_ok(), "a clean start replaces its own");
+    assert!(open(&mut b, "b1", "bob").is_ok());
+    assert_eq!(open(&mut b, "b2", "bob").unwrap_err(), SessionRefused::TooManySessions);
+    b.disconnect("a1", None, 0);
+    assert!(open(&mut b, "b2", "bob").is_ok(), "an ended session frees its place and its owner's");
+
+    let o = opts(QoS::AtLeastOnce);
+    assert_eq!(b.subscribe("b1", "a/b/c/d", &o, None, 0), Ok(QoS::AtLeastOnce));
+    assert_eq!(b.subscribe("b1", "a/b/c/d/#", &o, None, 0), Err(SubscribeRefused::TooDeep));
+    assert_eq!(b.subscribe("b1", "x", &o, None, 0), Ok(QoS::AtLeastOnce));
+    assert_eq!(b.subscribe("b1", "y", &o, None, 0), Err(SubscribeRefused::Quota), "two per session");
+    assert_eq!(b.subscribe("b1", "x", &o, None, 0), Ok(QoS::AtLeastOnce), "replacing is not a new one");
+    assert_eq!(b.subscribe("b2", "y", &o, None, 0), Ok(QoS::AtLeastOnce));
+    assert_eq!(b.subscribe("b2", "z", &o, None, 0), Err(SubscribeRefused::Quota), "three in all");
+    let deep = msg("a/b/c/d/e", 1, false, "x", "");
+    assert!(b.publish(deep, 0).is_empty(), "a topic over the limit is not routed");
+}
+
+#[test]
+fn stored_state_over_the_current_limits_is_dropped_on_restore() {
+    let generous = crate::limits::LimitsConfig { max_topic_levels: 1_000, ..crate::limits::LimitsConfig::default() };
+    let mut b = Broker::new(BrokerConfig { limits: generous, ..config() });
+    connect(&mut b, "d", false, u32::MAX);
+    let deep = format!("{}#", "a/".repeat(500));
+    assert!(b.subscribe("d", &deep, &opts(QoS::AtLeastOnce), None, 0).is_ok());
+    assert!(b.subscribe("d", "ok/+", &opts(QoS::AtLeastOnce), None, 0).is_ok());
+    let sessions: Vec<(String, Session)> = b.persistent_sessions().map(|(c, s)| (c.to_string(), s.clone())).collect();
+    let retained = vec![msg(&"r/".repeat(300), 1, true, "x", ""), msg("r/ok", 1, true, "x", "")];
+    let limits = crate::limits::LimitsConfig { max_topic_levels: 128, ..crate::limits::LimitsConfig::default() };
+    let restored = Broker::restore(BrokerConfig { limits, ..config() }, sessions, retained, 0);
+    let subs: Vec<&String> = restored.session("d").map(|s| s.subscriptions.keys().collect()).unwrap_or_default();
+    assert_eq!(subs, ["ok/+"]);
+    assert_eq!(restored.retained().map(|m| m.topic.as_str()).collect::<Vec<_>>(), ["r/ok"]);
 }

@@ -44,6 +44,9 @@ const PROTOCOL: Protocol = Protocol::Ws;
 /// Deliveries sent per wake-up.
 const DELIVERIES_PER_WAKE: usize = 64;
 
+/// Bytes of deliveries taken per wake-up (at least one): a slow reader's backlog stays in its bounded queue.
+const DELIVERY_BYTES_PER_WAKE: u64 = 256 * 1024;
+
 /// Who is on the other end.
 pub struct Device {
     /// The device's name: the `client` query parameter, else its user name, else `ws-{n}`.
@@ -52,6 +55,8 @@ pub struct Device {
     pub acl: DeviceAcl,
     /// The broker connection id for its subscriptions.
     pub conn_id: u64,
+    /// The user its subscriptions' session belongs to (`""`: anonymous).
+    pub owner: String,
 }
 
 /// An event waiting for the spool.
@@ -218,6 +223,11 @@ impl Session {
         // ACL publish rules judge the subject; an event without one is judged as the empty topic, which only a `#`
         // rule or `acl_default = "allow"` lets through.
         let topic = event.subject.clone().unwrap_or_default();
+        if !self.ctx.shared.limits.topic_depth_ok(&topic) {
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+            let why = "subject deeper than limits.max_topic_levels";
+            return self.nack(ws, Some(&event.id), why).await.map(|()| false);
+        }
         if !self.device.acl.may_publish(&topic) {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             return self.nack(ws, Some(&event.id), "not authorized").await.map(|()| true);
@@ -239,15 +249,24 @@ impl Session {
         if meshgate_protocols::mqtt::topic::validate_filter(filter).is_err() || !self.device.acl.may_subscribe(filter) {
             return false;
         }
+        if !self.ctx.shared.limits.topic_depth_ok(filter) {
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+            return false;
+        }
         let now = now_ms();
         let session = self.session.clone();
         let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
-        self.ctx.shared.broker.with(|b| {
+        let owner = self.device.owner.as_str();
+        let subscribed = self.ctx.shared.broker.with(|b| {
             if !b.has_session(&session) {
-                b.connect(&session, meshgate_protocols::mqtt::Version::V5, true, 0, u16::MAX, now);
+                b.connect(&session, owner, meshgate_protocols::mqtt::Version::V5, true, 0, u16::MAX, now).ok()?;
             }
-            b.subscribe(&session, filter, &options, None, now);
+            b.subscribe(&session, filter, &options, None, now).ok()
         });
+        if subscribed.is_none() {
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+            return false;
+        }
         if !self.subscribed {
             self.ctx.shared.broker.attach_with(&session, self.device.conn_id, Arc::clone(&self.notify));
             self.subscribed = true;
@@ -263,7 +282,7 @@ impl Session {
         }
         let session = self.session.clone();
         let now = now_ms();
-        let out = self.ctx.shared.broker.with(|b| b.poll_outbound(&session, now, DELIVERIES_PER_WAKE));
+        let out = self.ctx.shared.broker.with(|b| b.poll_outbound(&session, now, DELIVERIES_PER_WAKE, DELIVERY_BYTES_PER_WAKE));
         let more = out.len() == DELIVERIES_PER_WAKE;
         for o in out {
             let Outbound::Publish { packet_id, delivery, .. } = o else { continue };

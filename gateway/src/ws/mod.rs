@@ -93,7 +93,8 @@ where
             let client_id =
                 negotiated.client.clone().or_else(|| user.map(String::from)).unwrap_or_else(|| format!("ws-{conn_id}"));
             let acl = ctx.shared.acl.for_device(user, &client_id);
-            events::serve(ws, Arc::clone(&ctx), events::Device { client_id, acl, conn_id }).await;
+            let owner = if certified { identity.clone() } else { user.map(String::from) }.unwrap_or_default();
+            events::serve(ws, Arc::clone(&ctx), events::Device { client_id, acl, conn_id, owner }).await;
         }
     }
 }

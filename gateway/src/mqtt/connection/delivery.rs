@@ -7,9 +7,9 @@ use meshgate_protocols::mqtt::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Connection, OUTBOUND_PER_WAKE, PROTOCOL, PendingAck};
+use super::{Connection, OUTBOUND_BYTES_PER_WAKE, OUTBOUND_PER_WAKE, PROTOCOL, PendingAck};
 use crate::broker::local::now_ms;
-use crate::broker::{Message, Outbound};
+use crate::broker::{Message, Outbound, SubscribeRefused};
 use crate::metrics::RejectReason;
 use crate::mqtt::outbound;
 
@@ -56,7 +56,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         }
         let now = now_ms();
-        let deliveries = self.ctx.shared.broker.with(|b| b.poll_outbound(&client, now, OUTBOUND_PER_WAKE));
+        let deliveries =
+            self.ctx.shared.broker.with(|b| b.poll_outbound(&client, now, OUTBOUND_PER_WAKE, OUTBOUND_BYTES_PER_WAKE));
         let full = deliveries.len() == OUTBOUND_PER_WAKE;
         self.write_outbound(deliveries, now);
         if full && let Some(n) = &self.deliveries {
@@ -82,7 +83,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 continue;
             }
             let granted = self.ctx.shared.broker.with(|b| b.subscribe(&client, f.filter, &f.options, id, now));
-            codes.push(granted as u8);
+            codes.push(match granted {
+                Ok(qos) => qos as u8,
+                Err(refused) => {
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+                    tracing::debug!(client, ?refused, "subscription refused");
+                    match refused {
+                        _ if !v5 => 0x80,
+                        SubscribeRefused::TooDeep => ReasonCode::TOPIC_FILTER_INVALID.0,
+                        SubscribeRefused::Quota => ReasonCode::QUOTA_EXCEEDED.0,
+                        SubscribeRefused::NoSession => ReasonCode::UNSPECIFIED_ERROR.0,
+                    }
+                }
+            });
         }
         self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), codes: &codes }));
         self.pump_outbound();

@@ -92,6 +92,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Err(Closed::Refused("authentication failed"));
             }
         }
+        if connect.will.as_ref().is_some_and(|w| !self.ctx.shared.limits.topic_depth_ok(w.topic)) {
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+            self.send(&refuse(ReasonCode::TOPIC_NAME_INVALID));
+            self.flush().await?;
+            return Err(Closed::Refused("will topic deeper than limits.max_topic_levels"));
+        }
         let assigned = connect.client_id.is_empty();
         if assigned && !v5 && !connect.clean_start {
             // MQTT 3.1.1: a zero-length client id requires a clean session.
@@ -128,10 +134,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.acl = self.ctx.shared.acl.for_device(identity, &client_id);
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
         self.deliveries = Some(self.ctx.shared.broker.attach(&client_id, registration.conn_id));
-        let connected =
-            self.ctx.shared.broker.with(|b| {
-                b.connect(&client_id, self.version, connect.clean_start, expiry, client_receive_maximum, now)
-            });
+        let owner = identity.unwrap_or_default();
+        let connected = self.ctx.shared.broker.with(|b| {
+            b.connect(&client_id, owner, self.version, connect.clean_start, expiry, client_receive_maximum, now)
+        });
+        let connected = match connected {
+            Ok(c) => c,
+            Err(refused) => {
+                self.ctx.registry.unregister(&client_id, registration.conn_id);
+                self.ctx.shared.broker.detach(&client_id, registration.conn_id);
+                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+                tracing::info!(client = %client_id, user = owner, ?refused, "session refused: limit reached");
+                self.send(&refuse(ReasonCode::QUOTA_EXCEEDED));
+                self.flush().await?;
+                return Err(Closed::Refused("session limit reached"));
+            }
+        };
         for c in &connected.woken {
             self.ctx.shared.broker.wake(c);
         }

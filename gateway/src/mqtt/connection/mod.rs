@@ -69,6 +69,10 @@ struct PendingAck {
 /// Deliveries written per wake-up before the driver checks its other work again.
 const OUTBOUND_PER_WAKE: usize = 64;
 
+/// Bytes of deliveries taken per wake-up (at least one delivery): what waits for a slow reader stays in its
+/// session's bounded queue, not in the connection's write buffer.
+const OUTBOUND_BYTES_PER_WAKE: u64 = 256 * 1024;
+
 /// Serves one accepted connection until it ends. A peer that proved an identity with a client certificate (mTLS)
 /// and sends a CONNECT without a user name is that device, for authentication and ACLs.
 pub async fn serve_as<S>(stream: S, ctx: Arc<MqttContext>, peer: Peer)
@@ -439,6 +443,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Some(self.close_with(code, "invalid topic alias").await);
             }
         };
+        if !self.ctx.shared.limits.topic_depth_ok(&topic) {
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+            return Some(self.close_with(ReasonCode::TOPIC_NAME_INVALID, "topic deeper than limits.max_topic_levels").await);
+        }
         let packet_id = publish.packet_id.unwrap_or(0);
         let ack_kind = match publish.qos {
             QoS::AtMostOnce => None,
