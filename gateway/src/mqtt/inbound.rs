@@ -37,6 +37,12 @@ impl InboundState {
         }
     }
 
+    /// Lifts the Receive Maximum quota (MQTT 3.1.1, which has none: the driver slows the client by not reading
+    /// instead, and a client that pipelines past the limit is never refused for it).
+    pub fn without_quota(&mut self) {
+        self.receive_maximum = usize::MAX;
+    }
+
     /// The topic a PUBLISH is for, applying and recording its topic alias (MQTT 5).
     pub fn resolve_topic<'p>(&mut self, publish: &Publish<'p>) -> Result<Cow<'p, str>, ReasonCode> {
         let Some(alias) = publish.properties.topic_alias else {
@@ -108,6 +114,15 @@ mod tests {
         assert_eq!(s.admit(QoS::AtLeastOnce, 3), Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
         s.completed(QoS::AtLeastOnce, 1);
         assert!(s.admit(QoS::AtLeastOnce, 3).is_ok());
+    }
+
+    #[test]
+    fn without_a_quota_nothing_is_refused_for_being_in_flight() {
+        let mut s = InboundState::new(1, 0);
+        s.without_quota();
+        for id in 1..=300 {
+            assert_eq!(s.admit(QoS::AtLeastOnce, id), Ok(Admission::New));
+        }
     }
 
     #[test]

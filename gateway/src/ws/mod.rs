@@ -34,13 +34,20 @@ pub struct WsContext {
     pub mqtt: Arc<MqttContext>,
 }
 
+/// Writes a whole HTTP response and closes the write side.
+async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, response: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    stream.write_all(response).await?;
+    stream.shutdown().await
+}
+
 /// Connection ids for the broker sessions of `cloudevents.json` devices.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// Upgrades an accepted connection and serves it with the negotiated subprotocol. `identity` is the subject of a
 /// verified client certificate (wss with mTLS): a device that brings no credentials is that device.
 #[allow(clippy::result_large_err, reason = "the callback's error type is tungstenite's HTTP response")]
-pub async fn serve<S>(stream: S, ctx: Arc<WsContext>, peer: Peer)
+pub async fn serve<S>(mut stream: S, ctx: Arc<WsContext>, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -55,13 +62,17 @@ where
         Ok(response)
     };
     let timeout = Duration::from_secs(ctx.config.handshake_timeout_secs.max(1));
-    let upgraded =
-        tokio::time::timeout(timeout, tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)))
-            .await;
+    // Borrowed, so a request that is no upgrade at all can still be answered on the stream.
+    let accept = tokio_tungstenite::accept_hdr_async_with_config(&mut stream, callback, Some(config));
+    let upgraded = tokio::time::timeout(timeout, accept).await;
     let mut ws = match upgraded {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "WebSocket upgrade refused");
+            if let Some(refusal) = upgrade::refusal_for(&e) {
+                ctx.shared.metrics.reject(Protocol::Ws, RejectReason::Malformed);
+                let _ = tokio::time::timeout(timeout, answer(&mut stream, &refusal.to_http())).await;
+            }
             return;
         }
         Err(_) => {

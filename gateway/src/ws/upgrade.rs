@@ -4,6 +4,7 @@
 
 use base64::Engine as _;
 pub use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::config::WsListenerConfig;
@@ -58,6 +59,51 @@ impl Refusal {
 
 fn refuse(status: StatusCode, reason: &'static str) -> Refusal {
     Refusal { status, reason }
+}
+
+/// The answer to a request that is not a WebSocket upgrade at all (tungstenite refuses those before meshgate's
+/// own checks, and would just close): 426 Upgrade Required when the upgrade headers are missing or name another
+/// version, 400 Bad Request for anything else that is not a valid upgrade; `None` for failures with nobody left
+/// to answer (I/O, timeouts).
+pub fn refusal_for(error: &WsError) -> Option<Refusal> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError as P;
+    let bad = |reason| Some(refuse(StatusCode::BAD_REQUEST, reason));
+    let upgrade = |reason| Some(refuse(StatusCode::UPGRADE_REQUIRED, reason));
+    match error {
+        WsError::Protocol(p) => match p {
+            P::WrongHttpMethod => bad("a WebSocket upgrade is a GET request"),
+            P::WrongHttpVersion => bad("a WebSocket upgrade needs HTTP/1.1"),
+            P::MissingConnectionUpgradeHeader => upgrade("this is a WebSocket endpoint: send Connection: Upgrade"),
+            P::MissingUpgradeWebSocketHeader => upgrade("this is a WebSocket endpoint: send Upgrade: websocket"),
+            P::MissingSecWebSocketVersionHeader => upgrade("only WebSocket version 13 is served"),
+            P::MissingSecWebSocketKey | P::InvalidSecWebSocketKey => bad("missing or invalid Sec-WebSocket-Key"),
+            P::JunkAfterRequest => bad("bytes after the upgrade request"),
+            _ => bad("malformed HTTP request"),
+        },
+        WsError::Capacity(_) | WsError::HttpFormat(_) | WsError::Utf8(_) => bad("malformed HTTP request"),
+        _ => None,
+    }
+}
+
+impl Refusal {
+    /// The whole HTTP/1.1 response for a refusal written by meshgate itself (not through tungstenite): status,
+    /// a short plain-text body, and for 426 the headers that say what to send instead.
+    pub fn to_http(self) -> Vec<u8> {
+        let body = format!("{}\n", self.reason);
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            head.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
 }
 
 /// Checks an upgrade request; on success, the response carries the chosen `Sec-WebSocket-Protocol`.

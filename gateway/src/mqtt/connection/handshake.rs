@@ -67,6 +67,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn accept(&mut self, connect: &Connect<'_>) -> Result<(), Closed> {
         self.version = connect.version;
         let v5 = self.version.is_v5();
+        if !v5 {
+            self.inbound.without_quota();
+        }
+        self.rate = self.ctx.shared.limits.connection_rate(std::time::Instant::now());
         let refuse = |code_v5: ReasonCode| {
             let code = if v5 { code_v5 } else { ReasonCode(code_v5.to_v311_connack()) };
             Packet::ConnAck(ConnAck { code, ..ConnAck::default() })

@@ -114,6 +114,17 @@ where
     }
 }
 
+/// Why the driver stopped handling the input it has: it resumes when the reason is gone, and reads no more of the
+/// socket meanwhile (native backpressure: the client's TCP window closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    /// An MQTT 3.1.1 client pipelined more QoS 1/2 publishes than `receive_maximum` acknowledgements may be
+    /// owed: the next one waits for a durable acknowledgement to go out.
+    Acks,
+    /// The connection is over `limits.max_messages_per_second`: the next publish waits until then.
+    Until(Instant),
+}
+
 /// The read buffer's first size: enough for a CONNECT and small publishes. A busy connection's buffer grows to
 /// what it needs (and keeps that); an idle one stays small, which is most of a gateway's connections (8 KiB of
 /// RSS per idle connection is the goal, docs/benchmarks.md).
@@ -148,6 +159,12 @@ struct Connection<S> {
     problem_info: bool,
     /// The peer's address and the subject of a verified client certificate (mTLS).
     peer: Peer,
+    /// Set while input waits (see [`Stall`]).
+    stall: Option<Stall>,
+    /// `limits.max_messages_per_second`, when set.
+    rate: Option<crate::limits::RateLimiter>,
+    /// The publish at the front of the buffer already took its token from `rate`.
+    rate_paid: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -173,6 +190,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             aliases: outbound::OutboundAliases::default(),
             problem_info: true,
             peer: Peer::default(),
+            stall: None,
+            rate: None,
+            rate_paid: false,
         }
     }
 
@@ -240,7 +260,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut shutdown = self.ctx.shared.shutdown.clone();
         loop {
             self.flush().await?;
-            let can_read = self.pending.len() < usize::from(self.ctx.config.receive_maximum);
+            let acks_room = self.pending.len() < usize::from(self.ctx.config.receive_maximum);
+            if self.stall == Some(Stall::Acks) && acks_room {
+                // Acknowledgements went out: the publishes that waited in the buffer go on.
+                self.stall = None;
+                if let Some(closed) = self.process_input().await? {
+                    return Ok(closed);
+                }
+                continue;
+            }
+            let can_read = acks_room && self.stall.is_none();
+            let resume_at = match self.stall {
+                Some(Stall::Until(at)) => Some(at),
+                _ => None,
+            };
             let deadline = self.deadline;
             let Some((_, registration)) = self.session.as_mut() else {
                 return Err(Closed::Refused("no session"));
@@ -272,6 +305,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 _ = notified(deliveries.as_deref()) => {
                     self.pump_outbound();
+                }
+                _ = sleep_until(resume_at) => {
+                    self.stall = None;
+                    if let Some(closed) = self.process_input().await? {
+                        return Ok(closed);
+                    }
+                    self.drain_acks(false).await?;
                 }
                 _ = sleep_until(deadline) => {
                     self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
@@ -353,12 +393,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
-    /// Decodes and handles every complete packet in the read buffer.
+    /// Whether the publish about to be handled must wait (see [`Stall`]); sets the stall if so.
+    fn must_wait(&mut self, publish: &Publish<'_>) -> bool {
+        if !self.version.is_v5()
+            && publish.qos != QoS::AtMostOnce
+            && self.pending.len() >= usize::from(self.ctx.config.receive_maximum)
+        {
+            self.stall = Some(Stall::Acks);
+            return true;
+        }
+        if let Some(rate) = self.rate.as_mut().filter(|_| !self.rate_paid) {
+            let now = std::time::Instant::now();
+            if let Some(wait) = rate.take(now) {
+                self.rate_paid = true;
+                self.stall = Some(Stall::Until(Instant::now() + wait));
+                return true;
+            }
+        }
+        self.rate_paid = false;
+        false
+    }
+
+    /// Decodes and handles the complete packets in the read buffer, until one must wait (see [`Stall`]).
     async fn process_input(&mut self) -> Result<Option<Closed>, Closed> {
         loop {
             let rbuf = std::mem::take(&mut self.rbuf);
             let decoded = Packet::decode(&rbuf, self.version, self.max_packet());
             let step = match decoded {
+                Ok((Packet::Publish(p), _)) if self.must_wait(&p) => {
+                    self.rbuf = rbuf;
+                    return Ok(None);
+                }
                 Ok((packet, len)) => Ok((self.handle(packet).await, len)),
                 Err(e) => Err(e),
             };
