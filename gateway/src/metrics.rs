@@ -227,11 +227,17 @@ impl Metrics {
         }
         if let Some(broker) = self.broker.get() {
             let b = broker.read(|b| b.stats());
-            let figures: [(&str, &str, &str, u64); 7] = [
+            let figures: [(&str, &str, &str, u64); 8] = [
                 ("meshgate_broker_sessions", "gauge", "Broker sessions, connected or not.", b.sessions as u64),
                 ("meshgate_broker_subscriptions", "gauge", "Subscriptions.", b.subscriptions as u64),
                 ("meshgate_broker_retained", "gauge", "Retained messages.", b.retained as u64),
                 ("meshgate_broker_queued", "gauge", "Messages queued for subscribers.", b.queued as u64),
+                (
+                    "meshgate_broker_queued_bytes",
+                    "gauge",
+                    "Bytes queued for subscribers (against limits.max_memory_bytes).",
+                    b.queued_bytes,
+                ),
                 (
                     "meshgate_broker_in_flight",
                     "gauge",
