@@ -127,9 +127,43 @@ impl IngestHandle {
         route: Route,
         when_full: WhenFull,
     ) -> Result<(), PipelineClosed> {
+        self.submit_unconfirmed_within(event, route, when_full, None).await
+    }
+
+    /// [`IngestHandle::submit_unconfirmed`] within a connection's `share` of the spool's queue: when the
+    /// connection already has its share waiting for the writer, this waits (and the connection reads no more)
+    /// until one of them is written, so one flooding device cannot fill the queue in front of everyone else.
+    pub async fn submit_unconfirmed_within(
+        &self,
+        event: CloudEvent,
+        route: Route,
+        when_full: WhenFull,
+        share: Option<&IngestShare>,
+    ) -> Result<(), PipelineClosed> {
+        let slot = match share {
+            Some(s) => Some(Arc::clone(&s.0).acquire_owned().await.map_err(|_| PipelineClosed)?),
+            None => None,
+        };
         let mut record = StoredRecord::new(event, &route);
         record.droppable = when_full == WhenFull::DropOldest;
-        self.spool.append(record, false).await.map(|_| ()).map_err(|_| PipelineClosed)
+        self.spool.append_in(record, false, slot).await.map(|_| ()).map_err(|_| PipelineClosed)
+    }
+}
+
+/// One connection's share of the spool's queue for appends nobody waits for (QoS 0): at most this many of its
+/// events wait for the writer at once (`limits.max_unconfirmed_per_connection`).
+#[derive(Debug, Clone)]
+pub struct IngestShare(Arc<tokio::sync::Semaphore>);
+
+impl IngestShare {
+    /// A share of `n` places (at least one).
+    pub fn new(n: usize) -> IngestShare {
+        IngestShare(Arc::new(tokio::sync::Semaphore::new(n.max(1))))
+    }
+
+    /// Places free now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
     }
 }
 

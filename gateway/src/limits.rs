@@ -33,6 +33,10 @@ pub struct LimitsConfig {
     pub max_messages_per_second: u32,
     /// Messages a connection may publish at once above the rate before it is slowed (with a rate set).
     pub message_burst: u32,
+    /// Publishes without acknowledgement (MQTT QoS 0, AMQP without confirms) one connection may have waiting for
+    /// the spool's writer; past it the connection is not read until one is written. Its fair share of the
+    /// ingest path: a flooding device cannot fill the queue in front of every other device's acknowledged ones.
+    pub max_unconfirmed_per_connection: usize,
 }
 
 impl Default for LimitsConfig {
@@ -47,6 +51,7 @@ impl Default for LimitsConfig {
             max_subscriptions: 1_000_000,
             max_messages_per_second: 0,
             message_burst: 1_000,
+            max_unconfirmed_per_connection: 256,
         }
     }
 }
@@ -54,7 +59,8 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// Checks the values: `Err((key, problem))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let checks: [(&str, bool); 6] = [
+        let checks: [(&str, bool); 7] = [
+            ("max_unconfirmed_per_connection", self.max_unconfirmed_per_connection == 0),
             ("max_topic_levels", self.max_topic_levels == 0),
             ("max_table_depth", self.max_table_depth == 0),
             ("max_sessions", self.max_sessions == 0),

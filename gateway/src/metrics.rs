@@ -192,7 +192,11 @@ impl Metrics {
                 "Times a connection's publishers were paused because the spool withheld credit.",
                 &self.flow_paused,
             ),
-            ("meshgate_auth_failures_total", "Device logins refused (credentials wrong or missing).", &self.auth_failures),
+            (
+                "meshgate_auth_failures_total",
+                "Device logins refused (credentials wrong or missing).",
+                &self.auth_failures,
+            ),
         ];
         for (name, help, counters) in per_protocol {
             header(&mut out, name, "counter", help);

@@ -12,7 +12,8 @@ use amq_protocol::protocol::{AMQPClass, basic, confirm, connection};
 use anyhow::{Context, Result, bail, ensure};
 use futures::SinkExt;
 use meshgate_protocols::mqtt::{
-    Connect, List, Packet, Properties, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions, Version,
+    Connect, List, Packet, Properties, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
+    Version,
 };
 use meshgate_tests::Gateway;
 use meshgate_tests::amqp_raw::{self, RawAmqp};
@@ -28,7 +29,10 @@ async fn bystanders_are_served(gw: &Gateway, tag: &str) -> Result<()> {
     let mut amqp = RawAmqp::open(gw.amqp()?, "guest", "guest").context("AMQP bystander login")?;
     amqp.send(&amqp_raw::channel_open(1))?;
     amqp.recv()?; // channel.open-ok
-    amqp.send(&amqp_raw::method(1, AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false }))))?;
+    amqp.send(&amqp_raw::method(
+        1,
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })),
+    ))?;
     amqp.recv()?; // confirm.select-ok
     amqp.publish(1, "bystander.amqp", br#"{"ok":true}"#)?;
     loop {
@@ -79,7 +83,8 @@ fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn amqp_field_tables_nested_thousands_deep_are_refused_and_the_gateway_lives() -> Result<()> {
     let hash = meshgate_gateway::auth::hash_password("right")?;
-    let users = format!("[auth]\nallow_anonymous = true\n[[auth.users]]\nusername = \"d1\"\npassword_hash = \"{hash}\"\n");
+    let users =
+        format!("[auth]\nallow_anonymous = true\n[[auth.users]]\nusername = \"d1\"\npassword_hash = \"{hash}\"\n");
     let gw = Gateway::start_with(|c| c.replace("[auth]\nallow_anonymous = true\n", &users))?;
     // Before authentication, with wrong credentials: connection.start-ok whose client properties nest 5,000 deep.
     let mut c = RawAmqp::connect(gw.amqp()?)?;
@@ -231,7 +236,9 @@ fn http_status(addr: std::net::SocketAddr, request: &[u8]) -> Result<String> {
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer);
-    Ok(text.lines().next().unwrap_or_default().to_string() + " | " + text.rsplit("\r\n\r\n").next().unwrap_or_default().trim())
+    Ok(text.lines().next().unwrap_or_default().to_string()
+        + " | "
+        + text.rsplit("\r\n\r\n").next().unwrap_or_default().trim())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,7 +252,10 @@ async fn the_websocket_port_answers_plain_http_and_garbage_with_an_http_status()
     ensure!(post.starts_with("HTTP/1.1 400"), "POST: {post}");
     let garbage = http_status(ws, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")?;
     ensure!(garbage.starts_with("HTTP/1.1 400"), "garbage: {garbage}");
-    let no_key = http_status(ws, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")?;
+    let no_key = http_status(
+        ws,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )?;
     ensure!(no_key.starts_with("HTTP/1.1 400"), "no key: {no_key}");
     bystanders_are_served(&gw, "HTTP garbage").await
 }
@@ -350,7 +360,13 @@ async fn slow_readers_and_offline_sessions_stay_within_the_memory_budget() -> Re
     for id in 1..=400u16 {
         let qos = if id % 2 == 0 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
         let packet_id = (qos != QoS::AtMostOnce).then_some(id);
-        publisher.send(&Packet::Publish(Publish { topic: "flood/big", qos, packet_id, payload: &payload, ..Publish::default() }))?;
+        publisher.send(&Packet::Publish(Publish {
+            topic: "flood/big",
+            qos,
+            packet_id,
+            payload: &payload,
+            ..Publish::default()
+        }))?;
         if packet_id.is_some() {
             ensure!(publisher.recv()? == Reply::Ack(4, id, ReasonCode::SUCCESS));
         }

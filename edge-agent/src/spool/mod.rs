@@ -185,6 +185,8 @@ impl Shared {
 struct Append {
     record: StoredRecord,
     done: Option<oneshot::Sender<Result<u64, SpoolError>>>,
+    /// A place in its connection's share of the queue, handed back when the writer is done with the append.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A handle for reading and confirming; cheap to clone.
@@ -347,13 +349,24 @@ impl Appender {
         record: StoredRecord,
         confirm: bool,
     ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
+        self.append_in(record, confirm, None).await
+    }
+
+    /// [`Appender::append`] holding `slot` (a place in its connection's share of the queue) until the writer is
+    /// done with the record.
+    pub async fn append_in(
+        &self,
+        record: StoredRecord,
+        confirm: bool,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
         let (done, rx) = if confirm {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        self.tx.send(Append { record, done }).await.map_err(|_| SpoolError::Stopped)?;
+        self.tx.send(Append { record, done, _slot: slot }).await.map_err(|_| SpoolError::Stopped)?;
         Ok(rx)
     }
 

@@ -400,7 +400,9 @@ impl ServerConnection {
                 let external = (ok.mechanism.as_str() == "EXTERNAL")
                     .then(|| self.certificate_identity.clone().map(|id| (id, String::new())))
                     .flatten();
-                match external.or_else(|| parse_credentials(ok.mechanism.as_str(), ok.response.as_bytes(), self.limits.max_table_depth)) {
+                match external.or_else(|| {
+                    parse_credentials(ok.mechanism.as_str(), ok.response.as_bytes(), self.limits.max_table_depth)
+                }) {
                     Some((username, password)) => {
                         self.state = State::AwaitAuth;
                         let mechanism = ok.mechanism.as_str().to_string();

@@ -6,7 +6,8 @@ use amq_protocol::protocol::{channel, confirm, exchange, queue};
 use super::*;
 use crate::amqp::queues::{MemoryQueues, OutgoingMessage};
 
-const LIMITS: Limits = Limits { frame_max: 131_072, channel_max: 16, heartbeat: 10, max_body: 1024, max_table_depth: 32 };
+const LIMITS: Limits =
+    Limits { frame_max: 131_072, channel_max: 16, heartbeat: 10, max_body: 1024, max_table_depth: 32 };
 
 fn frames_of(bytes: &[u8]) -> Vec<AMQPFrame> {
     let mut out = Vec::new();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::{Buf, BytesMut};
 use chrono::Utc;
-use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
+use meshgate_edge_agent::pipeline::{DeliveryError, IngestShare, Receipt};
 use meshgate_protocols::cloudevents::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -90,6 +90,8 @@ struct Driver<S> {
     pending: VecDeque<Pending>,
     /// The peer's address and certificate identity.
     peer: Peer,
+    /// Its share of the spool's queue for publishes without confirms.
+    share: IngestShare,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -108,6 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             stream,
             conn: ServerConnection::new(limits, 0).with_certificate_identity(peer.identity.clone()),
             peer,
+            share: IngestShare::new(ctx.shared.limits.max_unconfirmed_per_connection),
             deliveries: queues.notifier(),
             queues,
             ctx,
@@ -240,7 +243,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     // The state machine offers EXTERNAL only with a verified certificate, whose name this is.
                     (AuthOutcome::Allowed, true)
                 } else {
-                    self.ctx.shared.auth.check_presented(&username, password.as_bytes(), self.peer.login(PROTOCOL)).await
+                    self.ctx
+                        .shared
+                        .auth
+                        .check_presented(&username, password.as_bytes(), self.peer.login(PROTOCOL))
+                        .await
                 };
                 let ok = outcome == AuthOutcome::Allowed;
                 if ok {
@@ -333,7 +340,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Err(_) => self.conn.confirm(channel, tag, false),
             },
             None => {
-                if self.ctx.shared.ingest.submit_unconfirmed(event, route, when_full).await.is_ok() {
+                let share = Some(&self.share);
+                if self.ctx.shared.ingest.submit_unconfirmed_within(event, route, when_full, share).await.is_ok() {
                     self.pending.push_back(Pending { channel, tag: None, receipt: None, local });
                 }
             }

@@ -53,7 +53,11 @@ pub fn decode_protocol_header(input: &[u8]) -> Result<Option<usize>, FrameError>
 /// Decodes the frame at the start of `input`; `Ok(None)` until it is complete. `frame_max` (0: no limit) is
 /// checked from the size field, before the payload is read or buffered further; the nesting of its field tables
 /// is checked against `max_table_depth` before it is parsed.
-pub fn decode(input: &[u8], frame_max: usize, max_table_depth: usize) -> Result<Option<(AMQPFrame, usize)>, FrameError> {
+pub fn decode(
+    input: &[u8],
+    frame_max: usize,
+    max_table_depth: usize,
+) -> Result<Option<(AMQPFrame, usize)>, FrameError> {
     let Some(size) = input.get(3..7).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes) else {
         return Ok(None);
     };
@@ -105,7 +109,10 @@ mod tests {
         }
         let mut huge = vec![1, 0, 1];
         huge.extend_from_slice(&(1u32 << 30).to_be_bytes());
-        assert!(matches!(decode(&huge, 131_072, 32), Err(FrameError::TooLarge { .. })), "refused from the header alone");
+        assert!(
+            matches!(decode(&huge, 131_072, 32), Err(FrameError::TooLarge { .. })),
+            "refused from the header alone"
+        );
         let mut bad_end = wire.clone();
         if let Some(last) = bad_end.last_mut() {
             *last = 0;

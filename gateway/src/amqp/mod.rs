@@ -14,8 +14,8 @@ mod channel;
 pub mod connection;
 pub mod driver;
 pub mod frames;
-pub mod table_depth;
 pub mod queues;
+pub mod table_depth;
 pub mod topic;
 
 use crate::config::AmqpListenerConfig;

@@ -42,14 +42,14 @@ use Field::{Octet, Short, ShortStr};
 /// The arguments before the field table of each method that has one, by (class, method).
 fn fields_before_table(class: u16, method: u16) -> Option<&'static [Field]> {
     Some(match (class, method) {
-        (10, 10) => &[Octet, Octet],                               // connection.start
-        (10, 11) => &[],                                           // connection.start-ok
-        (40, 10) => &[Short, ShortStr, ShortStr, Octet],           // exchange.declare
+        (10, 10) => &[Octet, Octet],                                          // connection.start
+        (10, 11) => &[],                                                      // connection.start-ok
+        (40, 10) => &[Short, ShortStr, ShortStr, Octet],                      // exchange.declare
         (40, 30) | (40, 40) => &[Short, ShortStr, ShortStr, ShortStr, Octet], // exchange.bind, unbind
-        (50, 10) => &[Short, ShortStr, Octet],                     // queue.declare
-        (50, 20) => &[Short, ShortStr, ShortStr, ShortStr, Octet], // queue.bind
-        (50, 50) => &[Short, ShortStr, ShortStr, ShortStr],        // queue.unbind
-        (60, 20) => &[Short, ShortStr, ShortStr, Octet],           // basic.consume
+        (50, 10) => &[Short, ShortStr, Octet],                                // queue.declare
+        (50, 20) => &[Short, ShortStr, ShortStr, ShortStr, Octet],            // queue.bind
+        (50, 50) => &[Short, ShortStr, ShortStr, ShortStr],                   // queue.unbind
+        (60, 20) => &[Short, ShortStr, ShortStr, Octet],                      // basic.consume
         _ => return None,
     })
 }

@@ -129,7 +129,8 @@ impl Authenticator {
                     // An unknown name, or no password, costs a verification all the same.
                     let hash = known.as_deref().unwrap_or_else(|| dummy.get_or_init(|| dummy_hash(first.as_deref())));
                     let candidate = password.as_deref().unwrap_or_default();
-                    let ok = PhcHash::new(hash).is_ok_and(|phc| Argon2::default().verify_password(candidate, &phc).is_ok());
+                    let ok =
+                        PhcHash::new(hash).is_ok_and(|phc| Argon2::default().verify_password(candidate, &phc).is_ok());
                     ok && known.is_some() && password.is_some()
                 })
                 .await

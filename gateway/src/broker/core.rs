@@ -185,7 +185,10 @@ impl Broker {
         let limits = config.limits;
         for m in retained {
             if !limits.topic_depth_ok(&m.topic) {
-                tracing::warn!(levels_max = limits.max_topic_levels, "retained message on a topic deeper than limits.max_topic_levels dropped");
+                tracing::warn!(
+                    levels_max = limits.max_topic_levels,
+                    "retained message on a topic deeper than limits.max_topic_levels dropped"
+                );
                 continue;
             }
             broker.retained.insert(m.topic.clone(), Arc::new(m));

@@ -80,7 +80,8 @@ fn no_local_and_retain_as_published_are_honoured() {
     assert_eq!(polled(&mut b, "me"), [(0, 0, false, "theirs".into(), vec![])]);
 
     connect(&mut b, "rap", true, 0);
-    b.subscribe("rap", "r/+", &SubscriptionOptions { retain_as_published: true, ..opts(QoS::AtMostOnce) }, None, 0).expect("granted");
+    b.subscribe("rap", "r/+", &SubscriptionOptions { retain_as_published: true, ..opts(QoS::AtMostOnce) }, None, 0)
+        .expect("granted");
     connect(&mut b, "plain", true, 0);
     b.subscribe("plain", "r/+", &opts(QoS::AtMostOnce), None, 0).expect("granted");
     b.publish(msg("r/1", 0, true, "v", "p"), 0);

@@ -135,11 +135,7 @@ impl<K: Ord + Clone, V> TopicTree<K, V> {
         let removed = match cut {
             Some(depth) => {
                 let level = path.get(depth)?;
-                let subtree = if *level == "+" {
-                    node.plus.take().map(|b| *b)
-                } else {
-                    node.children.remove(*level)
-                };
+                let subtree = if *level == "+" { node.plus.take().map(|b| *b) } else { node.children.remove(*level) };
                 let mut end = subtree?;
                 let value = Self::take_from_chain(&mut end, path.get(depth + 1..)?, key, last_is_rest);
                 drop_iteratively(end);

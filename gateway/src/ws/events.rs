@@ -282,7 +282,11 @@ impl Session {
         }
         let session = self.session.clone();
         let now = now_ms();
-        let out = self.ctx.shared.broker.with(|b| b.poll_outbound(&session, now, DELIVERIES_PER_WAKE, DELIVERY_BYTES_PER_WAKE));
+        let out = self
+            .ctx
+            .shared
+            .broker
+            .with(|b| b.poll_outbound(&session, now, DELIVERIES_PER_WAKE, DELIVERY_BYTES_PER_WAKE));
         let more = out.len() == DELIVERIES_PER_WAKE;
         for o in out {
             let Outbound::Publish { packet_id, delivery, .. } = o else { continue };

@@ -3,8 +3,8 @@
 //! functions of the request, so every refusal is testable without a socket.
 
 use base64::Engine as _;
-pub use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Error as WsError;
+pub use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::config::WsListenerConfig;

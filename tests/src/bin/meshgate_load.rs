@@ -22,6 +22,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use meshgate_protocols::mqtt::{QoS, Version};
 use meshgate_tests::load::brokers::rss_kib;
+use meshgate_tests::load::noisy::{self, noisy_neighbour};
 use meshgate_tests::load::run::{LoadSpec, hold_idle, run};
 use meshgate_tests::load::sink;
 use meshgate_tests::load::suite::{SuiteOptions, suite};
@@ -87,6 +88,13 @@ enum Cmd {
         bind: SocketAddr,
     },
     /// Every scenario of docs/benchmarks.md, meshgate next to Mosquitto.
+    /// The noisy-neighbour scenario alone: a quiet QoS 1 device at 10/s, alone then beside one connection
+    /// flooding QoS 0, on meshgate (release build) and then on a Mosquitto of its own.
+    Noisy {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     Suite {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
@@ -130,6 +138,7 @@ async fn main() -> Result<()> {
                 duration: Duration::from_secs(seconds),
                 sources,
                 version: if mqtt == 5 { Version::V5 } else { Version::V311 },
+                client_prefix: "load-pub-".into(),
             };
             println!("{}", run(&spec).await?.summary());
         }
@@ -163,6 +172,16 @@ async fn main() -> Result<()> {
             let (addr, task) = sink::start(bind).await?;
             println!("meshgate-load: sink listening on {addr}");
             task.await??;
+        }
+        Cmd::Noisy { seconds } => {
+            let duration = Duration::from_secs(seconds);
+            let gw = meshgate_tests::Gateway::start()?;
+            let meshgate = noisy_neighbour(gw.mqtt, duration).await?;
+            drop(gw);
+            let mosquitto = meshgate_tests::load::brokers::Mosquitto::start(true)?;
+            let theirs = noisy_neighbour(mosquitto.addr, duration).await?;
+            println!("{}", noisy::summary("meshgate", &meshgate));
+            println!("{}", noisy::summary("Mosquitto", &theirs));
         }
         Cmd::Suite { seconds, idle, sources, write } => {
             let section = suite(&SuiteOptions { seconds, idle, sources, write }).await?;

@@ -5,6 +5,7 @@
 
 pub mod brokers;
 pub mod conn;
+pub mod noisy;
 pub mod run;
 pub mod sink;
 pub mod suite;

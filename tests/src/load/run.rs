@@ -39,6 +39,8 @@ pub struct LoadSpec {
     pub sources: usize,
     /// MQTT 3.1.1 or 5.
     pub version: Version,
+    /// Publisher `n`'s client id is this followed by `n` (runs side by side need different ones).
+    pub client_prefix: String,
 }
 
 impl Default for LoadSpec {
@@ -56,6 +58,7 @@ impl Default for LoadSpec {
             duration: Duration::from_secs(60),
             sources: 4,
             version: Version::V311,
+            client_prefix: "load-pub-".into(),
         }
     }
 }
@@ -179,7 +182,9 @@ pub async fn run_at(spec: &LoadSpec, epoch: std::time::Instant) -> Result<Report
     // Publishers: connected first (concurrently, a few hundred at a time), then started together.
     let per_connection = spec.rate / spec.connections.max(1) as f64;
     let mut streams = Vec::with_capacity(spec.connections);
-    for (n, stream) in conn::open_many(spec.target, spec.connections, spec.sources, "load-pub-", spec.version).await {
+    for (n, stream) in
+        conn::open_many(spec.target, spec.connections, spec.sources, &spec.client_prefix, spec.version).await
+    {
         match stream {
             Ok(s) => streams.push((n, s)),
             Err(e) => {

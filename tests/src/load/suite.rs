@@ -213,6 +213,24 @@ pub async fn suite(options: &SuiteOptions) -> Result<String> {
         drop(broker);
     }
 
+    // 6. The noisy neighbour: a quiet QoS 1 device at 10/s, alone and beside one connection flooding QoS 0.
+    for target in ["meshgate", "Mosquitto"] {
+        let broker = Broker::start(target)?;
+        let duration = seconds.min(Duration::from_secs(30));
+        say(&format!("noisy neighbour on {target} ({} s each)", duration.as_secs()));
+        let r = super::noisy::noisy_neighbour(broker.addr(), duration).await?;
+        say(&format!("  {}", super::noisy::summary(target, &r)));
+        let runs = [
+            ("noisy neighbour: quiet QoS 1 device at 10/s, alone", r.alone),
+            ("noisy neighbour: the same device beside one QoS 0 flooder", r.beside),
+            ("noisy neighbour: the QoS 0 flooder (one connection)", r.flooder),
+        ];
+        for (scenario, report) in runs {
+            rows.push(Row { scenario: scenario.to_string(), target, report, cpu_secs: None });
+        }
+        drop(broker);
+    }
+
     // 3. Device → RabbitMQ consumer through the AMQP uplink.
     let amqp = amqp_uplink_latency(&mut rows, options, seconds).await?;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use chrono::Utc;
-use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
+use meshgate_edge_agent::pipeline::{DeliveryError, IngestShare, Receipt};
 use meshgate_protocols::mqtt::{
     DecodeError, Disconnect, Packet, PubResponse, PubResponseKind, Publish, QoS, ReasonCode, Version,
 };
@@ -165,11 +165,14 @@ struct Connection<S> {
     rate: Option<crate::limits::RateLimiter>,
     /// The publish at the front of the buffer already took its token from `rate`.
     rate_paid: bool,
+    /// Its share of the spool's queue for QoS 0 publishes (`limits.max_unconfirmed_per_connection`).
+    share: IngestShare,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(stream: S, ctx: Arc<MqttContext>) -> Self {
         let inbound = InboundState::new(ctx.config.receive_maximum, ctx.config.topic_alias_maximum);
+        let share = IngestShare::new(ctx.shared.limits.max_unconfirmed_per_connection);
         Connection {
             stream,
             ctx,
@@ -193,6 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             stall: None,
             rate: None,
             rate_paid: false,
+            share,
         }
     }
 
@@ -510,7 +514,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         if !self.ctx.shared.limits.topic_depth_ok(&topic) {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
-            return Some(self.close_with(ReasonCode::TOPIC_NAME_INVALID, "topic deeper than limits.max_topic_levels").await);
+            return Some(
+                self.close_with(ReasonCode::TOPIC_NAME_INVALID, "topic deeper than limits.max_topic_levels").await,
+            );
         }
         let packet_id = publish.packet_id.unwrap_or(0);
         let ack_kind = match publish.qos {
@@ -621,7 +627,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if confirmed {
             self.ctx.shared.ingest.submit(event, route).await.map(Some).map_err(|_| stopped)
         } else {
-            self.ctx.shared.ingest.submit_unconfirmed(event, route, when_full).await.map(|()| None).map_err(|_| stopped)
+            let share = Some(&self.share);
+            let submitted = self.ctx.shared.ingest.submit_unconfirmed_within(event, route, when_full, share).await;
+            submitted.map(|()| None).map_err(|_| stopped)
         }
     }
 }
