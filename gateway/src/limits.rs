@@ -4,6 +4,8 @@
 //! Each limit answers an attack listed in docs/security.md; each refusal is the protocol's own (MQTT 5 reason
 //! codes, 3.1.1 SUBACK 0x80 or a close, AMQP connection.close, WebSocket nacks and close codes).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -37,6 +39,14 @@ pub struct LimitsConfig {
     /// the spool's writer; past it the connection is not read until one is written. Its fair share of the
     /// ingest path: a flooding device cannot fill the queue in front of every other device's acknowledged ones.
     pub max_unconfirmed_per_connection: usize,
+    /// Messages per second all connections of one user together may publish (0: no limit); enforced like
+    /// `max_messages_per_second`, by not reading.
+    pub max_messages_per_second_per_user: u32,
+    /// Retained messages the broker keeps, all topics together; a retained publish past it is refused (MQTT 5
+    /// QoS 1/2: 0x97) or delivered without being retained.
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages the broker keeps, all topics together; the same answer past it.
+    pub max_retained_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -52,6 +62,9 @@ impl Default for LimitsConfig {
             max_messages_per_second: 0,
             message_burst: 1_000,
             max_unconfirmed_per_connection: 256,
+            max_messages_per_second_per_user: 0,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -59,7 +72,8 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// Checks the values: `Err((key, problem))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let checks: [(&str, bool); 7] = [
+        let checks: [(&str, bool); 8] = [
+            ("max_retained_messages", self.max_retained_messages == 0),
             ("max_unconfirmed_per_connection", self.max_unconfirmed_per_connection == 0),
             ("max_topic_levels", self.max_topic_levels == 0),
             ("max_table_depth", self.max_table_depth == 0),
@@ -70,7 +84,9 @@ impl LimitsConfig {
         ];
         match checks.iter().find(|(_, zero)| *zero) {
             Some((key, _)) => Err((format!("limits.{key}"), "must be at least 1".into())),
-            None if self.max_messages_per_second > 0 && self.message_burst == 0 => {
+            None if (self.max_messages_per_second > 0 || self.max_messages_per_second_per_user > 0)
+                && self.message_burst == 0 =>
+            {
                 Err(("limits.message_burst".into(), "must be at least 1 when a rate is set".into()))
             }
             None => Ok(()),
@@ -87,6 +103,36 @@ impl LimitsConfig {
     pub fn connection_rate(&self, now: Instant) -> Option<RateLimiter> {
         (self.max_messages_per_second > 0)
             .then(|| RateLimiter::new(self.max_messages_per_second, self.message_burst.max(1), now))
+    }
+}
+
+/// The message-rate buckets of users (`limits.max_messages_per_second_per_user`), shared by each user's
+/// connections. A bucket lives while one of its user's connections holds it; the map forgets the rest.
+#[derive(Debug, Default)]
+pub struct UserRates {
+    buckets: Mutex<HashMap<String, Weak<Mutex<RateLimiter>>>>,
+}
+
+/// A bucket shared by the connections of one user.
+pub type SharedRate = Arc<Mutex<RateLimiter>>;
+
+impl UserRates {
+    /// The bucket of `user` (`""` for anonymous devices), or `None` when no per-user rate is set.
+    pub fn for_user(&self, limits: &LimitsConfig, user: &str, now: Instant) -> Option<SharedRate> {
+        let rate = limits.max_messages_per_second_per_user;
+        if rate == 0 {
+            return None;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = buckets.get(user).and_then(Weak::upgrade) {
+            return Some(live);
+        }
+        if buckets.len() >= 1024 {
+            buckets.retain(|_, b| b.strong_count() > 0);
+        }
+        let bucket = Arc::new(Mutex::new(RateLimiter::new(rate, limits.message_burst.max(1), now)));
+        buckets.insert(user.to_string(), Arc::downgrade(&bucket));
+        Some(bucket)
     }
 }
 
@@ -148,6 +194,20 @@ mod tests {
         // After a second the bucket has refilled.
         let later = t0 + Duration::from_secs(1);
         assert_eq!(r.take(later), None);
+    }
+
+    #[test]
+    fn a_user_s_connections_share_one_bucket() {
+        let limits = LimitsConfig { max_messages_per_second_per_user: 10, message_burst: 2, ..LimitsConfig::default() };
+        let rates = UserRates::default();
+        let t0 = Instant::now();
+        let a = rates.for_user(&limits, "u", t0).unwrap();
+        let b = rates.for_user(&limits, "u", t0).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.lock().unwrap().take(t0), None);
+        assert_eq!(b.lock().unwrap().take(t0), None);
+        assert!(a.lock().unwrap().take(t0).is_some(), "the burst is the user's, not each connection's");
+        assert!(rates.for_user(&LimitsConfig::default(), "u", t0).is_none(), "no per-user rate set");
     }
 
     #[test]

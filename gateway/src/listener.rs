@@ -55,6 +55,8 @@ pub struct Shared {
     pub acl: Acl,
     /// `[limits]`.
     pub limits: crate::limits::LimitsConfig,
+    /// The per-user message-rate buckets.
+    pub user_rates: Arc<crate::limits::UserRates>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

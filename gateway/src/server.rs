@@ -109,6 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         broker: Arc::clone(&broker),
         acl: crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default),
         limits: config.limits,
+        user_rates: Arc::default(),
         shutdown: stop_rx.clone(),
     };
     let mut listener_tasks = Vec::new();

@@ -117,6 +117,8 @@ pub struct Broker {
     sessions: HashMap<Arc<str>, Session>,
     tree: TopicTree<SubKey, SubValue>,
     retained: BTreeMap<String, Arc<Message>>,
+    /// Bytes of `retained`, as queues count them.
+    retained_bytes: u64,
     /// Next member per shared subscription, for round-robin.
     share_turn: HashMap<Arc<str>, usize>,
     delivered: u64,
@@ -136,6 +138,7 @@ impl Broker {
             sessions: HashMap::new(),
             tree: TopicTree::new(),
             retained: BTreeMap::new(),
+            retained_bytes: 0,
             share_turn: HashMap::new(),
             delivered: 0,
             dropped_by_ended: 0,
@@ -191,7 +194,11 @@ impl Broker {
                 );
                 continue;
             }
-            broker.retained.insert(m.topic.clone(), Arc::new(m));
+            if !broker.may_retain(&m) {
+                tracing::warn!(topic = %m.topic, "retained message over limits.max_retained_messages or max_retained_bytes dropped");
+                continue;
+            }
+            broker.retain(Arc::new(m));
         }
         for (client, mut session) in sessions {
             let client: Arc<str> = client.into();
@@ -412,6 +419,27 @@ impl Broker {
         true
     }
 
+    /// Whether `message` (retained, with a payload) fits within `limits.max_retained_messages` and
+    /// `limits.max_retained_bytes`, counting the message it would replace as gone.
+    pub fn may_retain(&self, message: &Message) -> bool {
+        let limits = &self.config.limits;
+        let replaced = self.retained.get(&message.topic).map(|m| m.queued_size());
+        let count = self.retained.len() + usize::from(replaced.is_none());
+        let bytes = self.retained_bytes - replaced.unwrap_or(0) + message.queued_size();
+        message.payload.is_empty() || (count <= limits.max_retained_messages && bytes <= limits.max_retained_bytes)
+    }
+
+    /// Stores a retained message (an empty payload clears its topic), keeping `retained_bytes`.
+    fn retain(&mut self, message: Arc<Message>) {
+        let old = if message.payload.is_empty() {
+            self.retained.remove(&message.topic)
+        } else {
+            self.retained_bytes += message.queued_size();
+            self.retained.insert(message.topic.clone(), message)
+        };
+        self.retained_bytes -= old.map_or(0, |m| m.queued_size());
+    }
+
     /// The retained messages, for persistence.
     pub fn retained(&self) -> impl Iterator<Item = &Message> {
         self.retained.values().map(AsRef::as_ref)
@@ -431,10 +459,10 @@ impl Broker {
         }
         let message = Arc::new(message);
         if message.retain {
-            if message.payload.is_empty() {
-                self.retained.remove(&message.topic);
+            if self.may_retain(&message) {
+                self.retain(Arc::clone(&message));
             } else {
-                self.retained.insert(message.topic.clone(), Arc::clone(&message));
+                tracing::debug!(topic = %message.topic, "retained store full: delivered, not retained");
             }
         }
         // Overlapping subscriptions of one client deliver once, at the highest QoS, with every identifier; shared

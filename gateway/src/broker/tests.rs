@@ -258,3 +258,26 @@ fn stored_state_over_the_current_limits_is_dropped_on_restore() {
     assert_eq!(subs, ["ok/+"]);
     assert_eq!(restored.retained().map(|m| m.topic.as_str()).collect::<Vec<_>>(), ["r/ok"]);
 }
+
+#[test]
+fn the_retained_store_is_bounded_in_count_and_bytes() {
+    let limits = crate::limits::LimitsConfig { max_retained_messages: 2, ..crate::limits::LimitsConfig::default() };
+    let mut b = Broker::new(BrokerConfig { limits, ..config() });
+    for t in ["r/1", "r/2", "r/3"] {
+        let m = msg(t, 0, true, "x", "");
+        let fits = b.may_retain(&m);
+        b.publish(m, 0);
+        assert_eq!(fits, t != "r/3", "{t}");
+    }
+    assert!(b.may_retain(&msg("r/1", 0, true, "replaced", "")), "replacing a topic takes no new place");
+    b.publish(msg("r/1", 0, true, "", ""), 0);
+    assert!(b.may_retain(&msg("r/3", 0, true, "x", "")), "clearing a topic frees its place");
+    let retained: Vec<&str> = b.retained().map(|m| m.topic.as_str()).collect();
+    assert_eq!(retained, ["r/2"]);
+
+    let small = crate::limits::LimitsConfig { max_retained_bytes: 300, ..crate::limits::LimitsConfig::default() };
+    let mut b = Broker::new(BrokerConfig { limits: small, ..config() });
+    b.publish(msg("big", 0, true, &"x".repeat(100), ""), 0);
+    assert!(!b.may_retain(&msg("more", 0, true, &"x".repeat(100), "")), "two would pass 300 bytes");
+    assert!(b.may_retain(&msg("big", 0, true, &"y".repeat(100), "")));
+}

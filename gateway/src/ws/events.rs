@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::WsContext;
+use super::request::{Refusal, Request};
 use crate::acl::DeviceAcl;
 use crate::broker::local::now_ms;
 use crate::broker::{Message as BrokerMessage, Outbound};
@@ -199,35 +200,32 @@ impl Session {
         ws: &mut WebSocketStream<S>,
         text: &[u8],
     ) -> Result<bool, ()> {
-        let value: Value = match serde_json::from_slice(text) {
-            Ok(v) => v,
-            Err(e) => return self.nack(ws, None, &format!("not JSON: {e}")).await.map(|()| false),
-        };
-        if let Some(filter) = value.get("subscribe").and_then(Value::as_str) {
-            let granted = self.subscribe(filter);
-            return send_json(ws, &json!({ "subscribed": filter, "granted": granted })).await.map(|()| true);
-        }
-        if let Some(filter) = value.get("unsubscribe").and_then(Value::as_str) {
-            let session = self.session.clone();
-            self.ctx.shared.broker.with(|b| b.unsubscribe(&session, filter));
-            return send_json(ws, &json!({ "unsubscribed": filter })).await.map(|()| true);
-        }
-        let id = value.get("id").and_then(Value::as_str).map(String::from);
-        let event = match CloudEvent::from_json_slice(text) {
-            Ok(e) => e,
-            Err(e) => {
-                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
-                return self.nack(ws, id.as_deref(), &format!("invalid CloudEvent: {e}")).await.map(|()| false);
+        let event = match Request::parse(text, &self.ctx.shared.limits) {
+            Request::Subscribe(filter) => {
+                let granted = self.subscribe(&filter);
+                return send_json(ws, &json!({ "subscribed": filter, "granted": granted })).await.map(|()| true);
             }
+            Request::Unsubscribe(filter) => {
+                let session = self.session.clone();
+                self.ctx.shared.broker.with(|b| b.unsubscribe(&session, &filter));
+                return send_json(ws, &json!({ "unsubscribed": filter })).await.map(|()| true);
+            }
+            Request::Refused { id, reason, kind } => {
+                let metric = match kind {
+                    Refusal::NotJson => None,
+                    Refusal::InvalidEvent => Some(RejectReason::InvalidCloudEvent),
+                    Refusal::TooDeep => Some(RejectReason::LimitExceeded),
+                };
+                if let Some(m) = metric {
+                    self.ctx.shared.metrics.reject(PROTOCOL, m);
+                }
+                return self.nack(ws, id.as_deref(), &reason).await.map(|()| false);
+            }
+            Request::Publish(event) => *event,
         };
         // ACL publish rules judge the subject; an event without one is judged as the empty topic, which only a `#`
         // rule or `acl_default = "allow"` lets through.
         let topic = event.subject.clone().unwrap_or_default();
-        if !self.ctx.shared.limits.topic_depth_ok(&topic) {
-            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
-            let why = "subject deeper than limits.max_topic_levels";
-            return self.nack(ws, Some(&event.id), why).await.map(|()| false);
-        }
         if !self.device.acl.may_publish(&topic) {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             return self.nack(ws, Some(&event.id), "not authorized").await.map(|()| true);

@@ -139,6 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
         self.deliveries = Some(self.ctx.shared.broker.attach(&client_id, registration.conn_id));
         let owner = identity.unwrap_or_default();
+        self.user_rate = self.ctx.shared.user_rates.for_user(&self.ctx.shared.limits, owner, std::time::Instant::now());
         let connected = self.ctx.shared.broker.with(|b| {
             b.connect(&client_id, owner, self.version, connect.clean_start, expiry, client_receive_maximum, now)
         });

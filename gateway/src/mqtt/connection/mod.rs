@@ -163,7 +163,10 @@ struct Connection<S> {
     stall: Option<Stall>,
     /// `limits.max_messages_per_second`, when set.
     rate: Option<crate::limits::RateLimiter>,
-    /// The publish at the front of the buffer already took its token from `rate`.
+    /// `limits.max_messages_per_second_per_user`: the bucket of its user, shared with the user's other
+    /// connections.
+    user_rate: Option<crate::limits::SharedRate>,
+    /// The publish at the front of the buffer already took its tokens.
     rate_paid: bool,
     /// Its share of the spool's queue for QoS 0 publishes (`limits.max_unconfirmed_per_connection`).
     share: IngestShare,
@@ -196,6 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             stall: None,
             rate: None,
             rate_paid: false,
+            user_rate: None,
             share,
         }
     }
@@ -406,15 +410,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.stall = Some(Stall::Acks);
             return true;
         }
-        if let Some(rate) = self.rate.as_mut().filter(|_| !self.rate_paid) {
+        if !std::mem::take(&mut self.rate_paid) {
             let now = std::time::Instant::now();
-            if let Some(wait) = rate.take(now) {
+            let own = self.rate.as_mut().and_then(|r| r.take(now));
+            let user = self.user_rate.as_ref().and_then(|r| r.lock().unwrap_or_else(|p| p.into_inner()).take(now));
+            if let Some(wait) = own.max(user) {
                 self.rate_paid = true;
                 self.stall = Some(Stall::Until(Instant::now() + wait));
                 return true;
             }
         }
-        self.rate_paid = false;
         false
     }
 
@@ -547,7 +552,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             return None;
         }
-        let local = Message::from_publish(publish, &topic, self.client_id(), now_ms());
+        let mut local = Message::from_publish(publish, &topic, self.client_id(), now_ms());
+        if local.retain && !self.ctx.shared.broker.read(|b| b.may_retain(&local)) {
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+            if let (Some(kind), true) = (ack_kind, v5) {
+                // MQTT 5 refuses it whole; 3.1.1 (and QoS 0) cannot be told, so it is delivered without retaining.
+                self.queue_ack(kind, publish.qos, packet_id, None, ReasonCode::QUOTA_EXCEEDED);
+                return None;
+            }
+            local.retain = false;
+        }
         if local.retain
             && let Err(e) = self.ctx.shared.broker.log_retained(&local).await
         {
