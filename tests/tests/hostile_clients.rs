@@ -384,3 +384,48 @@ async fn slow_readers_and_offline_sessions_stay_within_the_memory_budget() -> Re
     drop(reader);
     bystanders_are_served(&gw, "slow readers and offline sessions").await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_nested_deep_is_refused_on_websocket_and_mqtt_and_the_gateway_lives() -> Result<()> {
+    let gw = Gateway::start()?;
+    let nested = format!("{}1{}", "[".repeat(200_000), "]".repeat(200_000));
+    let event = format!(r#"{{"specversion":"1.0","id":"deep","source":"/s","type":"t","data":{nested}}}"#);
+    let mut ws = meshgate_tests::ws::connect(gw.listener("ws")?, "/", "cloudevents.json", &[]).await?;
+    ws.send(WsMessage::text(event.clone())).await?;
+    let answer = meshgate_tests::ws::next_json(&mut ws).await?;
+    ensure!(answer.get("nack").is_some(), "deep JSON over WebSocket: {answer}");
+
+    // MQTT 5, structured mode (application/cloudevents+json): refused with 0x99.
+    let mut c = RawClient::connect(gw.mqtt, Version::V5, "deep-json", 0)?;
+    c.send(&Packet::Publish(Publish {
+        topic: "json/deep",
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(1),
+        payload: event.as_bytes(),
+        properties: Properties { content_type: Some("application/cloudevents+json"), ..Properties::default() },
+        ..Publish::default()
+    }))?;
+    ensure!(c.recv()? == Reply::Ack(4, 1, ReasonCode::PAYLOAD_FORMAT_INVALID));
+    bystanders_are_served(&gw, "deep JSON").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retained_messages_past_the_store_limit_are_refused_on_mqtt_5() -> Result<()> {
+    let gw = Gateway::start_with(|c| c + "\n[limits]\nmax_retained_messages = 5\n")?;
+    let mut c = RawClient::connect(gw.mqtt, Version::V5, "retainer", 0)?;
+    for id in 1..=6u16 {
+        let topic = format!("retained/{id}");
+        c.send(&Packet::Publish(Publish {
+            topic: &topic,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            packet_id: Some(id),
+            payload: b"state",
+            ..Publish::default()
+        }))?;
+        let want = if id <= 5 { ReasonCode::SUCCESS } else { ReasonCode::QUOTA_EXCEEDED };
+        ensure!(c.recv()? == Reply::Ack(4, id, want), "retained publish {id}");
+    }
+    ensure!(gw.metric("meshgate_broker_retained")? == 5.0);
+    bystanders_are_served(&gw, "a full retained store").await
+}
