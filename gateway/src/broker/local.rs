@@ -86,9 +86,11 @@ fn replay_retained_log(path: &Path, retained: &mut Vec<Message>) -> std::io::Res
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
+    // Streamed through a small buffer: a large session store never exists as one string in memory.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
+    serde_json::to_writer(&mut out, value).map_err(std::io::Error::other)?;
+    out.flush()?;
+    let f = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
