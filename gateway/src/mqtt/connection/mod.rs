@@ -69,6 +69,9 @@ struct PendingAck {
 /// Deliveries written per wake-up before the driver checks its other work again.
 const OUTBOUND_PER_WAKE: usize = 64;
 
+/// Packets handled from the read buffer before the driver yields to the worker's other tasks.
+const INPUT_PACKETS_PER_TURN: usize = 256;
+
 /// Bytes of deliveries taken per wake-up (at least one delivery): what waits for a slow reader stays in its
 /// session's bounded queue, not in the connection's write buffer.
 const OUTBOUND_BYTES_PER_WAKE: u64 = 256 * 1024;
@@ -425,7 +428,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Decodes and handles the complete packets in the read buffer, until one must wait (see [`Stall`]).
     async fn process_input(&mut self) -> Result<Option<Closed>, Closed> {
+        let mut handled = 0usize;
         loop {
+            handled += 1;
+            if handled % INPUT_PACKETS_PER_TURN == 0 {
+                // A full buffer of small packets is a lot of work: let the worker's other connections have a turn.
+                tokio::task::yield_now().await;
+            }
             let rbuf = std::mem::take(&mut self.rbuf);
             let decoded = Packet::decode(&rbuf, self.version, self.max_packet());
             let step = match decoded {
