@@ -49,6 +49,10 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// Appends that may wait for the writer before appenders themselves wait.
     pub queue_capacity: usize,
+    /// Bytes of appends (their data and attributes) that may wait for the writer before appenders themselves
+    /// wait: with large messages the count alone would let the queue hold gigabytes. A record larger than this
+    /// waits until it has the queue to itself.
+    pub queue_bytes: u64,
     /// The most appends one fsync covers.
     pub max_batch: usize,
 }
@@ -60,6 +64,7 @@ impl Default for SpoolConfig {
             max_bytes: 1 << 30,
             segment_bytes: 64 << 20,
             queue_capacity: 8192,
+            queue_bytes: 64 << 20,
             max_batch: 4096,
         }
     }
@@ -187,6 +192,8 @@ struct Append {
     done: Option<oneshot::Sender<Result<u64, SpoolError>>>,
     /// A place in its connection's share of the queue, handed back when the writer is done with the append.
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its bytes of [`SpoolConfig::queue_bytes`], handed back when the writer is done with the append.
+    _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A handle for reading and confirming; cheap to clone.
@@ -206,6 +213,9 @@ impl std::fmt::Debug for Spool {
 #[derive(Clone)]
 pub struct Appender {
     tx: mpsc::Sender<Append>,
+    /// [`SpoolConfig::queue_bytes`], in permits of one byte (at most `u32::MAX`).
+    bytes: Arc<tokio::sync::Semaphore>,
+    queue_bytes: u32,
 }
 
 /// The writer thread; join it after dropping every [`Appender`] to know every queued append is committed.
@@ -268,7 +278,9 @@ impl Spool {
         if recovery != Recovery::default() {
             tracing::info!(?recovery, next_id, "spool recovered");
         }
-        Ok((Spool { shared }, Appender { tx }, WriterThread(handle), recovery))
+        let queue_bytes = u32::try_from(config.queue_bytes.max(1)).unwrap_or(u32::MAX);
+        let bytes = Arc::new(tokio::sync::Semaphore::new(queue_bytes as usize));
+        Ok((Spool { shared }, Appender { tx, bytes, queue_bytes }, WriterThread(handle), recovery))
     }
 
     /// A reader for `consumer`, starting after its cursor.
@@ -366,13 +378,16 @@ impl Appender {
         } else {
             (None, None)
         };
-        self.tx.send(Append { record, done, _slot: slot }).await.map_err(|_| SpoolError::Stopped)?;
+        let size = u32::try_from(record.size_hint()).unwrap_or(u32::MAX).clamp(1, self.queue_bytes);
+        let bytes = Arc::clone(&self.bytes).acquire_many_owned(size).await.map_err(|_| SpoolError::Stopped)?;
+        let append = Append { record, done, _slot: slot, _bytes: Some(bytes) };
+        self.tx.send(append).await.map_err(|_| SpoolError::Stopped)?;
         Ok(rx)
     }
 
     /// Appends that can be queued now without waiting: the credit listeners pace their devices by.
     pub fn credits(&self) -> usize {
-        self.tx.capacity()
+        if self.bytes.available_permits() == 0 { 0 } else { self.tx.capacity() }
     }
 
     /// The queue's bound ([`SpoolConfig::queue_capacity`]).

@@ -98,6 +98,31 @@ pub enum StoredData {
 }
 
 impl StoredRecord {
+    /// About how many bytes it holds in memory (its data and attributes), for byte bounds on queues.
+    pub fn size_hint(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let data = match &self.data {
+            StoredData::None => 0,
+            StoredData::Json(b) | StoredData::Binary(b) => b.len(),
+            StoredData::Text(t) => t.len(),
+        };
+        let extensions: usize = self
+            .extensions
+            .iter()
+            .map(|(k, v)| k.len() + if let StoredExtension::String(s) = v { s.len() } else { 8 })
+            .sum();
+        self.id.len()
+            + self.source.len()
+            + self.ty.len()
+            + opt(&self.datacontenttype)
+            + opt(&self.dataschema)
+            + opt(&self.subject)
+            + opt(&self.time)
+            + extensions
+            + data
+            + 64
+    }
+
     /// The record for an event and its route (the event's fields move in; nothing is copied).
     pub fn new(event: CloudEvent, route: &Route) -> StoredRecord {
         StoredRecord {

@@ -266,3 +266,23 @@ fn a_cursor_that_could_not_be_stored_moves_nothing_and_deletes_nothing() {
     drop(appender);
     writer.join();
 }
+
+#[test]
+fn the_queue_to_the_writer_is_bounded_in_bytes_and_a_record_larger_than_it_still_passes() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SpoolConfig { queue_bytes: 2_000, ..config() };
+    let (spool, appender, writer, _) = Spool::open(dir.path(), &config, &["a"]).expect("open");
+    rt.block_on(async {
+        // Far more bytes than the queue holds, unconfirmed, as fast as the appender takes them.
+        for n in 0..200 {
+            appender.append(record(n, 500), false).await.expect("append");
+        }
+        let big = appender.append(record(200, 10_000), true).await.expect("append").expect("rx");
+        let id = tokio::time::timeout(std::time::Duration::from_secs(10), big).await.expect("written");
+        assert_eq!(id.expect("answer").expect("durable"), 201);
+    });
+    drop(appender);
+    writer.join();
+    assert_eq!(read_all(&spool, "a").len(), 201);
+}
