@@ -431,7 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut handled = 0usize;
         loop {
             handled += 1;
-            if handled % INPUT_PACKETS_PER_TURN == 0 {
+            if handled.is_multiple_of(INPUT_PACKETS_PER_TURN) {
                 // A full buffer of small packets is a lot of work: let the worker's other connections have a turn.
                 tokio::task::yield_now().await;
             }
