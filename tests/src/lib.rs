@@ -50,6 +50,9 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build.args(["build", "-p", package, "--bin", bin]);
+    // `cargo test` sets this for the test process; ring's build script reruns when it changes, so a nested build
+    // that inherited it would rebuild ring and everything above it after every outer build.
+    build.env_remove("CARGO_MANIFEST_DIR");
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }
