@@ -440,3 +440,35 @@ async fn retained_messages_past_the_store_limit_are_refused_on_mqtt_5() -> Resul
     ensure!(gw.metric("meshgate_broker_retained")? == 5.0);
     bystanders_are_served(&gw, "a full retained store").await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_flooding_qos0_is_slowed_and_every_other_device_is_still_served() -> Result<()> {
+    let gw = Gateway::start()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = gw.mqtt;
+    let flooding = std::sync::Arc::clone(&stop);
+    let flooder = std::thread::spawn(move || -> Result<u64> {
+        let mut c = RawClient::connect(addr, Version::V311, "flooder", 0)?;
+        let payload = [b'x'; 100];
+        let p = Packet::Publish(Publish { topic: "flood/qos0", payload: &payload, ..Publish::default() });
+        let mut one = vec![0u8; p.encoded_len(Version::V311)];
+        let n = p.encode(Version::V311, &mut one).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let batch: Vec<u8> = one[..n].repeat(1_000);
+        let mut sent = 0u64;
+        while !flooding.load(std::sync::atomic::Ordering::Relaxed) {
+            c.send_raw(&batch)?;
+            sent += 1_000;
+        }
+        Ok(sent)
+    });
+    // While it floods as fast as its socket is read: the bystanders, and a quiet device's QoS 1 publishes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bystanders_are_served(&gw, "a QoS 0 flood").await?;
+    meshgate_tests::publish_numbered(gw.mqtt, 7_000, 20).context("the quiet device beside the flood")?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flooder.join().map_err(|_| anyhow::anyhow!("flooder panicked"))??;
+    println!("the flooder wrote {sent} QoS 0 publishes meanwhile");
+    ensure!(sent > 0);
+    ensure!(gw.admin_get("/healthz")?.0 == 200);
+    Ok(())
+}
