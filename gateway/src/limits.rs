@@ -30,8 +30,8 @@ pub struct LimitsConfig {
     pub max_subscriptions_per_session: usize,
     /// The most subscriptions in the broker, all sessions together.
     pub max_subscriptions: usize,
-    /// Messages per second one connection may publish (0: no limit). Past it the gateway stops reading the
-    /// connection until the rate allows more: backpressure, never a disconnect.
+    /// Messages per second one connection (MQTT, AMQP or `cloudevents.json`) may publish (0: no limit). Past it
+    /// the gateway stops reading the connection until the rate allows more: backpressure, never a disconnect.
     pub max_messages_per_second: u32,
     /// Messages a connection may publish at once above the rate before it is slowed (with a rate set).
     pub message_burst: u32,
@@ -133,6 +133,36 @@ impl UserRates {
         let bucket = Arc::new(Mutex::new(RateLimiter::new(rate, limits.message_burst.max(1), now)));
         buckets.insert(user.to_string(), Arc::downgrade(&bucket));
         Some(bucket)
+    }
+}
+
+/// The message rates one connection is held to: its own (`limits.max_messages_per_second`) and its user's
+/// (`limits.max_messages_per_second_per_user`, shared with the user's other connections). Every listener asks it
+/// before handling a publish, and waits (reading nothing meanwhile) as long as it says.
+#[derive(Debug, Default)]
+pub struct MessageRate {
+    own: Option<RateLimiter>,
+    user: Option<SharedRate>,
+}
+
+impl MessageRate {
+    /// The rates of a connection of `user` (`""`: anonymous) under `limits`; `rates` holds the users' buckets.
+    pub fn for_connection(limits: &LimitsConfig, rates: &UserRates, user: &str, now: Instant) -> MessageRate {
+        MessageRate { own: limits.connection_rate(now), user: rates.for_user(limits, user, now) }
+    }
+
+    /// Takes one publish's tokens; returns how long to wait before handling it (`None`: now).
+    pub fn take(&mut self, now: Instant) -> Option<Duration> {
+        let own = self.own.as_mut().and_then(|r| r.take(now));
+        let user = self.user.as_ref().and_then(|r| r.lock().unwrap_or_else(|p| p.into_inner()).take(now));
+        own.max(user)
+    }
+
+    /// Waits as long as the rates say before a publish is handled.
+    pub async fn pace(&mut self) {
+        if let Some(wait) = self.take(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 

@@ -480,3 +480,44 @@ async fn a_connection_flooding_qos0_is_slowed_and_every_other_device_is_still_se
     ensure!(gw.admin_get("/healthz")?.0 == 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_rate_slows_each_protocol_by_not_reading_and_refuses_nothing() -> Result<()> {
+    // 20 messages a second after a burst of 5: 45 publishes cannot be through in less than 2 s.
+    let gw = Gateway::start_with(|c| c + "\n[limits]\nmax_messages_per_second = 20\nmessage_burst = 5\n")?;
+    let floor = Duration::from_secs(2);
+
+    let started = std::time::Instant::now();
+    let mut c = RawClient::connect(gw.mqtt, Version::V311, "rated", 0)?;
+    let mut wire = Vec::new();
+    for id in 1..=45u16 {
+        let p = Packet::Publish(Publish {
+            topic: "rate/mqtt",
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(id),
+            payload: b"{}",
+            ..Publish::default()
+        });
+        let mut buf = vec![0u8; p.encoded_len(Version::V311)];
+        let n = p.encode(Version::V311, &mut buf).map_err(|e| anyhow::anyhow!("{e}"))?;
+        wire.extend_from_slice(&buf[..n]);
+    }
+    c.send_raw(&wire)?;
+    for id in 1..=45u16 {
+        ensure!(c.recv()? == Reply::Ack(4, id, ReasonCode::SUCCESS), "MQTT publish {id}");
+    }
+    ensure!(started.elapsed() >= floor, "MQTT: 45 publishes through in {:?}", started.elapsed());
+
+    let started = std::time::Instant::now();
+    let mut ws = meshgate_tests::ws::connect(gw.listener("ws")?, "/", "cloudevents.json", &[]).await?;
+    for n in 0..45 {
+        let event = serde_json::json!({"specversion": "1.0", "id": format!("r{n}"), "source": "/r", "type": "t"});
+        ws.send(WsMessage::text(event.to_string())).await?;
+    }
+    for n in 0..45 {
+        let answer = meshgate_tests::ws::next_json(&mut ws).await?;
+        ensure!(answer["ack"] == format!("r{n}"), "WebSocket event {n}: {answer}");
+    }
+    ensure!(started.elapsed() >= floor, "WebSocket: 45 events through in {:?}", started.elapsed());
+    Ok(())
+}

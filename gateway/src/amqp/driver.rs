@@ -29,6 +29,7 @@ use crate::acl::DeviceAcl;
 use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms as wall_ms;
 use crate::broker::{Message, MessageProperties};
+use crate::limits::MessageRate;
 use crate::listener::Peer;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{AmqpInbound, Normalized, cloudevent_headers};
@@ -92,6 +93,8 @@ struct Driver<S> {
     peer: Peer,
     /// Its share of the spool's queue for publishes without confirms.
     share: IngestShare,
+    /// `limits.max_messages_per_second` and `max_messages_per_second_per_user`.
+    rate: MessageRate,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -111,6 +114,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             conn: ServerConnection::new(limits, 0).with_certificate_identity(peer.identity.clone()),
             peer,
             share: IngestShare::new(ctx.shared.limits.max_unconfirmed_per_connection),
+            rate: MessageRate::default(),
             deliveries: queues.notifier(),
             queues,
             ctx,
@@ -253,7 +257,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 if ok {
                     self.client_id = connection_name.filter(|n| !n.is_empty()).unwrap_or_else(|| username.clone());
                     self.acl = self.ctx.shared.acl.for_device(known.then_some(username.as_str()), &self.client_id);
-                    self.queues.set_device(self.acl.clone(), if known { &username } else { "" });
+                    let owner = if known { username.as_str() } else { "" };
+                    self.queues.set_device(self.acl.clone(), owner);
+                    let (limits, rates) = (&self.ctx.shared.limits, &self.ctx.shared.user_rates);
+                    self.rate = MessageRate::for_connection(limits, rates, owner, std::time::Instant::now());
                 } else {
                     self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::BadCredentials);
                 }
@@ -282,6 +289,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         properties: &AMQPProperties,
         body: Vec<u8>,
     ) {
+        // Over its message rate the connection waits here, and reads nothing meanwhile.
+        self.rate.pace().await;
         let topic = topic::routing_key_to_topic(routing_key);
         if !self.acl.may_publish(&topic) {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);

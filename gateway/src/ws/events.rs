@@ -37,6 +37,7 @@ use super::request::{Refusal, Request};
 use crate::acl::DeviceAcl;
 use crate::broker::local::now_ms;
 use crate::broker::{Message as BrokerMessage, Outbound};
+use crate::limits::MessageRate;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{Inbound, Normalized};
 
@@ -81,7 +82,10 @@ where
     ctx.shared.metrics.connection_opened(PROTOCOL);
     let session = format!("ws:{}", device.client_id);
     let notify = Arc::new(tokio::sync::Notify::new());
-    let mut s = Session { ctx: Arc::clone(&ctx), device, session, subscribed: false, pending: VecDeque::new(), notify };
+    let (limits, rates) = (&ctx.shared.limits, &ctx.shared.user_rates);
+    let rate = MessageRate::for_connection(limits, rates, &device.owner, std::time::Instant::now());
+    let pending = VecDeque::new();
+    let mut s = Session { ctx: Arc::clone(&ctx), device, session, subscribed: false, pending, notify, rate };
     let end = s.run(&mut ws).await;
     if s.subscribed {
         s.ctx.shared.broker.detach(&s.session, s.device.conn_id);
@@ -103,6 +107,9 @@ struct Session {
     pending: VecDeque<Pending>,
     /// Woken when the broker queued messages for the session.
     notify: Arc<tokio::sync::Notify>,
+    /// `limits.max_messages_per_second` and `max_messages_per_second_per_user`: an event waits (and nothing more
+    /// is read) until they allow it.
+    rate: MessageRate,
 }
 
 impl Session {
@@ -223,6 +230,7 @@ impl Session {
             }
             Request::Publish(event) => *event,
         };
+        self.rate.pace().await;
         // ACL publish rules judge the subject; an event without one is judged as the empty topic, which only a `#`
         // rule or `acl_default = "allow"` lets through.
         let topic = event.subject.clone().unwrap_or_default();

@@ -70,7 +70,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if !v5 {
             self.inbound.without_quota();
         }
-        self.rate = self.ctx.shared.limits.connection_rate(std::time::Instant::now());
         let refuse = |code_v5: ReasonCode| {
             let code = if v5 { code_v5 } else { ReasonCode(code_v5.to_v311_connack()) };
             Packet::ConnAck(ConnAck { code, ..ConnAck::default() })
@@ -139,7 +138,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
         self.deliveries = Some(self.ctx.shared.broker.attach(&client_id, registration.conn_id));
         let owner = identity.unwrap_or_default();
-        self.user_rate = self.ctx.shared.user_rates.for_user(&self.ctx.shared.limits, owner, std::time::Instant::now());
+        let (limits, rates) = (&self.ctx.shared.limits, &self.ctx.shared.user_rates);
+        self.rate = crate::limits::MessageRate::for_connection(limits, rates, owner, std::time::Instant::now());
         let connected = self.ctx.shared.broker.with(|b| {
             b.connect(&client_id, owner, self.version, connect.clean_start, expiry, client_receive_maximum, now)
         });

@@ -164,11 +164,8 @@ struct Connection<S> {
     peer: Peer,
     /// Set while input waits (see [`Stall`]).
     stall: Option<Stall>,
-    /// `limits.max_messages_per_second`, when set.
-    rate: Option<crate::limits::RateLimiter>,
-    /// `limits.max_messages_per_second_per_user`: the bucket of its user, shared with the user's other
-    /// connections.
-    user_rate: Option<crate::limits::SharedRate>,
+    /// `limits.max_messages_per_second` and `max_messages_per_second_per_user`.
+    rate: crate::limits::MessageRate,
     /// The publish at the front of the buffer already took its tokens.
     rate_paid: bool,
     /// Its share of the spool's queue for QoS 0 publishes (`limits.max_unconfirmed_per_connection`).
@@ -200,9 +197,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             problem_info: true,
             peer: Peer::default(),
             stall: None,
-            rate: None,
+            rate: crate::limits::MessageRate::default(),
             rate_paid: false,
-            user_rate: None,
             share,
         }
     }
@@ -413,15 +409,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.stall = Some(Stall::Acks);
             return true;
         }
-        if !std::mem::take(&mut self.rate_paid) {
-            let now = std::time::Instant::now();
-            let own = self.rate.as_mut().and_then(|r| r.take(now));
-            let user = self.user_rate.as_ref().and_then(|r| r.lock().unwrap_or_else(|p| p.into_inner()).take(now));
-            if let Some(wait) = own.max(user) {
-                self.rate_paid = true;
-                self.stall = Some(Stall::Until(Instant::now() + wait));
-                return true;
-            }
+        // A publish that waited for its tokens already took them.
+        if !std::mem::take(&mut self.rate_paid)
+            && let Some(wait) = self.rate.take(std::time::Instant::now())
+        {
+            self.rate_paid = true;
+            self.stall = Some(Stall::Until(Instant::now() + wait));
+            return true;
         }
         false
     }
