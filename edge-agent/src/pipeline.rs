@@ -160,11 +160,6 @@ impl IngestShare {
     pub fn new(n: usize) -> IngestShare {
         IngestShare(Arc::new(tokio::sync::Semaphore::new(n.max(1))))
     }
-
-    /// Places free now.
-    pub fn available(&self) -> usize {
-        self.0.available_permits()
-    }
 }
 
 /// The running pipeline: the spool's writer and one forwarder per uplink.

@@ -258,11 +258,6 @@ impl Session {
         evicted
     }
 
-    /// Leaves the broker: its queue's bytes go back to the budget.
-    pub fn leave_budget(&mut self) {
-        self.drain_queue();
-    }
-
     /// A (re)connection: sets the client's Receive Maximum and returns what must be resent, in order.
     pub fn connected(&mut self, version: Version, receive_maximum: u16) -> Vec<Outbound> {
         self.version = version;
@@ -520,7 +515,7 @@ mod tests {
         assert!(!c.enqueue(delivery(1, 10), two), "a session with nothing queued cannot make room");
         a.poll_outbound(0, 1, u64::MAX);
         assert_eq!(budget.used(), 2 * delivery(1, 0).size(), "a delivery sent hands its bytes back");
-        a.leave_budget();
+        a.purge();
         b.purge();
         assert_eq!(budget.used(), 0);
         let too_big = QueueLimits { messages: 100, bytes: delivery(1, 0).size() - 1 };
