@@ -103,3 +103,35 @@ async fn connects_and_disconnects_become_lifecycle_events_when_enabled() -> anyh
     assert_eq!(events[0]["source"], "/meshgate/edge-test/mqtt/polite");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_on_a_topic_the_device_may_not_publish_to_is_refused_at_connect() -> anyhow::Result<()> {
+    use meshgate_protocols::mqtt::Will;
+    let gw = Gateway::start_with(with_acl)?;
+    let mut watcher = Client::connect(gw.mqtt, &Options::new(true, "devices-watcher")).await?.0;
+    assert_eq!(watcher.subscribe(&[("broadcast/#", 1)]).await?, [1]);
+    for (version, refused) in [(Version::V5, ReasonCode::NOT_AUTHORIZED), (Version::V311, ReasonCode(5))] {
+        // d2's will on d1's command topic (retained, QoS 1): a publish d2 may not make.
+        let will = Will {
+            topic: "devices/d1/commands/reboot",
+            payload: b"now",
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            ..Will::default()
+        };
+        let connect = Connect { version, clean_start: true, client_id: "d2", will: Some(will), ..Connect::default() };
+        let mut c = RawClient::open(gw.mqtt, version)?;
+        c.send(&Packet::Connect(connect))?;
+        assert_eq!(c.recv()?, Reply::ConnAck(false, refused), "{version:?}");
+        assert_eq!(c.recv()?, Reply::Closed);
+        // A will on its own topic is accepted, and fires when the socket drops.
+        let own = Will { topic: "broadcast/d2-gone", payload: b"gone", qos: QoS::AtLeastOnce, ..Will::default() };
+        let connect = Connect { version, clean_start: true, client_id: "d2", will: Some(own), ..Connect::default() };
+        let (c, _) = RawClient::connect_with(gw.mqtt, &connect)?;
+        drop(c);
+        let got = watcher.next_publish(Duration::from_secs(10)).await.expect("the allowed will fires");
+        assert_eq!(got.topic, "broadcast/d2-gone");
+    }
+    assert!(watcher.next_publish(QUIET).await.is_none(), "no other will fired");
+    Ok(())
+}

@@ -111,6 +111,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let client_id =
             if assigned { format!("mg-{}", uuid::Uuid::now_v7().simple()) } else { connect.client_id.to_string() };
+        let identity = if certified { self.peer.identity.as_deref() } else { connect.username };
+        self.acl = self.ctx.shared.acl.for_device(identity, &client_id);
+        // A will is a publish: refused at CONNECT where the device may not publish, before any takeover.
+        if let Some(w) = connect.will.as_ref().filter(|w| !self.acl.may_publish(w.topic)) {
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+            tracing::info!(client = %client_id, topic = w.topic, "CONNECT refused: will on a topic the device may not publish to");
+            self.send(&refuse(ReasonCode::NOT_AUTHORIZED));
+            self.flush().await?;
+            return Err(Closed::Refused("will topic not authorized"));
+        }
         let registration = self.ctx.registry.register(&client_id);
         // MQTT 5: a keep-alive of 0 or above the maximum is replaced by the maximum (Server Keep Alive).
         let max_keep_alive = self.ctx.config.max_keep_alive_secs;
@@ -133,8 +143,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.client_max_packet =
             connect.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let now = now_ms();
-        let identity = if certified { self.peer.identity.as_deref() } else { connect.username };
-        self.acl = self.ctx.shared.acl.for_device(identity, &client_id);
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
         self.deliveries = Some(self.ctx.shared.broker.attach(&client_id, registration.conn_id));
         let owner = identity.unwrap_or_default();
