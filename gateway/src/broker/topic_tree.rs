@@ -160,24 +160,27 @@ impl<K: Ord + Clone, V> TopicTree<K, V> {
     /// Calls `f` with every subscription matching the topic `name`. Iterative: a topic's depth never becomes
     /// stack depth.
     pub fn for_each_match(&self, name: &str, mut f: impl FnMut(&K, &V)) {
-        let levels: Vec<&str> = name.split('/').collect();
-        // (node, how many levels it has consumed); only the root may see a `$` topic's first level.
-        let mut stack: Vec<(&Node<K, V>, usize)> = vec![(&self.root, 0)];
-        while let Some((node, depth)) = stack.pop() {
-            let dollar_first = depth == 0 && name.starts_with('$');
+        // (node, the levels of `name` it has not consumed: `None` once all are); only the root sees a `$` topic's
+        // first level. The stack is the walk's one allocation, as the collected levels were for the recursion.
+        let mut stack: Vec<(&Node<K, V>, Option<&str>)> = vec![(&self.root, Some(name))];
+        while let Some((node, rest)) = stack.pop() {
+            let dollar_first = std::ptr::eq(node, &self.root) && name.starts_with('$');
             if !dollar_first {
                 node.rest.iter().for_each(|(k, v)| f(k, v));
             }
-            match levels.get(depth) {
-                None => node.exact.iter().for_each(|(k, v)| f(k, v)),
-                Some(level) => {
-                    if !dollar_first && let Some(plus) = &node.plus {
-                        stack.push((plus, depth + 1));
-                    }
-                    if let Some(child) = node.children.get(*level) {
-                        stack.push((child, depth + 1));
-                    }
-                }
+            let Some(rest) = rest else {
+                node.exact.iter().for_each(|(k, v)| f(k, v));
+                continue;
+            };
+            let (level, after) = match rest.split_once('/') {
+                Some((level, after)) => (level, Some(after)),
+                None => (rest, None),
+            };
+            if !dollar_first && let Some(plus) = &node.plus {
+                stack.push((plus, after));
+            }
+            if let Some(child) = node.children.get(level) {
+                stack.push((child, after));
             }
         }
     }

@@ -255,10 +255,6 @@ impl Session {
         if meshgate_protocols::mqtt::topic::validate_filter(filter).is_err() || !self.device.acl.may_subscribe(filter) {
             return false;
         }
-        if !self.ctx.shared.limits.topic_depth_ok(filter) {
-            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
-            return false;
-        }
         let now = now_ms();
         let session = self.session.clone();
         let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
@@ -270,6 +266,7 @@ impl Session {
             b.subscribe(&session, filter, &options, None, now).ok()
         });
         if subscribed.is_none() {
+            // Past a session, subscription or topic-depth limit of the broker's.
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
             return false;
         }
