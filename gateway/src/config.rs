@@ -324,7 +324,8 @@ pub struct AuthConfig {
     /// The first delay, in milliseconds, before answering a login from a source address or for a user name that
     /// failed recently; it doubles with each further failure.
     pub backoff_base_ms: u64,
-    /// The longest such delay, in milliseconds.
+    /// The longest such delay, in milliseconds. Below every listener's connect timeout: the delay counts per user
+    /// name too, so at the timeout a device whose name an attacker keeps failing could never log in.
     pub backoff_max_ms: u64,
     /// Seconds after its last failure that a source address or user name is forgiven.
     pub failure_window_secs: u64,
@@ -339,7 +340,7 @@ impl Default for AuthConfig {
             acl_default: crate::acl::AclDefault::default(),
             max_concurrent_verifications: 2,
             backoff_base_ms: 250,
-            backoff_max_ms: 10_000,
+            backoff_max_ms: 5_000,
             failure_window_secs: 300,
         }
     }
@@ -383,6 +384,20 @@ impl Config {
             return err("auth.max_concurrent_verifications", "must be at least 1");
         }
         self.limits.validate()?;
+        let timeouts = [
+            ("listeners.mqtt.connect_timeout_secs", self.listeners.mqtt.as_ref().map(|l| l.connect_timeout_secs)),
+            ("listeners.amqp.connect_timeout_secs", self.listeners.amqp.as_ref().map(|l| l.connect_timeout_secs)),
+        ];
+        for (key, secs) in timeouts {
+            if let Some(secs) = secs
+                && self.auth.backoff_max_ms >= secs.saturating_mul(1000)
+            {
+                let problem = format!(
+                    "must be below {key} ({secs} s): a device whose user name an attacker keeps failing would time out before its own login is checked"
+                );
+                return err("auth.backoff_max_ms", &problem);
+            }
+        }
         if let Some(amqp) = &self.listeners.amqp {
             if amqp.frame_max < 4096 {
                 return err("listeners.amqp.frame_max", "must be at least 4096 bytes (AMQP 0-9-1's minimum)");
@@ -494,6 +509,15 @@ mod tests {
         assert_eq!(e.key, "rules[0].uplinks");
         let e = load_str("[listeners.ws]\ntls_bind = \"127.0.0.1:8443\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "listeners.ws.tls_bind");
+    }
+
+    #[test]
+    fn the_login_backoff_stays_below_the_connect_timeouts() {
+        let e =
+            load_str("[listeners.mqtt]\nconnect_timeout_secs = 3\n[auth]\nbackoff_max_ms = 3000\n", &[]).unwrap_err();
+        assert_eq!(e.key, "auth.backoff_max_ms");
+        assert!(load_str("[listeners.mqtt]\nconnect_timeout_secs = 4\n[auth]\nbackoff_max_ms = 3000\n", &[]).is_ok());
+        assert_eq!(Config::embedded_defaults().auth.backoff_max_ms, 5_000);
     }
 
     #[test]
