@@ -329,6 +329,21 @@ pub struct AuthConfig {
     pub backoff_max_ms: u64,
     /// Seconds after its last failure that a source address or user name is forgiven.
     pub failure_window_secs: u64,
+    /// A pattern MQTT client ids and `cloudevents.json` client names must fit: `{username}` for the device's
+    /// user name, a trailing `*` for any rest (e.g. `"{username}"`, `"{username}-*"`). Unset: any id.
+    pub clientid_must_match: Option<String>,
+    /// Whether a device with a client certificate is its certificate name as client id too.
+    pub clientid_from_certificate: bool,
+}
+
+impl AuthConfig {
+    /// The client-id rules.
+    pub fn client_ids(&self) -> crate::auth::client_id::ClientIdRules {
+        crate::auth::client_id::ClientIdRules {
+            must_match: self.clientid_must_match.clone(),
+            from_certificate: self.clientid_from_certificate,
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -342,6 +357,8 @@ impl Default for AuthConfig {
             backoff_base_ms: 250,
             backoff_max_ms: 5_000,
             failure_window_secs: 300,
+            clientid_must_match: None,
+            clientid_from_certificate: false,
         }
     }
 }
@@ -441,6 +458,18 @@ impl Config {
                 return err(&format!("downlinks[{i}].name"), &format!("`{}` is used by two downlinks", d.name()));
             }
             d.validate().map_err(|(k, p)| (format!("downlinks[{i}].{k}"), p))?;
+        }
+        if let Some(pattern) = &self.auth.clientid_must_match {
+            crate::auth::client_id::ClientIdRules::validate_pattern(pattern)
+                .or_else(|p| err("auth.clientid_must_match", &p))?;
+        }
+        for (i, rule) in self.auth.acl.iter().enumerate() {
+            for (list, filter) in rule.filters() {
+                let probe = filter.replace("{username}", "u").replace("{clientid}", "c");
+                if let Err(e) = meshgate_protocols::mqtt::topic::validate_filter(&probe) {
+                    return err(&format!("auth.acl[{i}].{list}"), &format!("`{filter}` is not a topic filter: {e}"));
+                }
+            }
         }
         let mut users = std::collections::HashSet::new();
         for (i, u) in self.auth.users.iter().enumerate() {

@@ -53,6 +53,8 @@ pub struct Shared {
     pub broker: Arc<LocalBroker>,
     /// Publish and subscribe rules.
     pub acl: Acl,
+    /// Which client ids a device may use.
+    pub client_ids: crate::auth::client_id::ClientIdRules,
     /// `[limits]`.
     pub limits: crate::limits::LimitsConfig,
     /// The per-user message-rate buckets.

@@ -108,6 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics: Arc::clone(&metrics),
         broker: Arc::clone(&broker),
         acl: crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default),
+        client_ids: config.auth.client_ids(),
         limits: config.limits,
         user_rates: Arc::default(),
         shutdown: stop_rx.clone(),

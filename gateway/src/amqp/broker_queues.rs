@@ -1,7 +1,10 @@
 //! AMQP queues as sessions of the local broker: what lets AMQP devices consume commands and each other's
 //! messages, whichever protocol published them.
 //!
-//! - A queue is the broker session `amqp:{queue}`. A durable queue (not exclusive, not auto-delete) is a
+//! - A queue is the broker session [`session_name::amqp_queue`], in a namespace of its own (no MQTT client id
+//!   reaches it), and belongs to the user that declared it: another user's declare (passive or not), bind,
+//!   unbind, purge, delete, consume or get is refused with 403 ACCESS_REFUSED, the queue untouched.
+//! - A queue's session A durable queue (not exclusive, not auto-delete) is a
 //!   persistent session: it outlives connections and restarts and collects messages while nobody consumes,
 //!   bounded by `broker.max_queued_messages`. Any other queue ends with the connection that declared it.
 //! - queue.bind subscribes the session at QoS 1 to the binding key read as a topic filter ([`super::topic`]);
@@ -23,15 +26,14 @@ use super::queues::{Fetched, OutgoingMessage, QueueError, QueueInfo, QueueOption
 use super::topic;
 use crate::acl::DeviceAcl;
 use crate::broker::local::now_ms;
-use crate::broker::{LocalBroker, Message, Outbound, SessionRefused};
+use crate::broker::{LocalBroker, Message, Outbound, SessionOwner, SessionRefused, session_name};
 
 /// Bytes of deliveries taken from a queue per fetch (at least one): a slow consumer's backlog stays in its
 /// bounded queue.
 const FETCH_BYTES: u64 = 256 * 1024;
 
-/// The broker client id of a queue.
-pub fn session_id(queue: &str) -> String {
-    format!("amqp:{queue}")
+fn session_id(queue: &str) -> String {
+    session_name::amqp_queue(queue)
 }
 
 /// One connection's view of the broker's queues.
@@ -39,8 +41,8 @@ pub struct BrokerQueues {
     broker: Arc<LocalBroker>,
     conn_id: u64,
     acl: DeviceAcl,
-    /// The user the queues it declares belong to (`""`: anonymous).
-    owner: String,
+    /// The user the queues it declares belong to (`""`: anonymous), and what it may read.
+    owner: SessionOwner,
     /// Woken when the broker queued messages for a queue this connection consumes.
     notify: Arc<Notify>,
     /// Queues that end with this connection.
@@ -58,7 +60,7 @@ impl BrokerQueues {
             broker,
             conn_id,
             acl,
-            owner: String::new(),
+            owner: SessionOwner::default(),
             notify: Arc::new(Notify::new()),
             owned: HashSet::new(),
             consuming: HashSet::new(),
@@ -73,8 +75,8 @@ impl BrokerQueues {
 
     /// Sets the device's ACL and the user its queues belong to (once it authenticated).
     pub fn set_device(&mut self, acl: DeviceAcl, owner: &str) {
+        self.owner = SessionOwner::new(owner, &acl);
         self.acl = acl;
-        self.owner = owner.to_string();
     }
 
     /// The connection ended: consumers detach, queues it owned end (their messages with them).
@@ -87,9 +89,20 @@ impl BrokerQueues {
         }
     }
 
+    /// The session of `queue`, which must exist and belong to this connection's user; what the user may read
+    /// is brought up to date on it.
     fn require(&self, queue: &str) -> Result<String, QueueError> {
         let id = session_id(queue);
-        if self.broker.read(|b| b.has_session(&id)) { Ok(id) } else { Err(QueueError::not_found(queue)) }
+        let reader = self.owner.reader.clone();
+        let found = self.broker.with(|b| match b.session_mut(&id) {
+            None => Err(QueueError::not_found(queue)),
+            Some(s) if s.owner != self.owner.user => Err(not_owner(queue)),
+            Some(s) => {
+                s.set_reader(reader);
+                Ok(())
+            }
+        });
+        found.map(|()| id)
     }
 
     fn fetched(out: Outbound, remaining: u32, now: u64) -> Option<Fetched> {
@@ -133,7 +146,7 @@ impl Queues for BrokerQueues {
             return Err(QueueError::not_found(name));
         }
         if exists {
-            let id = existing;
+            let id = self.require(name)?;
             let messages = self.broker.read(|b| b.session(&id).map_or(0, |s| s.queued()));
             let messages = u32::try_from(messages).unwrap_or(u32::MAX);
             let consumers = u32::from(self.broker.is_attached(&id));
@@ -147,10 +160,13 @@ impl Queues for BrokerQueues {
         let persistent = options.durable && !options.exclusive && !options.auto_delete;
         let id = session_id(&name);
         let now = now_ms();
-        let owner = self.owner.as_str();
-        let refused = |e: SessionRefused| {
-            let text = format!("PRECONDITION_FAILED - cannot declare queue '{name}': {e:?} (see [limits])");
-            QueueError { code: reply::PRECONDITION_FAILED, text }
+        let owner = &self.owner;
+        let refused = |e: SessionRefused| match e {
+            SessionRefused::NotOwner => not_owner(&name),
+            e => {
+                let text = format!("PRECONDITION_FAILED - cannot declare queue '{name}': {e:?} (see [limits])");
+                QueueError { code: reply::PRECONDITION_FAILED, text }
+            }
         };
         if persistent {
             // A persistent session, disconnected until consumed: it collects messages and is saved.
@@ -281,6 +297,10 @@ impl Queues for BrokerQueues {
         });
         self.notify.notify_one();
     }
+}
+
+fn not_owner(queue: &str) -> QueueError {
+    QueueError { code: reply::ACCESS_REFUSED, text: format!("ACCESS_REFUSED - queue '{queue}' belongs to another user") }
 }
 
 fn binding_filter(routing_key: &str) -> Result<String, QueueError> {

@@ -253,15 +253,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                         .check_presented(&username, password.as_bytes(), self.peer.login(PROTOCOL))
                         .await
                 };
-                let ok = outcome == AuthOutcome::Allowed;
+                let mut ok = outcome == AuthOutcome::Allowed;
                 if ok {
-                    self.client_id = connection_name.filter(|n| !n.is_empty()).unwrap_or_else(|| username.clone());
+                    match self.device_name(connection_name, &username, known) {
+                        Ok(name) => self.client_id = name,
+                        Err(why) => {
+                            tracing::info!(user = %username, "AMQP login refused: {why}");
+                            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+                            ok = false;
+                        }
+                    }
+                }
+                if ok {
                     self.acl = self.ctx.shared.acl.for_device(known.then_some(username.as_str()), &self.client_id);
                     let owner = if known { username.as_str() } else { "" };
                     self.queues.set_device(self.acl.clone(), owner);
                     let (limits, rates) = (&self.ctx.shared.limits, &self.ctx.shared.user_rates);
                     self.rate = MessageRate::for_connection(limits, rates, owner, std::time::Instant::now());
-                } else {
+                } else if outcome != AuthOutcome::Allowed {
                     self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::BadCredentials);
                 }
                 self.conn.accept_credentials(ok);
@@ -278,6 +287,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
             }
         }
+    }
+
+    /// The device's name: its `connection_name` client property (else its user name), which must fit
+    /// `auth.clientid_must_match` when that is set; the certificate name with `auth.clientid_from_certificate`.
+    fn device_name(
+        &self,
+        connection_name: Option<String>,
+        username: &str,
+        known: bool,
+    ) -> Result<String, crate::auth::client_id::ClientIdRefused> {
+        let rules = &self.ctx.shared.client_ids;
+        let presented = connection_name.filter(|n| !n.is_empty());
+        if presented.is_none() && rules.must_match.is_none() && !rules.from_certificate {
+            return Ok(username.to_string());
+        }
+        let fresh = || uuid::Uuid::now_v7().simple().to_string();
+        let user = known.then_some(username);
+        let presented = presented.as_deref().unwrap_or_default();
+        rules.resolve(presented, user, self.peer.identity.as_deref(), fresh).map(|c| c.id)
     }
 
     async fn on_publish(

@@ -7,7 +7,10 @@
 //! the user name down exponentially, an unknown user name is verified against a dummy hash with the configured
 //! users' parameters (so timing does not tell which names exist), and failures are logged, rate-limited, with the
 //! peer address and the user name, and counted in `meshgate_auth_failures_total`.
+//!
+//! Which client ids a device may use: [`client_id`].
 
+pub mod client_id;
 pub mod guard;
 
 use std::collections::HashMap;

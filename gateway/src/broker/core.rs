@@ -58,13 +58,32 @@ struct SubValue {
     sub: Subscription,
 }
 
-/// Why the broker refused a new session (MQTT 5 CONNACK 0x97 Quota exceeded; 3.1.1 return code 3).
+/// Why the broker refused to open a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionRefused {
-    /// `limits.max_sessions` sessions exist.
+    /// `limits.max_sessions` sessions exist (MQTT 5 CONNACK 0x97 Quota exceeded; 3.1.1 return code 3).
     TooManySessions,
-    /// The user holds `limits.max_sessions_per_user` sessions.
+    /// The user holds `limits.max_sessions_per_user` sessions (as `TooManySessions`).
     TooManyForUser,
+    /// The session belongs to another user (MQTT 5 CONNACK 0x85; 3.1.1 return code 2; AMQP 403).
+    NotOwner,
+}
+
+/// Who opens a session: the user it belongs to and what that user may read.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOwner {
+    /// The user name (or certificate name); `""` for anonymous devices.
+    pub user: String,
+    /// What the user may read, or `None` when that is everything.
+    pub reader: Option<Arc<crate::acl::DeviceAcl>>,
+}
+
+impl SessionOwner {
+    /// `user`, reading what `acl` allows.
+    pub fn new(user: &str, acl: &crate::acl::DeviceAcl) -> SessionOwner {
+        let reader = (!acl.reads_everything()).then(|| Arc::new(acl.clone()));
+        SessionOwner { user: user.to_string(), reader }
+    }
 }
 
 /// Why the broker refused a subscription.
@@ -246,19 +265,25 @@ impl Broker {
     /// A client connects. `clean_start` discards an existing session; `expiry_secs` is how long the session
     /// outlives the connection (3.1.1: 0 for clean session, forever otherwise).
     ///
-    /// A new session belongs to `owner` (the user name; `""` for anonymous devices) and is refused past
-    /// `limits.max_sessions` in all or `limits.max_sessions_per_user` for its owner.
+    /// A session belongs to the user that created it: another `owner` is refused, the session untouched. A new
+    /// session is refused past `limits.max_sessions` in all or `limits.max_sessions_per_user` for its owner.
+    /// Deliveries queued for it that the owner may not read (queued before a restart) are dropped.
     #[allow(clippy::too_many_arguments, reason = "each is one CONNECT field")]
     pub fn connect(
         &mut self,
         client: &str,
-        owner: &str,
+        owner: &SessionOwner,
         version: Version,
         clean_start: bool,
         expiry_secs: u32,
         receive_maximum: u16,
         now_ms: u64,
     ) -> Result<Connected, SessionRefused> {
+        if self.owner_of(client).is_some_and(|o| o != owner.user) {
+            return Err(SessionRefused::NotOwner);
+        }
+        let owner_reader = owner.reader.clone();
+        let owner = owner.user.as_str();
         let exists = self.sessions.contains_key(client);
         // A clean start replaces a session: that one makes room for itself.
         let limits = self.config.limits;
@@ -283,6 +308,10 @@ impl Broker {
             self.admit_session(client.into(), fresh)
         };
         session.expiry_secs = expiry_secs;
+        let unreadable = session.set_reader(owner_reader);
+        if unreadable > 0 {
+            tracing::debug!(client, unreadable, "queued deliveries the owner may no longer read dropped");
+        }
         let resend = session.connected(version, receive_maximum);
         Ok(Connected { session_present, resend, woken })
     }
@@ -344,6 +373,11 @@ impl Broker {
         woken
     }
 
+    /// The user `client`'s session belongs to, if it exists.
+    pub fn owner_of(&self, client: &str) -> Option<&str> {
+        self.sessions.get(client).map(|s| s.owner.as_str())
+    }
+
     /// Whether `client` has a session.
     pub fn has_session(&self, client: &str) -> bool {
         self.sessions.contains_key(client)
@@ -390,7 +424,12 @@ impl Broker {
             (Some(_), _) | (None, RetainHandling::DoNotSend) => Vec::new(),
             (None, RetainHandling::SendIfNew) if existed => Vec::new(),
             (None, _) => {
-                self.retained.values().filter(|m| matches(filter, &m.topic) && !m.is_expired(now_ms)).cloned().collect()
+                let reads = |topic: &str| self.sessions.get(client).is_some_and(|s| s.may_read(topic));
+                self.retained
+                    .values()
+                    .filter(|m| matches(filter, &m.topic) && !m.is_expired(now_ms) && reads(&m.topic))
+                    .cloned()
+                    .collect()
             }
         };
         if let Some(session) = self.sessions.get_mut(client) {
@@ -487,7 +526,7 @@ impl Broker {
         let max_queued = self.queue_limits();
         let mut woken = Vec::with_capacity(direct.len() + shared.len());
         for (client, (sub_qos, rap, ids)) in direct {
-            if let Some(session) = self.sessions.get_mut(&client) {
+            if let Some(session) = self.sessions.get_mut(&client).filter(|s| s.may_read(&message.topic)) {
                 let qos = message.qos.min(sub_qos);
                 let retain = rap && message.retain;
                 let delivery =
@@ -528,14 +567,20 @@ impl Broker {
             return None;
         }
         let sessions = &self.sessions;
+        // Only members that may read the topic take part.
+        let readers: Vec<&(Arc<str>, Subscription)> =
+            members.iter().filter(|(c, _)| sessions.get(c).is_some_and(|s| s.may_read(&message.topic))).collect();
+        if readers.is_empty() {
+            return None;
+        }
         let connected =
-            |(c, _): &&(Arc<str>, Subscription)| sessions.get(c).is_some_and(|s| s.disconnected_at_ms.is_none());
-        let live = members.iter().filter(connected).count();
+            |(c, _): &&&(Arc<str>, Subscription)| sessions.get(c).is_some_and(|s| s.disconnected_at_ms.is_none());
+        let live = readers.iter().filter(connected).count();
         let turn = self.share_turn.entry(filter.into()).or_insert(0);
         let pick = if live == 0 {
-            members.get(*turn % members.len())
+            readers.get(*turn % readers.len()).copied()
         } else {
-            members.iter().filter(connected).nth(*turn % live)
+            readers.iter().filter(connected).nth(*turn % live).copied()
         };
         *turn = turn.wrapping_add(1);
         let (client, sub) = pick?.clone();

@@ -44,6 +44,35 @@ pub struct LocalBroker {
     changed: Notify,
 }
 
+/// The format of `sessions.json`: 2 since session names have a namespace per protocol.
+const SESSIONS_FORMAT: u32 = 2;
+
+/// `sessions.json`, as written now or by a version before [`SESSIONS_FORMAT`] 2 (a bare list).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum StoredSessions {
+    /// `{"format": 2, "sessions": [...]}`.
+    Current {
+        /// [`SESSIONS_FORMAT`].
+        format: u32,
+        /// Sessions by name.
+        sessions: Vec<(String, Session)>,
+    },
+    /// A bare list, from before namespaces: renamed by [`super::session_name::from_unversioned`].
+    Unversioned(Vec<(String, Session)>),
+}
+
+impl StoredSessions {
+    fn into_sessions(self) -> Vec<(String, Session)> {
+        match self {
+            StoredSessions::Current { sessions, .. } => sessions,
+            StoredSessions::Unversioned(sessions) => {
+                sessions.into_iter().map(|(n, s)| (super::session_name::from_unversioned(n), s)).collect()
+            }
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     meshgate_edge_agent::spool::record::now_ms()
@@ -110,7 +139,8 @@ impl LocalBroker {
             write_json(&dir.join("retained.json"), &retained)?;
         }
         let retained_log = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&log_path)?;
-        let sessions: Vec<(String, Session)> = read_json(&dir.join("sessions.json"))?.unwrap_or_default();
+        let sessions = read_json::<StoredSessions>(&dir.join("sessions.json"))?.map(StoredSessions::into_sessions);
+        let sessions = sessions.unwrap_or_default();
         if !retained.is_empty() || !sessions.is_empty() {
             tracing::info!(retained = retained.len(), sessions = sessions.len(), "broker state restored");
         }
@@ -237,7 +267,7 @@ impl LocalBroker {
         self.sessions_dirty.store(false, Ordering::Relaxed);
         let sessions: Vec<(String, Session)> =
             self.read(|b| b.persistent_sessions().map(|(c, s)| (c.to_string(), s.clone())).collect());
-        write_json(&self.dir.join("sessions.json"), &sessions)
+        write_json(&self.dir.join("sessions.json"), &StoredSessions::Current { format: SESSIONS_FORMAT, sessions })
     }
 
     /// Writes the persistent sessions now (their queues included), so what was handed to them survives a crash;

@@ -3,6 +3,7 @@
 //!
 //! - [`core`]: the sans-IO broker: sessions, routing, retained messages, shared subscriptions.
 //! - [`session`]: one client's session: subscriptions, the bounded queue, outbound QoS 1/2 flows.
+//! - [`session_name`]: session names, one namespace per protocol.
 //! - [`topic_tree`]: the subscription index.
 //! - [`message`]: a message as the broker keeps it.
 //! - [`local`]: the broker as the gateway runs it: shared, waking connections, persisted in the data directory.
@@ -11,9 +12,10 @@ pub mod core;
 pub mod local;
 pub mod message;
 pub mod session;
+pub mod session_name;
 pub mod topic_tree;
 
-pub use self::core::{Broker, BrokerConfig, BrokerStats, Connected, SessionRefused, SubscribeRefused};
+pub use self::core::{Broker, BrokerConfig, BrokerStats, Connected, SessionOwner, SessionRefused, SubscribeRefused};
 pub use self::local::LocalBroker;
 pub use self::message::{Message, MessageProperties};
 pub use self::session::{Delivery, MemoryBudget, Outbound, QueueLimits, Session, Subscription};

@@ -13,6 +13,7 @@ use meshgate_protocols::mqtt::{QoS, SubscriptionOptions, Version};
 use serde::{Deserialize, Serialize};
 
 use super::message::Message;
+use crate::acl::DeviceAcl;
 
 /// One subscription of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,9 +153,13 @@ pub struct Session {
     pub dropped: u64,
     #[serde(skip, default = "default_receive_maximum")]
     receive_maximum: u16,
-    /// The user that created it (`""`: an anonymous device).
+    /// The user that created it (`""`: an anonymous device); nobody else may resume or take it over.
     #[serde(default)]
     pub owner: String,
+    /// What its user may read, where that is not everything: set by every connection, so the ACL in force then
+    /// decides (a restored session reads nothing it is not allowed once its device is back).
+    #[serde(skip)]
+    reader: Option<Arc<DeviceAcl>>,
     /// Bytes of `queue`.
     #[serde(skip)]
     queued_bytes: u64,
@@ -194,6 +199,7 @@ impl Session {
             dropped: 0,
             receive_maximum: u16::MAX,
             owner: String::new(),
+            reader: None,
             queued_bytes: 0,
             budget: MemoryBudget::default(),
         }
@@ -256,6 +262,25 @@ impl Session {
         let evicted = self.remove_at(victim).is_some();
         self.dropped += u64::from(evicted);
         evicted
+    }
+
+    /// Whether its user may be delivered a message on `topic`.
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.reader.as_ref().is_none_or(|r| r.may_read(topic))
+    }
+
+    /// Sets what its user may read (`None`: everything) and drops queued deliveries it may not (queued before the
+    /// ACL in force was known, as after a restart). Returns how many were dropped.
+    pub fn set_reader(&mut self, reader: Option<Arc<DeviceAcl>>) -> usize {
+        self.reader = reader;
+        let Some(reader) = self.reader.clone() else { return 0 };
+        let before = self.queue.len();
+        let kept: VecDeque<Delivery> =
+            self.drain_queue().into_iter().filter(|d| reader.may_read(&d.message.topic)).collect();
+        for d in kept {
+            self.push_back(d);
+        }
+        before - self.queue.len()
     }
 
     /// A (re)connection: sets the client's Receive Maximum and returns what must be resent, in order.

@@ -43,8 +43,12 @@ fn polled(b: &mut Broker, client: &str) -> Vec<(u16, u8, bool, String, Vec<u32>)
         .collect()
 }
 
+fn user(name: &str) -> SessionOwner {
+    SessionOwner { user: name.into(), reader: None }
+}
+
 fn connect(b: &mut Broker, client: &str, clean: bool, expiry: u32) -> Connected {
-    b.connect(client, "", Version::V5, clean, expiry, 10, 0).expect("within the session limits")
+    b.connect(client, &SessionOwner::default(), Version::V5, clean, expiry, 10, 0).expect("within the session limits")
 }
 
 #[test]
@@ -220,11 +224,11 @@ fn sessions_subscriptions_and_topic_depth_are_limited() {
         ..crate::limits::LimitsConfig::default()
     };
     let mut b = Broker::new(BrokerConfig { limits, ..config() });
-    let open = |b: &mut Broker, c: &str, owner: &str| b.connect(c, owner, Version::V5, false, u32::MAX, 10, 0);
+    let open = |b: &mut Broker, c: &str, owner: &str| b.connect(c, &user(owner), Version::V5, false, u32::MAX, 10, 0);
     assert!(open(&mut b, "a1", "alice").is_ok() && open(&mut b, "a2", "alice").is_ok());
     assert_eq!(open(&mut b, "a3", "alice").unwrap_err(), SessionRefused::TooManyForUser);
     assert!(open(&mut b, "a1", "alice").is_ok(), "resuming is not a new session");
-    assert!(b.connect("a1", "alice", Version::V5, true, 0, 10, 0).is_ok(), "a clean start replaces its own");
+    assert!(b.connect("a1", &user("alice"), Version::V5, true, 0, 10, 0).is_ok(), "a clean start replaces its own");
     assert!(open(&mut b, "b1", "bob").is_ok());
     assert_eq!(open(&mut b, "b2", "bob").unwrap_err(), SessionRefused::TooManySessions);
     b.disconnect("a1", None, 0);
@@ -280,4 +284,65 @@ fn the_retained_store_is_bounded_in_count_and_bytes() {
     b.publish(msg("big", 0, true, &"x".repeat(100), ""), 0);
     assert!(!b.may_retain(&msg("more", 0, true, &"x".repeat(100), "")), "two would pass 300 bytes");
     assert!(b.may_retain(&msg("big", 0, true, &"y".repeat(100), "")));
+}
+
+#[test]
+fn a_session_belongs_to_the_user_that_created_it() {
+    let mut b = Broker::new(config());
+    let open = |b: &mut Broker, c: &str, owner: &str, clean: bool| {
+        b.connect(c, &user(owner), Version::V5, clean, u32::MAX, 10, 0).map(|c| c.session_present)
+    };
+    assert_eq!(open(&mut b, "device-1", "alice", false), Ok(false));
+    b.subscribe("device-1", "cmd/#", &opts(QoS::AtLeastOnce), None, 0).unwrap();
+    b.disconnect("device-1", None, 0);
+    b.publish(msg("cmd/reboot", 1, false, "now", "op"), 0);
+    assert_eq!(open(&mut b, "device-1", "mallory", false), Err(SessionRefused::NotOwner), "resume refused");
+    assert_eq!(open(&mut b, "device-1", "mallory", true), Err(SessionRefused::NotOwner), "clean start refused");
+    assert_eq!(b.owner_of("device-1"), Some("alice"));
+    assert_eq!(open(&mut b, "device-1", "alice", false), Ok(true), "the owner's session is untouched");
+    assert_eq!(polled(&mut b, "device-1"), [(1, 1, false, "now".into(), vec![])]);
+}
+
+#[test]
+fn nothing_a_session_may_not_read_is_queued_or_handed_over() {
+    use crate::acl::{Acl, AclDefault, AclRule};
+    let rule = AclRule {
+        user: "*".into(),
+        allow_publish: vec![],
+        allow_subscribe: vec![],
+        deny_publish: vec![],
+        deny_subscribe: vec!["secret/#".into()],
+    };
+    let acl = Acl::new(vec![rule], AclDefault::Allow).for_device(Some("u"), "c");
+    let reader = SessionOwner::new("u", &acl);
+    assert!(reader.reader.is_some());
+    let mut b = Broker::new(config());
+    b.publish(msg("secret/key", 1, true, "k", "p"), 0);
+    b.publish(msg("open/news", 1, true, "n", "p"), 0);
+    b.connect("c", &reader, Version::V5, true, u32::MAX, 10, 0).unwrap();
+    b.subscribe("c", "#", &opts(QoS::AtLeastOnce), None, 0).unwrap();
+    assert_eq!(polled(&mut b, "c"), [(1, 1, true, "n".into(), vec![])], "retained: only what it may read");
+    b.publish(msg("secret/key", 1, false, "k2", "p"), 0);
+    b.publish(msg("open/news", 1, false, "n2", "p"), 0);
+    assert_eq!(polled(&mut b, "c"), [(2, 1, false, "n2".into(), vec![])], "live: the same");
+
+    // A shared subscription hands a message only to members that may read it.
+    connect(&mut b, "open", true, 0);
+    b.subscribe("c", "$share/g/secret/#", &opts(QoS::AtLeastOnce), None, 0).unwrap();
+    b.subscribe("open", "$share/g/secret/#", &opts(QoS::AtLeastOnce), None, 0).unwrap();
+    for i in 0..4 {
+        b.publish(msg("secret/x", 1, false, &i.to_string(), "p"), 0);
+    }
+    assert_eq!(polled(&mut b, "open").len(), 4);
+    assert!(polled(&mut b, "c").is_empty());
+
+    // Queued while the ACL was unknown (a restored session): dropped when its device is back.
+    let mut restored = Broker::new(config());
+    restored.connect("c", &user("u"), Version::V5, false, u32::MAX, 10, 0).unwrap();
+    restored.subscribe("c", "#", &opts(QoS::AtLeastOnce), None, 0).unwrap();
+    restored.disconnect("c", None, 0);
+    restored.publish(msg("secret/key", 1, false, "k", "p"), 0);
+    restored.publish(msg("open/news", 1, false, "n", "p"), 0);
+    restored.connect("c", &reader, Version::V5, false, u32::MAX, 10, 0).unwrap();
+    assert_eq!(polled(&mut restored, "c"), [(1, 1, false, "n".into(), vec![])]);
 }

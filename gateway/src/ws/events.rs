@@ -23,7 +23,7 @@ use chrono::Utc;
 use futures::{SinkExt, StreamExt};
 use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
 use meshgate_protocols::cloudevents::CloudEvent;
-use meshgate_protocols::mqtt::{QoS, SubscriptionOptions};
+use meshgate_protocols::mqtt::{QoS, SubscriptionOptions, Version};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -36,7 +36,7 @@ use super::WsContext;
 use super::request::{Refusal, Request};
 use crate::acl::DeviceAcl;
 use crate::broker::local::now_ms;
-use crate::broker::{Message as BrokerMessage, Outbound};
+use crate::broker::{Message as BrokerMessage, Outbound, SessionOwner, SessionRefused, session_name};
 use crate::limits::MessageRate;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{Inbound, Normalized};
@@ -55,8 +55,6 @@ pub struct Device {
     pub client_id: String,
     /// Its ACL.
     pub acl: DeviceAcl,
-    /// The broker connection id for its subscriptions.
-    pub conn_id: u64,
     /// The user its subscriptions' session belongs to (`""`: anonymous).
     pub owner: String,
 }
@@ -80,17 +78,25 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     ctx.shared.metrics.connection_opened(PROTOCOL);
-    let session = format!("ws:{}", device.client_id);
+    let session = session_name::ws_client(&device.client_id);
     let notify = Arc::new(tokio::sync::Notify::new());
-    let (limits, rates) = (&ctx.shared.limits, &ctx.shared.user_rates);
-    let rate = MessageRate::for_connection(limits, rates, &device.owner, std::time::Instant::now());
-    let pending = VecDeque::new();
-    let mut s = Session { ctx: Arc::clone(&ctx), device, session, subscribed: false, pending, notify, rate };
-    let end = s.run(&mut ws).await;
-    if s.subscribed {
-        s.ctx.shared.broker.detach(&s.session, s.device.conn_id);
-        s.ctx.shared.broker.disconnect(&s.session, Some(0));
-    }
+    let end = match claim(&ctx, &device, &session, &notify) {
+        Err(end) => end,
+        Ok(registration) => {
+            let (limits, rates) = (&ctx.shared.limits, &ctx.shared.user_rates);
+            let rate = MessageRate::for_connection(limits, rates, &device.owner, std::time::Instant::now());
+            let pending = VecDeque::new();
+            let conn_id = registration.conn_id;
+            let mut s = Session { ctx: Arc::clone(&ctx), device, session, pending, notify, rate };
+            let end = s.run(&mut ws, registration.taken_over).await;
+            ctx.mqtt.registry.unregister(&s.session, conn_id);
+            // A newer connection of the same user holds the session now: it is not ours to end.
+            if ctx.shared.broker.detach(&s.session, conn_id) {
+                ctx.shared.broker.disconnect(&s.session, Some(0));
+            }
+            end
+        }
+    };
     if let End::Close(code, why) = end {
         let frame = CloseFrame { code, reason: why.into() };
         let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(frame))).await;
@@ -98,12 +104,51 @@ where
     ctx.shared.metrics.connection_closed(PROTOCOL);
 }
 
+/// Claims the client name's session for this connection: refused (1008) while another user's connection or
+/// session holds the name, or past the broker's session limits (1013); a connection of the same user is taken
+/// over (its subscriptions end with it, as a clean start's).
+fn claim(
+    ctx: &WsContext,
+    device: &Device,
+    session: &str,
+    notify: &Arc<tokio::sync::Notify>,
+) -> Result<crate::mqtt::registry::Registration, End> {
+    let owner = SessionOwner::new(&device.owner, &device.acl);
+    let not_owner = || {
+        ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+        tracing::info!(client = %device.client_id, user = %device.owner, "cloudevents.json client name belongs to another user");
+        End::Close(CloseCode::Policy, "client name belongs to another user")
+    };
+    if ctx.shared.broker.read(|b| b.owner_of(session).is_some_and(|o| o != owner.user)) {
+        return Err(not_owner());
+    }
+    let registration = ctx.mqtt.registry.register(session, &owner.user).map_err(|_| not_owner())?;
+    let now = now_ms();
+    let connected = ctx.shared.broker.with(|b| b.connect(session, &owner, Version::V5, true, 0, u16::MAX, now));
+    match connected {
+        Ok(connected) => {
+            for c in &connected.woken {
+                ctx.shared.broker.wake(c);
+            }
+            ctx.shared.broker.attach_with(session, registration.conn_id, Arc::clone(notify));
+            Ok(registration)
+        }
+        Err(refused) => {
+            ctx.mqtt.registry.unregister(session, registration.conn_id);
+            if refused == SessionRefused::NotOwner {
+                return Err(not_owner());
+            }
+            ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
+            Err(End::Close(CloseCode::Again, "session limit reached"))
+        }
+    }
+}
+
 struct Session {
     ctx: Arc<WsContext>,
     device: Device,
     /// The broker session of its subscriptions.
     session: String,
-    subscribed: bool,
     pending: VecDeque<Pending>,
     /// Woken when the broker queued messages for the session.
     notify: Arc<tokio::sync::Notify>,
@@ -113,7 +158,11 @@ struct Session {
 }
 
 impl Session {
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut WebSocketStream<S>) -> End {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        mut taken_over: tokio::sync::oneshot::Receiver<()>,
+    ) -> End {
         let config = &self.ctx.config;
         let idle = Duration::from_secs(config.idle_timeout_secs.max(1));
         let ping_every = Duration::from_secs(config.ping_interval_secs.max(1));
@@ -126,6 +175,7 @@ impl Session {
             let next_ping = last_heard + ping_every;
             tokio::select! {
                 biased;
+                _ = &mut taken_over => return End::Close(CloseCode::Normal, "session taken over"),
                 _ = crate::listener::stopped(&mut shutdown) => {
                     while let Some(p) = self.pending.pop_front() {
                         let result = p.receipt.await;
@@ -256,23 +306,12 @@ impl Session {
             return false;
         }
         let now = now_ms();
-        let session = self.session.clone();
         let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
-        let owner = self.device.owner.as_str();
-        let subscribed = self.ctx.shared.broker.with(|b| {
-            if !b.has_session(&session) {
-                b.connect(&session, owner, meshgate_protocols::mqtt::Version::V5, true, 0, u16::MAX, now).ok()?;
-            }
-            b.subscribe(&session, filter, &options, None, now).ok()
-        });
-        if subscribed.is_none() {
-            // Past a session, subscription or topic-depth limit of the broker's.
+        let subscribed = self.ctx.shared.broker.with(|b| b.subscribe(&self.session, filter, &options, None, now));
+        if subscribed.is_err() {
+            // Past a subscription or topic-depth limit of the broker's.
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
             return false;
-        }
-        if !self.subscribed {
-            self.ctx.shared.broker.attach_with(&session, self.device.conn_id, Arc::clone(&self.notify));
-            self.subscribed = true;
         }
         self.notify.notify_one();
         true
@@ -280,9 +319,6 @@ impl Session {
 
     /// Sends what the broker queued for the device's subscriptions; a delivery counts as done once written.
     async fn pump<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), ()> {
-        if !self.subscribed {
-            return Ok(());
-        }
         let session = self.session.clone();
         let now = now_ms();
         let out = self

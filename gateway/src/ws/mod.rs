@@ -103,11 +103,30 @@ where
                 return;
             }
             let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-            let client_id =
-                negotiated.client.clone().or_else(|| user.map(String::from)).unwrap_or_else(|| format!("ws-{conn_id}"));
+            let rules = &ctx.shared.client_ids;
+            let presented = negotiated.client.as_deref();
+            let client_id = match presented {
+                None if rules.must_match.is_none() && !rules.from_certificate => {
+                    Ok(user.map_or_else(|| format!("ws-{conn_id}"), String::from))
+                }
+                _ => {
+                    let fresh = || uuid::Uuid::now_v7().simple().to_string();
+                    rules.resolve(presented.unwrap_or_default(), user, identity.as_deref(), fresh).map(|c| c.id)
+                }
+            };
+            let client_id = match client_id {
+                Ok(id) => id,
+                Err(why) => {
+                    ctx.shared.metrics.reject(Protocol::Ws, RejectReason::NotAuthorized);
+                    tracing::info!(client = presented, user, "cloudevents.json client refused: {why}");
+                    let frame = CloseFrame { code: CloseCode::Policy, reason: "client name not allowed".into() };
+                    let _ = ws.close(Some(frame)).await;
+                    return;
+                }
+            };
             let acl = ctx.shared.acl.for_device(user, &client_id);
             let owner = if certified { identity.clone() } else { user.map(String::from) }.unwrap_or_default();
-            events::serve(ws, Arc::clone(&ctx), events::Device { client_id, acl, conn_id, owner }).await;
+            events::serve(ws, Arc::clone(&ctx), events::Device { client_id, acl, owner }).await;
         }
     }
 }

@@ -106,6 +106,9 @@ impl Refusal {
     }
 }
 
+/// The longest `client` name, in bytes (MQTT client ids are UTF-8 strings too; 256 is generous for a name).
+const MAX_CLIENT_NAME: usize = 256;
+
 /// Checks an upgrade request; on success, the response carries the chosen `Sec-WebSocket-Protocol`.
 pub fn negotiate(
     config: &WsListenerConfig,
@@ -147,6 +150,9 @@ pub fn negotiate(
     let credentials = basic_credentials(request)
         .or_else(|| query_param(query, "token").and_then(|t| t.split_once(':').map(|(u, p)| (u.into(), p.into()))));
     let client = query_param(query, "client").filter(|c| !c.is_empty());
+    if client.as_deref().is_some_and(|c| c.len() > MAX_CLIENT_NAME || c.chars().any(char::is_control)) {
+        return Err(refuse(StatusCode::BAD_REQUEST, "client names are at most 256 bytes without control characters"));
+    }
     Ok((response, Negotiated { subprotocol, credentials, client }))
 }
 

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use super::{Closed, Connection, Lifecycle, PROTOCOL, lifecycle};
 use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms;
+use crate::broker::{SessionOwner, SessionRefused};
 use crate::metrics::RejectReason;
 use crate::mqtt::outbound;
 use crate::mqtt::will::PendingWill;
@@ -64,6 +65,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Refuses a CONNECT whose client id names a session or connection of another user (MQTT 5 0x87 Not
+    /// authorized, 3.1.1 return code 5), leaving the owner's untouched.
+    async fn refuse_not_owner(&mut self, client_id: &str, user: &str, v5: bool) -> Result<(), Closed> {
+        self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+        tracing::info!(client = client_id, user, "CONNECT refused: the client id belongs to another user");
+        let code = if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode(ReasonCode::NOT_AUTHORIZED.to_v311_connack()) };
+        self.send(&Packet::ConnAck(ConnAck { code, ..ConnAck::default() }));
+        self.flush().await?;
+        Err(Closed::Refused("client id belongs to another user"))
+    }
+
     async fn accept(&mut self, connect: &Connect<'_>) -> Result<(), Closed> {
         self.version = connect.version;
         let v5 = self.version.is_v5();
@@ -101,17 +113,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.flush().await?;
             return Err(Closed::Refused("will topic deeper than limits.max_topic_levels"));
         }
-        let assigned = connect.client_id.is_empty();
-        if assigned && !v5 && !connect.clean_start {
+        if connect.client_id.is_empty() && !v5 && !connect.clean_start {
             // MQTT 3.1.1: a zero-length client id requires a clean session.
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
             self.send(&refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
             self.flush().await?;
             return Err(Closed::Refused("empty client id without clean session"));
         }
-        let client_id =
-            if assigned { format!("mg-{}", uuid::Uuid::now_v7().simple()) } else { connect.client_id.to_string() };
         let identity = if certified { self.peer.identity.as_deref() } else { connect.username };
+        let fresh = || uuid::Uuid::now_v7().simple().to_string();
+        let rules = &self.ctx.shared.client_ids;
+        let (client_id, assigned) =
+            match rules.resolve(connect.client_id, identity, self.peer.identity.as_deref(), fresh) {
+                Ok(c) => (c.id, c.assigned),
+                Err(why) => {
+                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
+                    tracing::info!(client = connect.client_id, user = identity, "CONNECT refused: {why}");
+                    self.send(&refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
+                    self.flush().await?;
+                    return Err(Closed::Refused("client id not allowed for this user"));
+                }
+            };
         self.acl = self.ctx.shared.acl.for_device(identity, &client_id);
         // A will is a publish: refused at CONNECT where the device may not publish, before any takeover.
         if let Some(w) = connect.will.as_ref().filter(|w| !self.acl.may_publish(w.topic)) {
@@ -121,7 +143,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.flush().await?;
             return Err(Closed::Refused("will topic not authorized"));
         }
-        let registration = self.ctx.registry.register(&client_id);
+        let owner = SessionOwner::new(identity.unwrap_or_default(), &self.acl);
+        // A client id belongs to the user whose session it names: another user is refused before anything of
+        // the owner's (connection or session) is touched.
+        let held = self.ctx.shared.broker.read(|b| b.owner_of(&client_id).is_some_and(|o| o != owner.user));
+        let registration = match self.ctx.registry.register(&client_id, &owner.user) {
+            Ok(r) if !held => r,
+            Ok(r) => {
+                self.ctx.registry.unregister(&client_id, r.conn_id);
+                return self.refuse_not_owner(&client_id, &owner.user, v5).await;
+            }
+            Err(_) => return self.refuse_not_owner(&client_id, &owner.user, v5).await,
+        };
         // MQTT 5: a keep-alive of 0 or above the maximum is replaced by the maximum (Server Keep Alive).
         let max_keep_alive = self.ctx.config.max_keep_alive_secs;
         let server_keep_alive =
@@ -145,19 +178,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let now = now_ms();
         self.will = connect.will.as_ref().map(|w| PendingWill::from_connect(w, &client_id, now));
         self.deliveries = Some(self.ctx.shared.broker.attach(&client_id, registration.conn_id));
-        let owner = identity.unwrap_or_default();
         let (limits, rates) = (&self.ctx.shared.limits, &self.ctx.shared.user_rates);
-        self.rate = crate::limits::MessageRate::for_connection(limits, rates, owner, std::time::Instant::now());
+        self.rate = crate::limits::MessageRate::for_connection(limits, rates, &owner.user, std::time::Instant::now());
         let connected = self.ctx.shared.broker.with(|b| {
-            b.connect(&client_id, owner, self.version, connect.clean_start, expiry, client_receive_maximum, now)
+            b.connect(&client_id, &owner, self.version, connect.clean_start, expiry, client_receive_maximum, now)
         });
         let connected = match connected {
             Ok(c) => c,
             Err(refused) => {
                 self.ctx.registry.unregister(&client_id, registration.conn_id);
                 self.ctx.shared.broker.detach(&client_id, registration.conn_id);
+                if refused == SessionRefused::NotOwner {
+                    return self.refuse_not_owner(&client_id, &owner.user, v5).await;
+                }
                 self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
-                tracing::info!(client = %client_id, user = owner, ?refused, "session refused: limit reached");
+                tracing::info!(client = %client_id, user = owner.user, ?refused, "session refused: limit reached");
                 self.send(&refuse(ReasonCode::QUOTA_EXCEEDED));
                 self.flush().await?;
                 return Err(Closed::Refused("session limit reached"));
