@@ -1,5 +1,6 @@
-//! A bare MQTT client over a blocking socket, encoding with the project's codec: for the tests that must send
-//! what no well-behaved client library would (malformed packets, silence past the keep-alive).
+//! A bare MQTT client over a blocking socket (TCP, or WebSocket with the `mqtt` subprotocol), encoding with the
+//! project's codec: for the tests that must send what no well-behaved client library would (malformed packets,
+//! silence past the keep-alive) or read every answer's exact code.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,12 +8,66 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use meshgate_protocols::mqtt::{Connect, DecodeError, Packet, ReasonCode, Version};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Whether `e` is a read timing out (the socket's read timeout).
+fn is_timeout(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
 
 /// A connected socket and the version it speaks.
 pub struct RawClient {
-    stream: TcpStream,
+    link: Link,
     version: Version,
     buf: Vec<u8>,
+}
+
+/// How the packets travel.
+enum Link {
+    Tcp(TcpStream),
+    /// MQTT over WebSocket: packets in binary messages.
+    Ws(Box<tokio_tungstenite::tungstenite::WebSocket<TcpStream>>),
+}
+
+impl Link {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Tcp(s) => s.write_all(bytes),
+            Link::Ws(ws) => ws.send(Message::binary(bytes.to_vec())).map_err(std::io::Error::other),
+        }
+    }
+
+    /// Appends what arrives next to `buf`; 0 when the server closed.
+    fn read_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        match self {
+            Link::Tcp(s) => {
+                let mut chunk = [0u8; 4096];
+                let n = match s.read(&mut chunk) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                    Err(e) => return Err(e),
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            }
+            Link::Ws(ws) => loop {
+                use tokio_tungstenite::tungstenite::Error as E;
+                match ws.read() {
+                    Ok(Message::Binary(b)) => {
+                        buf.extend_from_slice(&b);
+                        return Ok(b.len());
+                    }
+                    Ok(Message::Close(_)) | Err(E::ConnectionClosed | E::AlreadyClosed) => return Ok(0),
+                    Ok(_) => {}
+                    Err(E::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(0),
+                    Err(E::Io(e)) => return Err(e),
+                    Err(e) => return Err(std::io::Error::other(e)),
+                }
+            },
+        }
+    }
 }
 
 /// What came back from the server, owned.
@@ -54,7 +109,69 @@ impl RawClient {
     pub fn open(addr: SocketAddr, version: Version) -> Result<RawClient> {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(RawClient { stream, version, buf: Vec::new() })
+        Ok(RawClient { link: Link::Tcp(stream), version, buf: Vec::new() })
+    }
+
+    /// Opens a WebSocket to `ws://{addr}/mqtt` offering the `mqtt` subprotocol (no MQTT yet).
+    pub fn open_ws(addr: SocketAddr, version: Version) -> Result<RawClient> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut request = format!("ws://{addr}/mqtt").into_client_request()?;
+        request.headers_mut().insert("sec-websocket-protocol", "mqtt".parse()?);
+        let (ws, _) = tokio_tungstenite::tungstenite::client(request, stream).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(RawClient { link: Link::Ws(Box::new(ws)), version, buf: Vec::new() })
+    }
+
+    /// Sends `connect` and returns the CONNACK (or whatever came instead), leaving the client open either way.
+    pub fn handshake(&mut self, connect: &Connect<'_>) -> Result<Reply> {
+        self.send(&Packet::Connect(*connect))?;
+        self.recv()
+    }
+
+    /// Publishes `payload` to `topic` at QoS 1 with packet id `id` and returns the answer (PUBACK, or a
+    /// DISCONNECT or the close).
+    pub fn publish_qos1(&mut self, topic: &str, id: u16, retain: bool, payload: &[u8]) -> Result<Reply> {
+        use meshgate_protocols::mqtt::{Publish, QoS};
+        let publish =
+            Publish { topic, qos: QoS::AtLeastOnce, packet_id: Some(id), retain, payload, ..Publish::default() };
+        self.send(&Packet::Publish(publish))?;
+        self.recv()
+    }
+
+    /// Reads packets until none arrives for `quiet`, acknowledging QoS 1 publishes; returns the publishes.
+    pub fn drain(&mut self, quiet: Duration) -> Result<Vec<Reply>> {
+        use meshgate_protocols::mqtt::{PubResponse, PubResponseKind};
+        self.set_timeout(quiet)?;
+        let mut got = Vec::new();
+        loop {
+            match self.recv() {
+                Ok(Reply::Closed) => break,
+                Ok(p @ Reply::Publish { .. }) => {
+                    if let Reply::Publish { qos: 1, packet_id, .. } = p {
+                        let ack = PubResponse { kind: PubResponseKind::PubAck, packet_id, ..PubResponse::default() };
+                        self.send(&Packet::PubResponse(ack))?;
+                    }
+                    got.push(p);
+                }
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => break,
+                Err(e) => {
+                    self.set_timeout(Duration::from_secs(10))?;
+                    return Err(e);
+                }
+            }
+        }
+        self.set_timeout(Duration::from_secs(10))?;
+        Ok(got)
+    }
+
+    fn set_timeout(&self, t: Duration) -> Result<()> {
+        match &self.link {
+            Link::Tcp(s) => s.set_read_timeout(Some(t))?,
+            Link::Ws(ws) => ws.get_ref().set_read_timeout(Some(t))?,
+        }
+        Ok(())
     }
 
     /// Connects and completes CONNECT/CONNACK with `keep_alive` seconds; fails unless accepted.
@@ -102,7 +219,7 @@ impl RawClient {
 
     /// Sends bytes as they are.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.stream.write_all(bytes)?;
+        self.link.write_all(bytes)?;
         Ok(())
     }
 
@@ -131,16 +248,9 @@ impl RawClient {
                     return Ok(reply);
                 }
                 Err(DecodeError::Incomplete { .. }) => {
-                    let mut chunk = [0u8; 4096];
-                    let n = match self.stream.read(&mut chunk) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
-                        Err(e) => return Err(e).context("reading from meshgate"),
-                    };
-                    if n == 0 {
+                    if self.link.read_into(&mut self.buf).context("reading from meshgate")? == 0 {
                         return Ok(Reply::Closed);
                     }
-                    self.buf.extend_from_slice(&chunk[..n]);
                 }
                 Err(e) => bail!("meshgate sent an undecodable packet: {e}"),
             }

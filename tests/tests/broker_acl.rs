@@ -135,3 +135,30 @@ async fn a_will_on_a_topic_the_device_may_not_publish_to_is_refused_at_connect()
     assert!(watcher.next_publish(QUIET).await.is_none(), "no other will fired");
     Ok(())
 }
+
+/// Mosquitto's `test/nosubscribe` case, with real clients: a rule that only denies one topic takes that topic
+/// away and nothing else. `#` is granted and carries everything but the denied topic (retained messages too);
+/// a subscription inside the denied topic is refused, 0x87 in MQTT 5 and 0x80 in 3.1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_topic_is_filtered_out_of_wider_subscriptions_and_refused_alone() -> anyhow::Result<()> {
+    let rule = "\n[[auth.acl]]\nuser = \"*\"\ndeny_subscribe = [\"test/nosubscribe\"]\n";
+    let gw = Gateway::start_with(|b| b + rule)?;
+    let publisher = Client::connect(gw.mqtt, &Options::new(true, "publisher")).await?.0;
+    publisher.publish("test/nosubscribe", 1, true, "retained secret").await?;
+    publisher.publish("test/open", 1, true, "retained open").await?;
+    for v5 in [true, false] {
+        let mut sub = Client::connect(gw.mqtt, &Options::new(v5, &format!("sub-{v5}"))).await?.0;
+        let refused = if v5 { 0x87 } else { 0x80 };
+        assert_eq!(sub.subscribe(&[("test/nosubscribe", 1)]).await?, [refused], "v5 {v5}: inside the denied topic");
+        assert_eq!(sub.subscribe(&[("#", 1)]).await?, [1], "v5 {v5}: # is granted");
+        let retained: Vec<String> = sub.drain(QUIET).await.into_iter().map(|m| m.topic).collect();
+        assert_eq!(retained, ["test/open"], "v5 {v5}: retained, without the denied topic");
+        publisher.publish("test/nosubscribe", 1, false, "live secret").await?;
+        publisher.publish("test/other", 1, false, "live").await?;
+        publisher.publish("elsewhere/x", 0, false, "live").await?;
+        let mut live: Vec<String> = sub.drain(QUIET).await.into_iter().map(|m| m.topic).collect();
+        live.sort();
+        assert_eq!(live, ["elsewhere/x", "test/other"], "v5 {v5}: everything else, live");
+    }
+    Ok(())
+}

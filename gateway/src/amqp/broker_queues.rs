@@ -300,7 +300,10 @@ impl Queues for BrokerQueues {
 }
 
 fn not_owner(queue: &str) -> QueueError {
-    QueueError { code: reply::ACCESS_REFUSED, text: format!("ACCESS_REFUSED - queue '{queue}' belongs to another user") }
+    QueueError {
+        code: reply::ACCESS_REFUSED,
+        text: format!("ACCESS_REFUSED - queue '{queue}' belongs to another user"),
+    }
 }
 
 fn binding_filter(routing_key: &str) -> Result<String, QueueError> {

@@ -134,7 +134,9 @@ mod tests {
         assert_eq!(prefix.resolve("d2-a", Some("d1"), None, fresh), Err(ClientIdRefused::Mismatch));
         assert_eq!(prefix.resolve("", Some("d1"), None, fresh).map(|c| c.id), Ok("d1-0001".into()));
         let fixed = rules(Some("sensor-*"), false);
-        assert!(fixed.resolve("sensor-9", None, None, fresh).is_ok() && fixed.resolve("lamp", None, None, fresh).is_err());
+        assert!(
+            fixed.resolve("sensor-9", None, None, fresh).is_ok() && fixed.resolve("lamp", None, None, fresh).is_err()
+        );
     }
 
     #[test]

@@ -70,7 +70,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn refuse_not_owner(&mut self, client_id: &str, user: &str, v5: bool) -> Result<(), Closed> {
         self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
         tracing::info!(client = client_id, user, "CONNECT refused: the client id belongs to another user");
-        let code = if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode(ReasonCode::NOT_AUTHORIZED.to_v311_connack()) };
+        let code =
+            if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode(ReasonCode::NOT_AUTHORIZED.to_v311_connack()) };
         self.send(&Packet::ConnAck(ConnAck { code, ..ConnAck::default() }));
         self.flush().await?;
         Err(Closed::Refused("client id belongs to another user"))
