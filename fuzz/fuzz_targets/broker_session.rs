@@ -2,10 +2,13 @@
 //! sessions run on (sessions, subscriptions, routing, queues, acknowledgements, expiry) with small limits, and
 //! encodes what it hands each client: bytes in, bytes out. It never panics, and every limit holds after every
 //! packet: sessions, subscriptions and queued bytes, and topic depth (filters of hundreds of levels included).
+//! Ownership holds too: a session keeps the user that created it (the other user's CONNECT with its client id is
+//! refused), and bob, who may not read `secret` topics, is never handed one.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshgate_gateway::broker::{Broker, BrokerConfig, Message};
+use meshgate_gateway::acl::{Acl, AclDefault, AclRule};
+use meshgate_gateway::broker::{Broker, BrokerConfig, Message, SessionOwner, SessionRefused};
 use meshgate_gateway::limits::LimitsConfig;
 use meshgate_gateway::mqtt::outbound::{self, OutboundAliases};
 use meshgate_protocols::mqtt::topic::{validate_filter, validate_name};
@@ -26,6 +29,17 @@ fuzz_target!(|data: &[u8]| {
         ..LimitsConfig::default()
     };
     let mut broker = Broker::new(BrokerConfig { max_queued_messages: 8, max_queued_bytes: 2048, limits });
+    let secret = AclRule {
+        user: "bob".into(),
+        allow_publish: vec![],
+        allow_subscribe: vec![],
+        deny_publish: vec![],
+        deny_subscribe: vec!["secret/#".into(), "+/secret".into()],
+    };
+    let acl = Acl::new(vec![secret], AclDefault::Allow);
+    let alice = SessionOwner::new("alice", &acl.for_device(Some("alice"), ""));
+    let bob = SessionOwner::new("bob", &acl.for_device(Some("bob"), ""));
+    let bob_reads = acl.for_device(Some("bob"), "");
     let mut aliases = OutboundAliases::new(4);
     let (mut client, mut now, mut out) = (0usize, 0u64, Vec::new());
     while !input.is_empty() {
@@ -42,9 +56,17 @@ fuzz_target!(|data: &[u8]| {
         match packet {
             Packet::Connect(c) => {
                 client = c.client_id.bytes().map(usize::from).sum::<usize>() % CLIENTS.len();
-                let owner = if client % 2 == 0 { "alice" } else { "bob" };
+                let owner = if c.keep_alive % 2 == 0 { &alice } else { &bob };
                 let expiry = c.properties.session_expiry_interval.unwrap_or(if c.clean_start { 0 } else { 60 });
-                let _ = broker.connect(CLIENTS[client], owner, version, c.clean_start, expiry, 3, now);
+                let before = broker.owner_of(CLIENTS[client]).map(String::from);
+                match broker.connect(CLIENTS[client], owner, version, c.clean_start, expiry, 3, now) {
+                    Ok(_) => assert_eq!(broker.owner_of(CLIENTS[client]), Some(owner.user.as_str())),
+                    Err(SessionRefused::NotOwner) => {
+                        assert!(before.is_some_and(|b| b != owner.user));
+                        assert_eq!(broker.owner_of(CLIENTS[client]).map(String::from), before, "untouched");
+                    }
+                    Err(_) => {}
+                }
             }
             Packet::Subscribe(s) => {
                 for f in s.filters.iter().filter(|f| validate_filter(f.filter).is_ok()) {
@@ -77,7 +99,11 @@ fuzz_target!(|data: &[u8]| {
             _ => {}
         }
         for c in CLIENTS {
+            let bobs = broker.owner_of(c) == Some("bob");
             for o in broker.poll_outbound(c, now, 4, 1024) {
+                if let (true, meshgate_gateway::broker::Outbound::Publish { delivery, .. }) = (bobs, &o) {
+                    assert!(bob_reads.may_read(&delivery.message.topic), "bob handed {}", delivery.message.topic);
+                }
                 let _ = outbound::encode(&o, version, now, 4096, &mut aliases, &mut out);
             }
         }

@@ -175,15 +175,11 @@ impl Session {
             let next_ping = last_heard + ping_every;
             tokio::select! {
                 biased;
-                _ = &mut taken_over => return End::Close(CloseCode::Normal, "session taken over"),
+                _ = &mut taken_over => {
+                    return self.answer_pending(ws, End::Close(CloseCode::Normal, "session taken over")).await;
+                }
                 _ = crate::listener::stopped(&mut shutdown) => {
-                    while let Some(p) = self.pending.pop_front() {
-                        let result = p.receipt.await;
-                        if self.answer(ws, p.id, p.local, result).await.is_err() {
-                            return End::Gone;
-                        }
-                    }
-                    return End::Close(CloseCode::Away, "gateway shutting down");
+                    return self.answer_pending(ws, End::Close(CloseCode::Away, "gateway shutting down")).await;
                 }
                 result = next_receipt(&mut self.pending) => {
                     if let Some(p) = self.pending.pop_front()
@@ -299,6 +295,21 @@ impl Session {
             }
             Err(_) => self.nack(ws, Some(&id), "gateway shutting down").await.map(|()| true),
         }
+    }
+
+    /// Answers every event still waiting for the spool, then ends with `end` (or `Gone` if the device left).
+    async fn answer_pending<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        end: End,
+    ) -> End {
+        while let Some(p) = self.pending.pop_front() {
+            let result = p.receipt.await;
+            if self.answer(ws, p.id, p.local, result).await.is_err() {
+                return End::Gone;
+            }
+        }
+        end
     }
 
     fn subscribe(&mut self, filter: &str) -> bool {
