@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
                 match broker.connect(CLIENTS[client], owner, version, c.clean_start, expiry, 3, now) {
                     Ok(_) => assert_eq!(broker.owner_of(CLIENTS[client]), Some(owner.user.as_str())),
                     Err(SessionRefused::NotOwner) => {
-                        assert!(before.is_some_and(|b| b != owner.user));
+                        assert!(before.as_deref().is_some_and(|b| b != owner.user));
                         assert_eq!(broker.owner_of(CLIENTS[client]).map(String::from), before, "untouched");
                     }
                     Err(_) => {}

@@ -132,6 +132,32 @@ async fn client_certificates_are_verified_and_name_the_device() -> anyhow::Resul
     Ok(())
 }
 
+/// `auth.clientid_from_certificate`: the certificate's name is the device's client id too; mosquitto_pub with
+/// another id is refused (3.1.1 return code 2), with the certificate's name it gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_can_name_the_client_id_too() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let gw = Gateway::start_with(|b| {
+        let b = b.replace(
+            "allow_anonymous = true",
+            "allow_anonymous = false
+clientid_from_certificate = true",
+        );
+        tls_config(b, &pki, true, "")
+    })?;
+    let port = gw.listener("mqtts")?.port();
+    let good = pki.client("sensor-9", false, false)?;
+    let (ok, stderr) = mosquitto_pub(port, &pki.ca_file, Some((&good.0, &good.1)), "sensor-8", "sensors/a");
+    assert!(!ok, "another client id than the certificate's name is refused");
+    assert!(stderr.contains("identifier rejected"), "{stderr}");
+    let (ok, stderr) = mosquitto_pub(port, &pki.ca_file, Some((&good.0, &good.1)), "sensor-9", "sensors/b");
+    assert!(ok, "the certificate's own name: {stderr}");
+    let events = gw.wait_for_events(1, Duration::from_secs(10))?;
+    assert_eq!(events[0]["subject"], "sensors/b");
+    assert!(events[0]["source"].as_str().is_some_and(|s| s.ends_with("/sensor-9")), "{}", events[0]);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<()> {
     let pki = Pki::new()?;
