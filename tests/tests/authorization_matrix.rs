@@ -36,6 +36,23 @@ allow_publish = ["devices/+/commands/#", "broadcast/#"]
 allow_subscribe = ["devices/#"]
 "#;
 
+const CONFIG: &str = "devices/device-1/commands/config";
+const REBOOT: &str = "devices/device-1/commands/reboot";
+const NEWS: &str = "broadcast/news";
+
+/// device-1's subscriptions that are granted (each tried on a connection of its own), with the topics each may
+/// carry: the retained ones at subscribe (shared subscriptions get none), then the operator's live sends.
+const GRANTED: [(&str, &[&str], &[&str]); 4] = [
+    ("devices/device-1/commands/#", &[CONFIG], &[CONFIG, REBOOT]),
+    ("#", &[CONFIG], &[CONFIG, REBOOT, NEWS]),
+    ("devices/+/commands/#", &[CONFIG], &[CONFIG, REBOOT]),
+    ("$share/g/#", &[], &[CONFIG, REBOOT, NEWS]),
+];
+
+/// device-1's subscriptions that are refused: nothing they match may be read.
+const REFUSED: [&str; 4] =
+    ["devices/device-2/commands/#", "devices/device-2/#", "broadcast/secret", "$share/g/devices/device-2/commands/#"];
+
 /// A gateway with `device-1`, `device-2` and `operator` (one password) and the fleet's rules.
 fn fleet() -> Result<Gateway> {
     let hash = meshgate_gateway::auth::hash_password(PASSWORD)?;
@@ -169,28 +186,17 @@ fn mqtt_lane(how: Mqtt) -> Result<()> {
     // Retained configuration first, so subscriptions show which retained messages they may read.
     operator_sends(&gw)?;
     let mut subs = Vec::new();
-    for (n, filter) in
-        ["devices/device-1/commands/#", "#", "devices/+/commands/#", "$share/g/#"].into_iter().enumerate()
-    {
+    for (n, (filter, ..)) in GRANTED.into_iter().enumerate() {
         let mut c = connected(&gw, how, "device-1", &format!("device-1-sub-{n}"))?;
         assert_eq!(c.subscribe(filter, QoS::AtLeastOnce)?, [1], "{how:?}: {filter} granted");
-        subs.push((filter, c));
+        subs.push(c);
     }
     let mut probe = connected(&gw, how, "device-1", "device-1-probe")?;
-    refused(&mut probe, "devices/device-2/commands/#")?;
-    refused(&mut probe, "devices/device-2/#")?;
-    refused(&mut probe, "broadcast/secret")?;
-    refused(&mut probe, "$share/g/devices/device-2/commands/#")?;
-
-    // Retained, as each subscription could read them (shared subscriptions get none).
-    let retained = [
-        set(&["devices/device-1/commands/config"]),
-        set(&["devices/device-1/commands/config"]),
-        set(&["devices/device-1/commands/config"]),
-        set(&[]),
-    ];
-    for ((filter, c), want) in subs.iter_mut().zip(retained) {
-        assert_eq!(topics(c.drain(QUIET)?), want, "{how:?}: retained for {filter}");
+    for filter in REFUSED {
+        refused(&mut probe, filter)?;
+    }
+    for (c, (filter, retained, _)) in subs.iter_mut().zip(GRANTED) {
+        assert_eq!(topics(c.drain(QUIET)?), set(retained), "{how:?}: retained for {filter}");
     }
 
     // Live: the same commands again, and each device's own events.
@@ -208,14 +214,8 @@ fn mqtt_lane(how: Mqtt) -> Result<()> {
         // 3.1.1 has no refusal short of closing: acknowledged and dropped (the operator's view shows it).
         assert_eq!((other, commands), (Reply::Ack(4, 2, ReasonCode::SUCCESS), Reply::Ack(4, 3, ReasonCode::SUCCESS)));
     }
-    let live = [
-        set(&["devices/device-1/commands/config", "devices/device-1/commands/reboot"]),
-        set(&["devices/device-1/commands/config", "devices/device-1/commands/reboot", "broadcast/news"]),
-        set(&["devices/device-1/commands/config", "devices/device-1/commands/reboot"]),
-        set(&["devices/device-1/commands/config", "devices/device-1/commands/reboot", "broadcast/news"]),
-    ];
-    for ((filter, c), want) in subs.iter_mut().zip(live) {
-        assert_eq!(topics(c.drain(QUIET)?), want, "{how:?}: live deliveries for {filter}");
+    for (c, (filter, _, live)) in subs.iter_mut().zip(GRANTED) {
+        assert_eq!(topics(c.drain(QUIET)?), set(live), "{how:?}: live deliveries for {filter}");
     }
 
     // The operator reads every device's events, and sees that device-1's refused publishes went nowhere.
@@ -371,40 +371,21 @@ fn cloudevents_json_devices_stay_in_their_own_lane() -> Result<()> {
     let addr = gw.listener("ws")?;
     operator_sends(&gw)?;
     let mut subs = Vec::new();
-    for (n, filter) in
-        ["devices/device-1/commands/#", "#", "devices/+/commands/#", "$share/g/#"].into_iter().enumerate()
-    {
+    for (n, (filter, ..)) in GRANTED.into_iter().enumerate() {
         let mut c = Events::open(addr, "device-1", &format!("device-1-sub-{n}"))?;
         assert!(c.subscribe(filter)?, "{filter} granted");
-        subs.push((filter, c));
+        subs.push(c);
     }
     let mut probe = Events::open(addr, "device-1", "device-1-probe")?;
-    for filter in [
-        "devices/device-2/commands/#",
-        "devices/device-2/#",
-        "broadcast/secret",
-        "$share/g/devices/device-2/commands/#",
-    ] {
+    for filter in REFUSED {
         assert!(!probe.subscribe(filter)?, "{filter} refused");
     }
-    let retained = [
-        set(&["devices/device-1/commands/config"]),
-        set(&["devices/device-1/commands/config"]),
-        set(&["devices/device-1/commands/config"]),
-        set(&[]),
-    ];
-    for ((filter, c), want) in subs.iter_mut().zip(retained) {
-        assert_eq!(c.drain(QUIET)?, want, "retained for {filter}");
+    for (c, (filter, retained, _)) in subs.iter_mut().zip(GRANTED) {
+        assert_eq!(c.drain(QUIET)?, set(retained), "retained for {filter}");
     }
     operator_sends(&gw)?;
-    let live = [
-        set(&["devices/device-1/commands/config", "devices/device-1/commands/reboot"]),
-        set(&["devices/device-1/commands/config", "devices/device-1/commands/reboot", "broadcast/news"]),
-        set(&["devices/device-1/commands/config", "devices/device-1/commands/reboot"]),
-        set(&["devices/device-1/commands/config", "devices/device-1/commands/reboot", "broadcast/news"]),
-    ];
-    for ((filter, c), want) in subs.iter_mut().zip(live) {
-        assert_eq!(c.drain(QUIET)?, want, "live deliveries for {filter}");
+    for (c, (filter, _, live)) in subs.iter_mut().zip(GRANTED) {
+        assert_eq!(c.drain(QUIET)?, set(live), "live deliveries for {filter}");
     }
 
     let mut d1 = Events::open(addr, "device-1", "device-1")?;
