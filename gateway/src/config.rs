@@ -179,8 +179,10 @@ pub struct MqttListenerConfig {
     /// QoS 0 promises nothing, so it is appended without waiting. On, a device's QoS 0 stream is paced by the
     /// spool's fsyncs and a storage failure ends its connection (MQTT 5: DISCONNECT 0x80).
     pub qos0_wait_durable: bool,
-    /// The longest keep-alive accepted, in seconds (0: any). An MQTT 5 client asking for more, or for none, is
-    /// told this one in CONNACK (Server Keep Alive).
+    /// The longest keep-alive accepted, in seconds (0: any); `max_keepalive` as in Mosquitto. An MQTT 5 client
+    /// asking for more, or for none, is told this one in CONNACK (Server Keep Alive); an MQTT 3.1.1 client, which
+    /// cannot be told, is refused with return code 2 (as Mosquitto does).
+    #[serde(alias = "max_keepalive")]
     pub max_keep_alive_secs: u16,
 }
 

@@ -22,6 +22,8 @@ pub struct RawClient {
     link: Link,
     version: Version,
     buf: Vec<u8>,
+    /// The Server Keep Alive of the last CONNACK (MQTT 5).
+    server_keep_alive: Option<u16>,
 }
 
 /// How the packets travel.
@@ -109,7 +111,7 @@ impl RawClient {
     pub fn open(addr: SocketAddr, version: Version) -> Result<RawClient> {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(RawClient { link: Link::Tcp(stream), version, buf: Vec::new() })
+        Ok(RawClient { link: Link::Tcp(stream), version, buf: Vec::new(), server_keep_alive: None })
     }
 
     /// Opens a WebSocket to `ws://{addr}/mqtt` offering the `mqtt` subprotocol (no MQTT yet).
@@ -120,7 +122,12 @@ impl RawClient {
         let mut request = format!("ws://{addr}/mqtt").into_client_request()?;
         request.headers_mut().insert("sec-websocket-protocol", "mqtt".parse()?);
         let (ws, _) = tokio_tungstenite::tungstenite::client(request, stream).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(RawClient { link: Link::Ws(Box::new(ws)), version, buf: Vec::new() })
+        Ok(RawClient { link: Link::Ws(Box::new(ws)), version, buf: Vec::new(), server_keep_alive: None })
+    }
+
+    /// The Server Keep Alive the last CONNACK carried (MQTT 5).
+    pub fn server_keep_alive(&self) -> Option<u16> {
+        self.server_keep_alive
     }
 
     /// Sends `connect` and returns the CONNACK (or whatever came instead), leaving the client open either way.
@@ -229,7 +236,10 @@ impl RawClient {
             match Packet::decode(&self.buf, self.version, usize::MAX) {
                 Ok((packet, used)) => {
                     let reply = match packet {
-                        Packet::ConnAck(c) => Reply::ConnAck(c.session_present, c.code),
+                        Packet::ConnAck(c) => {
+                            self.server_keep_alive = c.properties.server_keep_alive;
+                            Reply::ConnAck(c.session_present, c.code)
+                        }
                         Packet::Disconnect(d) => Reply::Disconnect(d.reason),
                         Packet::PubResponse(r) => Reply::Ack(r.kind.packet_type() as u8, r.packet_id, r.reason),
                         Packet::PingResp => Reply::PingResp,

@@ -84,17 +84,29 @@ async fn deliveries_use_topic_aliases_when_the_client_accepts_them() -> anyhow::
     Ok(())
 }
 
+/// `listeners.mqtt.max_keepalive` (Mosquitto's name for `max_keep_alive_secs`): an MQTT 5 client asking for more,
+/// or for none, is told the maximum as Server Keep Alive and held to it; a 3.1.1 client cannot be told and is
+/// refused with return code 2, as Mosquitto does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_keep_alive_caps_a_clients_longer_keep_alive() -> anyhow::Result<()> {
-    let gw = Gateway::start_with(|b| b.replace("[listeners.mqtt]\n", "[listeners.mqtt]\nmax_keep_alive_secs = 1\n"))?;
-    let connect = Connect { keep_alive: 600, ..v5_connect("lazy", Properties::default()) };
+    let gw = Gateway::start_with(|b| b.replace("[listeners.mqtt]\n", "[listeners.mqtt]\nmax_keepalive = 1\n"))?;
+    for asked in [0, 600] {
+        let connect = Connect { keep_alive: asked, ..v5_connect("lazy", Properties::default()) };
+        let mut raw = RawClient::open(gw.mqtt, Version::V5)?;
+        assert_eq!(raw.handshake(&connect)?, Reply::ConnAck(false, ReasonCode::SUCCESS));
+        assert_eq!(raw.server_keep_alive(), Some(1), "asked for {asked}");
+        // The server enforces its 1 s (1.5 s with grace): silence ends the connection with 0x8D.
+        let started = std::time::Instant::now();
+        assert_eq!(raw.recv()?, Reply::Disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT));
+        assert!(started.elapsed() < Duration::from_secs(5), "the server's keep-alive, not the client's {asked} s");
+    }
+    let within = Connect { keep_alive: 1, ..v5_connect("brisk", Properties::default()) };
     let mut raw = RawClient::open(gw.mqtt, Version::V5)?;
-    raw.send(&Packet::Connect(connect))?;
-    assert_eq!(raw.recv()?, Reply::ConnAck(false, ReasonCode::SUCCESS));
-    // The server enforces its 1 s (1.5 s with grace): silence ends the connection with 0x8D.
-    let started = std::time::Instant::now();
-    assert_eq!(raw.recv()?, Reply::Disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT));
-    assert!(started.elapsed() < Duration::from_secs(5), "the server's keep-alive, not the client's 600 s");
+    assert_eq!(raw.handshake(&within)?, Reply::ConnAck(false, ReasonCode::SUCCESS));
+    assert_eq!(raw.server_keep_alive(), None, "a keep-alive within the maximum is the client's own");
+    let old = Connect { version: Version::V311, keep_alive: 600, ..v5_connect("old", Properties::default()) };
+    let mut raw = RawClient::open(gw.mqtt, Version::V311)?;
+    assert_eq!(raw.handshake(&old)?, Reply::ConnAck(false, ReasonCode(2)), "3.1.1 above the maximum");
     Ok(())
 }
 
@@ -112,5 +124,44 @@ async fn eclipse_paho_sees_the_v5_corners_as_the_spec_says() -> anyhow::Result<(
     for check in ["no local", "subscription identifier", "response topic", "retain handling 2", "shared split"] {
         assert!(stdout.contains(&format!("{{\"ok\": \"{check}\"}}")), "{check} not checked:\n{stdout}");
     }
+    Ok(())
+}
+
+/// A client that writes Receive Maximum + 1 QoS 2 publishes (and more) in one go without reading can still read
+/// every PUBREC and the DISCONNECT 0x93 that follows: the gateway reads what is still coming for a moment after
+/// its DISCONNECT instead of resetting the socket under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_receive_maximum_can_read_the_disconnect() -> anyhow::Result<()> {
+    use meshgate_protocols::mqtt::{Publish, QoS};
+    let gw = Gateway::start_with(|b| b.replace("[listeners.mqtt]\n", "[listeners.mqtt]\nreceive_maximum = 5\n"))?;
+    let mut raw = RawClient::open(gw.mqtt, Version::V5)?;
+    assert_eq!(raw.handshake(&v5_connect("greedy", Properties::default()))?, Reply::ConnAck(false, ReasonCode::SUCCESS));
+    let payload = vec![b'x'; 2048];
+    let mut burst = Vec::new();
+    for id in 1..=40u16 {
+        let publish = Packet::Publish(Publish {
+            topic: "greedy/t",
+            qos: QoS::ExactlyOnce,
+            packet_id: Some(id),
+            payload: &payload,
+            ..Publish::default()
+        });
+        let mut out = vec![0u8; publish.encoded_len(Version::V5)];
+        let n = publish.encode(Version::V5, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
+        burst.extend_from_slice(&out[..n]);
+    }
+    raw.send_raw(&burst)?;
+    let mut pubrecs = 0;
+    loop {
+        match raw.recv()? {
+            Reply::Ack(5, _, ReasonCode::SUCCESS) => pubrecs += 1,
+            Reply::Disconnect(code) => {
+                assert_eq!(code, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+                break;
+            }
+            other => anyhow::bail!("expected PUBRECs then DISCONNECT 0x93, got {other:?} after {pubrecs} PUBRECs"),
+        }
+    }
+    assert!(pubrecs <= 5, "at most Receive Maximum flows were accepted: {pubrecs}");
     Ok(())
 }

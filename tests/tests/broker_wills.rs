@@ -63,3 +63,19 @@ async fn the_will_delay_holds_the_will_and_a_reconnect_cancels_it() -> anyhow::R
     assert!(watcher.next_publish(Duration::from_secs(3)).await.is_none(), "reconnected within the delay: no will");
     Ok(())
 }
+
+/// [MQTT-3.1.3-9]: the will goes out when the session ends, if that is before the Will Delay Interval. With Session
+/// Expiry 0 and a delay of 5 s the session ends with the connection, so the will is published at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_goes_out_when_the_session_ends_before_its_delay() -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let (mut watcher, _) = Client::connect(gw.mqtt, &Options::new(true, "watcher")).await?;
+    watcher.subscribe(&[("status/+", 1)]).await?;
+    let (short, _) = Client::connect(gw.mqtt, &Options { session_expiry: Some(0), ..with_will(true, "short", Some(5)) }).await?;
+    let started = tokio::time::Instant::now();
+    short.kill();
+    let will = watcher.next_publish(Duration::from_secs(4)).await.ok_or_else(|| anyhow::anyhow!("no will within 4 s"))?;
+    assert_eq!(will.topic, "status/short");
+    assert!(started.elapsed() < Duration::from_secs(2), "published at once: {:?}", started.elapsed());
+    Ok(())
+}

@@ -15,7 +15,9 @@ use crate::pipeline::Route;
 use crate::spool::WhenFull;
 pub use amqp_headers::cloudevent_headers;
 use chrono::{DateTime, SecondsFormat, Utc};
-use meshgate_protocols::cloudevents::{CloudEvent, CloudEventError, Data, HeaderValue, decode_amqp, decode_mqtt};
+use meshgate_protocols::cloudevents::{
+    CloudEvent, CloudEventError, Data, HeaderValue, decode_amqp, decode_mqtt, is_media_type,
+};
 use meshgate_protocols::mqtt::{Properties, Version};
 pub use rules::{Pattern, Rule, RuleConfig, Vars};
 
@@ -194,12 +196,18 @@ impl Normalizer {
     /// Wraps a message that is not a CloudEvent with the default mapping and the first matching rule.
     pub fn wrap(&self, msg: &Inbound<'_>, id: uuid::Uuid, now: DateTime<Utc>) -> Result<Normalized, CloudEventError> {
         let protocol = msg.protocol.as_str();
-        let (data, sniffed) = Data::from_bytes(msg.content_type, msg.payload);
+        // MQTT's Content Type (and an AMQP content-type) may be any string; only a media type can be the event's
+        // `datacontenttype`. Any other is kept as the `{protocol}contenttype` extension, and the data sniffed.
+        let (media_type, foreign) = match msg.content_type {
+            Some(ct) if is_media_type(ct) => (Some(ct), None),
+            other => (None, other),
+        };
+        let (data, sniffed) = Data::from_bytes(media_type, msg.payload);
         let mut event = CloudEvent {
             id: id.to_string(),
             source: format!("/meshgate/{}/{protocol}/{}", uri_segment(&self.gateway_id), uri_segment(msg.client_id)),
             ty: format!("io.meshgate.{protocol}.message"),
-            datacontenttype: msg.content_type.or(sniffed).map(String::from),
+            datacontenttype: media_type.or(sniffed).map(String::from),
             subject: Some(msg.subject.unwrap_or(msg.topic).to_string()),
             time: Some(now.to_rfc3339_opts(SecondsFormat::Micros, true)),
             data,
@@ -217,6 +225,9 @@ impl Normalizer {
         event.extensions.insert("deviceid".into(), device.into());
         event.extensions.insert("gatewayid".into(), (*self.gateway_id).into());
         event.extensions.insert("protocol".into(), protocol.into());
+        if let Some(ct) = foreign.filter(|ct| !ct.is_empty() && !ct.chars().any(char::is_control)) {
+            event.extensions.insert(format!("{protocol}contenttype"), ct.into());
+        }
         let mut route = Route::All;
         let mut when_full = WhenFull::Block;
         if let Some((rule, _)) = &matched {
@@ -333,6 +344,23 @@ mod tests {
         assert_eq!(route, Route::All);
         let (e, _) = run(&n, Version::V5, "d", "t", &Properties::default(), &[0xff, 0x00]).unwrap();
         assert_eq!(e.datacontenttype.as_deref(), Some("application/octet-stream"));
+    }
+
+    #[test]
+    fn any_mqtt_content_type_is_wrapped_and_kept_aside() {
+        let n = Normalizer::new("edge-1", &[]).unwrap();
+        let properties =
+            Properties { content_type: Some("My name"), payload_format_utf8: Some(true), ..Properties::default() };
+        let (e, _) = run(&n, Version::V5, "d", "t", &properties, b"hello").unwrap();
+        assert_eq!(e.extensions.get("mqttcontenttype"), Some(&ExtensionValue::from("My name")));
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/octet-stream"), "sniffed");
+        let json = Properties { content_type: Some("json please"), ..Properties::default() };
+        let (e, _) = run(&n, Version::V5, "d", "t", &json, b"{\"a\":1}").unwrap();
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+        let media = Properties { content_type: Some("text/plain; charset=utf-8"), ..Properties::default() };
+        let (e, _) = run(&n, Version::V5, "d", "t", &media, b"hi").unwrap();
+        assert_eq!(e.datacontenttype.as_deref(), Some("text/plain; charset=utf-8"));
+        assert!(!e.extensions.contains_key("mqttcontenttype"), "a media type is the datacontenttype itself");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Wills: the message a client leaves at CONNECT, published when its connection ends without a normal
-//! DISCONNECT (or with DISCONNECT 0x04), after the MQTT 5 Will Delay Interval unless the client is back by then.
+//! DISCONNECT (or with DISCONNECT 0x04), after the MQTT 5 Will Delay Interval unless the client is back by then,
+//! or when the session ends if that comes first [MQTT-3.1.3-9] (the connection shortens the delay to the
+//! session's expiry).
 //! A will is a publish like any other: local subscribers get it and it becomes a CloudEvent for the mesh.
 
 use std::sync::Arc;

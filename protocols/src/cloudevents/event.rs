@@ -186,14 +186,15 @@ fn check_absolute_uri(name: &str, value: &str) -> Result<(), CloudEventError> {
     Ok(())
 }
 
-/// A media type per RFC 2046: `type/subtype` of token characters, then optional parameters.
-fn check_media_type(name: &str, value: &str) -> Result<(), CloudEventError> {
+/// Whether `value` is a media type per RFC 2046: `type/subtype` of token characters, then optional parameters.
+pub fn is_media_type(value: &str) -> bool {
     let essence = value.split(';').next().unwrap_or_default().trim();
     let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
-    match essence.split_once('/') {
-        Some((t, s)) if token(t) && token(s) => Ok(()),
-        _ => Err(invalid(name, "is not a media type (type/subtype)")),
-    }
+    matches!(essence.split_once('/'), Some((t, s)) if token(t) && token(s))
+}
+
+fn check_media_type(name: &str, value: &str) -> Result<(), CloudEventError> {
+    if is_media_type(value) { Ok(()) } else { Err(invalid(name, "is not a media type (type/subtype)")) }
 }
 
 /// Whether `name` is a valid extension attribute name: lower-case ASCII letters and digits, not a reserved name.

@@ -24,6 +24,6 @@ pub use amqp_binding::{
     AMQP_PREFIX, AMQP_PREFIX_COLON, AmqpMessage, HeaderValue, decode_amqp, encode_amqp_binary, encode_amqp_structured,
 };
 pub use error::CloudEventError;
-pub use event::{CloudEvent, Data, ExtensionValue, SPEC_VERSION, is_json_content_type};
+pub use event::{CloudEvent, Data, ExtensionValue, SPEC_VERSION, is_json_content_type, is_media_type};
 pub use mqtt_binding::{BinaryMessage, STRUCTURED_CONTENT_TYPE, decode_mqtt, encode_mqtt5_binary};
 pub use time::{format_timestamp, parse_timestamp, validate_timestamp};

@@ -121,6 +121,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.flush().await?;
             return Err(Closed::Refused("empty client id without clean session"));
         }
+        // A keep-alive of 0 or above `max_keepalive`: MQTT 5 is told the maximum (below); 3.1.1 cannot be told and
+        // is refused with "identifier rejected", as Mosquitto does.
+        let max_keep_alive = self.ctx.config.max_keep_alive_secs;
+        let beyond_max_keep_alive =
+            max_keep_alive > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive);
+        if beyond_max_keep_alive && !v5 {
+            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
+            self.send(&refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
+            self.flush().await?;
+            return Err(Closed::Refused("keep-alive above listeners.mqtt.max_keepalive"));
+        }
         let identity = if certified { self.peer.identity.as_deref() } else { connect.username };
         let fresh = || uuid::Uuid::now_v7().simple().to_string();
         let rules = &self.ctx.shared.client_ids;
@@ -157,10 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Err(_) => return self.refuse_not_owner(&client_id, &owner.user, v5).await,
         };
         // MQTT 5: a keep-alive of 0 or above the maximum is replaced by the maximum (Server Keep Alive).
-        let max_keep_alive = self.ctx.config.max_keep_alive_secs;
-        let server_keep_alive =
-            (v5 && max_keep_alive > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive))
-                .then_some(max_keep_alive);
+        let server_keep_alive = (v5 && beyond_max_keep_alive).then_some(max_keep_alive);
         let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
         self.keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         self.aliases = outbound::OutboundAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
@@ -173,6 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         } else {
             u32::MAX
         };
+        self.session_expiry = expiry;
         let client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         self.client_max_packet =
             connect.properties.maximum_packet_size.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));

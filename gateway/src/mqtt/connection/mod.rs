@@ -72,6 +72,13 @@ const OUTBOUND_PER_WAKE: usize = 64;
 /// Packets handled from the read buffer before the driver yields to the worker's other tasks.
 const INPUT_PACKETS_PER_TURN: usize = 256;
 
+/// How long, at most, a connection the gateway closes is still read (and its input dropped) after the DISCONNECT
+/// went out, so the client can read the DISCONNECT before the socket closes.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
+/// How many bytes, at most, are read and dropped that way.
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;
+
 /// Bytes of deliveries taken per wake-up (at least one delivery): what waits for a slow reader stays in its
 /// session's bounded queue, not in the connection's write buffer.
 const OUTBOUND_BYTES_PER_WAKE: u64 = 256 * 1024;
@@ -95,7 +102,9 @@ where
             Closed::Normal => conn.disconnect_with_will,
             _ => true,
         };
-        if let Some(w) = conn.will.take().filter(|_| publish_will) {
+        if let Some(mut w) = conn.will.take().filter(|_| publish_will) {
+            // The will goes out when the session ends if that comes before its delay [MQTT-3.1.3-9].
+            w.delay_secs = w.delay_secs.min(conn.disconnect_expiry.unwrap_or(conn.session_expiry));
             will::schedule(&ctx, client_id, conn.version, w);
         }
         if ctx.lifecycle_events {
@@ -154,6 +163,8 @@ struct Connection<S> {
     disconnect_with_will: bool,
     /// A Session Expiry Interval sent with DISCONNECT (MQTT 5).
     disconnect_expiry: Option<u32>,
+    /// The Session Expiry Interval of CONNECT (3.1.1: 0 for a clean session, else forever).
+    session_expiry: u32,
     /// What this device may publish and subscribe to.
     acl: crate::acl::DeviceAcl,
     /// Topic aliases for deliveries to this client (MQTT 5).
@@ -192,6 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             will: None,
             disconnect_with_will: false,
             disconnect_expiry: None,
+            session_expiry: 0,
             acl: crate::acl::DeviceAcl::default(),
             aliases: outbound::OutboundAliases::default(),
             problem_info: true,
@@ -240,6 +252,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
+        // Closing a socket with unread input resets it, and the client loses the DISCONNECT it has not read yet:
+        // read what it still sends for a moment (bounded in time and bytes) so it can read ours first.
+        let deadline = Instant::now() + CLOSE_DRAIN;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < CLOSE_DRAIN_BYTES {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
         Closed::Refused(why)
     }
 
