@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use meshgate_protocols::mqtt::{Connect, Packet, Properties, PubResponse, PubResponseKind, QoS, ReasonCode, Version};
 use meshgate_tests::Gateway;
 use meshgate_tests::clients::{Client, Options};
@@ -136,21 +138,18 @@ async fn a_client_over_its_receive_maximum_can_read_the_disconnect() -> anyhow::
     let gw = Gateway::start_with(|b| b.replace("[listeners.mqtt]\n", "[listeners.mqtt]\nreceive_maximum = 5\n"))?;
     let mut raw = RawClient::open(gw.mqtt, Version::V5)?;
     assert_eq!(raw.handshake(&v5_connect("greedy", Properties::default()))?, Reply::ConnAck(false, ReasonCode::SUCCESS));
-    let payload = vec![b'x'; 2048];
-    let mut burst = Vec::new();
-    for id in 1..=40u16 {
+    // As a client that does not read while it writes: one publish per write, a little apart, past the maximum.
+    for id in 1..=12u16 {
         let publish = Packet::Publish(Publish {
             topic: "greedy/t",
             qos: QoS::ExactlyOnce,
             packet_id: Some(id),
-            payload: &payload,
+            payload: b"x",
             ..Publish::default()
         });
-        let mut out = vec![0u8; publish.encoded_len(Version::V5)];
-        let n = publish.encode(Version::V5, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
-        burst.extend_from_slice(&out[..n]);
+        raw.send(&publish).with_context(|| format!("writing publish {id} after the DISCONNECT"))?;
+        std::thread::sleep(Duration::from_millis(25));
     }
-    raw.send_raw(&burst)?;
     let mut pubrecs = 0;
     loop {
         match raw.recv()? {
