@@ -19,6 +19,26 @@ fn a_mosquitto_connect_decodes_and_reencodes_byte_for_byte() {
     assert_eq!(&out[..n], CONNECT_311);
 }
 
+/// CONNECT from `mosquitto_pub -V mqttv31 -i old-7` (MQTT 3.1: protocol name `MQIsdp`, level 3).
+const CONNECT_31: &[u8] = b"\x10\x13\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x05old-7";
+
+#[test]
+fn an_mqtt_31_connect_is_read_as_311_and_reencoded_as_31() {
+    let (p, used) = Packet::decode(CONNECT_31, Version::V5, 1024).unwrap();
+    assert_eq!(used, CONNECT_31.len());
+    let Packet::Connect(c) = p else { panic!("{p:?}") };
+    assert_eq!((c.version, c.mqtt31, c.client_id), (Version::V311, true, "old-7"));
+    let mut out = [0u8; 64];
+    let n = p.encode(Version::V311, &mut out).unwrap();
+    assert_eq!(&out[..n], CONNECT_31);
+    let level_4 = b"\x10\x13\x00\x06MQIsdp\x04\x02\x00\x3c\x00\x05old-7";
+    assert_eq!(
+        Packet::decode(level_4, Version::V5, 1024).unwrap_err(),
+        DecodeError::Malformed(Malformed::UnsupportedProtocolVersion(4)),
+        "MQIsdp is level 3 only"
+    );
+}
+
 #[test]
 fn a_v5_publish_with_properties_decodes_and_reencodes_byte_for_byte() {
     let (p, used) = Packet::decode(PUBLISH_5, Version::V5, 1024).unwrap();

@@ -174,6 +174,7 @@ proptest! {
         version in version(), o in owned_props(), wo in owned_props(), clean in any::<bool>(), keep_alive in any::<u16>(),
         client_id in "[a-zA-Z0-9-]{0,23}", will in proptest::option::of((topic_name(), proptest::collection::vec(any::<u8>(), 0..16), qos(), any::<bool>())),
         username in proptest::option::of(text()), password in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+        mqtt31 in any::<bool>(),
     ) {
         let user: Vec<UserProperty> = o.user.iter().map(|(k, v)| UserProperty { name: k, value: v }).collect();
         let v5 = version == Version::V5;
@@ -183,7 +184,7 @@ proptest! {
         let packet = Packet::Connect(Connect {
             version, clean_start: clean, keep_alive, properties: p, client_id: &client_id,
             will: will.as_ref().map(|(t, pl, q, r)| Will { topic: t, payload: pl, qos: *q, retain: *r, properties: wp }),
-            username: username.as_deref(), password,
+            username: username.as_deref(), password, mqtt31: mqtt31 && !v5,
         });
         assert_round_trip(&packet, version)?;
     }

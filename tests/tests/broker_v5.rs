@@ -137,7 +137,10 @@ async fn a_client_over_its_receive_maximum_can_read_the_disconnect() -> anyhow::
     use meshgate_protocols::mqtt::{Publish, QoS};
     let gw = Gateway::start_with(|b| b.replace("[listeners.mqtt]\n", "[listeners.mqtt]\nreceive_maximum = 5\n"))?;
     let mut raw = RawClient::open(gw.mqtt, Version::V5)?;
-    assert_eq!(raw.handshake(&v5_connect("greedy", Properties::default()))?, Reply::ConnAck(false, ReasonCode::SUCCESS));
+    assert_eq!(
+        raw.handshake(&v5_connect("greedy", Properties::default()))?,
+        Reply::ConnAck(false, ReasonCode::SUCCESS)
+    );
     // As a client that does not read while it writes: one publish per write, a little apart, past the maximum.
     for id in 1..=12u16 {
         let publish = Packet::Publish(Publish {

@@ -71,10 +71,12 @@ async fn a_will_goes_out_when_the_session_ends_before_its_delay() -> anyhow::Res
     let gw = Gateway::start()?;
     let (mut watcher, _) = Client::connect(gw.mqtt, &Options::new(true, "watcher")).await?;
     watcher.subscribe(&[("status/+", 1)]).await?;
-    let (short, _) = Client::connect(gw.mqtt, &Options { session_expiry: Some(0), ..with_will(true, "short", Some(5)) }).await?;
+    let (short, _) =
+        Client::connect(gw.mqtt, &Options { session_expiry: Some(0), ..with_will(true, "short", Some(5)) }).await?;
     let started = tokio::time::Instant::now();
     short.kill();
-    let will = watcher.next_publish(Duration::from_secs(4)).await.ok_or_else(|| anyhow::anyhow!("no will within 4 s"))?;
+    let will =
+        watcher.next_publish(Duration::from_secs(4)).await.ok_or_else(|| anyhow::anyhow!("no will within 4 s"))?;
     assert_eq!(will.topic, "status/short");
     assert!(started.elapsed() < Duration::from_secs(2), "published at once: {:?}", started.elapsed());
     Ok(())

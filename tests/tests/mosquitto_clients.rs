@@ -1,5 +1,5 @@
-//! The README's tour, as a test: Mosquitto's own command-line client publishes to meshgate over MQTT 3.1.1 and 5,
-//! at every QoS, with and without CloudEvents attributes. `mosquitto_pub` must be installed (`.ci/run` installs
+//! The README's tour, as a test: Mosquitto's own command-line client publishes to meshgate over MQTT 3.1, 3.1.1
+//! and 5, at every QoS, with and without CloudEvents attributes. `mosquitto_pub` must be installed (`.ci/run` installs
 //! `mosquitto-clients`); a missing tool fails the test rather than skipping it.
 
 use std::process::Command;
@@ -16,9 +16,9 @@ fn mosquitto_pub(gw: &Gateway, args: &[&str]) -> anyhow::Result<String> {
 }
 
 #[test]
-fn mosquitto_pub_publishes_at_every_qos_over_311_and_5() -> anyhow::Result<()> {
+fn mosquitto_pub_publishes_at_every_qos_over_31_311_and_5() -> anyhow::Result<()> {
     let gw = Gateway::start()?;
-    for version in ["mqttv311", "mqttv5"] {
+    for version in ["mqttv31", "mqttv311", "mqttv5"] {
         for qos in ["0", "1", "2"] {
             let topic = format!("cli/{version}/q{qos}");
             let payload = format!("{{\"v\":\"{version}\",\"qos\":{qos}}}");
@@ -28,9 +28,9 @@ fn mosquitto_pub_publishes_at_every_qos_over_311_and_5() -> anyhow::Result<()> {
             )?;
         }
     }
-    let events = gw.wait_for_events(6, Duration::from_secs(10))?;
-    assert_eq!(events.len(), 6, "{events:#?}");
-    for version in ["mqttv311", "mqttv5"] {
+    let events = gw.wait_for_events(9, Duration::from_secs(10))?;
+    assert_eq!(events.len(), 9, "{events:#?}");
+    for version in ["mqttv31", "mqttv311", "mqttv5"] {
         for qos in [0, 1, 2] {
             let e = events
                 .iter()

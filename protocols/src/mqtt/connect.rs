@@ -7,7 +7,8 @@ use super::{EncodeError, Malformed, PacketType, QoS, ReasonCode, Version, topic}
 const CTX_CONNECT: Context = Context::Packet(PacketType::Connect);
 const CTX_CONNACK: Context = Context::Packet(PacketType::ConnAck);
 
-/// A CONNECT packet, MQTT 3.1.1 or 5 (the version is part of the packet).
+/// A CONNECT packet, MQTT 3.1.1 or 5 (the version is part of the packet), or MQTT 3.1 (`MQIsdp`, level 3),
+/// which is read as 3.1.1: its packets are 3.1.1's but for CONNACK's Session Present flag, which 3.1 lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Connect<'a> {
@@ -27,6 +28,8 @@ pub struct Connect<'a> {
     pub username: Option<&'a str>,
     /// The password, if any.
     pub password: Option<&'a [u8]>,
+    /// The client spoke MQTT 3.1 (`MQIsdp`, level 3); `version` is then 3.1.1.
+    pub mqtt31: bool,
 }
 
 /// The message a server publishes when the connection ends abnormally.
@@ -49,17 +52,13 @@ impl<'a> Connect<'a> {
     pub(crate) fn read(r: &mut Reader<'a>) -> Result<Self, Malformed> {
         let name = r.utf8()?;
         let level = r.u8()?;
-        if name == "MQIsdp" {
-            // MQTT 3.1: recognisably MQTT, but a level we do not speak, so the server can answer it.
-            return Err(Malformed::UnsupportedProtocolVersion(level));
-        }
-        if name != "MQTT" {
-            return Err(Malformed::ProtocolName);
-        }
-        let version = match level {
-            4 => Version::V311,
-            5 if Version::V5.is_supported() => Version::V5,
-            other => return Err(Malformed::UnsupportedProtocolVersion(other)),
+        let mqtt31 = name == "MQIsdp";
+        let version = match (name, level) {
+            ("MQIsdp", 3) | ("MQTT", 4) => Version::V311,
+            ("MQTT", 5) if Version::V5.is_supported() => Version::V5,
+            // Recognisably MQTT, at a level we do not speak: the server can answer it.
+            ("MQTT" | "MQIsdp", other) => return Err(Malformed::UnsupportedProtocolVersion(other)),
+            _ => return Err(Malformed::ProtocolName),
         };
         let flags = r.u8()?;
         if flags & 0x01 != 0 {
@@ -94,13 +93,17 @@ impl<'a> Connect<'a> {
         if !r.is_empty() {
             return Err(Malformed::TrailingBytes);
         }
-        Ok(Connect { version, clean_start, keep_alive, properties, client_id, will, username, password })
+        Ok(Connect { version, clean_start, keep_alive, properties, client_id, will, username, password, mqtt31 })
+    }
+
+    fn protocol_name(&self) -> &'static str {
+        if self.mqtt31 { "MQIsdp" } else { "MQTT" }
     }
 
     /// CONNECT is encoded at its own version; `_version` is for the shape [`Encode`](super::Encode) needs.
     pub(crate) fn body_len(&self, _version: Version) -> usize {
         let v5 = self.version.is_v5();
-        let mut len = prefixed_len(4) + 1 + 1 + 2 + prefixed_len(self.client_id.len());
+        let mut len = prefixed_len(self.protocol_name().len()) + 1 + 1 + 2 + prefixed_len(self.client_id.len());
         if v5 {
             len += self.properties.wire_len();
         }
@@ -117,8 +120,8 @@ impl<'a> Connect<'a> {
 
     pub(crate) fn write_body(&self, _version: Version, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         let v5 = self.version.is_v5();
-        w.utf8("MQTT")?;
-        w.u8(self.version.level())?;
+        w.utf8(self.protocol_name())?;
+        w.u8(if self.mqtt31 { 3 } else { self.version.level() })?;
         let mut flags = 0u8;
         flags |= u8::from(self.clean_start) << 1;
         if let Some(will) = &self.will {

@@ -224,7 +224,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         } else {
             Properties::default()
         };
-        let session_present = connected.session_present;
+        // MQTT 3.1's CONNACK has no Session Present flag: the byte is reserved.
+        let session_present = connected.session_present && !connect.mqtt31;
         self.send(&Packet::ConnAck(ConnAck { session_present, code: ReasonCode::SUCCESS, properties }));
         self.write_outbound(connected.resend, now);
         if self.ctx.lifecycle_events {
