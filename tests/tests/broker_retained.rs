@@ -103,6 +103,21 @@ async fn a_retained_message_acknowledged_before_a_crash_survives_it() -> anyhow:
         }))?;
         assert_eq!(raw.recv()?, Reply::Ack(4, n, ReasonCode::SUCCESS));
     }
+    // A retained publish refused as an invalid CloudEvent (0x99) is stored nowhere, before or after a crash.
+    let structured = meshgate_protocols::mqtt::Properties {
+        content_type: Some("application/cloudevents+json"),
+        ..Default::default()
+    };
+    raw.send(&Packet::Publish(Publish {
+        topic: "cfg/refused",
+        qos: Q::AtLeastOnce,
+        retain: true,
+        packet_id: Some(4),
+        payload: b"{\"specversion\":\"1.0\"}",
+        properties: structured,
+        ..Publish::default()
+    }))?;
+    assert_eq!(raw.recv()?, Reply::Ack(4, 4, ReasonCode::PAYLOAD_FORMAT_INVALID));
     // SIGKILL right after the acknowledgements: no shutdown, no snapshot.
     gw.kill()?;
     let gw = Gateway::start_in(dir.path(), |b| b)?;

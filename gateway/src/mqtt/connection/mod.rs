@@ -588,22 +588,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             local.retain = false;
         }
+        // Validated before anything is stored: a publish refused here leaves no retained message behind.
+        let normalized = match self.normalize(publish, &topic) {
+            Ok(n) => n,
+            Err((reason, why)) => return self.refuse_publish(ack_kind, publish.qos, packet_id, reason, why).await,
+        };
         if local.retain
             && let Err(e) = self.ctx.shared.broker.log_retained(&local).await
         {
             tracing::warn!(error = %e, "retained message not stored; refusing the publish");
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
-            return match ack_kind {
-                Some(kind) if v5 => {
-                    self.queue_ack(kind, publish.qos, packet_id, None, ReasonCode::UNSPECIFIED_ERROR);
-                    None
-                }
-                _ => Some(self.close_with(ReasonCode::UNSPECIFIED_ERROR, "retained message could not be stored").await),
-            };
+            let reason = ReasonCode::UNSPECIFIED_ERROR;
+            return self.refuse_publish(ack_kind, publish.qos, packet_id, reason, "retained message not stored").await;
         }
         let wait_durable = ack_kind.is_some() || self.ctx.config.qos0_wait_durable;
-        let refusal = self.normalize_and_submit(publish, &topic, wait_durable).await;
-        match (refusal, ack_kind) {
+        match (self.submit(normalized, wait_durable).await, ack_kind) {
             (Ok(receipt), Some(kind)) => {
                 // Local subscribers get it once it is durable, when the acknowledgement goes out.
                 let reason = ReasonCode::SUCCESS;
@@ -626,24 +625,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.route_in_order(local);
                 None
             }
-            (Err((reason, why)), Some(kind)) if v5 => {
-                // Refused in order with the other acknowledgements; the flow ends with the error code.
-                self.queue_ack(kind, publish.qos, packet_id, None, reason);
-                tracing::debug!(why, "publish refused");
-                None
-            }
-            (Err((reason, why)), _) => Some(self.close_with(reason, why).await),
+            (Err((reason, why)), _) => self.refuse_publish(ack_kind, publish.qos, packet_id, reason, why).await,
         }
     }
 
-    /// Normalizes a publish and hands it to the pipeline. Returns the receipt to wait for (QoS 1/2), or the
-    /// reason code refusing it.
-    async fn normalize_and_submit(
+    /// Refuses a publish: MQTT 5 QoS 1/2 in order with the other acknowledgements (the flow ends with the error
+    /// code); otherwise, as 3.1.1 and QoS 0 have no refusal, by closing the connection.
+    async fn refuse_publish(
         &mut self,
-        publish: &Publish<'_>,
-        topic: &str,
-        confirmed: bool,
-    ) -> Result<Option<Receipt>, (ReasonCode, &'static str)> {
+        ack_kind: Option<PubResponseKind>,
+        qos: QoS,
+        packet_id: u16,
+        reason: ReasonCode,
+        why: &'static str,
+    ) -> Option<Closed> {
+        match ack_kind {
+            Some(kind) if self.version.is_v5() => {
+                self.queue_ack(kind, qos, packet_id, None, reason);
+                tracing::debug!(why, "publish refused");
+                None
+            }
+            _ => Some(self.close_with(reason, why).await),
+        }
+    }
+
+    /// Turns a publish into its CloudEvent, or the reason code refusing it (an invalid CloudEvent, a payload
+    /// flagged UTF-8 that is not).
+    fn normalize(&mut self, publish: &Publish<'_>, topic: &str) -> Result<Normalized, (ReasonCode, &'static str)> {
         if publish.properties.payload_format_utf8 == Some(true) && std::str::from_utf8(publish.payload).is_err() {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::InvalidPayloadFormat);
             return Err((ReasonCode::PAYLOAD_FORMAT_INVALID, "payload flagged UTF-8 is not"));
@@ -656,12 +664,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             properties: &publish.properties,
             payload: publish.payload,
         };
-        let normalized = self.ctx.shared.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now());
-        let Normalized { event, route, when_full } = normalized.map_err(|e| {
+        self.ctx.shared.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now()).map_err(|e| {
             tracing::debug!(error = %e, topic, "invalid CloudEvent refused");
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
             (ReasonCode::PAYLOAD_FORMAT_INVALID, "invalid CloudEvent")
-        })?;
+        })
+    }
+
+    /// Hands a normalized publish to the pipeline. Returns the receipt to wait for when `confirmed`.
+    async fn submit(
+        &mut self,
+        normalized: Normalized,
+        confirmed: bool,
+    ) -> Result<Option<Receipt>, (ReasonCode, &'static str)> {
+        let Normalized { event, route, when_full } = normalized;
         self.ctx.shared.metrics.message_in(PROTOCOL);
         let stopped = (ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped");
         if confirmed {
