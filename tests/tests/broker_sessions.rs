@@ -177,3 +177,66 @@ async fn messages_queued_for_an_offline_session_survive_a_crash_after_the_snapsh
     assert_eq!(dev.next_publish(WAIT).await.map(|m| m.payload).as_deref(), Some("queued"));
     Ok(())
 }
+
+/// QoS 2 is exactly once across a reconnect and a restart: the packet ids answered with PUBREC belong to the
+/// session, so a DUP PUBLISH resent on a new connection (or after the gateway restarted) is answered with PUBREC
+/// again and not ingested a second time; PUBREL then completes it with PUBCOMP 0x00.
+fn qos2_is_exactly_once_across_reconnects(version: Version) -> anyhow::Result<()> {
+    use meshgate_protocols::mqtt::{Publish, ReasonCode};
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    let properties = Properties { session_expiry_interval: Some(3600), ..Properties::default() };
+    let properties = if version.is_v5() { properties } else { Properties::default() };
+    let connect =
+        Connect { version, clean_start: false, keep_alive: 30, client_id: "meter", properties, ..Connect::default() };
+    let publish = |dup: bool, id: u16| {
+        let payload: &'static [u8] = if id == 7 { b"reading-7" } else { b"reading-8" };
+        Packet::Publish(Publish {
+            topic: "meters/m1",
+            qos: QoS::ExactlyOnce,
+            dup,
+            packet_id: Some(id),
+            payload,
+            ..Publish::default()
+        })
+    };
+    let (mut c, _) = RawClient::connect_with(gw.mqtt, &connect)?;
+    c.send(&publish(false, 7))?;
+    assert_eq!(c.recv()?, Reply::Ack(5, 7, ReasonCode::SUCCESS), "PUBREC");
+    drop(c);
+    // A new connection resends it with DUP before releasing it.
+    let (mut c, present) = RawClient::connect_with(gw.mqtt, &connect)?;
+    assert!(present);
+    c.send(&publish(true, 7))?;
+    assert_eq!(c.recv()?, Reply::Ack(5, 7, ReasonCode::SUCCESS), "PUBREC again, for the same message");
+    c.send(&publish(false, 8))?;
+    assert_eq!(c.recv()?, Reply::Ack(5, 8, ReasonCode::SUCCESS));
+    drop(c);
+    // The gateway restarts (the session saved at shutdown); the device resends both, then releases them.
+    gw.terminate()?;
+    let gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (mut c, present) = RawClient::connect_with(gw.mqtt, &connect)?;
+    assert!(present);
+    for id in [7, 8] {
+        c.send(&publish(true, id))?;
+        assert_eq!(c.recv()?, Reply::Ack(5, id, ReasonCode::SUCCESS));
+        c.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubRel, id)))?;
+        assert_eq!(c.recv()?, Reply::Ack(7, id, ReasonCode::SUCCESS), "PUBCOMP");
+    }
+    let events = gw.wait_for_events(2, WAIT)?;
+    std::thread::sleep(QUIET);
+    let events = gw.events().unwrap_or(events);
+    let readings: Vec<&str> = events.iter().filter_map(|e| e["data_base64"].as_str().or(e["data"].as_str())).collect();
+    assert_eq!(events.len(), 2, "one event per message, however often it was sent: {readings:?}");
+    Ok(())
+}
+
+#[test]
+fn qos2_is_exactly_once_across_reconnects_v311() -> anyhow::Result<()> {
+    qos2_is_exactly_once_across_reconnects(Version::V311)
+}
+
+#[test]
+fn qos2_is_exactly_once_across_reconnects_v5() -> anyhow::Result<()> {
+    qos2_is_exactly_once_across_reconnects(Version::V5)
+}

@@ -106,6 +106,8 @@ pub struct Connected {
     pub resend: Vec<Outbound>,
     /// Clients that got shared messages handed over from a session the clean start discarded, to wake.
     pub woken: Vec<Arc<str>>,
+    /// QoS 2 packet ids the client sent, stored and answered with PUBREC, still awaiting PUBREL.
+    pub inbound_qos2: Vec<u16>,
 }
 
 /// Figures for `/metrics`.
@@ -313,7 +315,8 @@ impl Broker {
             tracing::debug!(client, unreadable, "queued deliveries the owner may no longer read dropped");
         }
         let resend = session.connected(version, receive_maximum);
-        Ok(Connected { session_present, resend, woken })
+        let inbound_qos2 = session.inbound_qos2.iter().copied().collect();
+        Ok(Connected { session_present, resend, woken, inbound_qos2 })
     }
 
     /// The client's connection ended at `now_ms`; a session with expiry 0 ends with it. `expiry_secs` replaces

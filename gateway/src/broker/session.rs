@@ -5,7 +5,7 @@
 //! At most the client's Receive Maximum are in flight; the rest wait in a bounded queue, oldest first. On
 //! reconnect the flows in flight are resent: PUBLISH with DUP until PUBREC, then PUBREL.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -153,6 +153,10 @@ pub struct Session {
     pub dropped: u64,
     #[serde(skip, default = "default_receive_maximum")]
     receive_maximum: u16,
+    /// Packet ids of QoS 2 publishes the client sent that were stored and answered with PUBREC, awaiting its
+    /// PUBREL: a resend of one, after a reconnect or a restart, is answered again and not ingested twice.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub inbound_qos2: BTreeSet<u16>,
     /// The user that created it (`""`: an anonymous device); nobody else may resume or take it over.
     #[serde(default)]
     pub owner: String,
@@ -198,6 +202,7 @@ impl Session {
             disconnected_at_ms: None,
             dropped: 0,
             receive_maximum: u16::MAX,
+            inbound_qos2: BTreeSet::new(),
             owner: String::new(),
             reader: None,
             queued_bytes: 0,

@@ -22,6 +22,9 @@ pub struct InboundState {
     topic_alias_maximum: u16,
     aliases: HashMap<u16, String>,
     awaiting_release: HashSet<u16>,
+    /// Of `awaiting_release`, the ids carried over from an earlier connection of the session: not counted in
+    /// `inflight` (this connection's quota).
+    carried: HashSet<u16>,
     inflight: usize,
 }
 
@@ -33,6 +36,7 @@ impl InboundState {
             topic_alias_maximum,
             aliases: HashMap::new(),
             awaiting_release: HashSet::new(),
+            carried: HashSet::new(),
             inflight: 0,
         }
     }
@@ -56,6 +60,16 @@ impl InboundState {
         }
         self.aliases.insert(alias, publish.topic.to_string());
         Ok(Cow::Borrowed(publish.topic))
+    }
+
+    /// Takes over the QoS 2 packet ids an earlier connection of the session answered with PUBREC and that still
+    /// wait for their PUBREL (the session keeps them).
+    pub fn resume(&mut self, awaiting_release: impl IntoIterator<Item = u16>) {
+        for id in awaiting_release {
+            if self.awaiting_release.insert(id) {
+                self.carried.insert(id);
+            }
+        }
     }
 
     /// Admits a QoS 1 or 2 PUBLISH against the Receive Maximum, recognising QoS 2 resends.
@@ -84,7 +98,7 @@ impl InboundState {
     /// A PUBREL arrived; returns whether the packet id was waiting for it (the PUBCOMP then completes the flow).
     pub fn release(&mut self, packet_id: u16) -> bool {
         let found = self.awaiting_release.remove(&packet_id);
-        if found {
+        if found && !self.carried.remove(&packet_id) {
             self.inflight = self.inflight.saturating_sub(1);
         }
         found
@@ -104,6 +118,18 @@ mod tests {
         assert!(s.release(7));
         assert!(!s.release(7));
         assert_eq!(s.admit(QoS::ExactlyOnce, 7), Ok(Admission::New));
+    }
+
+    #[test]
+    fn ids_carried_over_from_the_session_are_duplicates_and_cost_no_quota() {
+        let mut s = InboundState::new(1, 0);
+        s.resume([7, 8]);
+        assert_eq!(s.admit(QoS::ExactlyOnce, 7), Ok(Admission::Duplicate), "resent after a reconnect");
+        assert_eq!(s.admit(QoS::ExactlyOnce, 9), Ok(Admission::New), "the quota is this connection's own");
+        assert!(s.release(7) && s.release(8));
+        assert_eq!(s.admit(QoS::AtLeastOnce, 10), Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), "9 still counts");
+        assert!(s.release(9));
+        assert_eq!(s.admit(QoS::AtLeastOnce, 10), Ok(Admission::New));
     }
 
     #[test]

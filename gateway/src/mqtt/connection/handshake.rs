@@ -211,6 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         for c in &connected.woken {
             self.ctx.shared.broker.wake(c);
         }
+        self.inbound.resume(connected.inbound_qos2.iter().copied());
         let cfg = &self.ctx.config;
         let properties = if v5 {
             Properties {

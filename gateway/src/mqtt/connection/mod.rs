@@ -417,10 +417,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if ends_flow {
             self.inbound.completed(ack.qos, ack.packet_id);
         }
+        if kind == PubResponseKind::PubRec && !reason.is_error() && ack.receipt.is_some() {
+            // Stored and about to be answered: the session remembers the id until PUBREL, across reconnects.
+            self.with_session(|s| s.inbound_qos2.insert(ack.packet_id));
+        }
         let mut response = PubResponse::new(kind, ack.packet_id);
         response.reason = reason;
         self.send(&Packet::PubResponse(response));
         Ok(())
+    }
+
+    /// Runs `f` on this connection's broker session, if it has one.
+    fn with_session<R>(&self, f: impl FnOnce(&mut crate::broker::Session) -> R) -> Option<R> {
+        let (client, _) = self.session.as_ref()?;
+        self.ctx.shared.broker.with(|b| b.session_mut(client).map(f))
     }
 
     /// Whether the publish about to be handled must wait (see [`Stall`]); sets the stall if so.
@@ -488,7 +498,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         match packet {
             Packet::Publish(publish) => self.on_publish(&publish).await,
             Packet::PubResponse(r) if r.kind == PubResponseKind::PubRel => {
-                let found = self.inbound.release(r.packet_id);
+                let here = self.inbound.release(r.packet_id);
+                let kept = self.with_session(|s| s.inbound_qos2.remove(&r.packet_id)).unwrap_or(false);
+                let found = here || kept;
                 let reason = if found || !self.version.is_v5() {
                     ReasonCode::SUCCESS
                 } else {
