@@ -117,6 +117,7 @@ fn connect_as(
         will,
         username: Some(user),
         password: Some(PASSWORD.as_bytes()),
+        ..Connect::default()
     };
     let reply = c.handshake(&connect)?;
     Ok((c, reply))
