@@ -149,6 +149,76 @@ async fn amqp_and_mqtt_devices_reach_each_other_through_the_local_broker() -> an
     Ok(())
 }
 
+/// A durable queue keeps persistent messages until they are acknowledged, as RabbitMQ does, whether or not their
+/// publisher used confirms: a reject with requeue redelivers on the same channel with `redelivered` set, and what
+/// a consumer left unacknowledged when its connection closed goes to the next consumer, in order, redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_queues_redeliver_what_was_not_acknowledged() -> anyhow::Result<()> {
+    use lapin::options::{BasicQosOptions, BasicRejectOptions};
+    let gw = Gateway::start()?;
+    let addr = gw.amqp()?;
+    let (setup, ch) = connect(addr, "worker-setup").await?;
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    ch.queue_declare(ShortString::from("jobs"), durable, FieldTable::default()).await?;
+    let (jobs, key) = (ShortString::from("jobs"), ShortString::from("work.#"));
+    ch.queue_bind(
+        jobs.clone(),
+        ShortString::from("amq.topic"),
+        key,
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    // Published without confirms, persistent.
+    let publisher = setup.create_channel().await?;
+    for n in 0..3 {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let key = ShortString::from(format!("work.{n}"));
+        publisher
+            .basic_publish(ShortString::from("amq.topic"), key, BasicPublishOptions::default(), b"job", props)
+            .await?;
+    }
+
+    let next = |c: &mut lapin::Consumer| {
+        let c = c.clone();
+        async move {
+            let mut c = c;
+            let d = tokio::time::timeout(Duration::from_secs(10), c.next()).await?;
+            anyhow::Ok(d.ok_or_else(|| anyhow::anyhow!("consumer ended"))??)
+        }
+    };
+    let (first_conn, first) = connect(addr, "worker-1").await?;
+    first.basic_qos(10, BasicQosOptions::default()).await?;
+    let mut consumer = first
+        .basic_consume(jobs.clone(), ShortString::from("w1"), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut consumer).await?);
+    }
+    let keys: Vec<(&str, bool)> = got.iter().map(|d| (d.routing_key.as_str(), d.redelivered)).collect();
+    assert_eq!(keys, [("work.0", false), ("work.1", false), ("work.2", false)]);
+    got[0].reject(BasicRejectOptions { requeue: true }).await?;
+    let again = next(&mut consumer).await?;
+    assert_eq!((again.routing_key.as_str(), again.redelivered), ("work.0", true), "redelivered on the same channel");
+
+    // The worker goes away with all three unacknowledged: the next one gets them, in order, redelivered.
+    first_conn.close(200, ShortString::from("bye")).await?;
+    let (_second_conn, second) = connect(addr, "worker-2").await?;
+    let mut consumer = second
+        .basic_consume(jobs, ShortString::from("w2"), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut consumer).await?;
+        keys.push((d.routing_key.to_string(), d.redelivered));
+        d.ack(BasicAckOptions::default()).await?;
+    }
+    let want: Vec<(String, bool)> = (0..3).map(|n| (format!("work.{n}"), true)).collect();
+    assert_eq!(keys, want);
+    Ok(())
+}
+
 /// Runs the raw client `f` against a fresh connection and returns the close it got: (channel, code).
 fn close_after(addr: SocketAddr, frames: &[Vec<u8>]) -> anyhow::Result<(u16, u16)> {
     let mut c = RawAmqp::open(addr, "guest", "guest")?;

@@ -109,7 +109,7 @@ impl BrokerQueues {
         match out {
             Outbound::Publish { packet_id, dup, delivery } => {
                 let message = outgoing(&delivery.message, now);
-                Some(Fetched { id: packet_id, redelivered: dup, message, remaining })
+                Some(Fetched { id: packet_id, redelivered: dup || delivery.redelivered, message, remaining })
             }
             Outbound::PubRel(_) => None,
         }

@@ -385,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
     }
 
-    /// The broker message for local subscribers (QoS 1 with confirms, else 0): headers become user properties,
+    /// The broker message for local subscribers (QoS 1 with confirms or delivery mode 2, else 0): headers become user properties,
     /// reply-to the response topic, correlation-id the correlation data, expiration the message expiry.
     fn local_message(
         &self,
@@ -415,7 +415,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         Some(Message {
             topic: topic.to_string(),
             payload: body,
-            qos: u8::from(confirmed),
+            // Kept until acknowledged by durable queues when confirmed or persistent (delivery mode 2), as
+            // RabbitMQ keeps it; a transient message without confirms is QoS 0 and may be dropped under pressure.
+            qos: u8::from(confirmed || *p.delivery_mode() == Some(2)),
             retain: false,
             properties: MessageProperties {
                 content_type: p.content_type().as_ref().map(|c| c.as_str().to_string()),

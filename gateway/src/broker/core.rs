@@ -439,8 +439,15 @@ impl Broker {
             session.subscriptions.insert(filter.to_string(), sub);
             for message in retained {
                 let qos = Session::delivery_qos(&message, &sub) as u8;
-                let delivery =
-                    Delivery { message, qos, retain: true, subscription_ids: id.into_iter().collect(), shared: None };
+                let delivery = Delivery {
+                    message,
+                    qos,
+                    retain: true,
+                    subscription_ids: id.into_iter().collect(),
+                    shared: None,
+                    redelivered: false,
+                    seq: 0,
+                };
                 session.enqueue(delivery, max_queued);
             }
         }
@@ -532,8 +539,15 @@ impl Broker {
             if let Some(session) = self.sessions.get_mut(&client).filter(|s| s.may_read(&message.topic)) {
                 let qos = message.qos.min(sub_qos);
                 let retain = rap && message.retain;
-                let delivery =
-                    Delivery { message: Arc::clone(&message), qos, retain, subscription_ids: ids, shared: None };
+                let delivery = Delivery {
+                    message: Arc::clone(&message),
+                    qos,
+                    retain,
+                    subscription_ids: ids,
+                    shared: None,
+                    redelivered: false,
+                    seq: 0,
+                };
                 session.enqueue(delivery, max_queued);
                 woken.push(client);
             }
@@ -596,6 +610,8 @@ impl Broker {
             retain,
             subscription_ids: sub.id.into_iter().collect(),
             shared: Some(filter.into()),
+            redelivered: false,
+            seq: 0,
         };
         let limits = QueueLimits { messages: self.config.max_queued_messages, bytes: self.config.max_queued_bytes };
         session.enqueue(delivery, limits);

@@ -56,6 +56,13 @@ pub struct Delivery {
     /// the message is acknowledged, another member of the group gets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<String>,
+    /// It was delivered before and put back (AMQP reject or nack with requeue, recover, a consumer gone):
+    /// AMQP's `redelivered`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redelivered: bool,
+    /// Its place in the session's queue, in the order messages were queued: a delivery put back returns to it.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl Delivery {
@@ -146,6 +153,9 @@ pub struct Session {
     queue: VecDeque<Delivery>,
     inflight: BTreeMap<u16, (Stage, Delivery)>,
     next_id: u16,
+    /// The `seq` of the next delivery queued.
+    #[serde(default)]
+    next_seq: u64,
     /// When its connection ended (ms since the epoch); `None` while connected.
     pub disconnected_at_ms: Option<u64>,
     /// Messages dropped because the queue was full.
@@ -199,6 +209,7 @@ impl Session {
             queue: VecDeque::new(),
             inflight: BTreeMap::new(),
             next_id: 1,
+            next_seq: 0,
             disconnected_at_ms: None,
             dropped: 0,
             receive_maximum: u16::MAX,
@@ -305,7 +316,9 @@ impl Session {
     /// Queues a delivery within `limits` (QoS 0 messages are dropped first, then the oldest) and the process-wide
     /// budget (past it a QoS 0 delivery is dropped, and a QoS 1/2 one takes the place of this session's own
     /// queued deliveries, or is dropped when it has none). Returns whether it was queued.
-    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> bool {
+    pub fn enqueue(&mut self, mut delivery: Delivery, limits: QueueLimits) -> bool {
+        delivery.seq = self.next_seq;
+        self.next_seq += 1;
         let size = delivery.size();
         if size > limits.bytes || (delivery.qos == 0 && self.budget.would_exceed(size)) {
             self.dropped += 1;
@@ -417,8 +430,12 @@ impl Session {
     /// requeue). Returns whether it was in flight.
     pub fn requeue(&mut self, id: u16) -> bool {
         match self.inflight.remove(&id) {
-            Some((_, delivery)) => {
-                self.push_front(delivery);
+            Some((_, mut delivery)) => {
+                // Back to its place: the queue stays in the order messages came, as RabbitMQ keeps it.
+                delivery.redelivered = true;
+                let at = self.queue.iter().position(|d| d.seq > delivery.seq).unwrap_or(self.queue.len());
+                self.account_in(delivery.size());
+                self.queue.insert(at, delivery);
                 true
             }
             None => false,
@@ -460,7 +477,15 @@ mod tests {
             publisher: String::new(),
             expires_at_ms: None,
         };
-        Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: vec![], shared: None }
+        Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+            redelivered: false,
+            seq: 0,
+        }
     }
 
     fn lim(messages: usize) -> QueueLimits {

@@ -124,8 +124,15 @@ mod tests {
             publisher: "p".into(),
             expires_at_ms: Some(60_000),
         };
-        let delivery =
-            Delivery { message: Arc::new(message), qos: 1, retain: true, subscription_ids: vec![4, 9], shared: None };
+        let delivery = Delivery {
+            message: Arc::new(message),
+            qos: 1,
+            retain: true,
+            subscription_ids: vec![4, 9],
+            shared: None,
+            redelivered: false,
+            seq: 0,
+        };
         let out = Outbound::Publish { packet_id: 3, dup: true, delivery };
         let mut buf = Vec::new();
         encode(&out, Version::V5, 30_500, 1 << 20, &mut OutboundAliases::default(), &mut buf).unwrap();
@@ -157,8 +164,15 @@ mod tests {
                 publisher: String::new(),
                 expires_at_ms: None,
             };
-            let delivery =
-                Delivery { message: Arc::new(message), qos: 0, retain: false, subscription_ids: vec![], shared: None };
+            let delivery = Delivery {
+                message: Arc::new(message),
+                qos: 0,
+                retain: false,
+                subscription_ids: vec![],
+                shared: None,
+                redelivered: false,
+                seq: 0,
+            };
             Outbound::Publish { packet_id: 0, dup: false, delivery }
         };
         let mut aliases = OutboundAliases::new(1);
