@@ -315,14 +315,36 @@ fn binding_filter(routing_key: &str) -> Result<String, QueueError> {
 
 /// A broker message as AMQP delivers it: on `amq.topic` with the topic as routing key; content type, user
 /// properties as headers, response topic as reply-to, correlation data as correlation-id, the remaining expiry
-/// as expiration.
+/// as expiration, and the identity of its CloudEvent (message-id, timestamp, `cloudEvents:` headers).
 pub fn outgoing(message: &Message, now_ms: u64) -> OutgoingMessage {
     let p = &message.properties;
     let mut headers = FieldTable::default();
     for (name, value) in &p.user_properties {
         headers.insert(ShortString::from(name.as_str()), AMQPValue::LongString(LongString::from(value.as_str())));
     }
+    // The event the mesh received for this message: its id as message-id, its time as timestamp, and the three
+    // as `cloudEvents:` headers (where the message does not carry them already).
+    if let Some(e) = &message.event {
+        let identity = [
+            ("cloudEvents:id", Some(&e.id)),
+            ("cloudEvents:source", Some(&e.source)),
+            ("cloudEvents:time", e.time.as_ref()),
+        ];
+        for (name, value) in identity {
+            let name = ShortString::from(name);
+            if let Some(value) = value.filter(|_| !headers.inner().contains_key(&name)) {
+                headers.insert(name, AMQPValue::LongString(LongString::from(value.as_str())));
+            }
+        }
+    }
     let mut properties = AMQPProperties::default().with_delivery_mode(if message.qos > 0 { 2 } else { 1 });
+    if let Some(e) = &message.event {
+        properties = properties.with_message_id(ShortString::from(e.id.as_str()));
+        let time = e.time.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if let Some(seconds) = time.and_then(|t| u64::try_from(t.timestamp()).ok()) {
+            properties = properties.with_timestamp(seconds);
+        }
+    }
     if let Some(ct) = &p.content_type {
         properties = properties.with_content_type(ShortString::from(ct.as_str()));
     }

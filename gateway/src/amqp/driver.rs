@@ -28,6 +28,7 @@ use super::topic;
 use crate::acl::DeviceAcl;
 use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms as wall_ms;
+use crate::broker::message::EventIdentity;
 use crate::broker::{Message, MessageProperties};
 use crate::limits::MessageRate;
 use crate::listener::Peer;
@@ -361,7 +362,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
         };
         self.ctx.shared.metrics.message_in(PROTOCOL);
-        let local = self.local_message(&topic, properties, &headers.unwrap_or_default(), body, tag.is_some());
+        let mut local = self.local_message(&topic, properties, &headers.unwrap_or_default(), body, tag.is_some());
+        if let Some(m) = local.as_mut() {
+            m.event = Some(EventIdentity::of(&event));
+        }
         if self.ctx.shared.ingest.credits() == 0 && self.conn.publish_flow() {
             // The spool withholds credit: tell the publishers before waiting on it.
             self.conn.set_publish_flow(false);
@@ -428,6 +432,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             },
             publisher: self.client_id.clone(),
             expires_at_ms: expiry.map(|ms| now.saturating_add(ms)),
+            event: None,
         })
     }
 

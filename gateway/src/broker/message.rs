@@ -24,6 +24,26 @@ pub struct MessageProperties {
     pub user_properties: Vec<(String, String)>,
 }
 
+/// The identity of the CloudEvent a message became (the event the mesh receives): its local deliveries carry it
+/// too, so a consumer can correlate a delivery with the event, and a retained message keeps it on every delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventIdentity {
+    /// `id`.
+    pub id: String,
+    /// `source`.
+    pub source: String,
+    /// `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+impl EventIdentity {
+    /// The identity of `event`.
+    pub fn of(event: &meshgate_protocols::cloudevents::CloudEvent) -> EventIdentity {
+        EventIdentity { id: event.id.clone(), source: event.source.clone(), time: event.time.clone() }
+    }
+}
+
 /// A message published to the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -45,6 +65,9 @@ pub struct Message {
     /// When it expires, in milliseconds since the Unix epoch (MQTT 5 Message Expiry Interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
+    /// The CloudEvent it became, once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventIdentity>,
 }
 
 /// What a queued message costs besides its topic, payload and properties (the structures around it), for the
@@ -59,7 +82,9 @@ impl Message {
             + p.response_topic.as_ref().map_or(0, String::len)
             + p.correlation_data.as_ref().map_or(0, Vec::len)
             + p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        let bytes = self.topic.len() + self.payload.len() + self.publisher.len() + props;
+        let event =
+            self.event.as_ref().map_or(0, |e| e.id.len() + e.source.len() + e.time.as_ref().map_or(0, String::len));
+        let bytes = self.topic.len() + self.payload.len() + self.publisher.len() + props + event;
         u64::try_from(bytes).unwrap_or(u64::MAX).saturating_add(QUEUED_OVERHEAD)
     }
 
@@ -88,6 +113,7 @@ impl Message {
             properties: MessageProperties::from_properties(properties),
             publisher: publisher.to_string(),
             expires_at_ms: properties.message_expiry_interval.map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
+            event: None,
         }
     }
 
@@ -189,6 +215,7 @@ mod tests {
             },
             publisher: "dev-1".into(),
             expires_at_ms: Some(10_500),
+            event: None,
         };
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), m);

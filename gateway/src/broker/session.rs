@@ -476,6 +476,7 @@ mod tests {
             properties: Default::default(),
             publisher: String::new(),
             expires_at_ms: None,
+            event: None,
         };
         Delivery {
             message: Arc::new(message),

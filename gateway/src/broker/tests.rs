@@ -19,6 +19,7 @@ fn msg(topic: &str, qos: u8, retain: bool, payload: &str, publisher: &str) -> Me
         properties: MessageProperties::default(),
         publisher: publisher.into(),
         expires_at_ms: None,
+        event: None,
     }
 }
 

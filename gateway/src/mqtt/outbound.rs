@@ -123,6 +123,7 @@ mod tests {
             },
             publisher: "p".into(),
             expires_at_ms: Some(60_000),
+            event: None,
         };
         let delivery = Delivery {
             message: Arc::new(message),
@@ -163,6 +164,7 @@ mod tests {
                 properties: MessageProperties::default(),
                 publisher: String::new(),
                 expires_at_ms: None,
+                event: None,
             };
             let delivery = Delivery {
                 message: Arc::new(message),

@@ -54,7 +54,7 @@ pub fn schedule(ctx: &Arc<MqttContext>, client: &str, version: Version, will: Pe
 }
 
 /// Publishes a will: into the pipeline as a CloudEvent (unconfirmed, like QoS 0) and to local subscribers.
-async fn publish(ctx: &MqttContext, client: &str, version: Version, message: Message) {
+async fn publish(ctx: &MqttContext, client: &str, version: Version, mut message: Message) {
     let user_properties = message.properties.user_properties();
     let properties = message.properties.to_properties(&user_properties);
     let inbound = MqttInbound {
@@ -66,6 +66,7 @@ async fn publish(ctx: &MqttContext, client: &str, version: Version, message: Mes
     };
     match ctx.shared.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now()) {
         Ok(n) => {
+            message.event = Some(crate::broker::message::EventIdentity::of(&n.event));
             if ctx.shared.ingest.submit_unconfirmed(n.event, n.route, n.when_full).await.is_err() {
                 tracing::warn!(client, "pipeline closed; will not forwarded to the mesh");
             }

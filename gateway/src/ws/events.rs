@@ -366,8 +366,14 @@ impl Session {
             content_type: m.properties.content_type.as_deref(),
             payload: &m.payload,
         };
-        let wrapped = self.ctx.shared.normalizer.wrap(&inbound, uuid::Uuid::now_v7(), Utc::now()).ok()?;
-        Some(wrapped.event.to_json_string())
+        let mut event = self.ctx.shared.normalizer.wrap(&inbound, uuid::Uuid::now_v7(), Utc::now()).ok()?.event;
+        // The event the mesh received for this message: the same id, source and time on every delivery.
+        if let Some(identity) = &m.event {
+            event.id.clone_from(&identity.id);
+            event.source.clone_from(&identity.source);
+            event.time.clone_from(&identity.time);
+        }
+        Some(event.to_json_string())
     }
 
     async fn nack<S: AsyncRead + AsyncWrite + Unpin>(
@@ -417,6 +423,7 @@ fn local_message(event: &CloudEvent, topic: &str, client: &str) -> Option<Broker
         now_ms(),
     );
     m.properties.content_type = Some("application/cloudevents+json".into());
+    m.event = Some(crate::broker::message::EventIdentity::of(event));
     Some(m)
 }
 

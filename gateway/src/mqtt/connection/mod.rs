@@ -25,6 +25,7 @@ use super::will::{self, PendingWill};
 use super::{MqttContext, outbound, registry::Registration};
 use crate::broker::Message;
 use crate::broker::local::now_ms;
+use crate::broker::message::EventIdentity;
 use crate::listener::Peer;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{Lifecycle, MqttInbound, Normalized};
@@ -605,6 +606,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Ok(n) => n,
             Err((reason, why)) => return self.refuse_publish(ack_kind, publish.qos, packet_id, reason, why).await,
         };
+        local.event = Some(EventIdentity::of(&normalized.event));
         if local.retain
             && let Err(e) = self.ctx.shared.broker.log_retained(&local).await
         {
