@@ -158,14 +158,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let owner = SessionOwner::new(identity.unwrap_or_default(), &self.acl);
         // A client id belongs to the user whose session it names: another user is refused before anything of
         // the owner's (connection or session) is touched.
-        let held = self.ctx.shared.broker.read(|b| b.owner_of(&client_id).is_some_and(|o| o != owner.user));
-        let registration = match self.ctx.registry.register(&client_id, &owner.user) {
-            Ok(r) if !held => r,
-            Ok(r) => {
-                self.ctx.registry.unregister(&client_id, r.conn_id);
-                return self.refuse_not_owner(&client_id, &owner.user, v5).await;
-            }
-            Err(_) => return self.refuse_not_owner(&client_id, &owner.user, v5).await,
+        if self.ctx.shared.broker.read(|b| b.owner_of(&client_id).is_some_and(|o| o != owner.user)) {
+            return self.refuse_not_owner(&client_id, &owner.user, v5).await;
+        }
+        let Ok(registration) = self.ctx.registry.register(&client_id, &owner.user) else {
+            return self.refuse_not_owner(&client_id, &owner.user, v5).await;
         };
         // MQTT 5: a keep-alive of 0 or above the maximum is replaced by the maximum (Server Keep Alive).
         let server_keep_alive = (v5 && beyond_max_keep_alive).then_some(max_keep_alive);
