@@ -211,10 +211,23 @@ fn qos2_resends_before_pubrel_are_stored_once() -> anyhow::Result<()> {
 #[test]
 fn unsupported_protocol_levels_are_answered_in_a_form_the_client_reads() -> anyhow::Result<()> {
     let gw = Gateway::start()?;
+    // MQTT 3.1 ("MQIsdp", level 3) is served, as 3.1.1 (its CONNACK has no Session Present flag).
     let mut c = RawClient::open(gw.mqtt, Version::V311)?;
-    // MQTT 3.1 ("MQIsdp", level 3).
     c.send_raw(&[0x10, 0x0e, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x00])?;
-    assert_eq!(c.recv()?, Reply::ConnAck(false, ReasonCode(1)));
+    assert_eq!(c.recv()?, Reply::ConnAck(false, ReasonCode::SUCCESS));
+    // "MQIsdp" at another level, and levels below 5 that no MQTT has: 3.1.1's return code 1.
+    for (name, level) in [(&b"MQIsdp"[..], 4u8), (&b"MQTT"[..], 2)] {
+        let mut c = RawClient::open(gw.mqtt, Version::V311)?;
+        let mut connect = vec![0x10, u8::try_from(2 + name.len() + 6)?, 0x00, u8::try_from(name.len())?];
+        connect.extend_from_slice(name);
+        connect.extend_from_slice(&[level, 0x02, 0x00, 0x3c, 0x00, 0x00]);
+        c.send_raw(&connect)?;
+        assert_eq!(c.recv()?, Reply::ConnAck(false, ReasonCode(1)), "level {level}");
+    }
+    // Above 5: MQTT 5's reason 0x84.
+    let mut c = RawClient::open(gw.mqtt, Version::V5)?;
+    c.send_raw(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x00])?;
+    assert_eq!(c.recv()?, Reply::ConnAck(false, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION));
     Ok(())
 }
 
