@@ -321,3 +321,40 @@ impl LocalBroker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::session_name;
+    use meshgate_protocols::mqtt::Version;
+
+    fn session(owner: &str) -> Session {
+        let mut s = Session::new(Version::V311, u32::MAX);
+        s.owner = owner.into();
+        s
+    }
+
+    #[test]
+    fn a_session_store_from_before_namespaces_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<(String, Session)> =
+            vec![("amqp:q-dev1".into(), session("device-1")), ("sensor-7".into(), session("device-7"))];
+        std::fs::write(dir.path().join("sessions.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+        let broker = LocalBroker::open(dir.path(), BrokerConfig::with_max_queued(10)).unwrap();
+        broker.read(|b| {
+            assert_eq!(b.owner_of(&session_name::amqp_queue("q-dev1")), Some("device-1"), "the queue, tagged");
+            assert_eq!(b.owner_of("amqp:q-dev1"), None, "no MQTT client id names it");
+            assert_eq!(b.owner_of("sensor-7"), Some("device-7"));
+        });
+        // Saved in the current format, and read back the same.
+        broker.save().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("sessions.json")).unwrap();
+        assert!(text.starts_with("{\"format\":2,"), "{text}");
+        drop(broker);
+        let again = LocalBroker::open(dir.path(), BrokerConfig::with_max_queued(10)).unwrap();
+        assert_eq!(
+            again.read(|b| b.owner_of(&session_name::amqp_queue("q-dev1")).map(String::from)),
+            Some("device-1".into())
+        );
+    }
+}
