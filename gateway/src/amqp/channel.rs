@@ -78,7 +78,7 @@ impl ServerConnection {
     /// Ends a channel's consumers and puts what it had not settled back in the queues.
     fn release_channel(&mut self, id: u16, queues: &mut impl Queues) {
         let Some(ch) = self.channels.remove(&id) else { return };
-        for (queue, message) in ch.unacked.into_values().rev() {
+        for (queue, message) in ch.unacked.into_values() {
             queues.settle(&queue, message, Settle::Requeue);
         }
         for consumer in ch.consumers.into_values() {
@@ -333,7 +333,7 @@ impl ServerConnection {
             basic::AMQPMethod::Recover(_) => {
                 let tags: Vec<u64> =
                     self.channels.get(&id).map(|ch| ch.unacked.keys().copied().collect()).unwrap_or_default();
-                for tag in tags.into_iter().rev() {
+                for tag in tags {
                     self.settle(id, tag, false, Settle::Requeue, queues);
                 }
                 self.send(&method(id, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {}))));
@@ -393,8 +393,7 @@ impl ServerConnection {
                 }
             }
         };
-        // Requeued ones go back to the front of their queue one by one: newest first, so the oldest leads.
-        for (queue, message) in settled.into_iter().rev() {
+        for (queue, message) in settled {
             queues.settle(&queue, message, how);
         }
     }

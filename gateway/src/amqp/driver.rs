@@ -298,15 +298,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         username: &str,
         known: bool,
     ) -> Result<String, crate::auth::client_id::ClientIdRefused> {
+        let (user, certificate) = (known.then_some(username), self.peer.identity.as_deref());
         let rules = &self.ctx.shared.client_ids;
-        let presented = connection_name.filter(|n| !n.is_empty());
-        if presented.is_none() && rules.must_match.is_none() && !rules.from_certificate {
-            return Ok(username.to_string());
-        }
-        let fresh = || uuid::Uuid::now_v7().simple().to_string();
-        let user = known.then_some(username);
-        let presented = presented.as_deref().unwrap_or_default();
-        rules.resolve(presented, user, self.peer.identity.as_deref(), fresh).map(|c| c.id)
+        rules.name(connection_name.as_deref(), || username.to_string(), user, certificate)
     }
 
     async fn on_publish(

@@ -59,6 +59,24 @@ impl ClientIdRules {
         Ok(())
     }
 
+    /// The name of a device on a protocol where it is optional and has a default of its own (a `cloudevents.json`
+    /// client's or an AMQP device's user name): `presented` when given and no rule applies, `default()` when
+    /// nothing was presented and no rule applies, else as [`ClientIdRules::resolve`].
+    pub fn name(
+        &self,
+        presented: Option<&str>,
+        default: impl FnOnce() -> String,
+        user: Option<&str>,
+        certificate: Option<&str>,
+    ) -> Result<String, ClientIdRefused> {
+        let presented = presented.filter(|p| !p.is_empty());
+        if presented.is_none() && self.must_match.is_none() && !self.from_certificate {
+            return Ok(default());
+        }
+        let fresh = || uuid::Uuid::now_v7().simple().to_string();
+        self.resolve(presented.unwrap_or_default(), user, certificate, fresh).map(|c| c.id)
+    }
+
     /// The client id of a device that presented `presented` (empty: none), authenticated as `user` (if anyone),
     /// with certificate name `certificate` (if it used one). `fresh` is a unique suffix, used when the gateway
     /// has to choose an id.
@@ -146,6 +164,18 @@ mod tests {
         assert_eq!(r.resolve("cam-1", None, Some("cam-1"), fresh).map(|c| c.assigned), Ok(false));
         assert_eq!(r.resolve("cam-2", None, Some("cam-1"), fresh), Err(ClientIdRefused::NotCertificateName));
         assert!(r.resolve("u-x", Some("u"), None, fresh).is_ok(), "without a certificate the pattern rules");
+    }
+
+    #[test]
+    fn an_optional_name_falls_back_to_the_protocols_default_only_without_rules() {
+        let default = || "user-7".to_string();
+        let none = rules(None, false);
+        assert_eq!(none.name(None, default, Some("u"), None), Ok("user-7".into()));
+        assert_eq!(none.name(Some(""), default, Some("u"), None), Ok("user-7".into()));
+        assert_eq!(none.name(Some("lamp"), default, Some("u"), None), Ok("lamp".into()));
+        let exact = rules(Some("{username}"), false);
+        assert_eq!(exact.name(None, default, Some("u"), None), Ok("u".into()), "the rule's name, not the default");
+        assert_eq!(exact.name(Some("lamp"), default, Some("u"), None), Err(ClientIdRefused::Mismatch));
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub enum SessionRefused {
     TooManySessions,
     /// The user holds `limits.max_sessions_per_user` sessions (as `TooManySessions`).
     TooManyForUser,
-    /// The session belongs to another user (MQTT 5 CONNACK 0x85; 3.1.1 return code 2; AMQP 403).
+    /// The session belongs to another user (MQTT 5 CONNACK 0x87; 3.1.1 return code 5; WebSocket close 1008; AMQP
+    /// 403).
     NotOwner,
 }
 
@@ -439,15 +440,7 @@ impl Broker {
             session.subscriptions.insert(filter.to_string(), sub);
             for message in retained {
                 let qos = Session::delivery_qos(&message, &sub) as u8;
-                let delivery = Delivery {
-                    message,
-                    qos,
-                    retain: true,
-                    subscription_ids: id.into_iter().collect(),
-                    shared: None,
-                    redelivered: false,
-                    seq: 0,
-                };
+                let delivery = Delivery::new(message, qos, true, id.into_iter().collect(), None);
                 session.enqueue(delivery, max_queued);
             }
         }
@@ -539,15 +532,7 @@ impl Broker {
             if let Some(session) = self.sessions.get_mut(&client).filter(|s| s.may_read(&message.topic)) {
                 let qos = message.qos.min(sub_qos);
                 let retain = rap && message.retain;
-                let delivery = Delivery {
-                    message: Arc::clone(&message),
-                    qos,
-                    retain,
-                    subscription_ids: ids,
-                    shared: None,
-                    redelivered: false,
-                    seq: 0,
-                };
+                let delivery = Delivery::new(Arc::clone(&message), qos, retain, ids, None);
                 session.enqueue(delivery, max_queued);
                 woken.push(client);
             }
@@ -604,15 +589,7 @@ impl Broker {
         let session = self.sessions.get_mut(&client)?;
         let qos = Session::delivery_qos(&message, &sub) as u8;
         let retain = sub.retain_as_published && message.retain;
-        let delivery = Delivery {
-            message,
-            qos,
-            retain,
-            subscription_ids: sub.id.into_iter().collect(),
-            shared: Some(filter.into()),
-            redelivered: false,
-            seq: 0,
-        };
+        let delivery = Delivery::new(message, qos, retain, sub.id.into_iter().collect(), Some(filter.into()));
         let limits = QueueLimits { messages: self.config.max_queued_messages, bytes: self.config.max_queued_bytes };
         session.enqueue(delivery, limits);
         Some(client)

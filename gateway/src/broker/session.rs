@@ -66,6 +66,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A first delivery of `message` at `qos`, with the RETAIN flag `retain`, for the subscriptions `ids`
+    /// (through the shared subscription `shared`, if any).
+    pub fn new(message: Arc<Message>, qos: u8, retain: bool, ids: Vec<u32>, shared: Option<String>) -> Delivery {
+        Delivery { message, qos, retain, subscription_ids: ids, shared, redelivered: false, seq: 0 }
+    }
+
     /// The bytes it holds while queued, as the queue limits count them.
     pub fn size(&self) -> u64 {
         self.message.queued_size()
@@ -288,14 +294,18 @@ impl Session {
     /// Sets what its user may read (`None`: everything) and drops queued deliveries it may not (queued before the
     /// ACL in force was known, as after a restart). Returns how many were dropped.
     pub fn set_reader(&mut self, reader: Option<Arc<DeviceAcl>>) -> usize {
+        if self.reader == reader {
+            return 0;
+        }
         self.reader = reader;
         let Some(reader) = self.reader.clone() else { return 0 };
-        let before = self.queue.len();
-        let kept: VecDeque<Delivery> =
-            self.drain_queue().into_iter().filter(|d| reader.may_read(&d.message.topic)).collect();
-        for d in kept {
-            self.push_back(d);
-        }
+        let (before, mut bytes) = (self.queue.len(), 0);
+        self.queue.retain(|d| {
+            let keep = reader.may_read(&d.message.topic);
+            bytes += if keep { 0 } else { d.size() };
+            keep
+        });
+        self.account_out(bytes);
         before - self.queue.len()
     }
 
@@ -478,15 +488,7 @@ mod tests {
             expires_at_ms: None,
             event: None,
         };
-        Delivery {
-            message: Arc::new(message),
-            qos,
-            retain: false,
-            subscription_ids: vec![],
-            shared: None,
-            redelivered: false,
-            seq: 0,
-        }
+        Delivery::new(Arc::new(message), qos, false, vec![], None)
     }
 
     fn lim(messages: usize) -> QueueLimits {

@@ -22,11 +22,6 @@ pub fn ws_client(name: &str) -> String {
     format!("{WS_CLIENT}{name}")
 }
 
-/// The name as people read it (logs, metrics, the admin API): the tag without its U+0000.
-pub fn display(name: &str) -> &str {
-    name.strip_prefix('\0').unwrap_or(name)
-}
-
 /// The name of a session saved before namespaces existed, when AMQP queues were `amqp:{queue}` and the
 /// `cloudevents.json` clients `ws:{name}` (an MQTT client id of that shape was the collision this module ends;
 /// such a session is read as the AMQP queue it almost always was).
@@ -47,8 +42,6 @@ mod tests {
             assert_ne!(id, amqp_queue("q-dev1"));
             assert_ne!(id, ws_client("lamp"));
         }
-        assert_eq!(display(&amqp_queue("q")), "amqp:q");
-        assert_eq!(display("plain"), "plain");
         assert_eq!(from_unversioned("amqp:q".into()), amqp_queue("q"));
         assert_eq!(from_unversioned("sensor-1".into()), "sensor-1");
     }

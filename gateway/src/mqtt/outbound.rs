@@ -125,15 +125,7 @@ mod tests {
             expires_at_ms: Some(60_000),
             event: None,
         };
-        let delivery = Delivery {
-            message: Arc::new(message),
-            qos: 1,
-            retain: true,
-            subscription_ids: vec![4, 9],
-            shared: None,
-            redelivered: false,
-            seq: 0,
-        };
+        let delivery = Delivery::new(Arc::new(message), 1, true, vec![4, 9], None);
         let out = Outbound::Publish { packet_id: 3, dup: true, delivery };
         let mut buf = Vec::new();
         encode(&out, Version::V5, 30_500, 1 << 20, &mut OutboundAliases::default(), &mut buf).unwrap();
@@ -166,15 +158,7 @@ mod tests {
                 expires_at_ms: None,
                 event: None,
             };
-            let delivery = Delivery {
-                message: Arc::new(message),
-                qos: 0,
-                retain: false,
-                subscription_ids: vec![],
-                shared: None,
-                redelivered: false,
-                seq: 0,
-            };
+            let delivery = Delivery::new(Arc::new(message), 0, false, vec![], None);
             Outbound::Publish { packet_id: 0, dup: false, delivery }
         };
         let mut aliases = OutboundAliases::new(1);

@@ -103,18 +103,9 @@ where
                 return;
             }
             let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-            let rules = &ctx.shared.client_ids;
             let presented = negotiated.client.as_deref();
-            let client_id = match presented {
-                None if rules.must_match.is_none() && !rules.from_certificate => {
-                    Ok(user.map_or_else(|| format!("ws-{conn_id}"), String::from))
-                }
-                _ => {
-                    let fresh = || uuid::Uuid::now_v7().simple().to_string();
-                    rules.resolve(presented.unwrap_or_default(), user, identity.as_deref(), fresh).map(|c| c.id)
-                }
-            };
-            let client_id = match client_id {
+            let default = || user.map_or_else(|| format!("ws-{conn_id}"), String::from);
+            let client_id = match ctx.shared.client_ids.name(presented, default, user, identity.as_deref()) {
                 Ok(id) => id,
                 Err(why) => {
                     ctx.shared.metrics.reject(Protocol::Ws, RejectReason::NotAuthorized);
