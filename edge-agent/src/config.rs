@@ -92,6 +92,11 @@ pub fn validate_mesh(
         if !names.insert(u.name()) {
             return Err((format!("uplinks[{i}].name"), format!("`{}` is used by two uplinks", u.name())));
         }
+        if u.name().starts_with('@') {
+            let problem =
+                format!("`{}`: names starting with `@` are reserved for the gateway's own spool readers", u.name());
+            return Err((format!("uplinks[{i}].name"), problem));
+        }
         u.validate().map_err(|(k, p)| (format!("uplinks[{i}].{k}"), p))?;
     }
     let started = uplinks_or_default(uplinks);

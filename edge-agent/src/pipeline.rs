@@ -100,8 +100,19 @@ pub struct IngestHandle {
 impl IngestHandle {
     /// Appends an event, waiting while the spool's queue is full, and returns the receipt for its fsync.
     pub async fn submit(&self, event: CloudEvent, route: Route) -> Result<Receipt, PipelineClosed> {
+        self.submit_with(event, route, None).await
+    }
+
+    /// [`IngestHandle::submit`] with a `companion` record for a consumer inside the process, made durable in the
+    /// same commit as the event (see [`crate::spool`]).
+    pub async fn submit_with(
+        &self,
+        event: CloudEvent,
+        route: Route,
+        companion: Option<StoredRecord>,
+    ) -> Result<Receipt, PipelineClosed> {
         let record = StoredRecord::new(event, &route);
-        match self.spool.append(record, true).await {
+        match self.spool.append_with(record, companion, true, None).await {
             Ok(Some(rx)) => Ok(Receipt(rx)),
             _ => Err(PipelineClosed),
         }
@@ -127,26 +138,28 @@ impl IngestHandle {
         route: Route,
         when_full: WhenFull,
     ) -> Result<(), PipelineClosed> {
-        self.submit_unconfirmed_within(event, route, when_full, None).await
+        self.submit_unconfirmed_within(event, route, when_full, None, None).await
     }
 
     /// [`IngestHandle::submit_unconfirmed`] within a connection's `share` of the spool's queue: when the
     /// connection already has its share waiting for the writer, this waits (and the connection reads no more)
     /// until one of them is written, so one flooding device cannot fill the queue in front of everyone else.
+    /// A `companion` is made durable in the same commit as the event (see [`crate::spool`]).
     pub async fn submit_unconfirmed_within(
         &self,
         event: CloudEvent,
         route: Route,
         when_full: WhenFull,
         share: Option<&IngestShare>,
+        companion: Option<StoredRecord>,
     ) -> Result<(), PipelineClosed> {
         let slot = match share {
             Some(s) => Some(Arc::clone(&s.0).acquire_owned().await.map_err(|_| PipelineClosed)?),
             None => None,
         };
         let mut record = StoredRecord::new(event, &route);
-        record.droppable = when_full == WhenFull::DropOldest;
-        self.spool.append_in(record, false, slot).await.map(|_| ()).map_err(|_| PipelineClosed)
+        record.droppable = when_full == WhenFull::DropOldest && companion.is_none();
+        self.spool.append_with(record, companion, false, slot).await.map(|_| ()).map_err(|_| PipelineClosed)
     }
 }
 
@@ -175,13 +188,18 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens (recovering) the spool in `spool_dir` and starts a forwarder for each uplink. Call from a tokio
     /// runtime.
+    ///
+    /// `local_consumers` are readers inside the process besides the uplinks (the gateway's broker): the spool
+    /// keeps what they have not confirmed too.
     pub fn start(
         spool_dir: &Path,
         spool: &SpoolConfig,
         forwarder: ForwarderConfig,
         uplinks: Vec<NamedUplink>,
+        local_consumers: &[&str],
     ) -> std::io::Result<(Pipeline, IngestHandle)> {
-        let names: Vec<&str> = uplinks.iter().map(|u| &*u.name).collect();
+        let mut names: Vec<&str> = uplinks.iter().map(|u| &*u.name).collect();
+        names.extend_from_slice(local_consumers);
         let (handle, appender, writer, recovery) = Spool::open(spool_dir, spool, &names)?;
         let stats = uplinks.iter().map(|u| (Arc::clone(&u.name), Arc::clone(&u.stats))).collect();
         let (stop, stop_rx) = watch::channel(false);
@@ -200,6 +218,7 @@ impl Pipeline {
         uplinks: &[crate::config::UplinkConfig],
         spool: &SpoolConfig,
         forwarder: ForwarderConfig,
+        local_consumers: &[&str],
     ) -> Result<(Pipeline, IngestHandle), StartError> {
         let mut built = Vec::new();
         for (i, u) in uplinks.iter().enumerate() {
@@ -209,7 +228,7 @@ impl Pipeline {
             built.push(uplink);
         }
         let spool_dir = data_dir.join(&spool.dir);
-        Pipeline::start(&spool_dir, spool, forwarder, built)
+        Pipeline::start(&spool_dir, spool, forwarder, built, local_consumers)
             .map_err(|e| StartError(format!("spool.dir: cannot open the spool in {}: {e}", spool_dir.display())))
     }
 
@@ -282,6 +301,7 @@ mod tests {
             &SpoolConfig::default(),
             forwarder,
             vec![uplink("a", &seen_a, 0), uplink("b", &seen_b, 3)],
+            &[],
         )
         .unwrap();
         let only_a = Route::Uplinks(vec![Arc::<str>::from("a")].into());

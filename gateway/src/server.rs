@@ -62,8 +62,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("gateway.data_dir: cannot create {}", data_dir.display()))?;
 
     let metrics = Arc::new(Metrics::default());
-    let (pipeline, ingest) =
-        Pipeline::start_configured(&data_dir, &config.uplinks(), &config.spool, config.forwarder).await?;
+    let (pipeline, ingest) = Pipeline::start_configured(
+        &data_dir,
+        &config.uplinks(),
+        &config.spool,
+        config.forwarder,
+        &[crate::broker::durable::CONSUMER],
+    )
+    .await?;
     metrics.set_uplinks(pipeline.stats());
     metrics.set_spool(pipeline.spool().clone());
     let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
@@ -93,6 +99,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         LocalBroker::open(&broker_dir, broker_config)
             .with_context(|| format!("gateway.data_dir: cannot open the broker state in {}", broker_dir.display()))?,
     );
+    broker.recover(pipeline.spool()).with_context(|| {
+        format!(
+            "gateway.data_dir: cannot route the spool's messages for persistent sessions in {}",
+            broker_dir.display()
+        )
+    })?;
     let maintenance = tokio::spawn(Arc::clone(&broker).run_maintenance(stop_rx.clone()));
     if let Some((cert, secs)) = server_cert.filter(|(_, secs)| *secs > 0) {
         tokio::spawn(cert.watch(Duration::from_secs(secs), stop_rx.clone()));

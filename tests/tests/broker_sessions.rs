@@ -240,3 +240,77 @@ fn qos2_is_exactly_once_across_reconnects_v311() -> anyhow::Result<()> {
 fn qos2_is_exactly_once_across_reconnects_v5() -> anyhow::Result<()> {
     qos2_is_exactly_once_across_reconnects(Version::V5)
 }
+
+/// The case: QoS 1 messages acknowledged to their publisher and queued for an offline persistent
+/// subscriber, then a SIGKILL right after the last PUBACK (no session snapshot in between): every one arrives after
+/// the restart, in order, once. Three rounds on one data directory, so replays stack on earlier ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_acknowledged_for_an_offline_session_survive_a_sigkill_right_after_the_puback() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (mut dev, _) = Client::connect(gw.mqtt, &persistent(true, "dev")).await?;
+    dev.subscribe(&[("cmd/dev", 1)]).await?;
+    dev.disconnect().await;
+    for round in 0..3 {
+        let version = if round % 2 == 0 { Version::V5 } else { Version::V311 };
+        let mut ctl = RawClient::connect(gw.mqtt, version, "ctl", 30)?;
+        for n in 0..200u16 {
+            let acked = ctl.publish_qos1("cmd/dev", n + 1, false, format!("r{round}-{n}").as_bytes())?;
+            assert_eq!(acked, Reply::Ack(4, n + 1, meshgate_protocols::mqtt::ReasonCode::SUCCESS));
+        }
+        gw.kill()?;
+        gw = Gateway::start_in(dir.path(), |b| b)?;
+        let (mut dev, connack) = Client::connect(gw.mqtt, &persistent(true, "dev")).await?;
+        assert_eq!(connack, Received::ConnAck { session_present: true, code: 0 });
+        let got: Vec<String> = dev.drain(QUIET * 3).await.into_iter().map(|m| m.payload).collect();
+        let want: Vec<String> = (0..200).map(|n| format!("r{round}-{n}")).collect();
+        assert_eq!(got, want, "round {round}: every acknowledged message, in order, once");
+        dev.disconnect().await;
+    }
+    Ok(())
+}
+
+/// QoS 2 to a persistent subscriber across SIGKILLs: the PUBLISH a client received before the crash is resent with
+/// its packet id and DUP, and after PUBREC the flow resumes with PUBREL: the subscriber's application gets each
+/// message once.
+#[test]
+fn qos2_deliveries_to_a_persistent_session_are_exactly_once_across_sigkills() -> anyhow::Result<()> {
+    use meshgate_protocols::mqtt::{Publish, ReasonCode};
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    let sub = connect_packet(Version::V5, "sub");
+    let (mut s, _) = RawClient::connect_with(gw.mqtt, &sub)?;
+    assert_eq!(s.subscribe("cmd/sub", QoS::ExactlyOnce)?, [2]);
+    let (mut p, _) = RawClient::connect_with(gw.mqtt, &connect_packet(Version::V5, "pub"))?;
+    let publish = Packet::Publish(Publish {
+        topic: "cmd/sub",
+        qos: QoS::ExactlyOnce,
+        packet_id: Some(1),
+        payload: b"once",
+        ..Publish::default()
+    });
+    p.send(&publish)?;
+    assert_eq!(p.recv()?, Reply::Ack(5, 1, ReasonCode::SUCCESS));
+    // The subscriber receives it (its application may deliver it now), then the gateway dies before any answer.
+    let first = s.recv()?;
+    let Reply::Publish { packet_id: id, dup: false, qos: 2, .. } = first else { anyhow::bail!("{first:?}") };
+    gw.kill()?;
+    gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (mut s, present) = RawClient::connect_with(gw.mqtt, &sub)?;
+    assert!(present);
+    let again = s.recv()?;
+    assert!(
+        matches!(&again, Reply::Publish { packet_id, dup: true, .. } if *packet_id == id),
+        "resent as {id}: {again:?}"
+    );
+    s.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubRec, id)))?;
+    assert_eq!(s.recv()?, Reply::Ack(6, id, ReasonCode::SUCCESS), "PUBREL");
+    // Killed again after PUBREL: the flow resumes with PUBREL, not with the message.
+    gw.kill()?;
+    let gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (mut s, _) = RawClient::connect_with(gw.mqtt, &sub)?;
+    assert_eq!(s.recv()?, Reply::Ack(6, id, ReasonCode::SUCCESS), "PUBREL resent, the message is not");
+    s.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubComp, id)))?;
+    assert!(s.drain(QUIET * 2)?.is_empty(), "nothing more");
+    Ok(())
+}

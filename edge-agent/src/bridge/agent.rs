@@ -39,7 +39,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(AgentError::Rules)?);
     let (pipeline, ingest) =
-        Pipeline::start_configured(&data_dir, &config.uplinks(), &config.spool, config.forwarder).await?;
+        Pipeline::start_configured(&data_dir, &config.uplinks(), &config.spool, config.forwarder, &[]).await?;
     let (stop_tx, stop) = watch::channel(false);
     let cx = BridgeContext { normalizer, ingest, stop };
     let bridges: Vec<_> = config

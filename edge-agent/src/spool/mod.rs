@@ -17,6 +17,12 @@
 //! Appends are group-committed by one writer thread: it takes every append waiting in its queue (up to
 //! `max_batch`), writes them with one `write`, and covers them with one `fdatasync`. Light traffic gets an fsync
 //! per event; heavy traffic gets batches as large as the time one fsync takes.
+//!
+//! An append may carry a *companion*: a second record, written right after the first in the same `write`, for a
+//! consumer inside the process rather than an uplink (the gateway's broker keeps the message a device published
+//! there, so what it routed to persistent sessions can be routed again after a crash). After each commit the
+//! writer hands the batch's companions, in id order, to the hook set with [`Spool::on_commit`], before any append
+//! of the batch resolves: whatever the hook does with them happens before a device is acknowledged.
 
 pub mod ledger;
 pub mod reader;
@@ -179,6 +185,7 @@ pub(crate) struct Shared {
     healthy: AtomicBool,
     quarantined: AtomicU64,
     commits: AtomicU64,
+    on_commit: Mutex<Option<CommitHook>>,
 }
 
 impl Shared {
@@ -187,8 +194,14 @@ impl Shared {
     }
 }
 
+/// Called by the writer after every successful commit, before the batch's appends resolve: the batch's companion
+/// records with their ids, in order, and the highest id the commit made durable.
+pub type CommitHook = Box<dyn FnMut(&[(u64, &StoredRecord)], u64) + Send>;
+
 struct Append {
     record: StoredRecord,
+    /// Written right after `record`, in the same commit (see the module doc).
+    companion: Option<StoredRecord>,
     done: Option<oneshot::Sender<Result<u64, SpoolError>>>,
     /// A place in its connection's share of the queue, handed back when the writer is done with the append.
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -271,6 +284,7 @@ impl Spool {
             healthy: AtomicBool::new(true),
             quarantined: AtomicU64::new(recovery.quarantined),
             commits: AtomicU64::new(0),
+            on_commit: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let writer = writer::Writer::new(Arc::clone(&shared), config, next_id)?;
@@ -315,6 +329,11 @@ impl Spool {
             self.shared.space.notify_all();
         }
         Ok(())
+    }
+
+    /// Sets the hook the writer calls after every commit (see [`CommitHook`]), replacing any before it.
+    pub fn on_commit(&self, hook: CommitHook) {
+        *self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hook);
     }
 
     /// The highest durable record id; changes as commits land.
@@ -372,15 +391,28 @@ impl Appender {
         confirm: bool,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
+        self.append_with(record, None, confirm, slot).await
+    }
+
+    /// [`Appender::append_in`] with a `companion` record written right after `record`, in the same commit (see
+    /// the module doc). The receipt resolves to `record`'s id; the companion's is the next.
+    pub async fn append_with(
+        &self,
+        record: StoredRecord,
+        companion: Option<StoredRecord>,
+        confirm: bool,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
         let (done, rx) = if confirm {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        let size = u32::try_from(record.size_hint()).unwrap_or(u32::MAX).clamp(1, self.queue_bytes);
+        let size = record.size_hint() + companion.as_ref().map_or(0, StoredRecord::size_hint);
+        let size = u32::try_from(size).unwrap_or(u32::MAX).clamp(1, self.queue_bytes);
         let bytes = Arc::clone(&self.bytes).acquire_many_owned(size).await.map_err(|_| SpoolError::Stopped)?;
-        let append = Append { record, done, _slot: slot, _bytes: Some(bytes) };
+        let append = Append { record, companion, done, _slot: slot, _bytes: Some(bytes) };
         self.tx.send(append).await.map_err(|_| SpoolError::Stopped)?;
         Ok(rx)
     }

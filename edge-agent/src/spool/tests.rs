@@ -286,3 +286,38 @@ fn the_queue_to_the_writer_is_bounded_in_bytes_and_a_record_larger_than_it_still
     writer.join();
     assert_eq!(read_all(&spool, "a").len(), 201);
 }
+
+#[test]
+fn a_companion_lands_in_the_same_commit_and_the_hook_sees_it_before_the_append_resolves() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, appender, writer, _) = Spool::open(dir.path(), &config(), &["a"]).expect("open");
+    let seen: Arc<Mutex<Vec<(u64, String, u64)>>> = Arc::default();
+    let hook_seen = Arc::clone(&seen);
+    spool.on_commit(Box::new(move |companions, last| {
+        let mut seen = hook_seen.lock().expect("lock");
+        seen.extend(companions.iter().map(|(id, r)| (*id, r.id.clone(), last)));
+    }));
+    rt.block_on(async {
+        let plain = appender.append(record(1, 10), true).await.expect("append").expect("rx");
+        let with = appender.append_with(record(2, 10), Some(record(3, 10)), true, None).await.expect("append");
+        let after = appender.append(record(4, 10), true).await.expect("append").expect("rx");
+        assert_eq!(plain.await.expect("answer").expect("durable"), 1);
+        let id = with.expect("rx").await.expect("answer").expect("durable");
+        assert_eq!(id, 2, "the receipt is the event's id; the companion takes the next");
+        // The hook ran before the append resolved.
+        assert!(seen.lock().expect("lock").iter().any(|(cid, name, last)| *cid == 3 && name == "e3" && *last >= 3));
+        assert_eq!(after.await.expect("answer").expect("durable"), 4);
+    });
+    drop(appender);
+    writer.join();
+    let ids: Vec<u64> = read_all(&spool, "a").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4], "ids stay strictly increasing in file order");
+    assert_eq!(seen.lock().expect("lock").len(), 1, "only companions reach the hook");
+    // After a restart the companion is read back like any record.
+    drop(spool);
+    let (spool, appender, writer, _) = Spool::open(dir.path(), &config(), &["a"]).expect("reopen");
+    assert_eq!(read_all(&spool, "a").into_iter().map(|(_, n)| n).collect::<Vec<_>>(), ["e1", "e2", "e3", "e4"]);
+    drop(appender);
+    writer.join();
+}

@@ -65,9 +65,12 @@ impl Writer {
                 }
             }
             let result = self.commit(&batch, &rx);
-            for (i, append) in batch.drain(..).enumerate() {
+            let mut next = result.clone();
+            for append in batch.drain(..) {
+                let id = next.clone();
+                next = next.map(|id| id + 1 + u64::from(append.companion.is_some()));
                 if let Some(done) = append.done {
-                    let _ = done.send(result.clone().map(|first_id| first_id + i as u64));
+                    let _ = done.send(id);
                 }
             }
         }
@@ -76,11 +79,16 @@ impl Writer {
     /// Writes and syncs a batch; returns the id of its first record.
     fn commit(&mut self, batch: &[Append], rx: &mpsc::Receiver<Append>) -> Result<u64, SpoolError> {
         self.buf.clear();
-        for (i, append) in batch.iter().enumerate() {
-            record::encode(self.next_id + i as u64, &append.record, &mut self.buf).map_err(io_error)?;
+        let mut id = self.next_id;
+        for append in batch {
+            for record in std::iter::once(&append.record).chain(&append.companion) {
+                record::encode(id, record, &mut self.buf).map_err(io_error)?;
+                id += 1;
+            }
         }
+        let records = id - self.next_id;
         let len = self.buf.len() as u64;
-        let droppable = batch.iter().all(|a| a.record.droppable);
+        let droppable = batch.iter().all(|a| a.record.droppable && a.companion.is_none());
         if !self.wait_for_space(len, droppable, rx).map_err(io_error)? {
             // Shutting down with the spool full: these appends were never acknowledged; refuse them.
             return Err(SpoolError::Stopped);
@@ -99,14 +107,14 @@ impl Writer {
             return Err(io_error(e));
         }
         let first = self.next_id;
-        let last = first + batch.len() as u64 - 1;
+        let last = first + records - 1;
         self.next_id = last + 1;
         {
             let mut state = self.shared.lock();
             if let Some(seg) = state.segments.back_mut() {
                 seg.last_id = Some(last);
                 seg.bytes += len;
-                seg.records += batch.len() as u64;
+                seg.records += records;
                 seg.droppable &= droppable;
             }
             state.total_bytes += len;
@@ -114,7 +122,23 @@ impl Writer {
         self.shared.healthy.store(true, Ordering::Relaxed);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         self.shared.durable.send_replace(last);
+        self.hand_companions(batch, first, last);
         Ok(first)
+    }
+
+    /// Calls the commit hook, if one is set, with the batch's companions and their ids.
+    fn hand_companions(&self, batch: &[Append], first: u64, last: u64) {
+        let mut hook = self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(hook) = hook.as_mut() else { return };
+        let mut id = first;
+        let mut companions = Vec::new();
+        for append in batch {
+            if let Some(c) = &append.companion {
+                companions.push((id + 1, c));
+            }
+            id += 1 + u64::from(append.companion.is_some());
+        }
+        hook(&companions, last);
     }
 
     /// Blocks while `len` more bytes would overflow `max_bytes` (backpressure), freeing a fully confirmed active

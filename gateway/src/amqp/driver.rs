@@ -366,8 +366,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             self.ctx.shared.metrics.flow_paused(PROTOCOL);
             let _ = self.flush().await;
         }
+        // A message for a durable queue (or a persistent MQTT session) is made durable with the event, and the
+        // commit routes it (`local` is then `None`).
+        let (companion, local) = match local {
+            Some(m) => self.ctx.shared.broker.companion(m, None),
+            None => (None, None),
+        };
         match tag {
-            Some(tag) => match self.ctx.shared.ingest.submit(event, route).await {
+            Some(tag) => match self.ctx.shared.ingest.submit_with(event, route, companion).await {
                 Ok(receipt) => {
                     let receipt = Some(receipt);
                     self.pending.push_back(Pending { channel, tag: Some(tag), receipt, local });
@@ -376,7 +382,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             },
             None => {
                 let share = Some(&self.share);
-                if self.ctx.shared.ingest.submit_unconfirmed_within(event, route, when_full, share).await.is_ok() {
+                let ingest = &self.ctx.shared.ingest;
+                if ingest.submit_unconfirmed_within(event, route, when_full, share, companion).await.is_ok() {
                     self.pending.push_back(Pending { channel, tag: None, receipt: None, local });
                 }
             }

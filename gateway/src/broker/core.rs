@@ -4,7 +4,7 @@
 //! The gateway shares one `Broker` behind a mutex; every call is short and synchronous, and no caller holds the
 //! lock across an await.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use meshgate_protocols::mqtt::topic::{matches, split_shared};
@@ -150,6 +150,10 @@ pub struct Broker {
     budget: MemoryBudget,
     /// Sessions per owner (user name; `""` for anonymous devices).
     owners: HashMap<String, usize>,
+    /// Sessions changed (or ended) since the session store last took them: what its next round writes.
+    dirty: HashSet<Arc<str>>,
+    /// The highest spool record id whose companion messages are routed (see [`super::durable`]).
+    routed_through: u64,
 }
 
 impl Broker {
@@ -166,7 +170,42 @@ impl Broker {
             dropped_by_ended: 0,
             budget: MemoryBudget::new(config.limits.max_memory_bytes),
             owners: HashMap::new(),
+            dirty: HashSet::new(),
+            routed_through: 0,
         }
+    }
+
+    /// `client`'s session, marked changed for the session store.
+    fn session_entry(&mut self, client: &str) -> Option<&mut Session> {
+        let (key, _) = self.sessions.get_key_value(client)?;
+        self.dirty.insert(Arc::clone(key));
+        self.sessions.get_mut(client)
+    }
+
+    /// Takes the names of the sessions changed or ended since the last call (the session store writes or
+    /// deletes them).
+    pub fn take_dirty(&mut self) -> HashSet<Arc<str>> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Whether a session changed since the session store last took them.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Marks sessions changed again (a session-store round that failed puts back what it took).
+    pub fn mark_dirty(&mut self, names: impl IntoIterator<Item = Arc<str>>) {
+        self.dirty.extend(names);
+    }
+
+    /// The highest spool record id whose companion messages are routed: the session store's position.
+    pub fn routed_through(&self) -> u64 {
+        self.routed_through
+    }
+
+    /// Records that the spool's records up to `id` are routed (after a commit, or a replay at start).
+    pub fn set_routed_through(&mut self, id: u64) {
+        self.routed_through = self.routed_through.max(id);
     }
 
     fn queue_limits(&self) -> QueueLimits {
@@ -177,6 +216,7 @@ impl Broker {
     fn admit_session(&mut self, client: Arc<str>, mut session: Session) -> &mut Session {
         session.join_budget(&self.budget);
         *self.owners.entry(session.owner.clone()).or_default() += 1;
+        self.dirty.insert(Arc::clone(&client));
         self.sessions.entry(client).or_insert(session)
     }
 
@@ -304,7 +344,7 @@ impl Broker {
         let woken = if clean_start { self.end_session(client, now_ms) } else { Vec::new() };
         let session_present = self.sessions.contains_key(client);
         let session = if session_present {
-            self.sessions.get_mut(client).ok_or(SessionRefused::TooManySessions)?
+            self.session_entry(client).ok_or(SessionRefused::TooManySessions)?
         } else {
             let mut fresh = Session::new(version, expiry_secs);
             fresh.owner = owner.to_string();
@@ -324,7 +364,7 @@ impl Broker {
     /// the session's expiry when the client set a new one in DISCONNECT. Returns the clients that got messages
     /// handed over from the ended session (shared subscriptions), to wake.
     pub fn disconnect(&mut self, client: &str, expiry_secs: Option<u32>, now_ms: u64) -> Vec<Arc<str>> {
-        let Some(session) = self.sessions.get_mut(client) else { return Vec::new() };
+        let Some(session) = self.session_entry(client) else { return Vec::new() };
         if let Some(e) = expiry_secs {
             session.expiry_secs = e;
         }
@@ -358,6 +398,7 @@ impl Broker {
     /// whose client ids are returned.
     fn end_session(&mut self, client: &str, now_ms: u64) -> Vec<Arc<str>> {
         let Some((key, mut session)) = self.sessions.remove_entry(client) else { return Vec::new() };
+        self.dirty.insert(Arc::clone(&key));
         self.dropped_by_ended += session.dropped;
         if let Some(n) = self.owners.get_mut(&session.owner) {
             *n = n.saturating_sub(1);
@@ -394,7 +435,7 @@ impl Broker {
 
     /// `client`'s session, to acknowledge flows.
     pub fn session_mut(&mut self, client: &str) -> Option<&mut Session> {
-        self.sessions.get_mut(client)
+        self.session_entry(client)
     }
 
     /// Adds a subscription (or replaces one with the same filter) and queues the retained messages it should
@@ -436,7 +477,7 @@ impl Broker {
                     .collect()
             }
         };
-        if let Some(session) = self.sessions.get_mut(client) {
+        if let Some(session) = self.session_entry(client) {
             session.subscriptions.insert(filter.to_string(), sub);
             for message in retained {
                 let qos = Session::delivery_qos(&message, &sub) as u8;
@@ -455,7 +496,7 @@ impl Broker {
             return false;
         }
         self.unindex(&key, filter);
-        if let Some(session) = self.sessions.get_mut(client) {
+        if let Some(session) = self.session_entry(client) {
             session.subscriptions.remove(filter);
         }
         true
@@ -507,6 +548,46 @@ impl Broker {
                 tracing::debug!(topic = %message.topic, "retained store full: delivered, not retained");
             }
         }
+        self.route(message, now_ms, None)
+    }
+
+    /// Routes again, after a restart, the message of the spool's record `id`: to the matching sessions whose
+    /// stored state does not cover `id` (see [`Session::routed_through`]); a shared subscription takes it only
+    /// when none of its members' state covers it. The retained store is left alone (its own log restored it).
+    pub fn replay(&mut self, id: u64, message: Message, now_ms: u64) -> Vec<Arc<str>> {
+        if !self.config.limits.topic_depth_ok(&message.topic) || message.is_expired(now_ms) {
+            return Vec::new();
+        }
+        self.route(Arc::new(message), now_ms, Some(id))
+    }
+
+    /// Replays the spool's record `id` saying `client`'s session stored its QoS 2 publish `packet_id`: unless
+    /// the session's stored state covers `id`, the id awaits PUBREL again, so a resend is not stored twice.
+    pub fn replay_inbound_qos2(&mut self, id: u64, client: &str, packet_id: u16) {
+        if self.sessions.get(client).is_some_and(|s| s.routed_through < id)
+            && let Some(session) = self.session_entry(client)
+        {
+            session.inbound_qos2.insert(packet_id);
+        }
+    }
+
+    /// Whether `message` (QoS 1 or 2) would be routed to a persistent session that takes QoS 1 or 2: such a
+    /// message is made durable for the broker too (see [`super::durable`]).
+    pub fn routes_to_persistent(&self, message: &Message) -> bool {
+        if message.qos == 0 {
+            return false;
+        }
+        let mut found = false;
+        self.tree.for_each_match(&message.topic, |key, value| {
+            found = found || (value.sub.qos > 0 && self.sessions.get(&key.client).is_some_and(|s| s.expiry_secs > 0));
+        });
+        found
+    }
+
+    /// Routes a message to every matching subscription, or with `replayed`, to those whose session's stored
+    /// state does not cover that record id. Returns the clients with new deliveries.
+    fn route(&mut self, message: Arc<Message>, now_ms: u64, replayed: Option<u64>) -> Vec<Arc<str>> {
+        let covers = |s: &Session| replayed.is_some_and(|id| s.routed_through >= id);
         // Overlapping subscriptions of one client deliver once, at the highest QoS, with every identifier; shared
         // subscriptions are gathered by filter, members and all, in the same walk of the tree.
         let mut direct: BTreeMap<Arc<str>, (u8, bool, Vec<u32>)> = BTreeMap::new();
@@ -529,7 +610,10 @@ impl Broker {
         let max_queued = self.queue_limits();
         let mut woken = Vec::with_capacity(direct.len() + shared.len());
         for (client, (sub_qos, rap, ids)) in direct {
-            if let Some(session) = self.sessions.get_mut(&client).filter(|s| s.may_read(&message.topic)) {
+            if !self.sessions.get(&client).is_some_and(|s| !covers(s) && s.may_read(&message.topic)) {
+                continue;
+            }
+            if let Some(session) = self.session_entry(&client) {
                 let qos = message.qos.min(sub_qos);
                 let retain = rap && message.retain;
                 let delivery = Delivery::new(Arc::clone(&message), qos, retain, ids, None);
@@ -538,6 +622,9 @@ impl Broker {
             }
         }
         for (filter, members) in shared {
+            if members.iter().any(|(c, _)| self.sessions.get(c).is_some_and(covers)) {
+                continue;
+            }
             woken.extend(self.hand_to_member(&filter, &members, Arc::clone(&message), now_ms));
         }
         woken
@@ -586,18 +673,18 @@ impl Broker {
         };
         *turn = turn.wrapping_add(1);
         let (client, sub) = pick?.clone();
-        let session = self.sessions.get_mut(&client)?;
+        let limits = self.queue_limits();
+        let session = self.session_entry(&client)?;
         let qos = Session::delivery_qos(&message, &sub) as u8;
         let retain = sub.retain_as_published && message.retain;
         let delivery = Delivery::new(message, qos, retain, sub.id.into_iter().collect(), Some(filter.into()));
-        let limits = QueueLimits { messages: self.config.max_queued_messages, bytes: self.config.max_queued_bytes };
         session.enqueue(delivery, limits);
         Some(client)
     }
 
     /// The next outbound packets for `client` (at most `max`, and past `max_bytes` only the first).
     pub fn poll_outbound(&mut self, client: &str, now_ms: u64, max: usize, max_bytes: u64) -> Vec<Outbound> {
-        let out = self.sessions.get_mut(client).map(|s| s.poll_outbound(now_ms, max, max_bytes)).unwrap_or_default();
+        let out = self.session_entry(client).map(|s| s.poll_outbound(now_ms, max, max_bytes)).unwrap_or_default();
         self.delivered += out.len() as u64;
         out
     }

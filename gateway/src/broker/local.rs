@@ -4,28 +4,39 @@
 //! A retained publish is appended to `retained.log` and fsynced before the publish goes on to the spool, so a
 //! retained message a device was acknowledged for survives a crash. At start the log is replayed over
 //! `retained.json` and compacted into it (write, fsync, rename); the maintenance task compacts it again when it
-//! grows, and shutdown does too. Sessions that outlive their connection are written to `sessions.json` at
-//! shutdown, and every [`SESSION_SNAPSHOT_INTERVAL`] while the broker changes, so a crash loses at most that much
-//! of what was queued for offline subscribers. The broker's lock is never held across an await.
+//! grows, and shutdown does too.
+//!
+//! Persistent sessions are kept exactly across a crash by the spool and the session store together (see
+//! [`super::durable`]): a message routed to one is made durable with its event and routed as the commit lands;
+//! the session store ([`super::session_store`]) writes the sessions that changed every
+//! [`SESSION_SNAPSHOT_INTERVAL`] (and whenever a connection needs its session durable before it answers), then
+//! confirms its position to the spool; at start what came after that position is routed again. The broker's
+//! lock is never held across an await.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use meshgate_edge_agent::spool::{Spool, StoredRecord};
 use tokio::sync::{Notify, watch};
 
+use super::durable::{BrokerRecord, CONSUMER, InboundQos2};
+use super::session_store::{SessionStore, sync_dir, write_atomically};
 use super::{Broker, BrokerConfig, Message, Session};
 
 /// How often sessions are checked for expiry.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// How often, at most, persistent sessions are snapshotted while the broker changes.
+/// How often, at most, the session store writes what changed (besides the rounds connections ask for).
 pub const SESSION_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The size at which `retained.log` is compacted into `retained.json`.
 const RETAINED_LOG_COMPACT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Records read per batch when routing the spool's companions again at start.
+const REPLAY_BATCH: usize = 1024;
 
 /// Connected clients: their connection's id and the notifier its driver waits on.
 type Wakers = HashMap<Arc<str>, (u64, Arc<Notify>)>;
@@ -39,38 +50,16 @@ pub struct LocalBroker {
     /// `retained.log`, appended under this lock (on the blocking pool, never across an await).
     retained_log: Arc<Mutex<std::fs::File>>,
     retained_dirty: AtomicBool,
-    /// Set by every change through [`LocalBroker::with`]; cleared by a session snapshot.
-    sessions_dirty: AtomicBool,
+    /// The session files; held by one round at a time (on the blocking pool).
+    store: Mutex<SessionStore>,
+    /// The number of the last round started, and of the last one that completed.
+    rounds_started: AtomicU64,
+    rounds_done: AtomicU64,
+    /// The spool position the session store confirmed last.
+    confirmed: AtomicU64,
+    /// The spool, once [`LocalBroker::recover`] attached it.
+    spool: OnceLock<Spool>,
     changed: Notify,
-}
-
-/// The format of `sessions.json`: 2 since session names have a namespace per protocol.
-const SESSIONS_FORMAT: u32 = 2;
-
-/// `sessions.json`, as written now or by a version before [`SESSIONS_FORMAT`] 2 (a bare list).
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-enum StoredSessions {
-    /// `{"format": 2, "sessions": [...]}`.
-    Current {
-        /// [`SESSIONS_FORMAT`].
-        format: u32,
-        /// Sessions by name.
-        sessions: Vec<(String, Session)>,
-    },
-    /// A bare list, from before namespaces: renamed by [`super::session_name::from_unversioned`].
-    Unversioned(Vec<(String, Session)>),
-}
-
-impl StoredSessions {
-    fn into_sessions(self) -> Vec<(String, Session)> {
-        match self {
-            StoredSessions::Current { sessions, .. } => sessions,
-            StoredSessions::Unversioned(sessions) => {
-                sessions.into_iter().map(|(n, s)| (super::session_name::from_unversioned(n), s)).collect()
-            }
-        }
-    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -111,65 +100,92 @@ fn replay_retained_log(path: &Path, retained: &mut Vec<Message>) -> std::io::Res
     Ok(applied)
 }
 
-/// Replaces `path` atomically: write a temporary file, fsync it, rename it over, fsync the directory.
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    // Streamed through a small buffer: a large session store never exists as one string in memory.
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
-    serde_json::to_writer(&mut out, value).map_err(std::io::Error::other)?;
-    out.flush()?;
-    let f = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 impl LocalBroker {
-    /// Opens the broker state in `dir` (created if needed): retained messages and persistent sessions.
+    /// Opens the broker state in `dir` (created if needed): retained messages and persistent sessions. Call
+    /// [`LocalBroker::recover`] before any connection is served.
     pub fn open(dir: &Path, config: BrokerConfig) -> std::io::Result<LocalBroker> {
         std::fs::create_dir_all(dir)?;
         let mut retained: Vec<Message> = read_json(&dir.join("retained.json"))?.unwrap_or_default();
         let log_path = dir.join("retained.log");
         let replayed = replay_retained_log(&log_path, &mut retained)?;
         if replayed > 0 {
-            write_json(&dir.join("retained.json"), &retained)?;
+            write_atomically(&dir.join("retained.json"), &retained)?;
+            sync_dir(dir)?;
         }
         let retained_log = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&log_path)?;
-        let sessions = read_json::<StoredSessions>(&dir.join("sessions.json"))?.map(StoredSessions::into_sessions);
-        let sessions = sessions.unwrap_or_default();
+        let (store, sessions) = SessionStore::open(dir)?;
         if !retained.is_empty() || !sessions.is_empty() {
             tracing::info!(retained = retained.len(), sessions = sessions.len(), "broker state restored");
         }
-        let core = Broker::restore(config, sessions, retained, now_ms());
+        let mut core = Broker::restore(config, sessions, retained, now_ms());
+        // Restoring is no change: nothing needs writing until something happens.
+        core.take_dirty();
         Ok(LocalBroker {
             core: Mutex::new(core),
             wakers: Mutex::new(HashMap::new()),
             dir: dir.to_path_buf(),
             retained_log: Arc::new(Mutex::new(retained_log)),
             retained_dirty: AtomicBool::new(false),
-            sessions_dirty: AtomicBool::new(false),
+            store: Mutex::new(store),
+            rounds_started: AtomicU64::new(0),
+            rounds_done: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            spool: OnceLock::new(),
             changed: Notify::new(),
         })
     }
 
+    /// Attaches the spool: routes again the companions after the session store's position (what persistent
+    /// sessions had not stored when the gateway last stopped), then takes every commit's companions from now on
+    /// (see [`super::durable`]). Returns how many messages were routed again. Call once, before serving.
+    pub fn recover(self: &Arc<Self>, spool: &Spool) -> std::io::Result<usize> {
+        let fresh = self.store.lock().unwrap_or_else(|p| p.into_inner()).is_fresh();
+        let mut replayed = 0;
+        let mut position = spool.cursor(CONSUMER);
+        if fresh {
+            // No earlier run wrote companions for this store: start at the end of the spool.
+            position = position.max(*spool.durable().borrow());
+        } else {
+            let mut reader = spool.reader(CONSUMER);
+            let now = now_ms();
+            loop {
+                let batch = reader.read_batch(REPLAY_BATCH)?;
+                let Some((last, _)) = batch.last() else { break };
+                position = position.max(*last);
+                self.with(|b| {
+                    for (id, record) in &batch {
+                        let Some(r) = BrokerRecord::from_stored(record) else { continue };
+                        if let Some(m) = r.message {
+                            b.replay(*id, m, now);
+                            replayed += 1;
+                        }
+                        if let Some(q) = r.inbound_qos2 {
+                            b.replay_inbound_qos2(*id, &q.session, q.packet_id);
+                        }
+                    }
+                });
+            }
+        }
+        self.with(|b| b.set_routed_through(position));
+        let _ = self.spool.set(spool.clone());
+        let broker = Arc::downgrade(self);
+        spool.on_commit(Box::new(move |companions, last| route_committed(&broker, companions, last)));
+        if replayed > 0 {
+            tracing::info!(replayed, "messages for persistent sessions routed again from the spool");
+        }
+        self.save_sessions(u64::MAX)?;
+        Ok(replayed)
+    }
+
     /// Runs `f` on the broker under its lock (never across an await).
     pub fn with<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
-        self.sessions_dirty.store(true, Ordering::Relaxed);
-        self.quietly(f)
-    }
-
-    /// Reads the broker under its lock without marking it changed (metrics, snapshots).
-    pub fn read<R>(&self, f: impl FnOnce(&Broker) -> R) -> R {
-        self.quietly(|b| f(b))
-    }
-
-    fn quietly<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut core)
+    }
+
+    /// Reads the broker under its lock (metrics, snapshots).
+    pub fn read<R>(&self, f: impl FnOnce(&Broker) -> R) -> R {
+        self.with(|b| f(b))
     }
 
     /// Registers connection `conn_id` as `client`'s; returns the notifier it waits on for deliveries.
@@ -256,31 +272,89 @@ impl LocalBroker {
         }
         // Under the log's lock, so no append lands between the snapshot and the truncation.
         let retained: Vec<Message> = self.read(|b| b.retained().cloned().collect());
-        write_json(&self.dir.join("retained.json"), &retained)?;
+        write_atomically(&self.dir.join("retained.json"), &retained)?;
+        sync_dir(&self.dir)?;
         log.set_len(0)?;
         use std::io::Seek;
         log.seek(std::io::SeekFrom::Start(0))?;
         log.sync_all()
     }
 
-    fn save_sessions(&self) -> std::io::Result<()> {
-        self.sessions_dirty.store(false, Ordering::Relaxed);
-        let sessions: Vec<(String, Session)> =
-            self.read(|b| b.persistent_sessions().map(|(c, s)| (c.to_string(), s.clone())).collect());
-        write_json(&self.dir.join("sessions.json"), &StoredSessions::Current { format: SESSIONS_FORMAT, sessions })
+    /// The broker's companion record for a publish about to be submitted to the spool (see [`super::durable`]),
+    /// and the message its connection must still route itself once the event is durable: `None` when the commit
+    /// routes it. `inbound_qos2` is the publisher's session and the QoS 2 PUBLISH's packet id.
+    pub fn companion(
+        &self,
+        message: Message,
+        inbound_qos2: Option<(&str, u16)>,
+    ) -> (Option<StoredRecord>, Option<Message>) {
+        if self.spool.get().is_none() {
+            return (None, Some(message));
+        }
+        let (to_persistent, inbound) = self.read(|b| {
+            let persistent = |c: &str| b.session(c).is_some_and(|s| s.expiry_secs > 0);
+            (b.routes_to_persistent(&message), inbound_qos2.filter(|(c, _)| persistent(c)))
+        });
+        let inbound_qos2 = inbound.map(|(c, id)| InboundQos2 { session: c.to_string(), packet_id: id });
+        let event_id = message.event.as_ref().map_or_else(String::new, |e| e.id.clone());
+        let (routed, local) = if to_persistent { (Some(message), None) } else { (None, Some(message)) };
+        let record = BrokerRecord { message: routed, inbound_qos2 };
+        ((!record.is_empty()).then(|| record.to_stored(&event_id)), local)
     }
 
-    /// Writes the persistent sessions now (their queues included), so what was handed to them survives a crash;
-    /// the downlinks call it before they acknowledge to the mesh.
+    /// A round of the session store: writes the sessions that changed and deletes those that ended, then
+    /// confirms the position they include to the spool. Skipped when a round numbered `want` or later completed
+    /// while this one waited for its turn (`u64::MAX`: never skipped).
+    fn save_sessions(&self, want: u64) -> std::io::Result<()> {
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if self.rounds_done.load(Ordering::Acquire) >= want {
+            return Ok(());
+        }
+        let round = self.rounds_started.fetch_add(1, Ordering::AcqRel) + 1;
+        let (changes, position) = self.with(|b| {
+            let position = b.routed_through();
+            let changes: Vec<(Arc<str>, Option<Session>)> = b
+                .take_dirty()
+                .into_iter()
+                .map(|name| {
+                    let session = b.session(&name).filter(|s| s.expiry_secs > 0).map(|s| {
+                        let mut s = s.clone();
+                        s.routed_through = position;
+                        s
+                    });
+                    (name, session)
+                })
+                .collect();
+            (changes, position)
+        });
+        if let Err(e) = store.write(&changes) {
+            self.with(|b| b.mark_dirty(changes.into_iter().map(|(name, _)| name)));
+            return Err(e);
+        }
+        drop(store);
+        if let Some(spool) = self.spool.get()
+            && self.confirmed.load(Ordering::Acquire) < position
+        {
+            spool.ack(CONSUMER, position)?;
+            self.confirmed.fetch_max(position, Ordering::AcqRel);
+        }
+        self.rounds_done.fetch_max(round, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Makes the persistent sessions durable as they are now (their queues and flows included), so what was
+    /// handed to them or answered for them survives a crash: the downlinks call it before they acknowledge to
+    /// the mesh, connections before a QoS 2 answer that must not be repeated. Concurrent callers share a round.
     pub async fn persist_sessions(self: &Arc<Self>) -> std::io::Result<()> {
+        let want = self.rounds_started.load(Ordering::Acquire) + 1;
         let broker = Arc::clone(self);
-        tokio::task::spawn_blocking(move || broker.save_sessions()).await.map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || broker.save_sessions(want)).await.map_err(std::io::Error::other)?
     }
 
     /// Writes retained messages and persistent sessions (at shutdown).
     pub fn save(&self) -> std::io::Result<()> {
         self.save_retained(true)?;
-        self.save_sessions()
+        self.save_sessions(u64::MAX)
     }
 
     /// Expires sessions and writes retained changes until `stop`; then saves everything.
@@ -292,18 +366,18 @@ impl LocalBroker {
                 _ = self.changed.notified() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
-            let (expired, woken) = self.quietly(|b| b.expire_sessions(now_ms()));
+            let (expired, woken) = self.with(|b| b.expire_sessions(now_ms()));
             if !expired.is_empty() {
-                self.sessions_dirty.store(true, Ordering::Relaxed);
                 tracing::debug!(count = expired.len(), "sessions expired");
             }
             for c in woken {
                 self.wake(&c);
             }
-            if last_snapshot.elapsed() >= SESSION_SNAPSHOT_INTERVAL && self.sessions_dirty.load(Ordering::Relaxed) {
+            let behind = self.read(|b| b.has_dirty() || b.routed_through() > self.confirmed.load(Ordering::Acquire));
+            if last_snapshot.elapsed() >= SESSION_SNAPSHOT_INTERVAL && behind {
                 last_snapshot = tokio::time::Instant::now();
                 let me = Arc::clone(&self);
-                match tokio::task::spawn_blocking(move || me.save_sessions()).await {
+                match tokio::task::spawn_blocking(move || me.save_sessions(u64::MAX)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "cannot write the session snapshot"),
                     Err(e) => tracing::error!(error = %e, "session snapshot failed"),
@@ -322,6 +396,32 @@ impl LocalBroker {
     }
 }
 
+/// The spool's commit hook: routes the companions' messages in id order, before their publishers are
+/// acknowledged, and moves the broker's position to the commit's last id.
+fn route_committed(broker: &Weak<LocalBroker>, companions: &[(u64, &StoredRecord)], last: u64) {
+    let Some(broker) = broker.upgrade() else { return };
+    let now = now_ms();
+    let mut retained = false;
+    let woken = broker.with(|b| {
+        let mut woken = Vec::new();
+        for (_, record) in companions {
+            if let Some(message) = BrokerRecord::from_stored(record).and_then(|r| r.message) {
+                retained |= message.retain;
+                woken.extend(b.publish(message, now));
+            }
+        }
+        b.set_routed_through(last);
+        woken
+    });
+    for client in woken {
+        broker.wake(&client);
+    }
+    if retained {
+        broker.retained_dirty.store(true, Ordering::Release);
+        broker.changed.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn a_session_store_from_before_namespaces_is_migrated() {
+    fn a_session_store_from_before_namespaces_is_migrated_to_one_file_per_session() {
         let dir = tempfile::tempdir().unwrap();
         let old: Vec<(String, Session)> =
             vec![("amqp:q-dev1".into(), session("device-1")), ("sensor-7".into(), session("device-7"))];
@@ -346,15 +446,51 @@ mod tests {
             assert_eq!(b.owner_of("amqp:q-dev1"), None, "no MQTT client id names it");
             assert_eq!(b.owner_of("sensor-7"), Some("device-7"));
         });
-        // Saved in the current format, and read back the same.
-        broker.save().unwrap();
-        let text = std::fs::read_to_string(dir.path().join("sessions.json")).unwrap();
-        assert!(text.starts_with("{\"format\":2,"), "{text}");
+        assert!(!dir.path().join("sessions.json").exists(), "migrated and removed");
+        let files: Vec<String> = std::fs::read_dir(dir.path().join("sessions"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        assert_eq!(files.len(), 2);
+        assert!(files.iter().all(|f| f.starts_with("{\"format\":3,")), "{files:?}");
         drop(broker);
         let again = LocalBroker::open(dir.path(), BrokerConfig::with_max_queued(10)).unwrap();
         assert_eq!(
             again.read(|b| b.owner_of(&session_name::amqp_queue("q-dev1")).map(String::from)),
             Some("device-1".into())
         );
+    }
+
+    #[test]
+    fn a_round_writes_only_the_sessions_that_changed_and_deletes_ended_ones() {
+        use meshgate_protocols::mqtt::SubscriptionOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let broker = LocalBroker::open(dir.path(), BrokerConfig::with_max_queued(10)).unwrap();
+        let owner = crate::broker::SessionOwner::default();
+        broker.with(|b| {
+            for c in ["a", "b"] {
+                b.connect(c, &owner, Version::V311, false, u32::MAX, 10, 0).unwrap();
+                b.subscribe(c, "t/#", &SubscriptionOptions::default(), None, 0).unwrap();
+            }
+            b.connect("clean", &owner, Version::V311, true, 0, 10, 0).unwrap();
+        });
+        broker.save().unwrap();
+        let path_of = |name: &str| {
+            std::fs::read_dir(dir.path().join("sessions"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| std::fs::read_to_string(p).unwrap().contains(&format!("\"name\":\"{name}\"")))
+        };
+        assert!(path_of("clean").is_none(), "a session that ends with its connection is not stored");
+        let (a, b) = (path_of("a").unwrap(), path_of("b").unwrap());
+        let b_written = std::fs::metadata(&b).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        broker.with(|core| core.unsubscribe("a", "t/#"));
+        broker.save().unwrap();
+        assert!(std::fs::read_to_string(&a).unwrap().contains("\"subscriptions\":{}"), "a rewritten");
+        assert_eq!(std::fs::metadata(&b).unwrap().modified().unwrap(), b_written, "b untouched");
+        broker.with(|core| core.connect("b", &owner, Version::V311, true, 0, 10, 0).unwrap());
+        broker.save().unwrap();
+        assert!(!b.exists(), "b's clean start ended its stored session");
     }
 }

@@ -176,6 +176,10 @@ pub struct Session {
     /// The user that created it (`""`: an anonymous device); nobody else may resume or take it over.
     #[serde(default)]
     pub owner: String,
+    /// As stored: the highest spool record id whose companion messages this state includes. After a crash the
+    /// broker routes the companions after it into the session again (see [`super::durable`]).
+    #[serde(default)]
+    pub routed_through: u64,
     /// What its user may read, where that is not everything: set by every connection, so the ACL in force then
     /// decides (a restored session reads nothing it is not allowed once its device is back).
     #[serde(skip)]
@@ -221,6 +225,7 @@ impl Session {
             receive_maximum: u16::MAX,
             inbound_qos2: BTreeSet::new(),
             owner: String::new(),
+            routed_through: 0,
             reader: None,
             queued_bytes: 0,
             budget: MemoryBudget::default(),

@@ -347,3 +347,53 @@ fn nothing_a_session_may_not_read_is_queued_or_handed_over() {
     restored.connect("c", &reader, Version::V5, false, u32::MAX, 10, 0).unwrap();
     assert_eq!(polled(&mut restored, "c"), [(1, 1, false, "n".into(), vec![])]);
 }
+
+#[test]
+fn a_replay_reaches_only_sessions_whose_stored_state_does_not_cover_the_record() {
+    let mut b = Broker::new(config());
+    for (client, stored_through) in [("old", 5), ("new", 9)] {
+        connect(&mut b, client, false, u32::MAX);
+        b.subscribe(client, "cmd/#", &opts(QoS::AtLeastOnce), None, 0).expect("subscribed");
+        b.session_mut(client).expect("session").routed_through = stored_through;
+    }
+    for (client, group) in [("m1", 5), ("m2", 9)] {
+        connect(&mut b, client, false, u32::MAX);
+        b.subscribe(client, "$share/g/cmd/#", &opts(QoS::AtLeastOnce), None, 0).expect("subscribed");
+        b.session_mut(client).expect("session").routed_through = group;
+    }
+    b.publish(msg("cmd/r", 1, true, "kept", "p"), 0);
+    for c in ["old", "new", "m1", "m2"] {
+        polled(&mut b, c);
+    }
+    let woken = b.replay(5, msg("cmd/x", 1, false, "five", "p"), 0);
+    assert!(woken.is_empty(), "record 5 is in every stored state");
+    let woken = b.replay(7, msg("cmd/x", 1, false, "seven", "p"), 0);
+    assert_eq!(woken, vec![Arc::<str>::from("old")], "new covers 7; m2 covers it, so the group had it");
+    assert_eq!(polled(&mut b, "old"), vec![(2, 1, false, "seven".into(), vec![])]);
+    let woken = b.replay(10, msg("cmd/r", 1, true, "", "p"), 0);
+    assert_eq!(woken.len(), 3, "old, new and one group member");
+    assert_eq!(b.retained().count(), 1, "a replay leaves the retained store alone");
+    b.replay_inbound_qos2(5, "old", 3);
+    b.replay_inbound_qos2(6, "new", 4);
+    b.replay_inbound_qos2(6, "old", 5);
+    assert!(
+        b.session("old").expect("old").inbound_qos2.contains(&5)
+            && !b.session("old").expect("old").inbound_qos2.contains(&3)
+    );
+    assert!(b.session("new").expect("new").inbound_qos2.is_empty(), "new's state covers record 6");
+}
+
+#[test]
+fn routes_to_persistent_looks_for_a_persistent_session_taking_qos_1_or_2() {
+    let mut b = Broker::new(config());
+    connect(&mut b, "clean", true, 0);
+    b.subscribe("clean", "t/#", &opts(QoS::AtLeastOnce), None, 0).expect("subscribed");
+    connect(&mut b, "zero", false, u32::MAX);
+    b.subscribe("zero", "t/#", &opts(QoS::AtMostOnce), None, 0).expect("subscribed");
+    assert!(!b.routes_to_persistent(&msg("t/1", 1, false, "x", "p")), "clean, or persistent at QoS 0");
+    connect(&mut b, "kept", false, 60);
+    b.subscribe("kept", "$share/g/t/#", &opts(QoS::ExactlyOnce), None, 0).expect("subscribed");
+    assert!(b.routes_to_persistent(&msg("t/1", 1, false, "x", "p")));
+    assert!(!b.routes_to_persistent(&msg("t/1", 0, false, "x", "p")), "QoS 0 is not kept across a crash");
+    assert!(!b.routes_to_persistent(&msg("u/1", 2, false, "x", "p")));
+}

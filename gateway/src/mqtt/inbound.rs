@@ -73,9 +73,17 @@ impl InboundState {
     }
 
     /// Admits a QoS 1 or 2 PUBLISH against the Receive Maximum, recognising QoS 2 resends.
-    pub fn admit(&mut self, qos: QoS, packet_id: u16) -> Result<Admission, ReasonCode> {
+    ///
+    /// An id carried over from an earlier connection is a resend only with DUP set: a client that re-delivers
+    /// must set it [MQTT-3.3.1-1], so a PUBLISH without it reuses an id the client considers released (the PUBREL
+    /// went out just before a crash the session's stored state predates) and is a new message.
+    pub fn admit(&mut self, qos: QoS, packet_id: u16, dup: bool) -> Result<Admission, ReasonCode> {
         if qos == QoS::ExactlyOnce && self.awaiting_release.contains(&packet_id) {
-            return Ok(Admission::Duplicate);
+            if dup || !self.carried.contains(&packet_id) {
+                return Ok(Admission::Duplicate);
+            }
+            self.carried.remove(&packet_id);
+            self.awaiting_release.remove(&packet_id);
         }
         if self.inflight >= self.receive_maximum {
             return Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
@@ -113,33 +121,43 @@ mod tests {
     #[test]
     fn qos2_resends_are_recognised_until_released() {
         let mut s = InboundState::new(10, 0);
-        assert_eq!(s.admit(QoS::ExactlyOnce, 7), Ok(Admission::New));
-        assert_eq!(s.admit(QoS::ExactlyOnce, 7), Ok(Admission::Duplicate));
+        assert_eq!(s.admit(QoS::ExactlyOnce, 7, false), Ok(Admission::New));
+        assert_eq!(s.admit(QoS::ExactlyOnce, 7, true), Ok(Admission::Duplicate));
+        assert_eq!(s.admit(QoS::ExactlyOnce, 7, false), Ok(Admission::Duplicate), "this connection's own id");
         assert!(s.release(7));
         assert!(!s.release(7));
-        assert_eq!(s.admit(QoS::ExactlyOnce, 7), Ok(Admission::New));
+        assert_eq!(s.admit(QoS::ExactlyOnce, 7, false), Ok(Admission::New));
     }
 
     #[test]
     fn ids_carried_over_from_the_session_are_duplicates_and_cost_no_quota() {
         let mut s = InboundState::new(1, 0);
         s.resume([7, 8]);
-        assert_eq!(s.admit(QoS::ExactlyOnce, 7), Ok(Admission::Duplicate), "resent after a reconnect");
-        assert_eq!(s.admit(QoS::ExactlyOnce, 9), Ok(Admission::New), "the quota is this connection's own");
+        assert_eq!(s.admit(QoS::ExactlyOnce, 7, true), Ok(Admission::Duplicate), "resent after a reconnect");
+        assert_eq!(s.admit(QoS::ExactlyOnce, 9, false), Ok(Admission::New), "the quota is this connection's own");
         assert!(s.release(7) && s.release(8));
-        assert_eq!(s.admit(QoS::AtLeastOnce, 10), Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), "9 still counts");
+        assert_eq!(s.admit(QoS::AtLeastOnce, 10, false), Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), "9 still counts");
         assert!(s.release(9));
-        assert_eq!(s.admit(QoS::AtLeastOnce, 10), Ok(Admission::New));
+        assert_eq!(s.admit(QoS::AtLeastOnce, 10, false), Ok(Admission::New));
+    }
+
+    #[test]
+    fn a_carried_id_without_dup_is_a_new_message() {
+        let mut s = InboundState::new(10, 0);
+        s.resume([7]);
+        assert_eq!(s.admit(QoS::ExactlyOnce, 7, false), Ok(Admission::New), "the client had released 7");
+        assert_eq!(s.admit(QoS::ExactlyOnce, 7, true), Ok(Admission::Duplicate), "now this connection's own");
+        assert!(s.release(7));
     }
 
     #[test]
     fn the_receive_maximum_is_enforced() {
         let mut s = InboundState::new(2, 0);
-        assert!(s.admit(QoS::AtLeastOnce, 1).is_ok());
-        assert!(s.admit(QoS::ExactlyOnce, 2).is_ok());
-        assert_eq!(s.admit(QoS::AtLeastOnce, 3), Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+        assert!(s.admit(QoS::AtLeastOnce, 1, false).is_ok());
+        assert!(s.admit(QoS::ExactlyOnce, 2, false).is_ok());
+        assert_eq!(s.admit(QoS::AtLeastOnce, 3, false), Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
         s.completed(QoS::AtLeastOnce, 1);
-        assert!(s.admit(QoS::AtLeastOnce, 3).is_ok());
+        assert!(s.admit(QoS::AtLeastOnce, 3, false).is_ok());
     }
 
     #[test]
@@ -147,7 +165,7 @@ mod tests {
         let mut s = InboundState::new(1, 0);
         s.without_quota();
         for id in 1..=300 {
-            assert_eq!(s.admit(QoS::AtLeastOnce, id), Ok(Admission::New));
+            assert_eq!(s.admit(QoS::AtLeastOnce, id, false), Ok(Admission::New));
         }
     }
 

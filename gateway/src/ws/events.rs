@@ -288,7 +288,12 @@ impl Session {
         let id = event.id.clone();
         let Normalized { event, route, .. } = self.ctx.shared.normalizer.kept(event, &topic);
         self.ctx.shared.metrics.message_in(PROTOCOL);
-        match self.ctx.shared.ingest.submit(event, route).await {
+        // A message for persistent sessions is made durable with the event, and the commit routes it.
+        let (companion, local) = match local {
+            Some(m) => self.ctx.shared.broker.companion(m, None),
+            None => (None, None),
+        };
+        match self.ctx.shared.ingest.submit_with(event, route, companion).await {
             Ok(receipt) => {
                 self.pending.push_back(Pending { id, receipt, local });
                 Ok(true)

@@ -16,7 +16,8 @@ use crate::mqtt::outbound;
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Hands a QoS 0 message to local subscribers now, or behind the client's earlier publishes that are still
     /// waiting to be durable.
-    pub(super) fn route_in_order(&mut self, message: Message) {
+    pub(super) fn route_in_order(&mut self, message: Option<Message>) {
+        let Some(message) = message else { return };
         if self.pending.is_empty() {
             self.ctx.shared.broker.publish(message);
         } else {
@@ -50,14 +51,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Writes what the broker queued for this client, up to [`OUTBOUND_PER_WAKE`] deliveries; wakes itself again
     /// if more may be waiting.
-    pub(super) fn pump_outbound(&mut self) {
+    ///
+    /// A QoS 2 message sent for the first time to a persistent session waits until the session store holds its
+    /// packet id: after a crash it is resent with that id (which the client recognises), never routed again as a
+    /// new message the client would deliver twice.
+    pub(super) async fn pump_outbound(&mut self) {
         let client = self.client_id().to_string();
         if client.is_empty() {
             return;
         }
         let now = now_ms();
-        let deliveries =
-            self.ctx.shared.broker.with(|b| b.poll_outbound(&client, now, OUTBOUND_PER_WAKE, OUTBOUND_BYTES_PER_WAKE));
+        let (deliveries, persistent) = self.ctx.shared.broker.with(|b| {
+            let out = b.poll_outbound(&client, now, OUTBOUND_PER_WAKE, OUTBOUND_BYTES_PER_WAKE);
+            (out, b.session(&client).is_some_and(|s| s.expiry_secs > 0))
+        });
+        let new_qos2 =
+            deliveries.iter().any(|d| matches!(d, Outbound::Publish { dup: false, delivery, .. } if delivery.qos == 2));
+        if persistent && new_qos2 {
+            self.persist_session("QoS 2 delivery").await;
+        }
         let full = deliveries.len() == OUTBOUND_PER_WAKE;
         self.write_outbound(deliveries, now);
         if full && let Some(n) = &self.deliveries {
@@ -65,9 +77,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Waits until the session store holds this connection's session as it is now (see
+    /// [`crate::broker::LocalBroker::persist_sessions`]); a failure is logged and the answer goes out regardless.
+    async fn persist_session(&self, before: &'static str) {
+        if let Err(e) = self.ctx.shared.broker.persist_sessions().await {
+            tracing::warn!(client = self.client_id(), error = %e, before, "session could not be made durable");
+        }
+    }
+
+    /// Whether this connection's session outlives it (its state is kept across a crash).
+    fn session_is_persistent(&self) -> bool {
+        let client = self.client_id();
+        self.ctx.shared.broker.read(|b| b.session(client).is_some_and(|s| s.expiry_secs > 0))
+    }
+
     /// SUBSCRIBE: each filter is granted its requested QoS (the broker serves 0, 1 and 2); retained messages
-    /// follow the SUBACK.
-    pub(super) fn on_subscribe(&mut self, s: &Subscribe<'_>) -> Option<&'static str> {
+    /// follow the SUBACK. A persistent session's subscriptions are durable before the SUBACK.
+    pub(super) async fn on_subscribe(&mut self, s: &Subscribe<'_>) -> Option<&'static str> {
         let v5 = self.version.is_v5();
         let id = s.properties.subscription_identifiers.iter().next();
         let client = self.client_id().to_string();
@@ -97,8 +123,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             });
         }
+        if self.session_is_persistent() {
+            self.persist_session("SUBACK").await;
+        }
         self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), codes: &codes }));
-        self.pump_outbound();
+        self.pump_outbound().await;
         None
     }
 
@@ -116,8 +145,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes }));
     }
 
-    /// PUBACK, PUBREC or PUBCOMP from the client for a delivery of ours.
-    pub(super) fn on_delivery_ack(&mut self, r: &PubResponse<'_>) {
+    /// PUBACK, PUBREC or PUBCOMP from the client for a delivery of ours. A persistent session's PUBREC is
+    /// durable before the PUBREL: after a crash the flow resumes with PUBREL, and the message is not sent again.
+    pub(super) async fn on_delivery_ack(&mut self, r: &PubResponse<'_>) {
         let client = self.client_id().to_string();
         let id = r.packet_id;
         let (known, pubrel) = self.ctx.shared.broker.with(|b| {
@@ -132,6 +162,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         });
         if r.kind == PubResponseKind::PubRec && !r.reason.is_error() {
+            if pubrel && self.session_is_persistent() {
+                self.persist_session("PUBREL").await;
+            }
             let mut rel = PubResponse::new(PubResponseKind::PubRel, id);
             if !pubrel && self.version.is_v5() {
                 rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -141,6 +174,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if !known {
             tracing::debug!(client, packet_id = id, kind = ?r.kind, "acknowledgement for no delivery in flight");
         }
-        self.pump_outbound();
+        self.pump_outbound().await;
     }
 }

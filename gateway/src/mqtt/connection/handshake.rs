@@ -239,7 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         self.session = Some((client_id, registration));
         // What the session queued while the client was away follows the CONNACK and the resends.
-        self.pump_outbound();
+        self.pump_outbound().await;
         self.flush().await?;
         self.touch();
         Ok(())

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use chrono::Utc;
 use meshgate_edge_agent::pipeline::{DeliveryError, IngestShare, Receipt};
+use meshgate_edge_agent::spool::StoredRecord;
 use meshgate_protocols::mqtt::{
     DecodeError, Disconnect, Packet, PubResponse, PubResponseKind, Publish, QoS, ReasonCode, Version,
 };
@@ -98,6 +99,11 @@ where
         ctx.registry.unregister(client_id, reg.conn_id);
         if ctx.shared.broker.detach(client_id, reg.conn_id) {
             ctx.shared.broker.disconnect(client_id, conn.disconnect_expiry);
+            // What the client acknowledged before it left is durable too: a crash redelivers nothing it has.
+            let persistent = ctx.shared.broker.read(|b| b.session(client_id).is_some_and(|s| s.expiry_secs > 0));
+            if persistent && let Err(e) = ctx.shared.broker.persist_sessions().await {
+                tracing::warn!(client = %client_id, error = %e, "session could not be made durable at disconnect");
+            }
         }
         let publish_will = match &outcome {
             Closed::Normal => conn.disconnect_with_will,
@@ -335,7 +341,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.drain_acks(false).await?;
                 }
                 _ = notified(deliveries.as_deref()) => {
-                    self.pump_outbound();
+                    self.pump_outbound().await;
                 }
                 _ = sleep_until(resume_at) => {
                     self.stall = None;
@@ -515,7 +521,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.send(&Packet::PingResp);
                 None
             }
-            Packet::Subscribe(s) => match self.on_subscribe(&s) {
+            Packet::Subscribe(s) => match self.on_subscribe(&s).await {
                 Some(why) => Some(self.protocol_error(why).await),
                 None => None,
             },
@@ -529,7 +535,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Some(Closed::Normal)
             }
             Packet::PubResponse(r) => {
-                self.on_delivery_ack(&r);
+                self.on_delivery_ack(&r).await;
                 None
             }
             Packet::Connect(_) => Some(self.protocol_error("second CONNECT").await),
@@ -569,7 +575,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             QoS::ExactlyOnce => Some(PubResponseKind::PubRec),
         };
         if let Some(kind) = ack_kind {
-            match self.inbound.admit(publish.qos, packet_id) {
+            match self.inbound.admit(publish.qos, packet_id, publish.dup) {
                 Ok(Admission::New) => {}
                 Ok(Admission::Duplicate) => {
                     self.queue_ack(kind, publish.qos, packet_id, None, ReasonCode::SUCCESS);
@@ -616,11 +622,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return self.refuse_publish(ack_kind, publish.qos, packet_id, reason, "retained message not stored").await;
         }
         let wait_durable = ack_kind.is_some() || self.ctx.config.qos0_wait_durable;
-        match (self.submit(normalized, wait_durable).await, ack_kind) {
+        // A message for persistent sessions, and a QoS 2 packet id, are made durable with the event; the commit
+        // routes such a message (`local` is then `None`).
+        let inbound_qos2 = (publish.qos == QoS::ExactlyOnce).then_some(packet_id);
+        let publisher = self.session.as_ref().map(|(c, _)| c.as_str());
+        let (companion, local) = self.ctx.shared.broker.companion(local, publisher.zip(inbound_qos2));
+        match (self.submit(normalized, wait_durable, companion).await, ack_kind) {
             (Ok(receipt), Some(kind)) => {
                 // Local subscribers get it once it is durable, when the acknowledgement goes out.
                 let reason = ReasonCode::SUCCESS;
-                let (kind, local) = (Some(kind), Some(local));
+                let kind = Some(kind);
                 self.pending.push_back(PendingAck { kind, qos: publish.qos, packet_id, receipt, reason, local });
                 None
             }
@@ -685,20 +696,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         })
     }
 
-    /// Hands a normalized publish to the pipeline. Returns the receipt to wait for when `confirmed`.
+    /// Hands a normalized publish (and the broker's companion record) to the pipeline. Returns the receipt to
+    /// wait for when `confirmed`.
     async fn submit(
         &mut self,
         normalized: Normalized,
         confirmed: bool,
+        companion: Option<StoredRecord>,
     ) -> Result<Option<Receipt>, (ReasonCode, &'static str)> {
         let Normalized { event, route, when_full } = normalized;
         self.ctx.shared.metrics.message_in(PROTOCOL);
         let stopped = (ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped");
         if confirmed {
-            self.ctx.shared.ingest.submit(event, route).await.map(Some).map_err(|_| stopped)
+            self.ctx.shared.ingest.submit_with(event, route, companion).await.map(Some).map_err(|_| stopped)
         } else {
             let share = Some(&self.share);
-            let submitted = self.ctx.shared.ingest.submit_unconfirmed_within(event, route, when_full, share).await;
+            let ingest = &self.ctx.shared.ingest;
+            let submitted = ingest.submit_unconfirmed_within(event, route, when_full, share, companion).await;
             submitted.map(|()| None).map_err(|_| stopped)
         }
     }

@@ -1,0 +1,120 @@
+//! The broker's records in the spool: what makes routing to persistent sessions survive a crash.
+//!
+//! A QoS 1 or 2 message that a persistent session subscribes to (an MQTT session that outlives its connection, a
+//! durable AMQP queue) is appended with its event as a *companion* record for the consumer [`CONSUMER`], in the
+//! same commit (see `meshgate_edge_agent::spool`). A QoS 2 publish of a persistent session's own client carries its
+//! packet id in the companion too. After each commit the spool's writer hands the companions, in id order, to
+//! [`super::LocalBroker`], which routes their messages there and then, before the publisher is acknowledged, and
+//! moves the broker's position ([`super::Broker::routed_through`]) to the commit's last id.
+//!
+//! The session store writes each changed session with the position its state includes
+//! ([`super::Session::routed_through`]) and then confirms that position to the spool, which keeps every record
+//! after it. At start the companions after the confirmed position are routed again into the sessions whose state
+//! does not include them, and their QoS 2 packet ids await PUBREL again: a message acknowledged to its publisher
+//! and routed to a persistent session reaches that session after any crash, once.
+
+use meshgate_edge_agent::spool::StoredRecord;
+use meshgate_edge_agent::spool::record::StoredData;
+use serde::{Deserialize, Serialize};
+
+use super::message::Message;
+
+/// The spool consumer the broker reads its companion records as (uplink names may not start with `@`).
+pub const CONSUMER: &str = "@broker";
+
+/// The `type` of a companion record.
+const RECORD_TYPE: &str = "io.meshgate.broker.v1";
+
+/// A QoS 2 publish a persistent session's client sent, stored with its event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundQos2 {
+    /// The session's name.
+    pub session: String,
+    /// The PUBLISH's packet id.
+    pub packet_id: u16,
+}
+
+/// What a companion record holds for the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    /// The message to route (when a persistent session subscribes to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
+    /// The QoS 2 packet id of a persistent session's publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_qos2: Option<InboundQos2>,
+}
+
+impl BrokerRecord {
+    /// Whether it holds anything: an empty one is not written.
+    pub fn is_empty(&self) -> bool {
+        self.message.is_none() && self.inbound_qos2.is_none()
+    }
+
+    /// The companion record for the event `event_id` (the record's id, for a reader of the spool files).
+    pub fn to_stored(&self, event_id: &str) -> StoredRecord {
+        StoredRecord {
+            route: Some(vec![CONSUMER.to_string()]),
+            id: event_id.to_string(),
+            source: "meshgate".into(),
+            ty: RECORD_TYPE.into(),
+            datacontenttype: Some("application/json".into()),
+            dataschema: None,
+            subject: None,
+            time: None,
+            extensions: Vec::new(),
+            // Serializing owned strings and bytes into a Vec cannot fail.
+            data: StoredData::Binary(serde_json::to_vec(self).unwrap_or_default()),
+            droppable: false,
+            accepted_at_ms: super::local::now_ms(),
+        }
+    }
+
+    /// The broker's record in a spool record, if it is one (an event for the uplinks is not; an unreadable one
+    /// is logged and skipped).
+    pub fn from_stored(record: &StoredRecord) -> Option<BrokerRecord> {
+        if record.ty != RECORD_TYPE || !matches!(record.route.as_deref(), Some([only]) if only == CONSUMER) {
+            return None;
+        }
+        let StoredData::Binary(bytes) = &record.data else { return None };
+        match serde_json::from_slice(bytes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(event = %record.id, error = %e, "unreadable broker record in the spool skipped");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_record_round_trips_through_a_spool_record_and_events_are_not_mistaken_for_one() {
+        let message = Message {
+            topic: "cmd/1".into(),
+            payload: vec![0, 159, 146, 150],
+            qos: 2,
+            retain: false,
+            properties: Default::default(),
+            publisher: "dev-1".into(),
+            expires_at_ms: None,
+            event: None,
+        };
+        let record = BrokerRecord {
+            message: Some(message),
+            inbound_qos2: Some(InboundQos2 { session: "dev-1".into(), packet_id: 7 }),
+        };
+        let stored = record.to_stored("e-1");
+        assert!(!stored.routed_to("file"), "no uplink reads it");
+        assert_eq!(BrokerRecord::from_stored(&stored), Some(record));
+        let mut event = stored.clone();
+        event.route = None;
+        assert_eq!(BrokerRecord::from_stored(&event), None, "an event for every uplink");
+        let mut garbage = stored;
+        garbage.data = StoredData::Binary(b"{".to_vec());
+        assert_eq!(BrokerRecord::from_stored(&garbage), None);
+    }
+}

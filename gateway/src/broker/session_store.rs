@@ -1,0 +1,182 @@
+//! The session store: one file per persistent session in `{data_dir}/broker/sessions/`, so a round writes only
+//! the sessions that changed (a busy gateway with a large offline queue rewrites that one queue, not every
+//! session).
+//!
+//! Each file is `{"format":3,"name":…,"session":…}`, replaced atomically (write a temporary file, fsync, rename);
+//! the directory is fsynced once per round. A session that ended, or no longer outlives its connection, has its
+//! file deleted. `sessions.json` from before (format 2, or a bare list from before namespaces) is migrated to
+//! files at the first start and removed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::Session;
+
+/// The format of a session file: 3 since sessions are stored one per file.
+const FORMAT: u32 = 3;
+
+/// A session file, as written.
+#[derive(serde::Serialize)]
+struct SessionFile<'a> {
+    format: u32,
+    name: &'a str,
+    session: &'a Session,
+}
+
+/// A session file, as read.
+#[derive(serde::Deserialize)]
+struct StoredSession {
+    /// The session's name.
+    name: String,
+    /// The session.
+    session: Session,
+}
+
+/// `sessions.json`, as written before [`FORMAT`] 3: `{"format":2,"sessions":[...]}` or, before namespaces, a bare
+/// list.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum LegacySessions {
+    /// `{"format": 2, "sessions": [...]}`.
+    Current {
+        /// Sessions by name.
+        sessions: Vec<(String, Session)>,
+    },
+    /// A bare list, from before namespaces: renamed by [`super::session_name::from_unversioned`].
+    Unversioned(Vec<(String, Session)>),
+}
+
+impl LegacySessions {
+    fn into_sessions(self) -> Vec<(String, Session)> {
+        match self {
+            LegacySessions::Current { sessions } => sessions,
+            LegacySessions::Unversioned(sessions) => {
+                sessions.into_iter().map(|(n, s)| (super::session_name::from_unversioned(n), s)).collect()
+            }
+        }
+    }
+}
+
+/// The session files of one broker directory.
+#[derive(Debug)]
+pub struct SessionStore {
+    dir: PathBuf,
+    /// Each stored session's file number.
+    files: HashMap<Arc<str>, u64>,
+    next_file: u64,
+    /// Whether the store was created by this start (no earlier version of the gateway left sessions here).
+    fresh: bool,
+}
+
+/// Replaces `path` atomically: write a temporary file, fsync it, rename it over (the caller fsyncs the directory).
+pub(super) fn write_atomically<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    // Streamed through a small buffer: a large session never exists as one string in memory.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
+    serde_json::to_writer(&mut out, value).map_err(std::io::Error::other)?;
+    out.flush()?;
+    let f = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Fsyncs a directory, so the renames and deletions in it are durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl SessionStore {
+    /// Opens the store under `broker_dir` and reads every stored session, migrating `sessions.json`.
+    pub fn open(broker_dir: &Path) -> std::io::Result<(SessionStore, Vec<(String, Session)>)> {
+        let dir = broker_dir.join("sessions");
+        let legacy = broker_dir.join("sessions.json");
+        let fresh = !dir.exists() && !legacy.exists();
+        std::fs::create_dir_all(&dir)?;
+        let mut store = SessionStore { dir, files: HashMap::new(), next_file: 1, fresh };
+        let mut sessions = Vec::new();
+        for entry in std::fs::read_dir(&store.dir)? {
+            let path = entry?.path();
+            let number = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
+            let Some(number) = number.filter(|_| path.extension().is_some_and(|e| e == "json")) else {
+                // A temporary file a crash left behind: its rename never happened.
+                if path.extension().is_some_and(|e| e == "tmp") {
+                    std::fs::remove_file(&path)?;
+                }
+                continue;
+            };
+            let stored: StoredSession = serde_json::from_slice(&std::fs::read(&path)?)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            store.next_file = store.next_file.max(number + 1);
+            store.files.insert(stored.name.as_str().into(), number);
+            sessions.push((stored.name, stored.session));
+        }
+        if legacy.exists() {
+            let bytes = std::fs::read(&legacy)?;
+            let old: LegacySessions = serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", legacy.display())))?;
+            let old = old.into_sessions();
+            let changes: Vec<(Arc<str>, Option<Session>)> =
+                old.iter().map(|(n, s)| (Arc::from(n.as_str()), Some(s.clone()))).collect();
+            store.write(&changes)?;
+            std::fs::remove_file(&legacy)?;
+            sync_dir(broker_dir)?;
+            tracing::info!(sessions = old.len(), "sessions.json migrated to one file per session");
+            sessions.extend(old);
+        }
+        Ok((store, sessions))
+    }
+
+    /// Whether this start created the store (nothing was stored by an earlier run).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Writes each changed session (`Some`) or deletes its file (`None`), then fsyncs the directory.
+    pub fn write(&mut self, changes: &[(Arc<str>, Option<Session>)]) -> std::io::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for (name, session) in changes {
+            match session {
+                Some(session) => {
+                    let number = match self.files.get(name) {
+                        Some(n) => *n,
+                        None => {
+                            let n = self.next_file;
+                            self.next_file += 1;
+                            self.files.insert(Arc::clone(name), n);
+                            n
+                        }
+                    };
+                    let file = SessionFile { format: FORMAT, name, session };
+                    write_atomically(&self.path(number), &file)?;
+                }
+                None => {
+                    if let Some(number) = self.files.remove(name) {
+                        match std::fs::remove_file(self.path(number)) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Sessions stored.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether no session is stored.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("{number:016}.json"))
+    }
+}
