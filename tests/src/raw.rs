@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use meshgate_protocols::mqtt::{Connect, DecodeError, Packet, ReasonCode, Version};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Whether `e` is a read timing out (the socket's read timeout).
-fn is_timeout(e: &anyhow::Error) -> bool {
+/// Whether `e` is a read timing out (see [`RawClient::set_timeout`]).
+pub fn is_timeout(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<std::io::Error>())
         .any(|io| matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
@@ -173,7 +173,8 @@ impl RawClient {
         Ok(got)
     }
 
-    fn set_timeout(&self, t: Duration) -> Result<()> {
+    /// Sets how long `recv` waits for a packet (10 s unless changed).
+    pub fn set_timeout(&self, t: Duration) -> Result<()> {
         match &self.link {
             Link::Tcp(s) => s.set_read_timeout(Some(t))?,
             Link::Ws(ws) => ws.get_ref().set_read_timeout(Some(t))?,

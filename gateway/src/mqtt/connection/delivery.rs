@@ -49,26 +49,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Writes what the broker queued for this client, up to [`OUTBOUND_PER_WAKE`] deliveries; wakes itself again
-    /// if more may be waiting.
-    ///
-    /// A QoS 2 message sent for the first time to a persistent session waits until the session store holds its
-    /// packet id: after a crash it is resent with that id (which the client recognises), never routed again as a
-    /// new message the client would deliver twice.
+    /// Writes what the broker queued for this client, up to [`OUTBOUND_PER_WAKE`] deliveries (and the PUBRELs
+    /// owed); wakes itself again if more may be waiting.
     pub(super) async fn pump_outbound(&mut self) {
+        self.pump_wanted = true;
+        self.release_and_pump().await;
+    }
+
+    /// Sends the PUBRELs owed and, when wanted, the next deliveries.
+    ///
+    /// A persistent session's QoS 2 flows are durable before their packets leave, in one session-store round for
+    /// the whole batch: a QoS 2 message sent for the first time must keep its packet id across a crash (it is
+    /// resent with that id, which the client recognises, never routed again as a new message the client would
+    /// deliver twice), and after a PUBREC the flow must resume with PUBREL, never with the message.
+    pub(super) async fn release_and_pump(&mut self) {
+        if self.pubrels.is_empty() && !self.pump_wanted {
+            return;
+        }
         let client = self.client_id().to_string();
         if client.is_empty() {
             return;
         }
         let now = now_ms();
+        let pump = std::mem::take(&mut self.pump_wanted);
         let (deliveries, persistent) = self.ctx.shared.broker.with(|b| {
-            let out = b.poll_outbound(&client, now, OUTBOUND_PER_WAKE, OUTBOUND_BYTES_PER_WAKE);
+            let out = if pump {
+                b.poll_outbound(&client, now, OUTBOUND_PER_WAKE, OUTBOUND_BYTES_PER_WAKE)
+            } else {
+                Vec::new()
+            };
             (out, b.session(&client).is_some_and(|s| s.expiry_secs > 0))
         });
         let new_qos2 =
             deliveries.iter().any(|d| matches!(d, Outbound::Publish { dup: false, delivery, .. } if delivery.qos == 2));
-        if persistent && new_qos2 {
-            self.persist_session("QoS 2 delivery").await;
+        let flows_moved = self.pubrels.iter().any(|(_, _, moved)| *moved);
+        if persistent && (new_qos2 || flows_moved) {
+            self.persist_session("QoS 2 flows").await;
+        }
+        for (id, reason, _) in std::mem::take(&mut self.pubrels) {
+            let mut rel = PubResponse::new(PubResponseKind::PubRel, id);
+            rel.reason = reason;
+            self.send(&Packet::PubResponse(rel));
         }
         let full = deliveries.len() == OUTBOUND_PER_WAKE;
         self.write_outbound(deliveries, now);
@@ -145,9 +166,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes }));
     }
 
-    /// PUBACK, PUBREC or PUBCOMP from the client for a delivery of ours. A persistent session's PUBREC is
-    /// durable before the PUBREL: after a crash the flow resumes with PUBREL, and the message is not sent again.
-    pub(super) async fn on_delivery_ack(&mut self, r: &PubResponse<'_>) {
+    /// PUBACK, PUBREC or PUBCOMP from the client for a delivery of ours. The PUBREL a PUBREC is owed, and the
+    /// deliveries the freed window lets through, go out in [`Self::release_and_pump`] once the input at hand is
+    /// handled: a buffer of PUBRECs costs a persistent session one session-store round, not one each.
+    pub(super) fn on_delivery_ack(&mut self, r: &PubResponse<'_>) {
         let client = self.client_id().to_string();
         let id = r.packet_id;
         let (known, pubrel) = self.ctx.shared.broker.with(|b| {
@@ -162,18 +184,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         });
         if r.kind == PubResponseKind::PubRec && !r.reason.is_error() {
-            if pubrel && self.session_is_persistent() {
-                self.persist_session("PUBREL").await;
-            }
-            let mut rel = PubResponse::new(PubResponseKind::PubRel, id);
-            if !pubrel && self.version.is_v5() {
-                rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-            }
-            self.send(&Packet::PubResponse(rel));
+            let reason = if !pubrel && self.version.is_v5() {
+                ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+            } else {
+                ReasonCode::SUCCESS
+            };
+            self.pubrels.push((id, reason, pubrel));
         }
         if !known {
             tracing::debug!(client, packet_id = id, kind = ?r.kind, "acknowledgement for no delivery in flight");
         }
-        self.pump_outbound().await;
+        self.pump_wanted = true;
     }
 }

@@ -188,6 +188,11 @@ struct Connection<S> {
     rate_paid: bool,
     /// Its share of the spool's queue for QoS 0 publishes (`limits.max_unconfirmed_per_connection`).
     share: IngestShare,
+    /// PUBRELs owed for the PUBRECs just read: packet id, reason code, whether the flow moved on (see
+    /// [`Connection::release_and_pump`]).
+    pubrels: Vec<(u16, ReasonCode, bool)>,
+    /// Acknowledgements freed the window: poll the session for deliveries.
+    pump_wanted: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -219,6 +224,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             rate: crate::limits::MessageRate::default(),
             rate_paid: false,
             share,
+            pubrels: Vec::new(),
+            pump_wanted: false,
         }
     }
 
@@ -296,6 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn serve_session(&mut self) -> Result<Closed, Closed> {
         let mut shutdown = self.ctx.shared.shutdown.clone();
         loop {
+            self.release_and_pump().await;
             self.flush().await?;
             let acks_room = self.pending.len() < usize::from(self.ctx.config.receive_maximum);
             if self.stall == Some(Stall::Acks) && acks_room {
@@ -535,7 +543,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Some(Closed::Normal)
             }
             Packet::PubResponse(r) => {
-                self.on_delivery_ack(&r).await;
+                self.on_delivery_ack(&r);
                 None
             }
             Packet::Connect(_) => Some(self.protocol_error("second CONNECT").await),
