@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::local::now_ms;
+use crate::broker::message::EventIdentity;
 use crate::broker::{LocalBroker, Message};
 
 /// The local broker as a downlink's destination.
@@ -30,6 +31,8 @@ impl LocalDelivery for BrokerDelivery {
             Message::new(topic, json.as_bytes(), QoS::AtLeastOnce, false, &Default::default(), "", now_ms());
         message.properties.content_type = Some("application/cloudevents+json".into());
         message.expires_at_ms = expires_at_ms;
+        // Every local delivery carries the command's own identity (AMQP message-id, the WebSocket copy).
+        message.event = Some(EventIdentity::of(event));
         self.broker.publish(message);
     }
 

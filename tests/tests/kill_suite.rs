@@ -1,10 +1,12 @@
 //! The kill suite: the real binary SIGKILLed again and again under a mixed load, on one data directory, and then
 //! checked against what every device was told.
 //!
-//! Each cycle starts the gateway, runs every publisher and the online subscriber for a random 0.4–1.4 s, and kills
-//! the gateway with SIGKILL while they are mid-flight. Publishers: MQTT 5 at QoS 1, MQTT 3.1.1 and MQTT 5 at QoS 2
+//! Each cycle starts the gateway (and an `edge-agent` bridging the real Mosquitto), runs every publisher and the
+//! online subscriber for a random 0.4–1.4 s, and kills both with SIGKILL while they are mid-flight. Publishers: MQTT 5 at QoS 1, MQTT 3.1.1 and MQTT 5 at QoS 2
 //! with persistent sessions (resending an unanswered PUBLISH with DUP, or its PUBREL, after each kill), AMQP with
-//! confirms and AMQP without (both persistent delivery mode), and a `cloudevents.json` WebSocket device.
+//! confirms and AMQP without (both persistent delivery mode), a `cloudevents.json` WebSocket device, commands from
+//! the mesh (published with confirms to the real RabbitMQ, taken by the gateway's downlink to `kill/down`), and a
+//! device publishing at QoS 1 to Mosquitto on a topic the bridge takes into the edge-agent's spool.
 //! Subscribers, all on `kill/#`: an MQTT 5 persistent session that stays offline until the end, an MQTT 3.1.1
 //! persistent session at QoS 2 that is online every cycle (a client that keeps its QoS 2 state as MQTT says), and a
 //! durable AMQP queue consumed only at the end.
@@ -13,11 +15,17 @@
 //! - every acknowledged event is in the uplink, and each message is one event with one id (QoS 2 resends are not
 //!   stored twice; the uplink itself is at least once, so a kill may repeat an event, with its id);
 //! - the offline session and the durable queue got every acknowledged message, once, and every event the uplink
-//!   holds from the publisher without confirms (what became durable was kept for the queue too);
+//!   holds from the publisher without confirms (what became durable was kept for the queue too); commands at least
+//!   once (RabbitMQ redelivers what a kill left unacknowledged, after the gateway had made it durable);
 //! - the online QoS 2 session's application got every acknowledged message, QoS 2 ones exactly once;
-//! - the AMQP queue's `message-id` of each message is the id of its event in the uplink.
+//! - the AMQP queue's `message-id` of each message is the id of its event in the uplink (of a command: its id);
+//! - every command RabbitMQ confirmed reached all three subscribers, and nothing waits in the downlink's queue;
+//! - every message Mosquitto acknowledged on the bridged topic is in the edge-agent's uplink (at least once: the
+//!   bridge is acknowledged by Mosquitto's persistent session, which redelivers what the kill cut).
 //!
-//! CI runs 10 cycles; `MESHGATE_KILL_CYCLES=100` runs the long suite (figures in docs/reliability.md).
+//! RabbitMQ and Mosquitto must run on 127.0.0.1 (`.ci/setup` starts them); the suite fails loudly if not.
+//!
+//! CI runs 10 cycles; `KILL_SUITE_CYCLES=100` runs the long suite (figures in docs/reliability.md).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -34,6 +42,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use meshgate_protocols::mqtt::{
     Connect, Packet, Properties, PubResponse, PubResponseKind, Publish, QoS, ReasonCode, Version,
 };
+use meshgate_tests::edge_agent::EdgeAgent;
 use meshgate_tests::raw::{RawClient, Reply, is_timeout};
 use meshgate_tests::{Gateway, read_events};
 use serde_json::Value;
@@ -42,13 +51,113 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 /// Tokens acknowledged to their publisher, by publisher.
 type Acked = Arc<Mutex<BTreeMap<&'static str, Vec<String>>>>;
 
-fn config(base: String) -> String {
+const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A name no other run shares (RabbitMQ and Mosquitto outlive the test).
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
+
+fn config(base: String, mesh: &MeshNames) -> String {
     // Queues large enough that nothing acknowledged is dropped for space: this suite is about crashes.
-    base + "\n[broker]\nmax_queued_messages = 1000000\nmax_queued_bytes = 1073741824\n\n[limits]\nmax_memory_bytes = 1073741824\n"
+    base + &format!(
+        "\n[broker]\nmax_queued_messages = 1000000\nmax_queued_bytes = 1073741824\n\n[limits]\nmax_memory_bytes = 1073741824\n\n\
+         [[downlinks]]\nname = \"cmd\"\nkind = \"amqp\"\nuri = \"{RABBITMQ}\"\nexchange = \"{}\"\nqueue = \"{}\"\n\
+         binding = \"kill.#\"\ntopic = \"kill/down\"\n",
+        mesh.exchange, mesh.queue
+    )
+}
+
+/// The RabbitMQ exchange and queue of the downlink, and the Mosquitto topic and client id of the bridge.
+struct MeshNames {
+    exchange: String,
+    queue: String,
+    bridge_topic: String,
+    bridge_client: String,
+}
+
+fn bridge_config(dir: &Path, mesh: &MeshNames) -> String {
+    format!(
+        "[gateway]\nid = \"edge-kill\"\ndata_dir = \"{}\"\n\n[[bridges]]\nname = \"site\"\nhost = \"127.0.0.1\"\nport = 1883\n\
+         version = \"3.1.1\"\nclient_id = \"{}\"\ntopics = [\"{}\"]\nmax_inflight = 20\n",
+        dir.display(),
+        mesh.bridge_client,
+        mesh.bridge_topic
+    )
+}
+
+/// Commands from the mesh: binary-mode CloudEvents published to RabbitMQ with confirms (acknowledged = confirmed
+/// by RabbitMQ), until `stop`.
+async fn mesh_publisher(
+    exchange: String,
+    acked: Acked,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    use lapin::types::AMQPValue;
+    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let id = format!("down-{n}");
+        n += 1;
+        let mut headers = FieldTable::default();
+        for (k, v) in [
+            ("specversion", "1.0"),
+            ("id", id.as_str()),
+            ("source", "/cloud"),
+            ("type", "kill.command"),
+            ("deviceid", "kill"),
+        ] {
+            headers.insert(ShortString::from(format!("cloudEvents_{k}")), AMQPValue::LongString(v.into()));
+        }
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        let key = ShortString::from("kill.dev");
+        let confirm = ch
+            .basic_publish(
+                ShortString::from(exchange.as_str()),
+                key,
+                BasicPublishOptions::default(),
+                br#"{"go":1}"#,
+                props,
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(confirm.is_ack(), "RabbitMQ refused command {id}");
+        record(&acked, "down", id);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    conn.close(200, ShortString::from("bye")).await?;
+    Ok(())
+}
+
+/// A device of the existing broker: QoS 1 to Mosquitto, acknowledged = Mosquitto's PUBACK, paced so Mosquitto's
+/// queue for the bridge's session never overflows while the agent is down.
+fn mosquitto_publisher(topic: String, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = "127.0.0.1:1883".parse()?;
+    let mut c = RawClient::connect(addr, Version::V311, &unique("kill-dev"), 60)
+        .map_err(|e| anyhow::anyhow!("Mosquitto must run on 127.0.0.1:1883 for this suite: {e}"))?;
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let token = format!("br-{n}");
+        let id = u16::try_from(n % 60000).unwrap_or(0) + 1;
+        n += 1;
+        let payload = serde_json::json!({ "token": token }).to_string();
+        match c.publish_qos1(&topic, id, false, payload.as_bytes())? {
+            Reply::Ack(4, i, ReasonCode::SUCCESS) if i == id => record(&acked, "bridge", token),
+            other => anyhow::bail!("Mosquitto answered {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 fn cycles() -> usize {
-    std::env::var("MESHGATE_KILL_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(10)
+    std::env::var("KILL_SUITE_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(10)
 }
 
 /// A small deterministic generator (the seed is printed, so a failing run can be repeated).
@@ -353,11 +462,22 @@ fn uplink_events(data_dir: &Path, want_at_least: usize) -> anyhow::Result<Vec<Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Result<()> {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    let seed = std::env::var("MESHGATE_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(seed);
-    eprintln!("kill suite: {} cycles, seed {seed} (MESHGATE_KILL_SEED repeats it)", cycles());
+    let seed = std::env::var("KILL_SUITE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(seed);
+    eprintln!("kill suite: {} cycles, seed {seed} (KILL_SUITE_SEED repeats it)", cycles());
     let mut rng = Lcg(seed);
     let dir = tempfile::tempdir()?;
+    let bridge_dir = tempfile::tempdir()?;
+    let run = unique("kill");
+    let mesh = MeshNames {
+        exchange: format!("{run}.commands"),
+        queue: format!("{run}.cmd"),
+        bridge_topic: format!("kill-bridge/{run}/#"),
+        bridge_client: format!("{run}-bridge"),
+    };
+    let config = |base: String| config(base, &mesh);
     let acked: Acked = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut outside: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
     let mut q2 = vec![
         Qos2Publisher { name: "m3q2", version: Version::V311, next: 0, inflight: None },
         Qos2Publisher { name: "m5q2", version: Version::V5, next: 0, inflight: None },
@@ -367,10 +487,17 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
     let started = Instant::now();
     for cycle in 0..cycles() {
         let mut gw = Gateway::start_in(dir.path(), config)?;
+        let mut agent = EdgeAgent::start_in(bridge_dir.path(), &bridge_config(bridge_dir.path(), &mesh), 1)?;
         let (mqtt, amqp_addr, ws_addr) = (gw.mqtt, gw.amqp()?, gw.listener("ws")?);
         if cycle == 0 {
             offline_subscribe(mqtt)?;
             declare_queue(amqp_addr).await?;
+            // The downlink declared its exchange and queue once it connected: the mesh may publish from now on.
+            gw.wait_metric("meshgate_downlink_connects_total{downlink=\"cmd\"}", 1.0, Duration::from_secs(20)).await?;
+            outside.push(tokio::spawn(mesh_publisher(mesh.exchange.clone(), Arc::clone(&acked), Arc::clone(&stop))));
+            let (topic, acked, stop) =
+                (mesh.bridge_topic.replace('#', "dev/telemetry"), Arc::clone(&acked), Arc::clone(&stop));
+            outside.push(tokio::task::spawn_blocking(move || mosquitto_publisher(topic, acked, stop)));
         }
         let mut blocking = Vec::new();
         for mut p in q2.drain(..) {
@@ -396,6 +523,7 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
         let w = tokio::spawn(ws_publisher(ws_addr, Arc::clone(&acked), ws));
         tokio::time::sleep(Duration::from_millis(400 + rng.next(1000))).await;
         gw.kill()?;
+        agent.kill()?;
         for b in blocking {
             q2.extend(b.await?);
         }
@@ -406,9 +534,15 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
         ws = w.await?;
     }
     let killed_for = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in outside {
+        task.await??;
+    }
 
-    // The last start: flows finish, subscribers read what is theirs.
+    // The last start: flows finish, the downlink empties its queue, subscribers read what is theirs.
     let gw = Gateway::start_in(dir.path(), config)?;
+    let agent = EdgeAgent::start_in(bridge_dir.path(), &bridge_config(bridge_dir.path(), &mesh), 1)?;
+    rabbitmq_queue_drained(&mesh.queue).await?;
     for mut p in q2.drain(..) {
         let acked = Arc::clone(&acked);
         let mqtt = gw.mqtt;
@@ -441,7 +575,9 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
     })
     .await??;
     let queue = drain_queue(gw.amqp()?).await?;
-    let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let bridged = acked.remove("bridge").unwrap_or_default();
+    let commands = acked.remove("down").unwrap_or_default();
     let acked_count: usize = acked.values().map(Vec::len).sum();
     let events = uplink_events(dir.path(), acked_count)?;
 
@@ -464,7 +600,8 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
     // What the gateway made durable from the publisher without confirms counts as kept for the queue too.
     let unconfirmed_durable: Vec<&String> = uplink.keys().filter(|t| t.starts_with("amqpn-")).collect();
 
-    let expected: HashSet<&String> = all_acked.iter().copied().chain(unconfirmed_durable.iter().copied()).collect();
+    let expected: HashSet<&String> =
+        all_acked.iter().copied().chain(unconfirmed_durable.iter().copied()).chain(commands.iter()).collect();
     let check_once = |who: &str, got: &[String]| {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for t in got {
@@ -472,16 +609,21 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
         }
         let missing: Vec<&&String> = expected.iter().filter(|t| !seen.contains_key(t.as_str())).collect();
         assert!(missing.is_empty(), "{who}: {} acknowledged messages missing: {missing:?}", missing.len());
-        let twice: Vec<(&&str, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        // Commands are at least once across a crash: RabbitMQ redelivers what the downlink had made durable but not
+        // yet acknowledged. Everything published to the gateway itself arrives once.
+        let twice: Vec<(&&str, &usize)> = seen.iter().filter(|(t, n)| **n > 1 && !t.starts_with("down-")).collect();
         assert!(twice.is_empty(), "{who}: delivered twice: {twice:?}");
+        seen.iter().filter(|(t, n)| **n > 1 && t.starts_with("down-")).count()
     };
-    check_once("offline MQTT session", &offline);
+    let commands_again = check_once("offline MQTT session", &offline);
     let queue_tokens: Vec<String> = queue.iter().map(|(t, _)| t.clone()).collect();
-    check_once("durable AMQP queue", &queue_tokens);
+    let commands_again = commands_again.max(check_once("durable AMQP queue", &queue_tokens));
     // The queue's message-id of each message is its event's id in the uplink.
     for (token, id) in &queue {
         if let Some(ids) = uplink.get(token) {
             assert_eq!(id.as_deref(), ids.first().map(String::as_str), "message-id of {token}");
+        } else if token.starts_with("down-") {
+            assert_eq!(id.as_deref(), Some(token.as_str()), "message-id of command {token}");
         }
     }
     // The online QoS 2 session: everything acknowledged arrived; QoS 2 messages exactly once.
@@ -490,24 +632,65 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
         let e = online_seen.entry(t.as_str()).or_insert((0, *qos));
         e.0 += 1;
     }
-    let missing: Vec<&&String> = all_acked.iter().filter(|t| !online_seen.contains_key(t.as_str())).collect();
+    let missing: Vec<&String> =
+        all_acked.iter().copied().chain(commands.iter()).filter(|t| !online_seen.contains_key(t.as_str())).collect();
     assert!(missing.is_empty(), "online session: {} acknowledged messages missing: {missing:?}", missing.len());
+
+    // The bridge: every message Mosquitto acknowledged is in the edge-agent's uplink.
+    let bridged_got = wait_for_bridged(&agent, &bridged)?;
+    let missing: Vec<&String> = bridged.iter().filter(|t| !bridged_got.contains(*t)).collect();
+    assert!(missing.is_empty(), "bridge: {} messages acknowledged by Mosquitto missing: {missing:?}", missing.len());
     let qos2_twice: Vec<(&&str, &(usize, u8))> = online_seen.iter().filter(|(_, (n, q))| *q == 2 && *n > 1).collect();
     assert!(qos2_twice.is_empty(), "online session: QoS 2 delivered twice: {qos2_twice:?}");
 
     let per: BTreeMap<&str, usize> = acked.iter().map(|(k, v)| (*k, v.len())).collect();
     eprintln!(
-        "kill suite: {} SIGKILLs in {:.1} s; acknowledged {acked_count} ({per:?}); uplink {} events ({resent} \
-         forwarded again after a kill, same id); offline session {}, durable queue {}, online session {} deliveries; \
-         none missing, none doubled",
+        "kill suite: {} SIGKILLs of the gateway and the edge-agent in {:.1} s; acknowledged {acked_count} ({per:?}), \
+         {} commands ({commands_again} redelivered by RabbitMQ after a kill), {} bridged; uplink {} events ({resent} forwarded again after a kill, same id); offline session \
+         {}, durable queue {}, online session {} deliveries; none missing, none doubled",
         cycles(),
         killed_for.as_secs_f64(),
+        commands.len(),
+        bridged.len(),
         uplink.len(),
         offline.len(),
         queue.len(),
         online.got.len(),
     );
     Ok(())
+}
+
+/// Waits until the downlink's RabbitMQ queue is empty (and a moment for the last deliveries to settle).
+async fn rabbitmq_queue_drained(queue: &str) -> anyhow::Result<()> {
+    let conn = Connection::connect(RABBITMQ, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = ch.queue_declare(ShortString::from(queue), passive, FieldTable::default()).await?;
+        if q.message_count() == 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{} commands left in the downlink's queue", q.message_count());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ch.queue_delete(ShortString::from(queue), Default::default()).await?;
+    conn.close(200, ShortString::from("bye")).await?;
+    Ok(())
+}
+
+/// The bridged tokens in the edge-agent's uplink, once every one of `want` arrived (or 30 s passed).
+fn wait_for_bridged(agent: &EdgeAgent, want: &[String]) -> anyhow::Result<HashSet<String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: HashSet<String> =
+            agent.events()?.iter().filter_map(|e| e["data"]["token"].as_str().map(String::from)).collect();
+        if want.iter().all(|t| got.contains(t)) || Instant::now() > deadline {
+            return Ok(got);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Completes a QoS 2 flow cut by the last kill (PUBLISH with DUP or PUBREL, until PUBCOMP).
