@@ -4,7 +4,8 @@
 //!
 //! Each file is `{"format":3,"name":…,"session":…}`, replaced atomically (write a temporary file, fsync, rename);
 //! the directory is fsynced once per round. A session that ended, or no longer outlives its connection, has its
-//! file deleted. `sessions.json` from before (format 2, or a bare list from before namespaces) is migrated to
+//! file deleted. A file that cannot be read is renamed `*.unreadable`, logged, and the gateway starts without it.
+//! `sessions.json` from before (format 2, or a bare list from before namespaces) is migrated to
 //! files at the first start and removed.
 
 use std::collections::HashMap;
@@ -106,8 +107,16 @@ impl SessionStore {
                 }
                 continue;
             };
-            let stored: StoredSession = serde_json::from_slice(&std::fs::read(&path)?)
-                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            let stored: StoredSession = match serde_json::from_slice(&std::fs::read(&path)?) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Damage (the files are replaced atomically, so not a torn write): set aside, never a crash loop.
+                    let aside = path.with_extension("unreadable");
+                    tracing::error!(file = %path.display(), error = %e, "unreadable session file set aside");
+                    std::fs::rename(&path, &aside)?;
+                    continue;
+                }
+            };
             store.next_file = store.next_file.max(number + 1);
             store.files.insert(stored.name.as_str().into(), number);
             sessions.push((stored.name, stored.session));
@@ -178,5 +187,38 @@ impl SessionStore {
 
     fn path(&self, number: u64) -> PathBuf {
         self.dir.join(format!("{number:016}.json"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_protocols::mqtt::Version;
+
+    #[test]
+    fn sessions_round_trip_and_a_damaged_file_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, sessions) = SessionStore::open(dir.path()).unwrap();
+        assert!(sessions.is_empty() && store.is_fresh());
+        let changes: Vec<(Arc<str>, Option<Session>)> = vec![
+            (Arc::from("a"), Some(Session::new(Version::V5, 60))),
+            (Arc::from("b"), Some(Session::new(Version::V311, u32::MAX))),
+        ];
+        store.write(&changes).unwrap();
+        store.write(&[(Arc::from("a"), None)]).unwrap();
+        let (store, sessions) = SessionStore::open(dir.path()).unwrap();
+        assert!(!store.is_fresh());
+        assert_eq!(sessions.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["b"]);
+        let file = std::fs::read_dir(dir.path().join("sessions")).unwrap().next().unwrap().unwrap().path();
+        std::fs::write(&file, b"{\"format\":3,\"name\":").unwrap();
+        std::fs::write(dir.path().join("sessions").join("0000000000000009.tmp"), b"half").unwrap();
+        let (_, sessions) = SessionStore::open(dir.path()).unwrap();
+        assert!(sessions.is_empty());
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("sessions"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "the temporary file is gone: {names:?}");
+        assert!(names[0].ends_with(".unreadable"), "{names:?}");
     }
 }
