@@ -118,6 +118,15 @@ impl IngestHandle {
         }
     }
 
+    /// Appends a record for a consumer inside the process (routed only to `@` names, see [`crate::spool`]) and
+    /// returns the receipt for its fsync.
+    pub async fn submit_local(&self, record: StoredRecord) -> Result<Receipt, PipelineClosed> {
+        match self.spool.append_with(record, None, true, None).await {
+            Ok(Some(rx)) => Ok(Receipt(rx)),
+            _ => Err(PipelineClosed),
+        }
+    }
+
     /// Events that can be submitted now without waiting. Zero means the spool withholds credit (its queue is
     /// full because the group commit fell behind or the spool is at `max_bytes`): a listener then slows its
     /// devices in their protocol (AMQP channel.flow) before it submits and waits.

@@ -3,25 +3,32 @@
 //! Each event from the mesh becomes a structured CloudEvent (`application/cloudevents+json`) published at QoS 1
 //! by the gateway itself, so MQTT (3.1.1 and 5), AMQP and WebSocket devices subscribed to its topic receive it, and
 //! persistent sessions of offline devices queue it (bounded by `broker.max_queued_messages`). A batch is
-//! committed by writing the persistent sessions before the downlink acknowledges it to the mesh.
+//! committed through the spool: each message becomes a broker record (see [`crate::broker::durable`]), the commit
+//! routes it, and the downlink acknowledges the batch to the mesh once every record of it is durable. So a command
+//! for an offline device is in its session after any crash, without rewriting any session.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use meshgate_edge_agent::CloudEvent;
 use meshgate_edge_agent::downlink::config::DownlinkConfig;
 use meshgate_edge_agent::downlink::{DownlinkStats, LocalDelivery, eventmesh_tcp, rabbitmq};
+use meshgate_edge_agent::pipeline::IngestHandle;
+use meshgate_edge_agent::spool::StoredRecord;
 use meshgate_edge_agent::uplink::BoxFuture;
 use meshgate_protocols::mqtt::QoS;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::broker::Message;
+use crate::broker::durable::BrokerRecord;
 use crate::broker::local::now_ms;
 use crate::broker::message::EventIdentity;
-use crate::broker::{LocalBroker, Message};
 
-/// The local broker as a downlink's destination.
+/// The local broker as a downlink's destination, through the spool.
 pub struct BrokerDelivery {
-    broker: Arc<LocalBroker>,
+    ingest: IngestHandle,
+    /// Broker records delivered since the last commit, in order.
+    batch: Mutex<Vec<StoredRecord>>,
 }
 
 impl LocalDelivery for BrokerDelivery {
@@ -33,11 +40,22 @@ impl LocalDelivery for BrokerDelivery {
         message.expires_at_ms = expires_at_ms;
         // Every local delivery carries the command's own identity (AMQP message-id, the WebSocket copy).
         message.event = Some(EventIdentity::of(event));
-        self.broker.publish(message);
+        let record = BrokerRecord { message: Some(message), inbound_qos2: None }.to_stored(&event.id);
+        self.batch.lock().unwrap_or_else(|p| p.into_inner()).push(record);
     }
 
     fn commit(&self) -> BoxFuture<'_, std::io::Result<()>> {
-        Box::pin(self.broker.persist_sessions())
+        Box::pin(async move {
+            let records = std::mem::take(&mut *self.batch.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut receipts = Vec::with_capacity(records.len());
+            for record in records {
+                receipts.push(self.ingest.submit_local(record).await.map_err(std::io::Error::other)?);
+            }
+            for receipt in receipts {
+                receipt.await.map_err(std::io::Error::other)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -49,9 +67,10 @@ pub struct Running {
     pub stats: Vec<(Arc<str>, Arc<DownlinkStats>)>,
 }
 
-/// Starts every downlink.
-pub fn start(configs: &[DownlinkConfig], broker: &Arc<LocalBroker>, stop: &watch::Receiver<bool>) -> Running {
-    let target: Arc<dyn LocalDelivery> = Arc::new(BrokerDelivery { broker: Arc::clone(broker) });
+/// Starts every downlink, delivering through `ingest` to the broker (which takes the spool's broker records).
+pub fn start(configs: &[DownlinkConfig], ingest: &IngestHandle, stop: &watch::Receiver<bool>) -> Running {
+    let target: Arc<dyn LocalDelivery> =
+        Arc::new(BrokerDelivery { ingest: ingest.clone(), batch: Mutex::new(Vec::new()) });
     let mut tasks = Vec::new();
     let mut stats = Vec::new();
     for config in configs {

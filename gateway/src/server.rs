@@ -110,7 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tokio::spawn(cert.watch(Duration::from_secs(secs), stop_rx.clone()));
     }
     metrics.set_broker(Arc::clone(&broker));
-    let downlinks = crate::downlinks::start(&config.downlinks, &broker, &stop_rx);
+    let downlinks = crate::downlinks::start(&config.downlinks, &ingest, &stop_rx);
     metrics.set_downlinks(downlinks.stats);
 
     let shared = listener::Shared {

@@ -18,11 +18,12 @@
 //! `max_batch`), writes them with one `write`, and covers them with one `fdatasync`. Light traffic gets an fsync
 //! per event; heavy traffic gets batches as large as the time one fsync takes.
 //!
-//! An append may carry a *companion*: a second record, written right after the first in the same `write`, for a
-//! consumer inside the process rather than an uplink (the gateway's broker keeps the message a device published
-//! there, so what it routed to persistent sessions can be routed again after a crash). After each commit the
-//! writer hands the batch's companions, in id order, to the hook set with [`Spool::on_commit`], before any append
-//! of the batch resolves: whatever the hook does with them happens before a device is acknowledged.
+//! Records routed only to consumers inside the process (names starting with `@`, [`StoredRecord::is_local`]) are
+//! for the gateway's broker rather than an uplink: it keeps there the messages it routes to persistent sessions,
+//! so they can be routed again after a crash. An append may carry such a record as a *companion*, written right
+//! after its event in the same `write`. After each commit the writer hands the batch's local records, in id order,
+//! to the hook set with [`Spool::on_commit`], before any append of the batch resolves: whatever the hook does with
+//! them happens before anyone is acknowledged.
 
 pub mod ledger;
 pub mod reader;
@@ -194,8 +195,9 @@ impl Shared {
     }
 }
 
-/// Called by the writer after every successful commit, before the batch's appends resolve: the batch's companion
-/// records with their ids, in order, and the highest id the commit made durable.
+/// Called by the writer after every successful commit, before the batch's appends resolve: the batch's local
+/// records (companions, and appends routed only to `@` consumers) with their ids, in order, and the highest id the
+/// commit made durable.
 pub type CommitHook = Box<dyn FnMut(&[(u64, &StoredRecord)], u64) + Send>;
 
 struct Append {

@@ -149,6 +149,12 @@ impl StoredRecord {
         }
     }
 
+    /// Whether the record is only for consumers inside the process (names starting with `@`, which no uplink may
+    /// take): the writer hands such records to its commit hook (see [`crate::spool`]).
+    pub fn is_local(&self) -> bool {
+        self.route.as_ref().is_some_and(|r| !r.is_empty() && r.iter().all(|n| n.starts_with('@')))
+    }
+
     /// Whether the record goes to the uplink `name`.
     pub fn routed_to(&self, name: &str) -> bool {
         self.route.as_ref().is_none_or(|r| r.iter().any(|n| n == name))

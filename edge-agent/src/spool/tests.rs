@@ -288,7 +288,7 @@ fn the_queue_to_the_writer_is_bounded_in_bytes_and_a_record_larger_than_it_still
 }
 
 #[test]
-fn a_companion_lands_in_the_same_commit_and_the_hook_sees_it_before_the_append_resolves() {
+fn local_records_reach_the_hook_before_their_append_resolves_and_a_companion_shares_its_events_commit() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let (spool, appender, writer, _) = Spool::open(dir.path(), &config(), &["a"]).expect("open");
@@ -298,22 +298,25 @@ fn a_companion_lands_in_the_same_commit_and_the_hook_sees_it_before_the_append_r
         let mut seen = hook_seen.lock().expect("lock");
         seen.extend(companions.iter().map(|(id, r)| (*id, r.id.clone(), last)));
     }));
+    let local = |n: u64| StoredRecord { route: Some(vec!["@local".into()]), ..record(n, 10) };
     rt.block_on(async {
         let plain = appender.append(record(1, 10), true).await.expect("append").expect("rx");
-        let with = appender.append_with(record(2, 10), Some(record(3, 10)), true, None).await.expect("append");
-        let after = appender.append(record(4, 10), true).await.expect("append").expect("rx");
+        let with = appender.append_with(record(2, 10), Some(local(3)), true, None).await.expect("append");
+        let alone = appender.append(local(4), true).await.expect("append").expect("rx");
         assert_eq!(plain.await.expect("answer").expect("durable"), 1);
         let id = with.expect("rx").await.expect("answer").expect("durable");
         assert_eq!(id, 2, "the receipt is the event's id; the companion takes the next");
         // The hook ran before the append resolved.
         assert!(seen.lock().expect("lock").iter().any(|(cid, name, last)| *cid == 3 && name == "e3" && *last >= 3));
-        assert_eq!(after.await.expect("answer").expect("durable"), 4);
+        assert_eq!(alone.await.expect("answer").expect("durable"), 4);
     });
     drop(appender);
     writer.join();
     let ids: Vec<u64> = read_all(&spool, "a").into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, vec![1, 2, 3, 4], "ids stay strictly increasing in file order");
-    assert_eq!(seen.lock().expect("lock").len(), 1, "only companions reach the hook");
+    let hooked: Vec<u64> = seen.lock().expect("lock").iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(hooked, [3, 4], "local records reach the hook, events do not");
+    assert!(!read_all(&spool, "a").is_empty() && !local(5).routed_to("a"), "no uplink takes a local record");
     // After a restart the companion is read back like any record.
     drop(spool);
     let (spool, appender, writer, _) = Spool::open(dir.path(), &config(), &["a"]).expect("reopen");

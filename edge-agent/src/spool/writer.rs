@@ -126,19 +126,21 @@ impl Writer {
         Ok(first)
     }
 
-    /// Calls the commit hook, if one is set, with the batch's companions and their ids.
+    /// Calls the commit hook, if one is set, with the batch's local records and their ids.
     fn hand_companions(&self, batch: &[Append], first: u64, last: u64) {
         let mut hook = self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(hook) = hook.as_mut() else { return };
         let mut id = first;
-        let mut companions = Vec::new();
+        let mut local = Vec::new();
         for append in batch {
-            if let Some(c) = &append.companion {
-                companions.push((id + 1, c));
+            for record in std::iter::once(&append.record).chain(&append.companion) {
+                if record.is_local() {
+                    local.push((id, record));
+                }
+                id += 1;
             }
-            id += 1 + u64::from(append.companion.is_some());
         }
-        hook(&companions, last);
+        hook(&local, last);
     }
 
     /// Blocks while `len` more bytes would overflow `max_bytes` (backpressure), freeing a fully confirmed active

@@ -193,6 +193,11 @@ impl Broker {
         !self.dirty.is_empty()
     }
 
+    /// Takes `client` out of the changed sessions; returns whether it was among them.
+    pub fn take_dirty_one(&mut self, client: &str) -> bool {
+        self.dirty.remove(client)
+    }
+
     /// Marks sessions changed again (a session-store round that failed puts back what it took).
     pub fn mark_dirty(&mut self, names: impl IntoIterator<Item = Arc<str>>) {
         self.dirty.extend(names);

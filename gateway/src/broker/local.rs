@@ -343,12 +343,45 @@ impl LocalBroker {
     }
 
     /// Makes the persistent sessions durable as they are now (their queues and flows included), so what was
-    /// handed to them or answered for them survives a crash: the downlinks call it before they acknowledge to
-    /// the mesh, connections before a QoS 2 answer that must not be repeated. Concurrent callers share a round.
+    /// handed to them survives a crash. Concurrent callers share a round.
     pub async fn persist_sessions(self: &Arc<Self>) -> std::io::Result<()> {
         let want = self.rounds_started.load(Ordering::Acquire) + 1;
         let broker = Arc::clone(self);
         tokio::task::spawn_blocking(move || broker.save_sessions(want)).await.map_err(std::io::Error::other)?
+    }
+
+    /// Makes `client`'s session durable as it is now, writing that session alone (connections call it before a
+    /// QoS 2 answer that must not be repeated, a SUBACK, or when a client leaves): the other sessions wait for the
+    /// next round, so a busy offline queue is not rewritten for someone else's acknowledgement. The spool position
+    /// is confirmed by whole rounds only.
+    pub async fn persist_session(self: &Arc<Self>, client: &str) -> std::io::Result<()> {
+        let broker = Arc::clone(self);
+        let client: Arc<str> = client.into();
+        tokio::task::spawn_blocking(move || broker.save_one(&client)).await.map_err(std::io::Error::other)?
+    }
+
+    fn save_one(&self, client: &Arc<str>) -> std::io::Result<()> {
+        // Under the store's lock: a round that took this session has finished writing it.
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let change = self.with(|b| {
+            if !b.take_dirty_one(client) {
+                return None;
+            }
+            let position = b.routed_through();
+            let session = b.session(client).filter(|s| s.expiry_secs > 0).map(|s| {
+                let mut s = s.clone();
+                s.routed_through = position;
+                s
+            });
+            Some((Arc::clone(client), session))
+        });
+        let Some(change) = change else { return Ok(()) };
+        let changes = [change];
+        if let Err(e) = store.write(&changes) {
+            self.with(|b| b.mark_dirty([Arc::clone(client)]));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Writes retained messages and persistent sessions (at shutdown).

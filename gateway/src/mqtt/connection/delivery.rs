@@ -99,9 +99,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Waits until the session store holds this connection's session as it is now (see
-    /// [`crate::broker::LocalBroker::persist_sessions`]); a failure is logged and the answer goes out regardless.
+    /// [`crate::broker::LocalBroker::persist_session`]); a failure is logged and the answer goes out regardless.
     async fn persist_session(&self, before: &'static str) {
-        if let Err(e) = self.ctx.shared.broker.persist_sessions().await {
+        if let Err(e) = self.ctx.shared.broker.persist_session(self.client_id()).await {
             tracing::warn!(client = self.client_id(), error = %e, before, "session could not be made durable");
         }
     }

@@ -101,7 +101,7 @@ where
             ctx.shared.broker.disconnect(client_id, conn.disconnect_expiry);
             // What the client acknowledged before it left is durable too: a crash redelivers nothing it has.
             let persistent = ctx.shared.broker.read(|b| b.session(client_id).is_some_and(|s| s.expiry_secs > 0));
-            if persistent && let Err(e) = ctx.shared.broker.persist_sessions().await {
+            if persistent && let Err(e) = ctx.shared.broker.persist_session(client_id).await {
                 tracing::warn!(client = %client_id, error = %e, "session could not be made durable at disconnect");
             }
         }
