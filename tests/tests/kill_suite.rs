@@ -276,12 +276,22 @@ impl OnlineSubscriber {
     fn run(&mut self, addr: std::net::SocketAddr, quiet: Option<Duration>) {
         let Ok((mut c, _)) = RawClient::connect_with(addr, &connect_packet(Version::V311, "s-on")) else { return };
         if !self.subscribed {
-            for (filter, qos) in [("kill/q2", QoS::ExactlyOnce), ("kill/m5q1", QoS::AtLeastOnce)] {
-                if c.subscribe(filter, qos).is_err() {
-                    return;
-                }
+            // One SUBSCRIBE for both: what is queued may arrive before its SUBACK, and the loop below takes both.
+            use meshgate_protocols::mqtt::{List, Subscribe, SubscribeFilter, SubscriptionOptions};
+            let filters = [
+                SubscribeFilter {
+                    filter: "kill/q2",
+                    options: SubscriptionOptions { qos: QoS::ExactlyOnce, ..SubscriptionOptions::default() },
+                },
+                SubscribeFilter {
+                    filter: "kill/m5q1",
+                    options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() },
+                },
+            ];
+            let subscribe = Subscribe { packet_id: 1, filters: List::new(&filters), ..Subscribe::default() };
+            if c.send(&Packet::Subscribe(subscribe)).is_err() {
+                return;
             }
-            self.subscribed = true;
         }
         if let Some(q) = quiet
             && c.set_timeout(q).is_err()
@@ -306,6 +316,11 @@ impl OnlineSubscriber {
                 Ok(Reply::Ack(6, id, _)) => {
                     self.awaiting_release.remove(&id);
                     PubResponse::new(PubResponseKind::PubComp, id)
+                }
+                Ok(Reply::SubAck(_)) => {
+                    // Durable once answered: a kill before this SUBACK subscribes again next time.
+                    self.subscribed = true;
+                    continue;
                 }
                 Ok(Reply::Closed) => return,
                 Ok(_) => continue,
