@@ -511,6 +511,13 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
         if cycle == 0 {
             offline_subscribe(mqtt)?;
             declare_queue(amqp_addr).await?;
+            // The online session subscribes before anything is published (and is online again below).
+            online = tokio::task::spawn_blocking(move || {
+                online.run(mqtt, Some(Duration::from_millis(300)));
+                online
+            })
+            .await?;
+            anyhow::ensure!(online.subscribed, "the online session could not subscribe");
             // The downlink declared its exchange and queue once it connected: the mesh may publish from now on.
             gw.wait_metric("meshgate_downlink_connects_total{downlink=\"cmd\"}", 1.0, Duration::from_secs(20)).await?;
             outside.push(tokio::spawn(mesh_publisher(mesh.exchange.clone(), Arc::clone(&acked), Arc::clone(&stop))));
