@@ -569,9 +569,16 @@ impl Broker {
     /// Replays the spool's record `id` saying `client`'s session stored its QoS 2 publish `packet_id`: unless
     /// the session's stored state covers `id`, the id awaits PUBREL again, so a resend is not stored twice.
     pub fn replay_inbound_qos2(&mut self, id: u64, client: &str, packet_id: u16) {
-        if self.sessions.get(client).is_some_and(|s| s.routed_through < id)
-            && let Some(session) = self.session_entry(client)
-        {
+        if self.sessions.get(client).is_some_and(|s| s.routed_through < id) {
+            self.stored_inbound_qos2(client, packet_id);
+        }
+    }
+
+    /// `client`'s QoS 2 publish `packet_id` is stored (its commit landed): the id awaits PUBREL in the session from
+    /// now on, in the same step that moves [`Broker::routed_through`] past it, so a stored state that covers the
+    /// commit has the id.
+    pub fn stored_inbound_qos2(&mut self, client: &str, packet_id: u16) {
+        if let Some(session) = self.session_entry(client) {
             session.inbound_qos2.insert(packet_id);
         }
     }

@@ -3,9 +3,10 @@
 //! A QoS 1 or 2 message that a persistent session subscribes to (an MQTT session that outlives its connection, a
 //! durable AMQP queue) is appended with its event as a *companion* record for the consumer [`CONSUMER`], in the
 //! same commit (see `meshgate_edge_agent::spool`). A QoS 2 publish of a persistent session's own client carries its
-//! packet id in the companion too. After each commit the spool's writer hands the companions, in id order, to
-//! [`super::LocalBroker`], which routes their messages there and then, before the publisher is acknowledged, and
-//! moves the broker's position ([`super::Broker::routed_through`]) to the commit's last id.
+//! packet id in the companion too; a downlink's command is a broker record on its own. After each commit the
+//! spool's writer hands these records, in id order, to [`super::LocalBroker`], which routes their messages and
+//! records their packet ids in their sessions there and then, before anyone is acknowledged, and moves the
+//! broker's position ([`super::Broker::routed_through`]) to the commit's last id in the same step.
 //!
 //! The session store writes each changed session with the position its state includes
 //! ([`super::Session::routed_through`]) and then confirms that position to the spool, which keeps every record

@@ -429,8 +429,9 @@ impl LocalBroker {
     }
 }
 
-/// The spool's commit hook: routes the companions' messages in id order, before their publishers are
-/// acknowledged, and moves the broker's position to the commit's last id.
+/// The spool's commit hook: routes the companions' messages in id order and records their QoS 2 packet ids in
+/// their sessions, before their publishers are acknowledged, and moves the broker's position to the commit's last
+/// id (so a session stored at that position holds all of it).
 fn route_committed(broker: &Weak<LocalBroker>, companions: &[(u64, &StoredRecord)], last: u64) {
     let Some(broker) = broker.upgrade() else { return };
     let now = now_ms();
@@ -438,7 +439,11 @@ fn route_committed(broker: &Weak<LocalBroker>, companions: &[(u64, &StoredRecord
     let woken = broker.with(|b| {
         let mut woken = Vec::new();
         for (_, record) in companions {
-            if let Some(message) = BrokerRecord::from_stored(record).and_then(|r| r.message) {
+            let Some(r) = BrokerRecord::from_stored(record) else { continue };
+            if let Some(q) = r.inbound_qos2 {
+                b.stored_inbound_qos2(&q.session, q.packet_id);
+            }
+            if let Some(message) = r.message {
                 retained |= message.retain;
                 woken.extend(b.publish(message, now));
             }
