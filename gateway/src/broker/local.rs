@@ -531,4 +531,70 @@ mod tests {
         broker.save().unwrap();
         assert!(!b.exists(), "b's clean start ended its stored session");
     }
+
+    /// The spool's broker records end to end: a commit routes a message to an offline persistent session and
+    /// records a persistent publisher's QoS 2 id before the append resolves; after a "crash" (nothing saved) the
+    /// same records are routed again into the restored sessions, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broker_records_are_routed_at_commit_and_again_after_a_crash() {
+        use crate::broker::SessionOwner;
+        use crate::broker::durable::{BrokerRecord, CONSUMER, InboundQos2};
+        use meshgate_edge_agent::spool::{Spool, SpoolConfig};
+        use meshgate_protocols::mqtt::SubscriptionOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let (broker_dir, spool_dir) = (dir.path().join("broker"), dir.path().join("spool"));
+        let open = || {
+            let broker = Arc::new(LocalBroker::open(&broker_dir, BrokerConfig::with_max_queued(10)).unwrap());
+            let (spool, appender, writer, _) = Spool::open(&spool_dir, &SpoolConfig::default(), &[CONSUMER]).unwrap();
+            broker.recover(&spool).unwrap();
+            (broker, spool, appender, writer)
+        };
+        let (broker, _spool, appender, writer) = open();
+        let owner = SessionOwner::default();
+        broker.with(|b| {
+            b.connect("sub", &owner, Version::V5, false, u32::MAX, 10, 0).unwrap();
+            let options = SubscriptionOptions { qos: meshgate_protocols::mqtt::QoS::AtLeastOnce, ..Default::default() };
+            b.subscribe("sub", "cmd/#", &options, None, 0).unwrap();
+            b.disconnect("sub", None, 0);
+            b.connect("pub", &owner, Version::V5, false, u32::MAX, 10, 0).unwrap();
+        });
+        broker.save().unwrap();
+        let message = Message {
+            topic: "cmd/1".into(),
+            payload: b"go".to_vec(),
+            qos: 1,
+            retain: false,
+            properties: Default::default(),
+            publisher: "pub".into(),
+            expires_at_ms: None,
+            event: None,
+        };
+        let (companion, local) = broker.companion(message, Some(("pub", 7)));
+        assert!(local.is_none(), "the commit routes a message for a persistent session");
+        let record =
+            BrokerRecord { message: None, inbound_qos2: Some(InboundQos2 { session: "pub".into(), packet_id: 7 }) };
+        assert!(companion.is_some() && !record.is_empty());
+        let event = meshgate_edge_agent::spool::StoredRecord { route: None, ..record.to_stored("e-1") };
+        let receipt = appender.append_with(event, companion, true, None).await.unwrap().unwrap();
+        receipt.await.unwrap().unwrap();
+        broker.read(|b| {
+            assert_eq!(b.session("sub").unwrap().queued(), 1, "routed before the append resolved");
+            assert!(b.session("pub").unwrap().inbound_qos2.contains(&7), "the id, in the same step");
+        });
+        // A crash: nothing saved since.
+        drop(appender);
+        writer.join();
+        drop(broker);
+        let (broker, _spool, appender, writer) = open();
+        broker.read(|b| {
+            assert_eq!(b.session("sub").unwrap().queued(), 1, "routed again, once");
+            assert!(b.session("pub").unwrap().inbound_qos2.contains(&7));
+        });
+        // And once more: the restored state now covers the records (saved by recover).
+        drop(appender);
+        writer.join();
+        drop(broker);
+        let (broker, _spool, _appender, _writer) = open();
+        assert_eq!(broker.read(|b| b.session("sub").unwrap().queued()), 1, "not routed a second time");
+    }
 }
