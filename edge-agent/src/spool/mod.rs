@@ -21,7 +21,8 @@
 //! Records routed only to consumers inside the process (names starting with `@`, [`StoredRecord::is_local`]) are
 //! for the gateway's broker rather than an uplink: it keeps there the messages it routes to persistent sessions,
 //! so they can be routed again after a crash. An append may carry such a record as a *companion*, written right
-//! after its event in the same `write`. After each commit the writer hands the batch's local records, in id order,
+//! before its event in the same `write` (a write torn by a crash can then leave a companion without its event, never
+//! an event without its companion; the reader of companions checks that the event follows). After each commit the writer hands the batch's local records, in id order,
 //! to the hook set with [`Spool::on_commit`], before any append of the batch resolves: whatever the hook does with
 //! them happens before anyone is acknowledged.
 
@@ -202,7 +203,7 @@ pub type CommitHook = Box<dyn FnMut(&[(u64, &StoredRecord)], u64) + Send>;
 
 struct Append {
     record: StoredRecord,
-    /// Written right after `record`, in the same commit (see the module doc).
+    /// Written right before `record`, in the same commit (see the module doc).
     companion: Option<StoredRecord>,
     done: Option<oneshot::Sender<Result<u64, SpoolError>>>,
     /// A place in its connection's share of the queue, handed back when the writer is done with the append.
@@ -396,8 +397,8 @@ impl Appender {
         self.append_with(record, None, confirm, slot).await
     }
 
-    /// [`Appender::append_in`] with a `companion` record written right after `record`, in the same commit (see
-    /// the module doc). The receipt resolves to `record`'s id; the companion's is the next.
+    /// [`Appender::append_in`] with a `companion` record written right before `record`, in the same commit (see
+    /// the module doc). The receipt resolves to `record`'s id; the companion's is the one before.
     pub async fn append_with(
         &self,
         record: StoredRecord,

@@ -305,9 +305,9 @@ fn local_records_reach_the_hook_before_their_append_resolves_and_a_companion_sha
         let alone = appender.append(local(4), true).await.expect("append").expect("rx");
         assert_eq!(plain.await.expect("answer").expect("durable"), 1);
         let id = with.expect("rx").await.expect("answer").expect("durable");
-        assert_eq!(id, 2, "the receipt is the event's id; the companion takes the next");
+        assert_eq!(id, 3, "the receipt is the event's id; its companion comes right before it");
         // The hook ran before the append resolved.
-        assert!(seen.lock().expect("lock").iter().any(|(cid, name, last)| *cid == 3 && name == "e3" && *last >= 3));
+        assert!(seen.lock().expect("lock").iter().any(|(cid, name, last)| *cid == 2 && name == "e3" && *last >= 3));
         assert_eq!(alone.await.expect("answer").expect("durable"), 4);
     });
     drop(appender);
@@ -315,12 +315,12 @@ fn local_records_reach_the_hook_before_their_append_resolves_and_a_companion_sha
     let ids: Vec<u64> = read_all(&spool, "a").into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, vec![1, 2, 3, 4], "ids stay strictly increasing in file order");
     let hooked: Vec<u64> = seen.lock().expect("lock").iter().map(|(id, _, _)| *id).collect();
-    assert_eq!(hooked, [3, 4], "local records reach the hook, events do not");
+    assert_eq!(hooked, [2, 4], "local records reach the hook, events do not");
     assert!(!read_all(&spool, "a").is_empty() && !local(5).routed_to("a"), "no uplink takes a local record");
     // After a restart the companion is read back like any record.
     drop(spool);
     let (spool, appender, writer, _) = Spool::open(dir.path(), &config(), &["a"]).expect("reopen");
-    assert_eq!(read_all(&spool, "a").into_iter().map(|(_, n)| n).collect::<Vec<_>>(), ["e1", "e2", "e3", "e4"]);
+    assert_eq!(read_all(&spool, "a").into_iter().map(|(_, n)| n).collect::<Vec<_>>(), ["e1", "e3", "e2", "e4"]);
     drop(appender);
     writer.join();
 }

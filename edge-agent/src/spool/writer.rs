@@ -67,7 +67,8 @@ impl Writer {
             let result = self.commit(&batch, &rx);
             let mut next = result.clone();
             for append in batch.drain(..) {
-                let id = next.clone();
+                // The companion comes first; the receipt is the record's id.
+                let id = next.clone().map(|id| id + u64::from(append.companion.is_some()));
                 next = next.map(|id| id + 1 + u64::from(append.companion.is_some()));
                 if let Some(done) = append.done {
                     let _ = done.send(id);
@@ -81,7 +82,7 @@ impl Writer {
         self.buf.clear();
         let mut id = self.next_id;
         for append in batch {
-            for record in std::iter::once(&append.record).chain(&append.companion) {
+            for record in append.companion.iter().chain(std::iter::once(&append.record)) {
                 record::encode(id, record, &mut self.buf).map_err(io_error)?;
                 id += 1;
             }
@@ -133,7 +134,7 @@ impl Writer {
         let mut id = first;
         let mut local = Vec::new();
         for append in batch {
-            for record in std::iter::once(&append.record).chain(&append.companion) {
+            for record in append.companion.iter().chain(std::iter::once(&append.record)) {
                 if record.is_local() {
                     local.push((id, record));
                 }

@@ -44,6 +44,10 @@ pub struct BrokerRecord {
     /// The QoS 2 packet id of a persistent session's publish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_qos2: Option<InboundQos2>,
+    /// A companion: written right before its event, and counted after a crash only if that event follows it (a
+    /// write a crash tore between them was never acknowledged, and its publisher sends it again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_event: bool,
 }
 
 impl BrokerRecord {
@@ -107,6 +111,7 @@ mod tests {
         let record = BrokerRecord {
             message: Some(message),
             inbound_qos2: Some(InboundQos2 { session: "dev-1".into(), packet_id: 7 }),
+            with_event: true,
         };
         let stored = record.to_stored("e-1");
         assert!(!stored.routed_to("file"), "no uplink reads it");

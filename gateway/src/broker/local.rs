@@ -148,22 +148,43 @@ impl LocalBroker {
         } else {
             let mut reader = spool.reader(CONSUMER);
             let now = now_ms();
+            // A companion waits for the next record: it counts only if its event follows it.
+            let mut held: Option<(u64, BrokerRecord, String)> = None;
+            let mut torn = 0usize;
+            let mut apply = |b: &mut Broker, id: u64, r: BrokerRecord| {
+                if let Some(m) = r.message {
+                    b.replay(id, m, now);
+                    replayed += 1;
+                }
+                if let Some(q) = r.inbound_qos2 {
+                    b.replay_inbound_qos2(id, &q.session, q.packet_id);
+                }
+            };
             loop {
                 let batch = reader.read_batch(REPLAY_BATCH)?;
                 let Some((last, _)) = batch.last() else { break };
                 position = position.max(*last);
                 self.with(|b| {
                     for (id, record) in &batch {
-                        let Some(r) = BrokerRecord::from_stored(record) else { continue };
-                        if let Some(m) = r.message {
-                            b.replay(*id, m, now);
-                            replayed += 1;
+                        if let Some((companion_id, r, event)) = held.take() {
+                            if *id == companion_id + 1 && record.id == event {
+                                apply(b, companion_id, r);
+                            } else {
+                                torn += 1;
+                            }
                         }
-                        if let Some(q) = r.inbound_qos2 {
-                            b.replay_inbound_qos2(*id, &q.session, q.packet_id);
+                        let Some(r) = BrokerRecord::from_stored(record) else { continue };
+                        if r.with_event {
+                            held = Some((*id, r, record.id.clone()));
+                        } else {
+                            apply(b, *id, r);
                         }
                     }
                 });
+            }
+            torn += usize::from(held.is_some());
+            if torn > 0 {
+                tracing::warn!(torn, "broker records whose event a crash tore away skipped (never acknowledged)");
             }
         }
         self.with(|b| b.set_routed_through(position));
@@ -298,7 +319,7 @@ impl LocalBroker {
         let inbound_qos2 = inbound.map(|(c, id)| InboundQos2 { session: c.to_string(), packet_id: id });
         let event_id = message.event.as_ref().map_or_else(String::new, |e| e.id.clone());
         let (routed, local) = if to_persistent { (Some(message), None) } else { (None, Some(message)) };
-        let record = BrokerRecord { message: routed, inbound_qos2 };
+        let record = BrokerRecord { message: routed, inbound_qos2, with_event: true };
         ((!record.is_empty()).then(|| record.to_stored(&event_id)), local)
     }
 
@@ -567,12 +588,15 @@ mod tests {
             properties: Default::default(),
             publisher: "pub".into(),
             expires_at_ms: None,
-            event: None,
+            event: Some(crate::broker::message::EventIdentity { id: "e-1".into(), source: "/t".into(), time: None }),
         };
         let (companion, local) = broker.companion(message, Some(("pub", 7)));
         assert!(local.is_none(), "the commit routes a message for a persistent session");
-        let record =
-            BrokerRecord { message: None, inbound_qos2: Some(InboundQos2 { session: "pub".into(), packet_id: 7 }) };
+        let record = BrokerRecord {
+            message: None,
+            inbound_qos2: Some(InboundQos2 { session: "pub".into(), packet_id: 7 }),
+            with_event: false,
+        };
         assert!(companion.is_some() && !record.is_empty());
         let event = meshgate_edge_agent::spool::StoredRecord { route: None, ..record.to_stored("e-1") };
         let receipt = appender.append_with(event, companion, true, None).await.unwrap().unwrap();
