@@ -41,7 +41,7 @@ impl LocalDelivery for BrokerDelivery {
         // Every local delivery carries the command's own identity (AMQP message-id, the WebSocket copy).
         message.event = Some(EventIdentity::of(event));
         let record =
-            BrokerRecord { message: Some(message), inbound_qos2: None, with_event: false }.to_stored(&event.id);
+            BrokerRecord { message: Some(message), inbound_qos2: None, with_event: false }.into_stored(&event.id);
         self.batch.lock().unwrap_or_else(|p| p.into_inner()).push(record);
     }
 

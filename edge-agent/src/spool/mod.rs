@@ -199,7 +199,8 @@ impl Shared {
 /// Called by the writer after every successful commit, before the batch's appends resolve: the batch's local
 /// records (companions, and appends routed only to `@` consumers) with their ids, in order, and the highest id the
 /// commit made durable.
-pub type CommitHook = Box<dyn FnMut(&[(u64, &StoredRecord)], u64) + Send>;
+/// Companions move into the hook (no copy of their data on the writer's thread).
+pub type CommitHook = Box<dyn FnMut(Vec<(u64, StoredRecord)>, u64) + Send>;
 
 struct Append {
     record: StoredRecord,
@@ -300,10 +301,11 @@ impl Spool {
         Ok((Spool { shared }, Appender { tx, bytes, queue_bytes }, WriterThread(handle), recovery))
     }
 
-    /// A reader for `consumer`, starting after its cursor.
+    /// A reader for `consumer`, starting after its cursor. An uplink's reader passes over the records only for
+    /// in-process consumers without decoding them; an in-process consumer's (`@…`) reads everything.
     pub fn reader(&self, consumer: &str) -> Reader {
         let cursor = self.shared.lock().ledger.cursors.get(consumer).copied().unwrap_or(0);
-        Reader::new(Arc::clone(&self.shared), cursor)
+        Reader::new(Arc::clone(&self.shared), cursor, !consumer.starts_with('@'))
     }
 
     /// Records that `consumer` confirmed everything up to `id`, durably, and deletes segments nobody needs.

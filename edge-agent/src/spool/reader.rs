@@ -17,6 +17,8 @@ pub struct Reader {
     open: Option<OpenSegment>,
     scratch: AlignedVec,
     buf: Vec<u8>,
+    /// An uplink's reader: records only for in-process consumers are passed over without being decoded.
+    skip_local: bool,
 }
 
 struct OpenSegment {
@@ -26,8 +28,8 @@ struct OpenSegment {
 }
 
 impl Reader {
-    pub(super) fn new(shared: Arc<Shared>, cursor: u64) -> Reader {
-        Reader { shared, next_id: cursor + 1, open: None, scratch: AlignedVec::new(), buf: Vec::new() }
+    pub(super) fn new(shared: Arc<Shared>, cursor: u64, skip_local: bool) -> Reader {
+        Reader { shared, next_id: cursor + 1, open: None, scratch: AlignedVec::new(), buf: Vec::new(), skip_local }
     }
 
     /// Up to `max` durable records from the current position, in order, with their ids.
@@ -99,12 +101,16 @@ impl Reader {
             if !read_full(&mut open.file, &mut self.buf[HEADER_LEN..])? {
                 return Ok(None);
             }
-            match record::decode(&self.buf, &mut self.scratch) {
+            match record::decode_unless_local(&self.buf, &mut self.scratch, self.skip_local) {
                 Frame::Record(id, rec, size) => {
                     open.offset += size as u64;
                     if id >= self.next_id {
                         return Ok(Some((id, *rec)));
                     }
+                }
+                Frame::Skipped(id, size) => {
+                    open.offset += size as u64;
+                    self.next_id = self.next_id.max(id + 1);
                 }
                 // Recovery validated every record below the durable mark; damage here is new. Skip the segment's
                 // rest rather than loop on it, and count it.

@@ -207,6 +207,8 @@ pub fn encode(id: u64, record: &StoredRecord, out: &mut Vec<u8>) -> Result<(), r
 pub enum Frame {
     /// A valid record and its size on disk.
     Record(u64, Box<StoredRecord>, usize),
+    /// A valid record left undecoded (see [`decode_unless_local`]), its id and size on disk.
+    Skipped(u64, usize),
     /// The bytes end cleanly here.
     End,
     /// The bytes end inside a record (a torn write).
@@ -217,6 +219,12 @@ pub enum Frame {
 
 /// Reads the frame at the start of `bytes`, validating length, CRC32C and the archive.
 pub fn decode(bytes: &[u8], scratch: &mut AlignedVec) -> Frame {
+    decode_unless_local(bytes, scratch, false)
+}
+
+/// [`decode`], except that with `skip_local` a valid record only for in-process consumers
+/// ([`StoredRecord::is_local`]) is not deserialized: [`Frame::Skipped`] (an uplink's reader has no use for it).
+pub fn decode_unless_local(bytes: &[u8], scratch: &mut AlignedVec, skip_local: bool) -> Frame {
     if bytes.is_empty() {
         return Frame::End;
     }
@@ -237,10 +245,15 @@ pub fn decode(bytes: &[u8], scratch: &mut AlignedVec) -> Frame {
     let Ok(archived) = rkyv::access::<ArchivedStoredRecord, rancor::Error>(scratch) else {
         return Frame::Corrupt("archive fails validation");
     };
+    let id = u64::from_le_bytes(id_bytes.try_into().unwrap_or_default());
+    if skip_local
+        && archived.route.as_ref().is_some_and(|r| !r.is_empty() && r.iter().all(|n| n.as_str().starts_with('@')))
+    {
+        return Frame::Skipped(id, HEADER_LEN + len);
+    }
     let Ok(record) = rkyv::deserialize::<StoredRecord, rancor::Error>(archived) else {
         return Frame::Corrupt("archive fails to deserialize");
     };
-    let id = u64::from_le_bytes(id_bytes.try_into().unwrap_or_default());
     Frame::Record(id, Box::new(record), HEADER_LEN + len)
 }
 

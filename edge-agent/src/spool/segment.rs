@@ -85,7 +85,8 @@ pub fn recover(base_id: u64, path: &Path, quarantine: &Path) -> std::io::Result<
                 tracing::warn!(segment = %path.display(), offset, bytes = rest.len(), "cutting a torn tail");
                 break;
             }
-            Frame::Record(..) | Frame::Corrupt(_) => {
+            // `decode` never skips; a skipped frame would be a valid record, treated as one out of order.
+            Frame::Record(..) | Frame::Skipped(..) | Frame::Corrupt(_) => {
                 let why = match record::decode(rest, &mut scratch) {
                     Frame::Corrupt(why) => why,
                     _ => "record id out of order",

@@ -66,10 +66,19 @@ impl Writer {
             }
             let result = self.commit(&batch, &rx);
             let mut next = result.clone();
-            for append in batch.drain(..) {
-                // The companion comes first; the receipt is the record's id.
-                let id = next.clone().map(|id| id + u64::from(append.companion.is_some()));
-                next = next.map(|id| id + 1 + u64::from(append.companion.is_some()));
+            let ids: Vec<Result<u64, SpoolError>> = batch
+                .iter()
+                .map(|append| {
+                    // The companion comes first; the receipt is the record's id.
+                    let id = next.clone().map(|id| id + u64::from(append.companion.is_some()));
+                    next = next.clone().map(|id| id + 1 + u64::from(append.companion.is_some()));
+                    id
+                })
+                .collect();
+            if let Ok(first) = result {
+                self.hand_local(&mut batch, first);
+            }
+            for (append, id) in batch.drain(..).zip(ids) {
                 if let Some(done) = append.done {
                     let _ = done.send(id);
                 }
@@ -123,25 +132,29 @@ impl Writer {
         self.shared.healthy.store(true, Ordering::Relaxed);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         self.shared.durable.send_replace(last);
-        self.hand_companions(batch, first, last);
         Ok(first)
     }
 
-    /// Calls the commit hook, if one is set, with the batch's local records and their ids.
-    fn hand_companions(&self, batch: &[Append], first: u64, last: u64) {
+    /// Calls the commit hook, if one is set, with the committed batch's local records and their ids: companions
+    /// move into it, other local records are copied.
+    fn hand_local(&self, batch: &mut [Append], first: u64) {
         let mut hook = self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(hook) = hook.as_mut() else { return };
         let mut id = first;
         let mut local = Vec::new();
-        for append in batch {
-            for record in append.companion.iter().chain(std::iter::once(&append.record)) {
-                if record.is_local() {
-                    local.push((id, record));
+        for append in batch.iter_mut() {
+            if let Some(companion) = append.companion.take() {
+                if companion.is_local() {
+                    local.push((id, companion));
                 }
                 id += 1;
             }
+            if append.record.is_local() {
+                local.push((id, append.record.clone()));
+            }
+            id += 1;
         }
-        hook(&local, last);
+        hook(local, id - 1);
     }
 
     /// Blocks while `len` more bytes would overflow `max_bytes` (backpressure), freeing a fully confirmed active

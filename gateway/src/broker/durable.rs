@@ -56,20 +56,28 @@ impl BrokerRecord {
         self.message.is_none() && self.inbound_qos2.is_none()
     }
 
-    /// The companion record for the event `event_id` (the record's id, for a reader of the spool files).
-    pub fn to_stored(&self, event_id: &str) -> StoredRecord {
+    /// The spool record for the event `event_id` (the record's id, for a reader of the spool files). The data is
+    /// `[u32 LE: header length][header: this record as JSON, the payload left out][the payload's bytes]`: a large
+    /// payload is neither base64-encoded nor copied through a string.
+    pub fn into_stored(mut self, event_id: &str) -> StoredRecord {
+        let payload = self.message.as_mut().map(|m| std::mem::take(&mut m.payload)).unwrap_or_default();
+        // Serializing owned strings into a Vec cannot fail.
+        let header = serde_json::to_vec(&self).unwrap_or_default();
+        let mut data = Vec::with_capacity(4 + header.len() + payload.len());
+        data.extend_from_slice(&u32::try_from(header.len()).unwrap_or(u32::MAX).to_le_bytes());
+        data.extend_from_slice(&header);
+        data.extend_from_slice(&payload);
         StoredRecord {
             route: Some(vec![CONSUMER.to_string()]),
             id: event_id.to_string(),
             source: "meshgate".into(),
             ty: RECORD_TYPE.into(),
-            datacontenttype: Some("application/json".into()),
+            datacontenttype: Some("application/octet-stream".into()),
             dataschema: None,
             subject: None,
             time: None,
             extensions: Vec::new(),
-            // Serializing owned strings and bytes into a Vec cannot fail.
-            data: StoredData::Binary(serde_json::to_vec(self).unwrap_or_default()),
+            data: StoredData::Binary(data),
             droppable: false,
             accepted_at_ms: super::local::now_ms(),
         }
@@ -78,17 +86,46 @@ impl BrokerRecord {
     /// The broker's record in a spool record, if it is one (an event for the uplinks is not; an unreadable one
     /// is logged and skipped).
     pub fn from_stored(record: &StoredRecord) -> Option<BrokerRecord> {
+        let bytes = Self::data_of(record)?;
+        let (mut r, at) = Self::header(record, bytes)?;
+        if let (Some(m), Some(payload)) = (r.message.as_mut(), bytes.get(at..)) {
+            m.payload = payload.to_vec();
+        }
+        Some(r)
+    }
+
+    /// [`BrokerRecord::from_stored`], taking the record: the payload keeps the record's buffer (no copy).
+    pub fn from_stored_owned(record: StoredRecord) -> Option<BrokerRecord> {
+        let bytes = Self::data_of(&record)?;
+        let (mut r, at) = Self::header(&record, bytes)?;
+        if let (Some(m), StoredData::Binary(mut data)) = (r.message.as_mut(), record.data) {
+            data.drain(..at);
+            m.payload = data;
+        }
+        Some(r)
+    }
+
+    fn data_of(record: &StoredRecord) -> Option<&[u8]> {
         if record.ty != RECORD_TYPE || !matches!(record.route.as_deref(), Some([only]) if only == CONSUMER) {
             return None;
         }
-        let StoredData::Binary(bytes) = &record.data else { return None };
-        match serde_json::from_slice(bytes) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(event = %record.id, error = %e, "unreadable broker record in the spool skipped");
-                None
-            }
+        match &record.data {
+            StoredData::Binary(bytes) => Some(bytes),
+            _ => None,
         }
+    }
+
+    /// The record without its payload, and where the payload starts in `bytes`.
+    fn header(record: &StoredRecord, bytes: &[u8]) -> Option<(BrokerRecord, usize)> {
+        let parsed = bytes.split_at_checked(4).and_then(|(len, rest)| {
+            let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+            let header = rest.get(..len)?;
+            Some((serde_json::from_slice(header).ok()?, 4 + len))
+        });
+        if parsed.is_none() {
+            tracing::warn!(event = %record.id, "unreadable broker record in the spool skipped");
+        }
+        parsed
     }
 }
 
@@ -113,9 +150,10 @@ mod tests {
             inbound_qos2: Some(InboundQos2 { session: "dev-1".into(), packet_id: 7 }),
             with_event: true,
         };
-        let stored = record.to_stored("e-1");
-        assert!(!stored.routed_to("file"), "no uplink reads it");
-        assert_eq!(BrokerRecord::from_stored(&stored), Some(record));
+        let stored = record.clone().into_stored("e-1");
+        assert!(!stored.routed_to("file") && stored.is_local(), "no uplink reads it");
+        assert_eq!(BrokerRecord::from_stored(&stored), Some(record.clone()));
+        assert_eq!(BrokerRecord::from_stored_owned(stored.clone()), Some(record));
         let mut event = stored.clone();
         event.route = None;
         assert_eq!(BrokerRecord::from_stored(&event), None, "an event for every uplink");

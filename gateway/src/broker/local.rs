@@ -190,7 +190,7 @@ impl LocalBroker {
         self.with(|b| b.set_routed_through(position));
         let _ = self.spool.set(spool.clone());
         let broker = Arc::downgrade(self);
-        spool.on_commit(Box::new(move |companions, last| route_committed(&broker, companions, last)));
+        spool.on_commit(Box::new(move |local, last| route_committed(&broker, local, last)));
         if replayed > 0 {
             tracing::info!(replayed, "messages for persistent sessions routed again from the spool");
         }
@@ -320,7 +320,7 @@ impl LocalBroker {
         let event_id = message.event.as_ref().map_or_else(String::new, |e| e.id.clone());
         let (routed, local) = if to_persistent { (Some(message), None) } else { (None, Some(message)) };
         let record = BrokerRecord { message: routed, inbound_qos2, with_event: true };
-        ((!record.is_empty()).then(|| record.to_stored(&event_id)), local)
+        ((!record.is_empty()).then(|| record.into_stored(&event_id)), local)
     }
 
     /// A round of the session store: writes the sessions that changed and deletes those that ended, then
@@ -453,14 +453,14 @@ impl LocalBroker {
 /// The spool's commit hook: routes the companions' messages in id order and records their QoS 2 packet ids in
 /// their sessions, before their publishers are acknowledged, and moves the broker's position to the commit's last
 /// id (so a session stored at that position holds all of it).
-fn route_committed(broker: &Weak<LocalBroker>, companions: &[(u64, &StoredRecord)], last: u64) {
+fn route_committed(broker: &Weak<LocalBroker>, local: Vec<(u64, StoredRecord)>, last: u64) {
     let Some(broker) = broker.upgrade() else { return };
     let now = now_ms();
     let mut retained = false;
     let woken = broker.with(|b| {
         let mut woken = Vec::new();
-        for (_, record) in companions {
-            let Some(r) = BrokerRecord::from_stored(record) else { continue };
+        for (_, record) in local {
+            let Some(r) = BrokerRecord::from_stored_owned(record) else { continue };
             if let Some(q) = r.inbound_qos2 {
                 b.stored_inbound_qos2(&q.session, q.packet_id);
             }
@@ -598,7 +598,7 @@ mod tests {
             with_event: false,
         };
         assert!(companion.is_some() && !record.is_empty());
-        let event = meshgate_edge_agent::spool::StoredRecord { route: None, ..record.to_stored("e-1") };
+        let event = meshgate_edge_agent::spool::StoredRecord { route: None, ..record.into_stored("e-1") };
         let receipt = appender.append_with(event, companion, true, None).await.unwrap().unwrap();
         receipt.await.unwrap().unwrap();
         broker.read(|b| {
