@@ -391,8 +391,11 @@ async fn slow_readers_and_offline_sessions_stay_within_the_memory_budget() -> Re
         queued / 1_048_576.0
     );
     ensure!(queued <= (BUDGET_MIB << 20) as f64, "queued {queued} bytes over the budget");
-    // Within the two budgets, and the read and write buffers of the connections moving 500 KB messages.
-    let allowed = (BUDGET_MIB + SPOOL_QUEUE_MIB + 16) as f64;
+    // Within the two budgets, the read and write buffers of the connections moving 500 KB messages, and the
+    // allocator's share of the broker's durable copy of each message for the persistent sessions (16 MiB each; the
+    // copy itself waits in the spool's queue, inside its budget). Measured: 80-101 MiB of growth since persistent
+    // sessions became crash-exact, 63 MiB before (docs/benchmarks.md).
+    let allowed = (BUDGET_MIB + SPOOL_QUEUE_MIB + 32) as f64;
     ensure!(peak - before < allowed, "RSS grew {:.1} MiB, over the budgets' {allowed} MiB", peak - before);
     drop(reader);
     bystanders_are_served(&gw, "slow readers and offline sessions").await?;
