@@ -338,11 +338,7 @@ impl LocalBroker {
                 .take_dirty()
                 .into_iter()
                 .map(|name| {
-                    let session = b.session(&name).filter(|s| s.expiry_secs > 0).map(|s| {
-                        let mut s = s.clone();
-                        s.routed_through = position;
-                        s
-                    });
+                    let session = stored_copy(b, &name, position);
                     (name, session)
                 })
                 .collect();
@@ -388,13 +384,7 @@ impl LocalBroker {
             if !b.take_dirty_one(client) {
                 return None;
             }
-            let position = b.routed_through();
-            let session = b.session(client).filter(|s| s.expiry_secs > 0).map(|s| {
-                let mut s = s.clone();
-                s.routed_through = position;
-                s
-            });
-            Some((Arc::clone(client), session))
+            Some((Arc::clone(client), stored_copy(b, client, b.routed_through())))
         });
         let Some(change) = change else { return Ok(()) };
         let changes = [change];
@@ -448,6 +438,16 @@ impl LocalBroker {
             }
         }
     }
+}
+
+/// What the session store writes for `name` at `position`: a copy of the session stamped with it, or `None` when
+/// the session ended or no longer outlives its connection (its file is deleted).
+fn stored_copy(b: &Broker, name: &str, position: u64) -> Option<Session> {
+    b.session(name).filter(|s| s.expiry_secs > 0).map(|s| {
+        let mut s = s.clone();
+        s.routed_through = position;
+        s
+    })
 }
 
 /// The spool's commit hook: routes the companions' messages in id order and records their QoS 2 packet ids in
