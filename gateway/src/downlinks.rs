@@ -40,8 +40,7 @@ impl LocalDelivery for BrokerDelivery {
         message.expires_at_ms = expires_at_ms;
         // Every local delivery carries the command's own identity (AMQP message-id, the WebSocket copy).
         message.event = Some(EventIdentity::of(event));
-        let record =
-            BrokerRecord { message: Some(message), inbound_qos2: None, with_event: false }.into_stored(&event.id);
+        let record = BrokerRecord { message: Some(message), ..BrokerRecord::default() }.into_stored(&event.id);
         self.batch.lock().unwrap_or_else(|p| p.into_inner()).push(record);
     }
 

@@ -219,6 +219,44 @@ async fn durable_queues_redeliver_what_was_not_acknowledged() -> anyhow::Result<
     Ok(())
 }
 
+/// A durable queue and its bindings exist once declare-ok and bind-ok are sent: killed right after them, the
+/// gateway comes back with the queue, which then collects what its binding matches; a deleted one stays deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_queue_is_durable_once_its_declare_ok_is_sent() -> anyhow::Result<()> {
+    use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (conn, ch) = connect(gw.amqp()?, "declarer").await?;
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    for q in ["kept", "gone"] {
+        ch.queue_declare(ShortString::from(q), durable, FieldTable::default()).await?;
+        let (x, key) = (ShortString::from("amq.topic"), ShortString::from(format!("{q}.#")));
+        ch.queue_bind(ShortString::from(q), x, key, QueueBindOptions::default(), FieldTable::default()).await?;
+    }
+    ch.queue_delete(ShortString::from("gone"), QueueDeleteOptions::default()).await?;
+    drop((ch, conn));
+    gw.kill()?;
+    let gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (_conn, ch) = connect(gw.amqp()?, "declarer").await?;
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    ch.queue_declare(ShortString::from("kept"), passive, FieldTable::default()).await?;
+    assert!(publish(&ch, "kept.1", b"after the kill", BasicProperties::default().with_delivery_mode(2)).await?);
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let got = ch.basic_get(ShortString::from("kept"), BasicGetOptions { no_ack: true }).await?;
+            if let Some(m) = got {
+                break anyhow::Ok(m.delivery.data);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await??;
+    assert_eq!(got, b"after the kill", "the binding survived too");
+    let refused = ch.queue_declare(ShortString::from("gone"), passive, FieldTable::default()).await;
+    assert!(refused.is_err(), "the deleted queue stayed deleted: {refused:?}");
+    Ok(())
+}
+
 /// Runs the raw client `f` against a fresh connection and returns the close it got: (channel, code).
 fn close_after(addr: SocketAddr, frames: &[Vec<u8>]) -> anyhow::Result<(u16, u16)> {
     let mut c = RawAmqp::open(addr, "guest", "guest")?;

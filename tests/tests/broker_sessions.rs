@@ -314,3 +314,76 @@ fn qos2_deliveries_to_a_persistent_session_are_exactly_once_across_sigkills() ->
     assert!(s.drain(QUIET * 2)?.is_empty(), "nothing more");
     Ok(())
 }
+
+/// A session exists once CONNACK says so: a persistent session created (or one a clean start ended) right before a
+/// SIGKILL is as the CONNACK left it after the restart, without waiting for the session store's next round.
+#[test]
+fn a_session_is_durable_once_its_connack_is_sent() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    for version in [Version::V5, Version::V311] {
+        let id = if version.is_v5() { "fresh-5" } else { "fresh-311" };
+        let (c, present) = RawClient::connect_with(gw.mqtt, &connect_packet(version, id))?;
+        assert!(!present);
+        drop(c);
+    }
+    gw.kill()?;
+    gw = Gateway::start_in(dir.path(), |b| b)?;
+    for version in [Version::V5, Version::V311] {
+        let id = if version.is_v5() { "fresh-5" } else { "fresh-311" };
+        let (_c, present) = RawClient::connect_with(gw.mqtt, &connect_packet(version, id))?;
+        assert!(present, "{id}: the session CONNACK created survived the kill");
+    }
+    // A clean start ends the stored session: after a kill it does not come back.
+    let clean = Connect { clean_start: true, ..connect_packet(Version::V311, "fresh-311") };
+    let (c, present) = RawClient::connect_with(gw.mqtt, &clean)?;
+    assert!(!present);
+    drop(c);
+    gw.kill()?;
+    let gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (_c, present) = RawClient::connect_with(gw.mqtt, &connect_packet(Version::V5, "fresh-311"))?;
+    assert!(!present, "the ended session stayed ended");
+    Ok(())
+}
+
+/// A persistent session's PUBREL is as durable as its PUBCOMP: after a SIGKILL, a client that reuses the released
+/// packet id for its next message and resends it with DUP (it got no PUBREC before the crash) has it stored, not
+/// taken for the released one.
+#[test]
+fn a_released_qos2_id_reused_after_a_sigkill_is_a_new_message() -> anyhow::Result<()> {
+    use meshgate_protocols::mqtt::{Publish, ReasonCode};
+    let dir = tempfile::tempdir()?;
+    let mut gw = Gateway::start_in(dir.path(), |b| b)?;
+    let connect = connect_packet(Version::V5, "meter");
+    let publish = |dup: bool, payload: &'static [u8]| {
+        Packet::Publish(Publish {
+            topic: "meters/m1",
+            qos: QoS::ExactlyOnce,
+            dup,
+            packet_id: Some(1),
+            payload,
+            ..Publish::default()
+        })
+    };
+    let (mut c, _) = RawClient::connect_with(gw.mqtt, &connect)?;
+    c.send(&publish(false, b"first"))?;
+    assert_eq!(c.recv()?, Reply::Ack(5, 1, ReasonCode::SUCCESS), "PUBREC");
+    c.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubRel, 1)))?;
+    assert_eq!(c.recv()?, Reply::Ack(7, 1, ReasonCode::SUCCESS), "PUBCOMP");
+    gw.kill()?;
+    let gw = Gateway::start_in(dir.path(), |b| b)?;
+    let (mut c, present) = RawClient::connect_with(gw.mqtt, &connect)?;
+    assert!(present);
+    // The next message under id 1, sent before the crash and unanswered, comes again with DUP.
+    c.send(&publish(true, b"second"))?;
+    assert_eq!(c.recv()?, Reply::Ack(5, 1, ReasonCode::SUCCESS));
+    c.send(&Packet::PubResponse(PubResponse::new(PubResponseKind::PubRel, 1)))?;
+    assert_eq!(c.recv()?, Reply::Ack(7, 1, ReasonCode::SUCCESS));
+    gw.wait_for_events(2, WAIT)?;
+    std::thread::sleep(QUIET);
+    // The file uplink forwards at least once (a kill may repeat a line): one event is one id.
+    let ids: std::collections::BTreeSet<String> =
+        gw.events()?.iter().filter_map(|e| e["id"].as_str().map(String::from)).collect();
+    assert_eq!(ids.len(), 2, "both messages stored, once each: {ids:?}");
+    Ok(())
+}

@@ -51,6 +51,9 @@ pub struct BrokerQueues {
     consuming: HashSet<String>,
     /// Deliveries to send again first (in flight when the consumer last went away), per queue.
     resend: HashMap<String, VecDeque<Fetched>>,
+    /// Sessions of durable queues whose declaration, bindings or contents changed since the driver last took
+    /// them: the session store holds them before the answer goes out ([`BrokerQueues::take_durable_changes`]).
+    durable_changes: Vec<String>,
 }
 
 impl BrokerQueues {
@@ -65,6 +68,23 @@ impl BrokerQueues {
             owned: HashSet::new(),
             consuming: HashSet::new(),
             resend: HashMap::new(),
+            durable_changes: Vec::new(),
+        }
+    }
+
+    /// Takes the sessions of durable queues changed by the frames handled since the last call. The driver makes
+    /// them durable before it sends the answers (declare-ok, bind-ok, purge-ok, delete-ok), so a crash after the
+    /// answer never loses what it promised.
+    pub fn take_durable_changes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.durable_changes)
+    }
+
+    /// Notes `id` among the changed durable queues when its session outlives connections.
+    fn changed(&mut self, id: &str) {
+        if self.broker.read(|b| b.session(id).is_some_and(|s| s.expiry_secs > 0))
+            && !self.durable_changes.iter().any(|c| c == id)
+        {
+            self.durable_changes.push(id.to_string());
         }
     }
 
@@ -177,6 +197,7 @@ impl Queues for BrokerQueues {
                     connected
                 })
                 .map_err(refused)?;
+            self.changed(&id);
         } else {
             // Expiry 0: never saved, and ended by `close` with this connection.
             self.broker.with(|b| b.connect(&id, owner, Version::V311, false, 0, u16::MAX, now)).map_err(refused)?;
@@ -202,6 +223,7 @@ impl Queues for BrokerQueues {
             let text = format!("PRECONDITION_FAILED - binding to '{routing_key}' refused: {e:?} (see [limits])");
             QueueError { code: reply::PRECONDITION_FAILED, text }
         })?;
+        self.changed(&id);
         self.broker.wake(&id);
         Ok(())
     }
@@ -210,6 +232,7 @@ impl Queues for BrokerQueues {
         let id = self.require(queue)?;
         let filter = binding_filter(routing_key)?;
         self.broker.with(|b| b.unsubscribe(&id, &filter));
+        self.changed(&id);
         Ok(())
     }
 
@@ -217,6 +240,7 @@ impl Queues for BrokerQueues {
         let id = self.require(queue)?;
         self.resend.remove(queue);
         let n = self.broker.with(|b| b.session_mut(&id).map_or(0, |s| s.purge()));
+        self.changed(&id);
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
@@ -231,6 +255,8 @@ impl Queues for BrokerQueues {
             let text = format!("PRECONDITION_FAILED - queue '{queue}' not empty");
             return Err(QueueError { code: reply::PRECONDITION_FAILED, text });
         }
+        // Noted while the session still says it is durable: the store then deletes its file.
+        self.changed(&id);
         self.broker.detach(&id, self.conn_id);
         self.consuming.remove(queue);
         self.owned.remove(queue);

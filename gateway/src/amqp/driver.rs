@@ -133,7 +133,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Sends what the state machine has to send, once the durable queues its answers speak of are durable.
     async fn flush(&mut self) -> std::io::Result<()> {
+        for id in self.queues.take_durable_changes() {
+            if let Err(e) = self.ctx.shared.broker.persist_session(&id).await {
+                tracing::warn!(queue = %id, error = %e, "durable queue could not be made durable before its answer");
+            }
+        }
         let now = self.now();
         self.conn.poll_transmit(&mut self.wbuf, now);
         if !self.wbuf.is_empty() {

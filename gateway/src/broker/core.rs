@@ -109,6 +109,9 @@ pub struct Connected {
     pub woken: Vec<Arc<str>>,
     /// QoS 2 packet ids the client sent, stored and answered with PUBREC, still awaiting PUBREL.
     pub inbound_qos2: Vec<u16>,
+    /// Whether the session store must write the session before CONNACK: it outlives the connection, or it
+    /// replaced one that did (whose stored file must not come back after a crash).
+    pub durable: bool,
 }
 
 /// Figures for `/metrics`.
@@ -346,6 +349,7 @@ impl Broker {
                 return Err(SessionRefused::TooManyForUser);
             }
         }
+        let was_durable = self.sessions.get(client).is_some_and(|s| s.expiry_secs > 0);
         let woken = if clean_start { self.end_session(client, now_ms) } else { Vec::new() };
         let session_present = self.sessions.contains_key(client);
         let session = if session_present {
@@ -362,7 +366,7 @@ impl Broker {
         }
         let resend = session.connected(version, receive_maximum);
         let inbound_qos2 = session.inbound_qos2.iter().copied().collect();
-        Ok(Connected { session_present, resend, woken, inbound_qos2 })
+        Ok(Connected { session_present, resend, woken, inbound_qos2, durable: was_durable || expiry_secs > 0 })
     }
 
     /// The client's connection ended at `now_ms`; a session with expiry 0 ends with it. `expiry_secs` replaces
@@ -566,20 +570,25 @@ impl Broker {
         self.route(Arc::new(message), now_ms, Some(id))
     }
 
-    /// Replays the spool's record `id` saying `client`'s session stored its QoS 2 publish `packet_id`: unless
-    /// the session's stored state covers `id`, the id awaits PUBREL again, so a resend is not stored twice.
-    pub fn replay_inbound_qos2(&mut self, id: u64, client: &str, packet_id: u16) {
+    /// Replays the spool's record `id` saying `client`'s session stored its QoS 2 publish `packet_id`
+    /// (`awaiting`) or its PUBREL for it: unless the session's stored state covers `id`, the id awaits PUBREL
+    /// again (a resend is not stored twice), or no longer (the client's next message under it is new).
+    pub fn replay_inbound_qos2(&mut self, id: u64, client: &str, packet_id: u16, awaiting: bool) {
         if self.sessions.get(client).is_some_and(|s| s.routed_through < id) {
-            self.stored_inbound_qos2(client, packet_id);
+            self.note_inbound_qos2(client, packet_id, awaiting);
         }
     }
 
-    /// `client`'s QoS 2 publish `packet_id` is stored (its commit landed): the id awaits PUBREL in the session from
-    /// now on, in the same step that moves [`Broker::routed_through`] past it, so a stored state that covers the
-    /// commit has the id.
-    pub fn stored_inbound_qos2(&mut self, client: &str, packet_id: u16) {
+    /// `client`'s QoS 2 publish `packet_id` is stored (`awaiting`: the id awaits PUBREL from now on) or its PUBREL
+    /// is: noted as the commit lands, in the same step that moves [`Broker::routed_through`] past it, so a
+    /// stored state that covers the commit agrees.
+    pub fn note_inbound_qos2(&mut self, client: &str, packet_id: u16, awaiting: bool) {
         if let Some(session) = self.session_entry(client) {
-            session.inbound_qos2.insert(packet_id);
+            if awaiting {
+                session.inbound_qos2.insert(packet_id);
+            } else {
+                session.inbound_qos2.remove(&packet_id);
+            }
         }
     }
 

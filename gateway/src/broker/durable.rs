@@ -44,6 +44,11 @@ pub struct BrokerRecord {
     /// The QoS 2 packet id of a persistent session's publish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_qos2: Option<InboundQos2>,
+    /// A persistent session's client released this QoS 2 packet id (PUBREL): stored before the PUBCOMP, so a
+    /// crash never brings the id back as awaiting PUBREL, where the client's next message under that id (sent
+    /// again with DUP after the crash) would be taken for a resend of the released one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_qos2: Option<InboundQos2>,
     /// A companion: written right before its event, and counted after a crash only if that event follows it (a
     /// write a crash tore between them was never acknowledged, and its publisher sends it again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -53,7 +58,14 @@ pub struct BrokerRecord {
 impl BrokerRecord {
     /// Whether it holds anything: an empty one is not written.
     pub fn is_empty(&self) -> bool {
-        self.message.is_none() && self.inbound_qos2.is_none()
+        self.message.is_none() && self.inbound_qos2.is_none() && self.released_qos2.is_none()
+    }
+
+    /// The record of `session`'s PUBREL for `packet_id`, on its own (no event).
+    pub fn released(session: &str, packet_id: u16) -> StoredRecord {
+        let released = InboundQos2 { session: session.to_string(), packet_id };
+        let record = BrokerRecord { released_qos2: Some(released), ..BrokerRecord::default() };
+        record.into_stored(&uuid::Uuid::now_v7().simple().to_string())
     }
 
     /// The spool record for the event `event_id` (the record's id, for a reader of the spool files). The data is
@@ -149,6 +161,7 @@ mod tests {
             message: Some(message),
             inbound_qos2: Some(InboundQos2 { session: "dev-1".into(), packet_id: 7 }),
             with_event: true,
+            ..BrokerRecord::default()
         };
         let stored = record.clone().into_stored("e-1");
         assert!(!stored.routed_to("file") && stored.is_local(), "no uplink reads it");
@@ -157,6 +170,10 @@ mod tests {
         let mut event = stored.clone();
         event.route = None;
         assert_eq!(BrokerRecord::from_stored(&event), None, "an event for every uplink");
+        let released = BrokerRecord::released("dev-1", 7);
+        assert!(released.is_local());
+        let expected = InboundQos2 { session: "dev-1".into(), packet_id: 7 };
+        assert_eq!(BrokerRecord::from_stored(&released).and_then(|r| r.released_qos2), Some(expected));
         let mut garbage = stored;
         garbage.data = StoredData::Binary(b"{".to_vec());
         assert_eq!(BrokerRecord::from_stored(&garbage), None);

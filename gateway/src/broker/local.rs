@@ -152,13 +152,8 @@ impl LocalBroker {
             let mut held: Option<(u64, BrokerRecord, String)> = None;
             let mut torn = 0usize;
             let mut apply = |b: &mut Broker, id: u64, r: BrokerRecord| {
-                if let Some(m) = r.message {
-                    b.replay(id, m, now);
-                    replayed += 1;
-                }
-                if let Some(q) = r.inbound_qos2 {
-                    b.replay_inbound_qos2(id, &q.session, q.packet_id);
-                }
+                replayed += usize::from(r.message.is_some());
+                apply_record(b, id, r, true, now);
             };
             loop {
                 let batch = reader.read_batch(REPLAY_BATCH)?;
@@ -319,7 +314,7 @@ impl LocalBroker {
         let inbound_qos2 = inbound.map(|(c, id)| InboundQos2 { session: c.to_string(), packet_id: id });
         let event_id = message.event.as_ref().map_or_else(String::new, |e| e.id.clone());
         let (routed, local) = if to_persistent { (Some(message), None) } else { (None, Some(message)) };
-        let record = BrokerRecord { message: routed, inbound_qos2, with_event: true };
+        let record = BrokerRecord { message: routed, inbound_qos2, with_event: true, ..BrokerRecord::default() };
         ((!record.is_empty()).then(|| record.into_stored(&event_id)), local)
     }
 
@@ -450,6 +445,24 @@ fn stored_copy(b: &Broker, name: &str, position: u64) -> Option<Session> {
     })
 }
 
+/// Applies the broker record `id` as its commit lands, or with `replayed` at start to the sessions whose stored
+/// state does not cover it: its QoS 2 marks first, then its message. Returns the clients with new deliveries.
+fn apply_record(b: &mut Broker, id: u64, r: BrokerRecord, replayed: bool, now: u64) -> Vec<Arc<str>> {
+    for (q, awaiting) in [(r.inbound_qos2, true), (r.released_qos2, false)] {
+        let Some(q) = q else { continue };
+        if replayed {
+            b.replay_inbound_qos2(id, &q.session, q.packet_id, awaiting);
+        } else {
+            b.note_inbound_qos2(&q.session, q.packet_id, awaiting);
+        }
+    }
+    match r.message {
+        Some(m) if replayed => b.replay(id, m, now),
+        Some(m) => b.publish(m, now),
+        None => Vec::new(),
+    }
+}
+
 /// The spool's commit hook: routes the companions' messages in id order and records their QoS 2 packet ids in
 /// their sessions, before their publishers are acknowledged, and moves the broker's position to the commit's last
 /// id (so a session stored at that position holds all of it).
@@ -459,15 +472,10 @@ fn route_committed(broker: &Weak<LocalBroker>, local: Vec<(u64, StoredRecord)>, 
     let mut retained = false;
     let woken = broker.with(|b| {
         let mut woken = Vec::new();
-        for (_, record) in local {
+        for (id, record) in local {
             let Some(r) = BrokerRecord::from_stored_owned(record) else { continue };
-            if let Some(q) = r.inbound_qos2 {
-                b.stored_inbound_qos2(&q.session, q.packet_id);
-            }
-            if let Some(message) = r.message {
-                retained |= message.retain;
-                woken.extend(b.publish(message, now));
-            }
+            retained |= r.message.as_ref().is_some_and(|m| m.retain);
+            woken.extend(apply_record(b, id, r, false, now));
         }
         b.set_routed_through(last);
         woken
@@ -595,7 +603,7 @@ mod tests {
         let record = BrokerRecord {
             message: None,
             inbound_qos2: Some(InboundQos2 { session: "pub".into(), packet_id: 7 }),
-            with_event: false,
+            ..BrokerRecord::default()
         };
         assert!(companion.is_some() && !record.is_empty());
         let event = meshgate_edge_agent::spool::StoredRecord { route: None, ..record.into_stored("e-1") };

@@ -144,9 +144,7 @@ impl SessionStore {
 
     /// Writes each changed session (`Some`) or deletes its file (`None`), then fsyncs the directory.
     pub fn write(&mut self, changes: &[(Arc<str>, Option<Session>)]) -> std::io::Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
+        let mut touched = false;
         for (name, session) in changes {
             match session {
                 Some(session) => {
@@ -161,18 +159,20 @@ impl SessionStore {
                     };
                     let file = SessionFile { format: FORMAT, name, session };
                     write_atomically(&self.path(number), &file)?;
+                    touched = true;
                 }
                 None => {
                     if let Some(number) = self.files.remove(name) {
                         match std::fs::remove_file(self.path(number)) {
                             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                            _ => {}
+                            _ => touched = true,
                         }
                     }
                 }
             }
         }
-        sync_dir(&self.dir)
+        // Nothing written or deleted (a session that never outlived its connection): no directory to sync.
+        if touched { sync_dir(&self.dir) } else { Ok(()) }
     }
 
     /// Sessions stored.

@@ -373,13 +373,14 @@ fn a_replay_reaches_only_sessions_whose_stored_state_does_not_cover_the_record()
     let woken = b.replay(10, msg("cmd/r", 1, true, "", "p"), 0);
     assert_eq!(woken.len(), 3, "old, new and one group member");
     assert_eq!(b.retained().count(), 1, "a replay leaves the retained store alone");
-    b.replay_inbound_qos2(5, "old", 3);
-    b.replay_inbound_qos2(6, "new", 4);
-    b.replay_inbound_qos2(6, "old", 5);
-    assert!(
-        b.session("old").expect("old").inbound_qos2.contains(&5)
-            && !b.session("old").expect("old").inbound_qos2.contains(&3)
-    );
+    b.replay_inbound_qos2(5, "old", 3, true);
+    b.replay_inbound_qos2(6, "new", 4, true);
+    b.replay_inbound_qos2(6, "old", 5, true);
+    b.replay_inbound_qos2(6, "old", 9, true);
+    b.replay_inbound_qos2(7, "old", 9, false);
+    let old = &b.session("old").expect("old").inbound_qos2;
+    assert!(old.contains(&5) && !old.contains(&3), "{old:?}");
+    assert!(!old.contains(&9), "stored, then released by a later record");
     assert!(b.session("new").expect("new").inbound_qos2.is_empty(), "new's state covers record 6");
 }
 

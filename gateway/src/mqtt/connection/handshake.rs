@@ -208,6 +208,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         for c in &connected.woken {
             self.ctx.shared.broker.wake(c);
         }
+        // A session the client may resume after a crash exists once CONNACK says so.
+        if connected.durable
+            && let Err(e) = self.ctx.shared.broker.persist_session(&client_id).await
+        {
+            tracing::warn!(client = %client_id, error = %e, "session could not be made durable before CONNACK");
+        }
         self.inbound.resume(connected.inbound_qos2.iter().copied());
         let cfg = &self.ctx.config;
         let properties = if v5 {

@@ -25,6 +25,7 @@ use super::inbound::{Admission, InboundState};
 use super::will::{self, PendingWill};
 use super::{MqttContext, outbound, registry::Registration};
 use crate::broker::Message;
+use crate::broker::durable::BrokerRecord;
 use crate::broker::local::now_ms;
 use crate::broker::message::EventIdentity;
 use crate::listener::Peer;
@@ -98,9 +99,10 @@ where
     if let Some((client_id, reg)) = &conn.session {
         ctx.registry.unregister(client_id, reg.conn_id);
         if ctx.shared.broker.detach(client_id, reg.conn_id) {
-            ctx.shared.broker.disconnect(client_id, conn.disconnect_expiry);
-            // What the client acknowledged before it left is durable too: a crash redelivers nothing it has.
+            // What the client acknowledged before it left is durable too: a crash redelivers nothing it has; a
+            // session ended by DISCONNECT's expiry 0 is deleted from the store.
             let persistent = ctx.shared.broker.read(|b| b.session(client_id).is_some_and(|s| s.expiry_secs > 0));
+            ctx.shared.broker.disconnect(client_id, conn.disconnect_expiry);
             if persistent && let Err(e) = ctx.shared.broker.persist_session(client_id).await {
                 tracing::warn!(client = %client_id, error = %e, "session could not be made durable at disconnect");
             }
@@ -410,6 +412,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         self.ctx.shared.broker.publish(message);
                     }
                 }
+                Err(e) if ack.kind == Some(PubResponseKind::PubComp) => {
+                    // PUBCOMP has no failure to report: the release holds in memory, and a client reusing the id
+                    // after a crash sends its next message without DUP, which is taken as new.
+                    tracing::warn!(error = %e, client = self.client_id(), "QoS 2 release not stored");
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "event not stored; refusing the publish");
                     self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
@@ -512,19 +519,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn handle(&mut self, packet: Packet<'_>) -> Option<Closed> {
         match packet {
             Packet::Publish(publish) => self.on_publish(&publish).await,
-            Packet::PubResponse(r) if r.kind == PubResponseKind::PubRel => {
-                let here = self.inbound.release(r.packet_id);
-                let kept = self.with_session(|s| s.inbound_qos2.remove(&r.packet_id)).unwrap_or(false);
-                let found = here || kept;
-                let reason = if found || !self.version.is_v5() {
-                    ReasonCode::SUCCESS
-                } else {
-                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-                };
-                // PUBCOMP must follow the PUBREC it completes, which may still be queued.
-                self.queue_ack(PubResponseKind::PubComp, QoS::ExactlyOnce, r.packet_id, None, reason);
-                None
-            }
+            Packet::PubResponse(r) if r.kind == PubResponseKind::PubRel => self.on_pubrel(r.packet_id).await,
             Packet::PingReq => {
                 self.send(&Packet::PingResp);
                 None
@@ -554,6 +549,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Some(self.protocol_error("server-to-client packet from a client").await)
             }
         }
+    }
+
+    /// PUBREL: the QoS 2 flow ends with PUBCOMP, queued behind the PUBREC it completes. A persistent session's
+    /// release is stored first (see [`crate::broker::durable::BrokerRecord::released_qos2`]), so no crash brings
+    /// the id back as awaiting PUBREL.
+    async fn on_pubrel(&mut self, packet_id: u16) -> Option<Closed> {
+        let here = self.inbound.release(packet_id);
+        let kept = self.with_session(|s| s.inbound_qos2.remove(&packet_id)).unwrap_or(false);
+        let found = here || kept;
+        let reason =
+            if found || !self.version.is_v5() { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+        let receipt = if found && self.session_is_persistent() {
+            let record = BrokerRecord::released(self.client_id(), packet_id);
+            match self.ctx.shared.ingest.submit_local(record).await {
+                Ok(receipt) => Some(receipt),
+                Err(_) => return Some(self.close_with(ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped").await),
+            }
+        } else {
+            None
+        };
+        self.queue_ack(PubResponseKind::PubComp, QoS::ExactlyOnce, packet_id, receipt, reason);
+        None
     }
 
     async fn protocol_error(&mut self, why: &'static str) -> Closed {
