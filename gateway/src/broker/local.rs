@@ -52,9 +52,6 @@ pub struct LocalBroker {
     retained_dirty: AtomicBool,
     /// The session files; held by one round at a time (on the blocking pool).
     store: Mutex<SessionStore>,
-    /// The number of the last round started, and of the last one that completed.
-    rounds_started: AtomicU64,
-    rounds_done: AtomicU64,
     /// The spool position the session store confirmed last.
     confirmed: AtomicU64,
     /// The spool, once [`LocalBroker::recover`] attached it.
@@ -127,8 +124,6 @@ impl LocalBroker {
             retained_log: Arc::new(Mutex::new(retained_log)),
             retained_dirty: AtomicBool::new(false),
             store: Mutex::new(store),
-            rounds_started: AtomicU64::new(0),
-            rounds_done: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             spool: OnceLock::new(),
             changed: Notify::new(),
@@ -189,7 +184,7 @@ impl LocalBroker {
         if replayed > 0 {
             tracing::info!(replayed, "messages for persistent sessions routed again from the spool");
         }
-        self.save_sessions(u64::MAX)?;
+        self.save_sessions(false)?;
         Ok(replayed)
     }
 
@@ -319,47 +314,41 @@ impl LocalBroker {
     }
 
     /// A round of the session store: writes the sessions that changed and deletes those that ended, then
-    /// confirms the position they include to the spool. Skipped when a round numbered `want` or later completed
-    /// while this one waited for its turn (`u64::MAX`: never skipped).
-    fn save_sessions(&self, want: u64) -> std::io::Result<()> {
+    /// confirms to the spool the position every stored state includes. Unless `everything` (at shutdown), a
+    /// session with a long queue waits until the records after its stored state outnumber that queue (see
+    /// [`SessionStore::defers`]): its messages stay in the spool meanwhile, and its file is rewritten once per
+    /// doubling rather than once per round.
+    fn save_sessions(&self, everything: bool) -> std::io::Result<()> {
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        if self.rounds_done.load(Ordering::Acquire) >= want {
-            return Ok(());
-        }
-        let round = self.rounds_started.fetch_add(1, Ordering::AcqRel) + 1;
-        let (changes, position) = self.with(|b| {
+        let (changes, deferred, position) = self.with(|b| {
             let position = b.routed_through();
-            let changes: Vec<(Arc<str>, Option<Session>)> = b
-                .take_dirty()
-                .into_iter()
-                .map(|name| {
+            let (mut changes, mut deferred) = (Vec::new(), Vec::new());
+            for name in b.take_dirty() {
+                let queued = b.session(&name).map_or(0, Session::queued);
+                if !everything && store.defers(&name, position, queued) {
+                    deferred.push(name);
+                } else {
                     let session = stored_copy(b, &name, position);
-                    (name, session)
-                })
-                .collect();
-            (changes, position)
+                    changes.push((name, session));
+                }
+            }
+            b.mark_dirty(deferred.iter().cloned());
+            (changes, deferred, position)
         });
         if let Err(e) = store.write(&changes) {
             self.with(|b| b.mark_dirty(changes.into_iter().map(|(name, _)| name)));
             return Err(e);
         }
+        // The spool keeps what the deferred sessions' stored states do not include.
+        let confirm = deferred.iter().filter_map(|name| store.stamp(name)).fold(position, u64::min);
         drop(store);
         if let Some(spool) = self.spool.get()
-            && self.confirmed.load(Ordering::Acquire) < position
+            && self.confirmed.load(Ordering::Acquire) < confirm
         {
-            spool.ack(CONSUMER, position)?;
-            self.confirmed.fetch_max(position, Ordering::AcqRel);
+            spool.ack(CONSUMER, confirm)?;
+            self.confirmed.fetch_max(confirm, Ordering::AcqRel);
         }
-        self.rounds_done.fetch_max(round, Ordering::AcqRel);
         Ok(())
-    }
-
-    /// Makes the persistent sessions durable as they are now (their queues and flows included), so what was
-    /// handed to them survives a crash. Concurrent callers share a round.
-    pub async fn persist_sessions(self: &Arc<Self>) -> std::io::Result<()> {
-        let want = self.rounds_started.load(Ordering::Acquire) + 1;
-        let broker = Arc::clone(self);
-        tokio::task::spawn_blocking(move || broker.save_sessions(want)).await.map_err(std::io::Error::other)?
     }
 
     /// Makes `client`'s session durable as it is now, writing that session alone (connections call it before a
@@ -393,7 +382,7 @@ impl LocalBroker {
     /// Writes retained messages and persistent sessions (at shutdown).
     pub fn save(&self) -> std::io::Result<()> {
         self.save_retained(true)?;
-        self.save_sessions(u64::MAX)
+        self.save_sessions(true)
     }
 
     /// Expires sessions and writes retained changes until `stop`; then saves everything.
@@ -416,7 +405,7 @@ impl LocalBroker {
             if last_snapshot.elapsed() >= SESSION_SNAPSHOT_INTERVAL && behind {
                 last_snapshot = tokio::time::Instant::now();
                 let me = Arc::clone(&self);
-                match tokio::task::spawn_blocking(move || me.save_sessions(u64::MAX)).await {
+                match tokio::task::spawn_blocking(move || me.save_sessions(false)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "cannot write the session snapshot"),
                     Err(e) => tracing::error!(error = %e, "session snapshot failed"),
@@ -559,6 +548,65 @@ mod tests {
         broker.with(|core| core.connect("b", &owner, Version::V311, true, 0, 10, 0).unwrap());
         broker.save().unwrap();
         assert!(!b.exists(), "b's clean start ended its stored session");
+    }
+
+    /// A long queue that keeps growing is not rewritten by every round: once per doubling of the records after
+    /// its stored state; a short one is written whenever it changed.
+    #[test]
+    fn a_long_queue_is_rewritten_once_per_doubling_not_per_round() {
+        use crate::broker::session_store::REWRITE_FLOOR;
+        use meshgate_protocols::mqtt::{QoS, SubscriptionOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let broker = LocalBroker::open(dir.path(), BrokerConfig::with_max_queued(100_000)).unwrap();
+        let owner = crate::broker::SessionOwner::default();
+        let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
+        let publish = |b: &mut Broker, n: usize| {
+            for i in 0..n {
+                let id = b.routed_through() + 1;
+                let properties = meshgate_protocols::mqtt::Properties::default();
+                let mut m = Message::new("q/1", b"x", QoS::AtLeastOnce, false, &properties, "p", 0);
+                m.event =
+                    Some(crate::broker::message::EventIdentity { id: i.to_string(), source: "/".into(), time: None });
+                b.publish(m, 0);
+                b.set_routed_through(id);
+            }
+        };
+        broker.with(|b| {
+            for c in ["long", "short"] {
+                b.connect(c, &owner, Version::V5, false, u32::MAX, 10, 0).unwrap();
+                b.subscribe(c, "q/#", &options, None, 0).unwrap();
+                b.disconnect(c, None, 0);
+            }
+            publish(b, REWRITE_FLOOR + 100);
+            b.session_mut("short").unwrap().purge();
+        });
+        broker.save_sessions(false).unwrap();
+        let file_of = |name: &str| {
+            std::fs::read_dir(dir.path().join("sessions"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| std::fs::read_to_string(p).unwrap().contains(&format!("\"name\":\"{name}\"")))
+                .unwrap()
+        };
+        let stamp = |name: &str| broker.store.lock().unwrap().stamp(name).unwrap();
+        let (long_written, short_written) = (stamp("long"), stamp("short"));
+        assert_eq!(long_written, short_written, "both written by the first round");
+        broker.with(|b| {
+            publish(b, 10);
+            b.session_mut("short").unwrap().purge();
+        });
+        broker.save_sessions(false).unwrap();
+        assert_eq!(stamp("long"), long_written, "the long queue waits");
+        assert!(stamp("short") > short_written, "the short one is written");
+        assert!(broker.read(|b| b.has_dirty()), "the long one is still to write");
+        broker.with(|b| publish(b, REWRITE_FLOOR * 3));
+        broker.save_sessions(false).unwrap();
+        assert!(stamp("long") > long_written, "written once the records after it outnumber its queue");
+        let stored = std::fs::read_to_string(file_of("long")).unwrap();
+        assert!(stored.contains("\"format\":3"));
+        broker.with(|b| publish(b, 1));
+        broker.save().unwrap();
+        assert!(!broker.read(|b| b.has_dirty()), "shutdown writes everything");
     }
 
     /// The spool's broker records end to end: a commit routes a message to an offline persistent session and

@@ -59,12 +59,27 @@ impl LegacySessions {
     }
 }
 
+/// Queued messages up to which a session's file is rewritten whenever it changed; a longer queue is rewritten
+/// once the spool holds at least as many records again after its stored state (see [`SessionStore::defers`]).
+pub const REWRITE_FLOOR: usize = 1024;
+
+/// What the store knows of one session's file.
+#[derive(Debug, Clone, Copy)]
+struct StoredFile {
+    /// The file's number (its name).
+    number: u64,
+    /// The spool position its state includes ([`Session::routed_through`]).
+    stamp: u64,
+    /// Messages queued in it.
+    queued: usize,
+}
+
 /// The session files of one broker directory.
 #[derive(Debug)]
 pub struct SessionStore {
     dir: PathBuf,
-    /// Each stored session's file number.
-    files: HashMap<Arc<str>, u64>,
+    /// Each stored session's file.
+    files: HashMap<Arc<str>, StoredFile>,
     next_file: u64,
     /// Whether the store was created by this start (no earlier version of the gateway left sessions here).
     fresh: bool,
@@ -118,7 +133,8 @@ impl SessionStore {
                 }
             };
             store.next_file = store.next_file.max(number + 1);
-            store.files.insert(stored.name.as_str().into(), number);
+            let file = StoredFile { number, stamp: stored.session.routed_through, queued: stored.session.queued() };
+            store.files.insert(stored.name.as_str().into(), file);
             sessions.push((stored.name, stored.session));
         }
         if legacy.exists() {
@@ -149,21 +165,21 @@ impl SessionStore {
             match session {
                 Some(session) => {
                     let number = match self.files.get(name) {
-                        Some(n) => *n,
+                        Some(f) => f.number,
                         None => {
-                            let n = self.next_file;
                             self.next_file += 1;
-                            self.files.insert(Arc::clone(name), n);
-                            n
+                            self.next_file - 1
                         }
                     };
                     let file = SessionFile { format: FORMAT, name, session };
                     write_atomically(&self.path(number), &file)?;
+                    let stored = StoredFile { number, stamp: session.routed_through, queued: session.queued() };
+                    self.files.insert(Arc::clone(name), stored);
                     touched = true;
                 }
                 None => {
-                    if let Some(number) = self.files.remove(name) {
-                        match std::fs::remove_file(self.path(number)) {
+                    if let Some(file) = self.files.remove(name) {
+                        match std::fs::remove_file(self.path(file.number)) {
                             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                             _ => touched = true,
                         }
@@ -173,6 +189,22 @@ impl SessionStore {
         }
         // Nothing written or deleted (a session that never outlived its connection): no directory to sync.
         if touched { sync_dir(&self.dir) } else { Ok(()) }
+    }
+
+    /// Whether a round at spool position `position` may leave `name`'s changes for later (its `queued` messages
+    /// now): a session stored with more than [`REWRITE_FLOOR`] messages queued, at both its last write and now,
+    /// is rewritten once the records after its stored state number at least the floor plus that queue. So a long
+    /// offline queue that keeps growing is written once per doubling (its messages wait in the spool, routed
+    /// again at start), not once per round; a session never stored, ended, or short is always written.
+    pub fn defers(&self, name: &str, position: u64, queued: usize) -> bool {
+        let Some(file) = self.files.get(name) else { return false };
+        let size = file.queued.min(queued);
+        size > REWRITE_FLOOR && position.saturating_sub(file.stamp) < (REWRITE_FLOOR + size) as u64
+    }
+
+    /// The spool position `name`'s stored state includes, if it is stored.
+    pub fn stamp(&self, name: &str) -> Option<u64> {
+        self.files.get(name).map(|f| f.stamp)
     }
 
     /// Sessions stored.
