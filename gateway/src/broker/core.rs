@@ -109,8 +109,8 @@ pub struct Connected {
     pub woken: Vec<Arc<str>>,
     /// QoS 2 packet ids the client sent, stored and answered with PUBREC, still awaiting PUBREL.
     pub inbound_qos2: Vec<u16>,
-    /// Whether the session store must write the session before CONNACK: it outlives the connection, or it
-    /// replaced one that did (whose stored file must not come back after a crash).
+    /// Whether the session store must write the session before CONNACK: a new session that outlives the
+    /// connection, or one that replaced or ended a stored one (whose file must not come back after a crash).
     pub durable: bool,
 }
 
@@ -366,7 +366,11 @@ impl Broker {
         }
         let resend = session.connected(version, receive_maximum);
         let inbound_qos2 = session.inbound_qos2.iter().copied().collect();
-        Ok(Connected { session_present, resend, woken, inbound_qos2, durable: was_durable || expiry_secs > 0 })
+        // A stored session resumed as persistent is stored already; a new one, or a change of whether it is
+        // stored, must reach the store before CONNACK.
+        let resumed_stored = was_durable && session_present && expiry_secs > 0;
+        let durable = (was_durable || expiry_secs > 0) && !resumed_stored;
+        Ok(Connected { session_present, resend, woken, inbound_qos2, durable })
     }
 
     /// The client's connection ended at `now_ms`; a session with expiry 0 ends with it. `expiry_secs` replaces
