@@ -23,7 +23,8 @@
 //! - every message Mosquitto acknowledged on the bridged topic is in the edge-agent's uplink (at least once: the
 //!   bridge is acknowledged by Mosquitto's persistent session, which redelivers what the kill cut).
 //!
-//! RabbitMQ and Mosquitto must run on 127.0.0.1 (`.ci/setup` starts them); the suite fails loudly if not.
+//! RabbitMQ must run on 127.0.0.1 (`.ci/setup` starts it) and the `mosquitto` binary be installed (the suite runs a
+//! Mosquitto of its own, without a queue limit); the suite fails loudly if not.
 //!
 //! The test command runs 10 cycles; `KILL_SUITE_CYCLES=100` the long suite (figures in docs/reliability.md).
 
@@ -69,19 +70,25 @@ fn config(base: String, mesh: &MeshNames) -> String {
     )
 }
 
-/// The RabbitMQ exchange and queue of the downlink, and the Mosquitto topic and client id of the bridge.
+/// The RabbitMQ exchange and queue of the downlink, and the Mosquitto, topic and client id of the bridge.
 struct MeshNames {
     exchange: String,
     queue: String,
+    /// The suite's own Mosquitto, without a queue limit: the system one's default of 1,000 messages per offline
+    /// client drops what it acknowledged once the bridge has been down long enough (its log says "Outgoing
+    /// messages are being dropped"), which is Mosquitto's loss, not the bridge's.
+    site: std::net::SocketAddr,
     bridge_topic: String,
     bridge_client: String,
 }
 
 fn bridge_config(dir: &Path, mesh: &MeshNames) -> String {
     format!(
-        "[gateway]\nid = \"edge-kill\"\ndata_dir = \"{}\"\n\n[[bridges]]\nname = \"site\"\nhost = \"127.0.0.1\"\nport = 1883\n\
+        "[gateway]\nid = \"edge-kill\"\ndata_dir = \"{}\"\n\n[[bridges]]\nname = \"site\"\nhost = \"{}\"\nport = {}\n\
          version = \"3.1.1\"\nclient_id = \"{}\"\ntopics = [\"{}\"]\nmax_inflight = 20\n",
         dir.display(),
+        mesh.site.ip(),
+        mesh.site.port(),
         mesh.bridge_client,
         mesh.bridge_topic
     )
@@ -137,10 +144,13 @@ async fn mesh_publisher(
 
 /// A device of the existing broker: QoS 1 to Mosquitto, acknowledged = Mosquitto's PUBACK, paced so Mosquitto's
 /// queue for the bridge's session never overflows while the agent is down.
-fn mosquitto_publisher(topic: String, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
-    let addr: std::net::SocketAddr = "127.0.0.1:1883".parse()?;
-    let mut c = RawClient::connect(addr, Version::V311, &unique("kill-dev"), 60)
-        .map_err(|e| anyhow::anyhow!("Mosquitto must run on 127.0.0.1:1883 for this suite: {e}"))?;
+fn mosquitto_publisher(
+    addr: std::net::SocketAddr,
+    topic: String,
+    acked: Acked,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut c = RawClient::connect(addr, Version::V311, &unique("kill-dev"), 60)?;
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let token = format!("br-{n}");
@@ -496,9 +506,11 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let bridge_dir = tempfile::tempdir()?;
     let run = unique("kill");
+    let site = meshgate_tests::load::brokers::Mosquitto::start(true)?;
     let mesh = MeshNames {
         exchange: format!("{run}.commands"),
         queue: format!("{run}.cmd"),
+        site: site.addr,
         bridge_topic: format!("kill-bridge/{run}/#"),
         bridge_client: format!("{run}-bridge"),
     };
@@ -538,7 +550,8 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
             outside.push(tokio::spawn(mesh_publisher(mesh.exchange.clone(), Arc::clone(&acked), Arc::clone(&stop))));
             let (topic, acked, stop) =
                 (mesh.bridge_topic.replace('#', "dev/telemetry"), Arc::clone(&acked), Arc::clone(&stop));
-            outside.push(tokio::task::spawn_blocking(move || mosquitto_publisher(topic, acked, stop)));
+            let site = mesh.site;
+            outside.push(tokio::task::spawn_blocking(move || mosquitto_publisher(site, topic, acked, stop)));
         }
         let mut blocking = Vec::new();
         for mut p in q2.drain(..) {
