@@ -1,9 +1,10 @@
 //! The kill suite: the real binary SIGKILLed again and again under a mixed load, on one data directory, and then
 //! checked against what every device was told.
 //!
-//! Each cycle starts the gateway (and an `edge-agent` bridging the real Mosquitto), runs every publisher and the
-//! online subscriber for a random 0.4–1.4 s, and kills both with SIGKILL while they are mid-flight. Publishers: MQTT 5 at QoS 1, MQTT 3.1.1 and MQTT 5 at QoS 2
-//! with persistent sessions (resending an unanswered PUBLISH with DUP, or its PUBREL, after each kill), AMQP with
+//! Each cycle starts the gateway (and an `edge-agent` bridging a real Mosquitto), runs every publisher and the
+//! online subscriber for a random 0.4–1.4 s, and kills both with SIGKILL while they are mid-flight. Publishers:
+//! MQTT 3.1.1 and MQTT 5 at QoS 1, and at QoS 2 with persistent sessions (resending an unanswered PUBLISH with
+//! DUP, or its PUBREL, after each kill), AMQP with
 //! confirms and AMQP without (both persistent delivery mode), a `cloudevents.json` WebSocket device, commands from
 //! the mesh (published with confirms to the real RabbitMQ, taken by the gateway's downlink to `kill/down`), and a
 //! device publishing at QoS 1 to Mosquitto on a topic the bridge takes into the edge-agent's spool.
@@ -198,17 +199,20 @@ fn connect_packet(version: Version, id: &str) -> Connect<'_> {
     Connect { version, clean_start: false, keep_alive: 60, client_id: id, properties, ..Connect::default() }
 }
 
-/// MQTT 5 at QoS 1, one publish at a time: acknowledged = PUBACK 0x00.
-fn mqtt_qos1(addr: std::net::SocketAddr, acked: &Acked, next: &mut u64) {
-    let Ok(mut c) = RawClient::connect(addr, Version::V5, "p-m5q1", 60) else { return };
+/// An MQTT publisher at QoS 1 (`m5q1`: MQTT 5, `m3q1`: 3.1.1), one publish at a time to `kill/{name}`:
+/// acknowledged = PUBACK (0x00).
+fn mqtt_qos1(addr: std::net::SocketAddr, name: &'static str, acked: &Acked, next: &mut u64) {
+    let version = if name.starts_with("m5") { Version::V5 } else { Version::V311 };
+    let Ok(mut c) = RawClient::connect(addr, version, &format!("p-{name}"), 60) else { return };
+    let topic = format!("kill/{name}");
     loop {
         // A publish the kill left unanswered is not sent again (a QoS 1 resend may be stored twice, as MQTT
         // allows): each token is published once.
-        let token = format!("m5q1-{next}");
+        let token = format!("{name}-{next}");
         let id = u16::try_from(*next % 60000).unwrap_or(0) + 1;
         *next += 1;
-        match c.publish_qos1("kill/m5q1", id, false, token.as_bytes()) {
-            Ok(Reply::Ack(4, i, ReasonCode::SUCCESS)) if i == id => record(acked, "m5q1", token),
+        match c.publish_qos1(&topic, id, false, token.as_bytes()) {
+            Ok(Reply::Ack(4, i, ReasonCode::SUCCESS)) if i == id => record(acked, name, token),
             _ => return,
         }
     }
@@ -526,7 +530,7 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
         Qos2Publisher { name: "m5q2", version: Version::V5, next: 0, inflight: None },
     ];
     let mut online = OnlineSubscriber::default();
-    let (mut m5q1, mut amqpc, mut amqpn, mut ws) = (0u64, 0u64, 0u64, 0u64);
+    let (mut m5q1, mut m3q1, mut amqpc, mut amqpn, mut ws) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
     for cycle in 0..cycles() {
         if cycle % 10 == 0 {
@@ -561,13 +565,14 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
                 Some(p)
             }));
         }
-        let q1 = {
+        let q1 = |name: &'static str, mut next: u64| {
             let acked = Arc::clone(&acked);
             tokio::task::spawn_blocking(move || {
-                mqtt_qos1(mqtt, &acked, &mut m5q1);
-                m5q1
+                mqtt_qos1(mqtt, name, &acked, &mut next);
+                next
             })
         };
+        let (q1_5, q1_3) = (q1("m5q1", m5q1), q1("m3q1", m3q1));
         let sub = tokio::task::spawn_blocking(move || {
             online.run(mqtt, None);
             online
@@ -581,7 +586,8 @@ async fn nothing_acknowledged_is_lost_or_doubled_across_sigkills() -> anyhow::Re
         for b in blocking {
             q2.extend(b.await?);
         }
-        m5q1 = q1.await?;
+        m5q1 = q1_5.await?;
+        m3q1 = q1_3.await?;
         online = sub.await?;
         amqpc = c.await?;
         amqpn = n.await?;
