@@ -110,7 +110,8 @@ pub struct Connected {
     /// QoS 2 packet ids the client sent, stored and answered with PUBREC, still awaiting PUBREL.
     pub inbound_qos2: Vec<u16>,
     /// Whether the session store must write the session before CONNACK: a new session that outlives the
-    /// connection, or one that replaced or ended a stored one (whose file must not come back after a crash).
+    /// connection, one that replaced or ended a stored one (whose file must not come back after a crash), or a
+    /// stored one resumed with another expiry.
     pub durable: bool,
 }
 
@@ -349,7 +350,7 @@ impl Broker {
                 return Err(SessionRefused::TooManyForUser);
             }
         }
-        let was_durable = self.sessions.get(client).is_some_and(|s| s.expiry_secs > 0);
+        let stored_expiry = self.sessions.get(client).map(|s| s.expiry_secs).filter(|e| *e > 0);
         let woken = if clean_start { self.end_session(client, now_ms) } else { Vec::new() };
         let session_present = self.sessions.contains_key(client);
         let session = if session_present {
@@ -366,10 +367,10 @@ impl Broker {
         }
         let resend = session.connected(version, receive_maximum);
         let inbound_qos2 = session.inbound_qos2.iter().copied().collect();
-        // A stored session resumed as persistent is stored already; a new one, or a change of whether it is
-        // stored, must reach the store before CONNACK.
-        let resumed_stored = was_durable && session_present && expiry_secs > 0;
-        let durable = (was_durable || expiry_secs > 0) && !resumed_stored;
+        // A stored session resumed as it was is stored already; a new one, one that ended a stored one, or a new
+        // expiry must reach the store before CONNACK.
+        let resumed_as_stored = session_present && stored_expiry == Some(expiry_secs);
+        let durable = (stored_expiry.is_some() || expiry_secs > 0) && !resumed_as_stored;
         Ok(Connected { session_present, resend, woken, inbound_qos2, durable })
     }
 

@@ -398,3 +398,15 @@ fn routes_to_persistent_looks_for_a_persistent_session_taking_qos_1_or_2() {
     assert!(!b.routes_to_persistent(&msg("t/1", 0, false, "x", "p")), "QoS 0 is not kept across a crash");
     assert!(!b.routes_to_persistent(&msg("u/1", 2, false, "x", "p")));
 }
+
+#[test]
+fn connack_waits_for_the_store_only_when_what_is_stored_changes() {
+    let mut b = Broker::new(config());
+    assert!(!connect(&mut b, "clean", true, 0).durable, "never stored, nothing to write");
+    assert!(connect(&mut b, "kept", false, 60).durable, "a new persistent session");
+    assert!(!connect(&mut b, "kept", false, 60).durable, "resumed as stored");
+    assert!(connect(&mut b, "kept", false, 120).durable, "resumed with another expiry");
+    assert!(connect(&mut b, "kept", true, 120).durable, "a clean start replaces the stored one");
+    assert!(connect(&mut b, "kept", false, 0).durable, "expiry 0 ends what was stored");
+    assert!(!connect(&mut b, "kept", false, 0).durable, "and then nothing is stored");
+}
