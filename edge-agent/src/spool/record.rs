@@ -152,7 +152,7 @@ impl StoredRecord {
     /// Whether the record is only for consumers inside the process (names starting with `@`, which no uplink may
     /// take): the writer hands such records to its commit hook (see [`crate::spool`]).
     pub fn is_local(&self) -> bool {
-        self.route.as_ref().is_some_and(|r| !r.is_empty() && r.iter().all(|n| n.starts_with('@')))
+        self.route.as_ref().is_some_and(|r| local_route(r.iter().map(String::as_str)))
     }
 
     /// Whether the record goes to the uplink `name`.
@@ -217,6 +217,18 @@ pub enum Frame {
     Corrupt(&'static str),
 }
 
+/// Whether a route names only consumers inside the process (at least one, each starting with `@`).
+fn local_route<'a>(names: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut any = false;
+    for name in names {
+        if !name.starts_with('@') {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// Reads the frame at the start of `bytes`, validating length, CRC32C and the archive.
 pub fn decode(bytes: &[u8], scratch: &mut AlignedVec) -> Frame {
     decode_unless_local(bytes, scratch, false)
@@ -246,9 +258,7 @@ pub fn decode_unless_local(bytes: &[u8], scratch: &mut AlignedVec, skip_local: b
         return Frame::Corrupt("archive fails validation");
     };
     let id = u64::from_le_bytes(id_bytes.try_into().unwrap_or_default());
-    if skip_local
-        && archived.route.as_ref().is_some_and(|r| !r.is_empty() && r.iter().all(|n| n.as_str().starts_with('@')))
-    {
+    if skip_local && archived.route.as_ref().is_some_and(|r| local_route(r.iter().map(|n| n.as_str()))) {
         return Frame::Skipped(id, HEADER_LEN + len);
     }
     let Ok(record) = rkyv::deserialize::<StoredRecord, rancor::Error>(archived) else {

@@ -64,23 +64,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let result = self.commit(&batch, &rx);
-            let mut next = result.clone();
-            let ids: Vec<Result<u64, SpoolError>> = batch
-                .iter()
-                .map(|append| {
-                    // The companion comes first; the receipt is the record's id.
-                    let id = next.clone().map(|id| id + u64::from(append.companion.is_some()));
-                    next = next.clone().map(|id| id + 1 + u64::from(append.companion.is_some()));
-                    id
-                })
-                .collect();
-            if let Ok(first) = result {
-                self.hand_local(&mut batch, first);
-            }
-            for (append, id) in batch.drain(..).zip(ids) {
-                if let Some(done) = append.done {
-                    let _ = done.send(id);
+            match self.commit(&batch, &rx) {
+                Ok(first) => self.complete(&mut batch, first),
+                Err(e) => {
+                    for append in batch.drain(..) {
+                        if let Some(done) = append.done {
+                            let _ = done.send(Err(e.clone()));
+                        }
+                    }
                 }
             }
         }
@@ -135,26 +126,34 @@ impl Writer {
         Ok(first)
     }
 
-    /// Calls the commit hook, if one is set, with the committed batch's local records and their ids: companions
-    /// move into it, other local records are copied.
-    fn hand_local(&self, batch: &mut [Append], first: u64) {
-        let mut hook = self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(hook) = hook.as_mut() else { return };
+    /// Completes a committed batch whose first record is `first`: hands its local records with their ids to the
+    /// commit hook, if one is set (moved, not copied), then resolves each append with its record's id (a
+    /// companion takes the id before it). The appends' queue shares are handed back last.
+    fn complete(&self, batch: &mut Vec<Append>, first: u64) {
         let mut id = first;
         let mut local = Vec::new();
-        for append in batch.iter_mut() {
-            if let Some(companion) = append.companion.take() {
+        let mut answers = Vec::with_capacity(batch.len());
+        for Append { record, companion, done, _slot, _bytes } in batch.drain(..) {
+            if let Some(companion) = companion {
                 if companion.is_local() {
                     local.push((id, companion));
                 }
                 id += 1;
             }
-            if append.record.is_local() {
-                local.push((id, append.record.clone()));
+            if record.is_local() {
+                local.push((id, record));
             }
+            answers.push((done, id, (_slot, _bytes)));
             id += 1;
         }
-        hook(local, id - 1);
+        if let Some(hook) = self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            hook(local, id - 1);
+        }
+        for (done, id, _shares) in answers {
+            if let Some(done) = done {
+                let _ = done.send(Ok(id));
+            }
+        }
     }
 
     /// Blocks while `len` more bytes would overflow `max_bytes` (backpressure), freeing a fully confirmed active

@@ -107,7 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Whether this connection's session outlives it (its state is kept across a crash).
-    pub(super) fn session_is_persistent(&self) -> bool {
+    fn session_is_persistent(&self) -> bool {
         let client = self.client_id();
         self.ctx.shared.broker.read(|b| b.session(client).is_some_and(|s| s.expiry_secs > 0))
     }

@@ -556,11 +556,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// the id back as awaiting PUBREL.
     async fn on_pubrel(&mut self, packet_id: u16) -> Option<Closed> {
         let here = self.inbound.release(packet_id);
-        let kept = self.with_session(|s| s.inbound_qos2.remove(&packet_id)).unwrap_or(false);
+        let (kept, persistent) =
+            self.with_session(|s| (s.inbound_qos2.remove(&packet_id), s.expiry_secs > 0)).unwrap_or_default();
         let found = here || kept;
         let reason =
             if found || !self.version.is_v5() { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
-        let receipt = if found && self.session_is_persistent() {
+        let receipt = if found && persistent {
             let record = BrokerRecord::released(self.client_id(), packet_id);
             match self.ctx.shared.ingest.submit_local(record).await {
                 Ok(receipt) => Some(receipt),
