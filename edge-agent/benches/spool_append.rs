@@ -64,10 +64,11 @@ fn run_spool(in_flight: usize, secs: f64, base: &std::path::Path) -> Outcome {
             let record = Arc::clone(&record);
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
+                let mut durable = appender.durable();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let rx = appender.append((*record).clone(), true).await.expect("append").expect("receipt");
-                    rx.await.expect("answer").expect("durable");
+                    let ticket = appender.append((*record).clone()).await.expect("append");
+                    durable.wait(ticket).await.expect("durable");
                     lat.push(t.elapsed());
                 }
                 lat

@@ -4,24 +4,25 @@
 //! ```text
 //! listeners ──submit──▶ spool (group commit, fsync) ──▶ forwarder per uplink ──▶ uplink
 //!     ▲                      │
-//!     └──── Receipt: durable ┘
+//!     └─ Ticket ≤ watermark ─┘
 //! ```
+//!
+//! Every submit returns a [`Ticket`]; the spool's writer publishes after each commit how far its tickets are
+//! resolved, and a listener compares its oldest tickets with that ([`Durable`]) instead of waiting on each.
 //!
 //! Backpressure: `submit` waits while the spool's queue is full, and the spool's writer waits while the spool is
 //! at `max_bytes`; a listener that waits stops reading its sockets, which slows its devices in their protocol.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::CloudEvent;
 use crate::forwarder::{self, ForwarderConfig};
 use crate::spool::{Appender, Recovery, Spool, SpoolConfig, SpoolError, StoredRecord, WhenFull, WriterThread};
+pub use crate::spool::{Durable, Ticket};
 use crate::uplink::{NamedUplink, UplinkStats};
 
 /// Which uplinks an event goes to.
@@ -64,33 +65,6 @@ pub struct StartError(String);
 #[error("the ingest pipeline is closed")]
 pub struct PipelineClosed;
 
-/// Resolves when the event it was issued for is durable in the spool (or could not be made so).
-#[derive(Debug)]
-pub struct Receipt(oneshot::Receiver<Result<u64, SpoolError>>);
-
-impl Receipt {
-    /// The outcome if it is already known, without waiting.
-    pub fn try_result(&mut self) -> Option<Result<(), DeliveryError>> {
-        match self.0.try_recv() {
-            Ok(r) => Some(r.map(|_| ()).map_err(DeliveryError::from)),
-            Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(Err(DeliveryError::Stopped)),
-        }
-    }
-}
-
-impl Future for Receipt {
-    type Output = Result<(), DeliveryError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| match r {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(DeliveryError::Stopped),
-        })
-    }
-}
-
 /// A cloneable handle listeners submit events through.
 #[derive(Clone)]
 pub struct IngestHandle {
@@ -98,8 +72,8 @@ pub struct IngestHandle {
 }
 
 impl IngestHandle {
-    /// Appends an event, waiting while the spool's queue is full, and returns the receipt for its fsync.
-    pub async fn submit(&self, event: CloudEvent, route: Route) -> Result<Receipt, PipelineClosed> {
+    /// Appends an event, waiting while the spool's queue is full, and returns the ticket for its fsync.
+    pub async fn submit(&self, event: CloudEvent, route: Route) -> Result<Ticket, PipelineClosed> {
         self.submit_with(event, route, None).await
     }
 
@@ -110,21 +84,25 @@ impl IngestHandle {
         event: CloudEvent,
         route: Route,
         companion: Option<StoredRecord>,
-    ) -> Result<Receipt, PipelineClosed> {
+    ) -> Result<Ticket, PipelineClosed> {
         let record = StoredRecord::new(event, &route);
-        match self.spool.append_with(record, companion, true, None).await {
-            Ok(Some(rx)) => Ok(Receipt(rx)),
-            _ => Err(PipelineClosed),
-        }
+        self.spool.append_with(record, companion, None).await.map_err(|_| PipelineClosed)
     }
 
     /// Appends a record for a consumer inside the process (routed only to `@` names, see [`crate::spool`]) and
-    /// returns the receipt for its fsync.
-    pub async fn submit_local(&self, record: StoredRecord) -> Result<Receipt, PipelineClosed> {
-        match self.spool.append_with(record, None, true, None).await {
-            Ok(Some(rx)) => Ok(Receipt(rx)),
-            _ => Err(PipelineClosed),
-        }
+    /// returns the ticket for its fsync.
+    pub async fn submit_local(&self, record: StoredRecord) -> Result<Ticket, PipelineClosed> {
+        self.spool.append_with(record, None, None).await.map_err(|_| PipelineClosed)
+    }
+
+    /// A watch on the outcomes of tickets (one per waiter).
+    pub fn durable(&self) -> Durable {
+        self.spool.durable()
+    }
+
+    /// Waits until the append of `ticket` is durable (for the rare waiter; a connection keeps a [`Durable`]).
+    pub async fn stored(&self, ticket: Ticket) -> Result<(), DeliveryError> {
+        self.durable().wait(ticket).await.map_err(DeliveryError::from)
     }
 
     /// Events that can be submitted now without waiting. Zero means the spool withholds credit (its queue is
@@ -139,14 +117,14 @@ impl IngestHandle {
         self.spool.max_credits()
     }
 
-    /// Appends an event whose outcome nobody waits for (MQTT QoS 0). With [`WhenFull::DropOldest`] a full spool
-    /// may later discard it to make room for newer telemetry.
+    /// Appends an event whose outcome nobody needs to wait for (MQTT QoS 0); its ticket still tells when it is
+    /// durable. With [`WhenFull::DropOldest`] a full spool may later discard it to make room for newer telemetry.
     pub async fn submit_unconfirmed(
         &self,
         event: CloudEvent,
         route: Route,
         when_full: WhenFull,
-    ) -> Result<(), PipelineClosed> {
+    ) -> Result<Ticket, PipelineClosed> {
         self.submit_unconfirmed_within(event, route, when_full, None, None).await
     }
 
@@ -161,14 +139,14 @@ impl IngestHandle {
         when_full: WhenFull,
         share: Option<&IngestShare>,
         companion: Option<StoredRecord>,
-    ) -> Result<(), PipelineClosed> {
+    ) -> Result<Ticket, PipelineClosed> {
         let slot = match share {
             Some(s) => Some(Arc::clone(&s.0).acquire_owned().await.map_err(|_| PipelineClosed)?),
             None => None,
         };
         let mut record = StoredRecord::new(event, &route);
         record.droppable = when_full == WhenFull::DropOldest && companion.is_none();
-        self.spool.append_with(record, companion, false, slot).await.map(|_| ()).map_err(|_| PipelineClosed)
+        self.spool.append_with(record, companion, slot).await.map_err(|_| PipelineClosed)
     }
 }
 
@@ -316,7 +294,8 @@ mod tests {
         let only_a = Route::Uplinks(vec![Arc::<str>::from("a")].into());
         for i in 0..10 {
             let route = if i % 2 == 0 { Route::All } else { only_a.clone() };
-            ingest.submit(event(&i.to_string()), route).await.unwrap().await.unwrap();
+            let ticket = ingest.submit(event(&i.to_string()), route).await.unwrap();
+            ingest.stored(ticket).await.unwrap();
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while (seen_a.lock().unwrap().len() < 10 || seen_b.lock().unwrap().len() < 5)

@@ -47,12 +47,13 @@ impl LocalDelivery for BrokerDelivery {
     fn commit(&self) -> BoxFuture<'_, std::io::Result<()>> {
         Box::pin(async move {
             let records = std::mem::take(&mut *self.batch.lock().unwrap_or_else(|p| p.into_inner()));
-            let mut receipts = Vec::with_capacity(records.len());
+            let mut tickets = Vec::with_capacity(records.len());
             for record in records {
-                receipts.push(self.ingest.submit_local(record).await.map_err(std::io::Error::other)?);
+                tickets.push(self.ingest.submit_local(record).await.map_err(std::io::Error::other)?);
             }
-            for receipt in receipts {
-                receipt.await.map_err(std::io::Error::other)?;
+            let mut durable = self.ingest.durable();
+            for ticket in tickets {
+                durable.wait(ticket).await.map_err(std::io::Error::other)?;
             }
             Ok(())
         })

@@ -12,11 +12,13 @@
 //! - [`ws`]: the WebSocket listener: `cloudevents.json` with acknowledgements, and MQTT over WebSocket.
 //! - [`limits`]: the named depth, count, byte and rate budgets of `[limits]`, and the checks that apply them.
 //! - [`listener`]: the accept loop the listeners share; [`tls`]: rustls (ring) for the TLS listeners.
+//! - [`acks`]: the acknowledgement seam every listener shares: answers held until their events are durable.
 //! - [`normalize`]: message → CloudEvent, with mapping rules (shared with the `edge-agent` bridge, so it lives there).
 //! - [`downlinks`]: events from the mesh delivered to devices through the local broker.
 //! - [`metrics`] and [`admin`]: counters and the health/metrics endpoint.
 //! - [`server`]: process wiring and ordered shutdown.
 
+pub mod acks;
 pub mod acl;
 pub mod admin;
 pub mod amqp;

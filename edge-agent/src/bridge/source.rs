@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use super::config::{BridgeConfig, MqttVersion};
 use crate::downlink::ORIGIN_EXTENSION;
 use crate::normalize::{MqttInbound, Normalizer};
-use crate::pipeline::{IngestHandle, Receipt};
+use crate::pipeline::{Durable, IngestHandle, Ticket};
 
 /// The extension that marks an event as bridged, naming the bridge: an uplink towards a broker leaves such
 /// events out, so a bridged topic is never bridged back.
@@ -106,7 +106,7 @@ struct Delivered<'a> {
 /// an invalid CloudEvent, which the broker could never deliver differently (logged and acknowledged), and a
 /// CloudEvent already marked with the `bridge` or `meshgateorigin` extension (acknowledged and left out, so a
 /// topic that carries bridged or mesh events back to the broker never makes a loop).
-async fn submit(config: &BridgeConfig, cx: &BridgeContext, msg: &Delivered<'_>) -> Option<Receipt> {
+async fn submit(config: &BridgeConfig, cx: &BridgeContext, msg: &Delivered<'_>) -> Option<Ticket> {
     let user: Vec<UserProperty<'_>> =
         msg.user_properties.iter().map(|(name, value)| UserProperty { name, value }).collect();
     let properties = Properties {
@@ -138,16 +138,20 @@ async fn submit(config: &BridgeConfig, cx: &BridgeContext, msg: &Delivered<'_>) 
     cx.ingest.submit(normalized.event, normalized.route).await.ok()
 }
 
-/// Acknowledges each message once its receipt resolved, in delivery order. A storage failure stops the
+/// Acknowledges each message once its ticket is durable, in delivery order. A storage failure stops the
 /// acknowledgements of this connection: the broker delivers the message again after the next reconnect.
-async fn acknowledge_in_order<P, F, Fut, E>(name: String, mut waiting: mpsc::Receiver<(Option<Receipt>, P)>, ack: F)
-where
+async fn acknowledge_in_order<P, F, Fut, E>(
+    name: String,
+    mut durable: Durable,
+    mut waiting: mpsc::Receiver<(Option<Ticket>, P)>,
+    ack: F,
+) where
     F: Fn(P) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
-    while let Some((receipt, publish)) = waiting.recv().await {
-        if let Some(receipt) = receipt
-            && let Err(e) = receipt.await
+    while let Some((ticket, publish)) = waiting.recv().await {
+        if let Some(ticket) = ticket
+            && let Err(e) = durable.wait(ticket).await
         {
             tracing::error!(bridge = %name, error = %e, "the spool did not store a bridged message; it stays unacknowledged at the broker");
             return;
@@ -179,7 +183,7 @@ mod v311 {
         let (client, mut events) = AsyncClient::new(options, REQUESTS);
         let (waiting, to_acknowledge) = mpsc::channel(usize::from(config.max_inflight));
         let acker = client.clone();
-        tokio::spawn(acknowledge_in_order(config.name.clone(), to_acknowledge, move |p| {
+        tokio::spawn(acknowledge_in_order(config.name.clone(), cx.ingest.durable(), to_acknowledge, move |p| {
             let acker = acker.clone();
             async move { acker.ack(&p).await }
         }));
@@ -247,7 +251,7 @@ mod v5 {
         let (client, mut events) = AsyncClient::new(options, REQUESTS);
         let (waiting, to_acknowledge) = mpsc::channel(usize::from(config.max_inflight));
         let acker = client.clone();
-        tokio::spawn(acknowledge_in_order(config.name.clone(), to_acknowledge, move |p| {
+        tokio::spawn(acknowledge_in_order(config.name.clone(), cx.ingest.durable(), to_acknowledge, move |p| {
             let acker = acker.clone();
             async move { acker.ack(&p).await }
         }));

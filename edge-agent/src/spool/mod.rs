@@ -30,6 +30,7 @@ pub mod ledger;
 pub mod reader;
 pub mod record;
 pub mod segment;
+mod watermark;
 mod writer;
 
 use std::collections::VecDeque;
@@ -38,12 +39,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use self::ledger::Ledger;
 pub use self::reader::Reader;
 pub use self::record::StoredRecord;
 use self::segment::Segment;
+use self::watermark::Outcomes;
+pub use self::watermark::{Durable, Ticket};
 
 /// `[spool]`: bounds of the spool.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -184,6 +187,8 @@ pub(crate) struct Shared {
     /// Signalled when acknowledgements free space.
     space: Condvar,
     durable: watch::Sender<u64>,
+    /// The outcome of every append, by [`Ticket`]: the writer moves it after each commit.
+    outcomes: Outcomes,
     healthy: AtomicBool,
     quarantined: AtomicU64,
     commits: AtomicU64,
@@ -206,7 +211,8 @@ struct Append {
     record: StoredRecord,
     /// Written right before `record`, in the same commit (see the module doc).
     companion: Option<StoredRecord>,
-    done: Option<oneshot::Sender<Result<u64, SpoolError>>>,
+    /// Its place in the queue's order: the writer resolves appends by it.
+    ticket: Ticket,
     /// A place in its connection's share of the queue, handed back when the writer is done with the append.
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Its bytes of [`SpoolConfig::queue_bytes`], handed back when the writer is done with the append.
@@ -230,6 +236,9 @@ impl std::fmt::Debug for Spool {
 #[derive(Clone)]
 pub struct Appender {
     tx: mpsc::Sender<Append>,
+    /// The next append's [`Ticket`]; held while the append enters the queue, so tickets follow queue order.
+    next_ticket: Arc<Mutex<u64>>,
+    shared: Arc<Shared>,
     /// [`SpoolConfig::queue_bytes`], in permits of one byte (at most `u32::MAX`).
     bytes: Arc<tokio::sync::Semaphore>,
     queue_bytes: u32,
@@ -285,6 +294,7 @@ impl Spool {
             ledger_file: Mutex::new(()),
             space: Condvar::new(),
             durable,
+            outcomes: Outcomes::new(),
             healthy: AtomicBool::new(true),
             quarantined: AtomicU64::new(recovery.quarantined),
             commits: AtomicU64::new(0),
@@ -298,7 +308,9 @@ impl Spool {
         }
         let queue_bytes = u32::try_from(config.queue_bytes.max(1)).unwrap_or(u32::MAX);
         let bytes = Arc::new(tokio::sync::Semaphore::new(queue_bytes as usize));
-        Ok((Spool { shared }, Appender { tx, bytes, queue_bytes }, WriterThread(handle), recovery))
+        let appender =
+            Appender { tx, next_ticket: Arc::new(Mutex::new(1)), shared: Arc::clone(&shared), bytes, queue_bytes };
+        Ok((Spool { shared }, appender, WriterThread(handle), recovery))
     }
 
     /// A reader for `consumer`, starting after its cursor. An uplink's reader passes over the records only for
@@ -378,48 +390,35 @@ impl Spool {
 }
 
 impl Appender {
-    /// Appends a record, waiting while the queue is full. With `confirm`, returns the receiver that resolves to the
-    /// record's id once it is durable (or to the error that kept it from being stored).
-    pub async fn append(
-        &self,
-        record: StoredRecord,
-        confirm: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
-        self.append_in(record, confirm, None).await
+    /// Appends a record, waiting while the queue is full. The ticket tells when it is durable (see [`Durable`]).
+    pub async fn append(&self, record: StoredRecord) -> Result<Ticket, SpoolError> {
+        self.append_with(record, None, None).await
     }
 
-    /// [`Appender::append`] holding `slot` (a place in its connection's share of the queue) until the writer is
-    /// done with the record.
-    pub async fn append_in(
-        &self,
-        record: StoredRecord,
-        confirm: bool,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
-        self.append_with(record, None, confirm, slot).await
-    }
-
-    /// [`Appender::append_in`] with a `companion` record written right before `record`, in the same commit (see
-    /// the module doc). The receipt resolves to `record`'s id; the companion's is the one before.
+    /// [`Appender::append`] with a `companion` record written right before `record`, in the same commit (see the
+    /// module doc), holding `slot` (a place in its connection's share of the queue) until the writer is done with
+    /// them.
     pub async fn append_with(
         &self,
         record: StoredRecord,
         companion: Option<StoredRecord>,
-        confirm: bool,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<Option<oneshot::Receiver<Result<u64, SpoolError>>>, SpoolError> {
-        let (done, rx) = if confirm {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+    ) -> Result<Ticket, SpoolError> {
         let size = record.size_hint() + companion.as_ref().map_or(0, StoredRecord::size_hint);
         let size = u32::try_from(size).unwrap_or(u32::MAX).clamp(1, self.queue_bytes);
         let bytes = Arc::clone(&self.bytes).acquire_many_owned(size).await.map_err(|_| SpoolError::Stopped)?;
-        let append = Append { record, companion, done, _slot: slot, _bytes: Some(bytes) };
-        self.tx.send(append).await.map_err(|_| SpoolError::Stopped)?;
-        Ok(rx)
+        let place = self.tx.reserve().await.map_err(|_| SpoolError::Stopped)?;
+        // The ticket is taken and the append queued under one lock: the writer meets tickets in increasing order.
+        let mut next = self.next_ticket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ticket = Ticket(*next);
+        *next += 1;
+        place.send(Append { record, companion, ticket, _slot: slot, _bytes: Some(bytes) });
+        Ok(ticket)
+    }
+
+    /// A watch on the appends' outcomes, for waiting on tickets.
+    pub fn durable(&self) -> Durable {
+        Durable::new(Arc::clone(&self.shared))
     }
 
     /// Appends that can be queued now without waiting: the credit listeners pace their devices by.

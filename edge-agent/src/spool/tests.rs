@@ -79,20 +79,23 @@ proptest! {
         for action in actions {
             match action {
                 Action::Append { count, size } => {
-                    let receipts: Vec<_> = rt.block_on(async {
-                        let mut receipts = Vec::new();
+                    rt.block_on(async {
+                        let mut durable = appender.durable();
+                        let mut tickets = Vec::new();
                         for _ in 0..count {
                             counter += 1;
-                            let rx = appender.append(record(counter, size), true).await.expect("append").expect("receipt");
-                            receipts.push((counter, rx));
+                            tickets.push(appender.append(record(counter, size)).await.expect("append"));
                         }
-                        let mut out = Vec::new();
-                        for (n, rx) in receipts {
-                            out.push((rx.await.expect("answer").expect("durable"), format!("e{n}")));
+                        for ticket in tickets {
+                            durable.wait(ticket).await.expect("durable");
                         }
-                        out
                     });
-                    for (id, name) in receipts {
+                    // The appends are the newest records, in the order they were made.
+                    let all = read_all(&spool, "@model");
+                    let appended = all[all.len() - count..].to_vec();
+                    let names: Vec<String> = ((counter + 1 - count as u64)..=counter).map(|n| format!("e{n}")).collect();
+                    prop_assert_eq!(appended.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>(), names);
+                    for (id, name) in appended {
                         prop_assert!(model.last().is_none_or(|(last, _)| id > *last), "ids must increase");
                         model.push((id, name));
                     }
@@ -150,20 +153,23 @@ fn a_full_spool_holds_appends_until_acknowledgements_free_space() {
     rt.block_on(async {
         let mut ids = Vec::new();
         // Fill the spool.
+        let mut durable = appender.durable();
         while spool.bytes() < 3500 {
-            let rx = appender.append(record(ids.len() as u64, 200), true).await.expect("append").expect("rx");
-            ids.push(rx.await.expect("answer").expect("durable"));
+            let ticket = appender.append(record(ids.len() as u64, 200)).await.expect("append");
+            durable.wait(ticket).await.expect("durable");
+            ids.push(*spool.durable().borrow());
         }
         // The next append waits for space.
-        let blocked = appender.append(record(999, 2000), true).await.expect("append").expect("rx");
-        let blocked = tokio::spawn(blocked);
+        let blocked = appender.append(record(999, 2000)).await.expect("append");
+        let blocked = tokio::spawn(async move { durable.wait(blocked).await });
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(!blocked.is_finished(), "an append beyond max_bytes must wait");
         let last = *ids.last().expect("ids");
         let spool2 = spool.clone();
         tokio::task::spawn_blocking(move || spool2.ack("a", last)).await.expect("join").expect("ack");
-        let id = tokio::time::timeout(std::time::Duration::from_secs(5), blocked).await.expect("freed").expect("join");
-        assert!(id.expect("answer").expect("durable") > last);
+        let stored = tokio::time::timeout(std::time::Duration::from_secs(5), blocked).await.expect("freed");
+        stored.expect("join").expect("durable");
+        assert!(*spool.durable().borrow() > last);
     });
     drop(appender);
     writer.join();
@@ -183,32 +189,28 @@ fn drop_oldest_evicts_only_segments_of_droppable_telemetry() {
     };
     rt.block_on(async {
         // Two records a device was promised, then telemetry until the spool is full.
+        let mut durable = appender.durable();
         for n in 0..2 {
-            appender
-                .append(record(n, 300), true)
-                .await
-                .expect("append")
-                .expect("rx")
-                .await
-                .expect("answer")
-                .expect("ok");
+            let ticket = appender.append(record(n, 300)).await.expect("append");
+            durable.wait(ticket).await.expect("ok");
         }
         let mut n = 2;
         while spool.bytes() < 3700 {
-            appender.append(droppable(n), true).await.expect("append").expect("rx").await.expect("answer").expect("ok");
+            let ticket = appender.append(droppable(n)).await.expect("append");
+            durable.wait(ticket).await.expect("ok");
             n += 1;
         }
         // More telemetry does not wait: old telemetry makes room.
         for m in n..n + 10 {
-            let more = appender.append(droppable(m), true).await.expect("append").expect("rx");
-            let answer = tokio::time::timeout(std::time::Duration::from_secs(2), more).await.expect("no wait");
-            answer.expect("answer").expect("ok");
+            let more = appender.append(droppable(m)).await.expect("append");
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(2), durable.wait(more)).await;
+            answer.expect("no wait").expect("ok");
         }
         assert!(spool.dropped() > 0);
         assert!(spool.bytes() <= 4096);
         // A record a device is waiting on still waits for confirmed space: it never evicts.
-        let promised = appender.append(record(999, 2000), true).await.expect("append").expect("rx");
-        let promised = tokio::spawn(promised);
+        let promised = appender.append(record(999, 2000)).await.expect("append");
+        let promised = tokio::spawn(async move { durable.wait(promised).await });
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(!promised.is_finished());
         promised.abort();
@@ -227,17 +229,17 @@ fn a_cursor_that_could_not_be_stored_moves_nothing_and_deletes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (spool, appender, writer, _) = open(dir.path());
     // Enough records for several segments (2 KiB each), so a confirmed cursor would free some.
-    let ids: Vec<u64> = rt.block_on(async {
-        let mut receipts = Vec::new();
+    rt.block_on(async {
+        let mut tickets = Vec::new();
         for n in 0..40 {
-            receipts.push(appender.append(record(n, 200), true).await.expect("append").expect("receipt"));
+            tickets.push(appender.append(record(n, 200)).await.expect("append"));
         }
-        let mut ids = Vec::new();
-        for rx in receipts {
-            ids.push(rx.await.expect("answer").expect("durable"));
+        let mut durable = appender.durable();
+        for ticket in tickets {
+            durable.wait(ticket).await.expect("durable");
         }
-        ids
     });
+    let ids: Vec<u64> = read_all(&spool, "a").into_iter().map(|(id, _)| id).collect();
     let last = *ids.last().expect("ids");
     let segments_before = segment::list(dir.path()).expect("list").len();
     assert!(segments_before > 2, "{segments_before} segments");
@@ -276,11 +278,12 @@ fn the_queue_to_the_writer_is_bounded_in_bytes_and_a_record_larger_than_it_still
     rt.block_on(async {
         // Far more bytes than the queue holds, unconfirmed, as fast as the appender takes them.
         for n in 0..200 {
-            appender.append(record(n, 500), false).await.expect("append");
+            appender.append(record(n, 500)).await.expect("append");
         }
-        let big = appender.append(record(200, 10_000), true).await.expect("append").expect("rx");
-        let id = tokio::time::timeout(std::time::Duration::from_secs(10), big).await.expect("written");
-        assert_eq!(id.expect("answer").expect("durable"), 201);
+        let big = appender.append(record(200, 10_000)).await.expect("append");
+        let stored = tokio::time::timeout(std::time::Duration::from_secs(10), appender.durable().wait(big)).await;
+        stored.expect("written").expect("durable");
+        assert_eq!(*spool.durable().borrow(), 201);
     });
     drop(appender);
     writer.join();
@@ -300,15 +303,17 @@ fn local_records_reach_the_hook_before_their_append_resolves_and_a_companion_sha
     }));
     let local = |n: u64| StoredRecord { route: Some(vec!["@local".into()]), ..record(n, 10) };
     rt.block_on(async {
-        let plain = appender.append(record(1, 10), true).await.expect("append").expect("rx");
-        let with = appender.append_with(record(2, 10), Some(local(3)), true, None).await.expect("append");
-        let alone = appender.append(local(4), true).await.expect("append").expect("rx");
-        assert_eq!(plain.await.expect("answer").expect("durable"), 1);
-        let id = with.expect("rx").await.expect("answer").expect("durable");
-        assert_eq!(id, 3, "the receipt is the event's id; its companion comes right before it");
-        // The hook ran before the append resolved.
+        let mut durable = appender.durable();
+        let plain = appender.append(record(1, 10)).await.expect("append");
+        let with = appender.append_with(record(2, 10), Some(local(3)), None).await.expect("append");
+        let alone = appender.append(local(4)).await.expect("append");
+        assert!(plain < with && with < alone, "tickets follow the order of the appends");
+        durable.wait(plain).await.expect("durable");
+        durable.wait(with).await.expect("durable");
+        // The hook ran before the append resolved; the companion has the id right before its event's.
         assert!(seen.lock().expect("lock").iter().any(|(cid, name, last)| *cid == 2 && name == "e3" && *last >= 3));
-        assert_eq!(alone.await.expect("answer").expect("durable"), 4);
+        durable.wait(alone).await.expect("durable");
+        assert!(seen.lock().expect("lock").iter().any(|(cid, _, _)| *cid == 4));
     });
     drop(appender);
     writer.join();

@@ -64,17 +64,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let tickets = batch.first().map(|a| a.ticket).zip(batch.last().map(|a| a.ticket));
             match self.commit(&batch, &rx) {
                 Ok(first) => self.complete(&mut batch, first),
                 Err(e) => {
-                    for append in batch.drain(..) {
-                        if let Some(done) = append.done {
-                            let _ = done.send(Err(e.clone()));
-                        }
+                    if let Some((first, last)) = tickets {
+                        self.shared.outcomes.failed(first, last, e);
                     }
+                    batch.clear();
                 }
             }
         }
+        self.shared.outcomes.close();
     }
 
     /// Writes and syncs a batch; returns the id of its first record.
@@ -127,13 +128,14 @@ impl Writer {
     }
 
     /// Completes a committed batch whose first record is `first`: hands its local records with their ids to the
-    /// commit hook, if one is set (moved, not copied), then resolves each append with its record's id (a
-    /// companion takes the id before it). The appends' queue shares are handed back last.
+    /// commit hook, if one is set (moved, not copied), then resolves the batch's tickets. The appends' queue shares
+    /// are handed back last.
     fn complete(&self, batch: &mut Vec<Append>, first: u64) {
         let mut id = first;
         let mut local = Vec::new();
-        let mut answers = Vec::with_capacity(batch.len());
-        for Append { record, companion, done, _slot, _bytes } in batch.drain(..) {
+        let mut last_ticket = None;
+        let mut shares = Vec::with_capacity(batch.len());
+        for Append { record, companion, ticket, _slot, _bytes } in batch.drain(..) {
             if let Some(companion) = companion {
                 if companion.is_local() {
                     local.push((id, companion));
@@ -143,17 +145,17 @@ impl Writer {
             if record.is_local() {
                 local.push((id, record));
             }
-            answers.push((done, id, (_slot, _bytes)));
+            last_ticket = Some(ticket);
+            shares.push((_slot, _bytes));
             id += 1;
         }
         if let Some(hook) = self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
             hook(local, id - 1);
         }
-        for (done, id, _shares) in answers {
-            if let Some(done) = done {
-                let _ = done.send(Ok(id));
-            }
+        if let Some(last) = last_ticket {
+            self.shared.outcomes.committed(last);
         }
+        drop(shares);
     }
 
     /// Blocks while `len` more bytes would overflow `max_bytes` (backpressure), freeing a fully confirmed active

@@ -7,7 +7,7 @@
 //! credit is back. A client that ignores channel.flow is slowed anyway: the driver waits for the spool before it
 //! reads the socket again, and stops reading while `max_unconfirmed` confirms are owed.
 
-use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::{Buf, BytesMut};
 use chrono::Utc;
-use meshgate_edge_agent::pipeline::{DeliveryError, IngestShare, Receipt};
+use meshgate_edge_agent::pipeline::IngestShare;
 use meshgate_protocols::cloudevents::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -25,6 +25,7 @@ use super::AmqpContext;
 use super::broker_queues::BrokerQueues;
 use super::connection::{Event, Limits, ServerConnection, reply};
 use super::topic;
+use crate::acks::{Outcome, PendingAcks};
 use crate::acl::DeviceAcl;
 use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms as wall_ms;
@@ -49,15 +50,9 @@ const CLOSE_OK_WAIT: Duration = Duration::from_secs(2);
 /// Connection ids for the broker's queue sessions.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-/// A publish waiting for the spool (confirm mode), or a message without confirm waiting behind earlier ones to
-/// reach local subscribers in order.
-struct Pending {
-    channel: u16,
-    /// The publisher-confirm tag; `None` without confirm mode.
-    tag: Option<u64>,
-    receipt: Option<Receipt>,
-    local: Option<Message>,
-}
+/// The answer a publish is owed: its channel and, in confirm mode, its delivery tag (without confirm mode a
+/// message still waits in order behind earlier ones to reach local subscribers).
+type Confirm = (u16, Option<u64>);
 
 /// Serves one accepted connection until it ends. A peer that proved an identity with a client certificate (amqps
 /// with mTLS) may log in with the SASL mechanism EXTERNAL as that device.
@@ -89,7 +84,7 @@ struct Driver<S> {
     started: Instant,
     client_id: String,
     acl: DeviceAcl,
-    pending: VecDeque<Pending>,
+    pending: PendingAcks<Confirm>,
     /// The peer's address and certificate identity.
     peer: Peer,
     /// Its share of the spool's queue for publishes without confirms.
@@ -118,13 +113,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             rate: MessageRate::default(),
             deliveries: queues.notifier(),
             queues,
-            ctx,
             rbuf: BytesMut::with_capacity(8192),
             wbuf: Vec::with_capacity(4096),
             started: Instant::now(),
             client_id: String::new(),
             acl: DeviceAcl::default(),
-            pending: VecDeque::new(),
+            pending: PendingAcks::new(&ctx.shared, PROTOCOL),
+            ctx,
         }
     }
 
@@ -170,8 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 _ = crate::listener::stopped(&mut shutdown) => {
                     return self.shut_down().await;
                 }
-                result = next_receipt(&mut self.pending) => {
-                    self.complete_front(result);
+                _ = self.pending.ready() => {
                     self.complete_ready();
                 }
                 read = self.stream.read_buf(&mut self.rbuf), if can_read => {
@@ -207,13 +201,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// The gateway stops: the confirms owed go out, then connection.close 320 and a short wait for close-ok.
     async fn shut_down(&mut self) -> std::io::Result<()> {
-        while let Some(front) = self.pending.front_mut() {
-            let result = match front.receipt.as_mut() {
-                Some(receipt) => receipt.await,
-                None => Ok(()),
-            };
-            self.complete_front(result);
-        }
+        let Driver { pending, ctx, conn, .. } = self;
+        let _ = pending
+            .resolve_all(&ctx.shared, |confirm, outcome| {
+                answer(conn, confirm, outcome);
+                Ok::<_, Infallible>(())
+            })
+            .await;
         self.conn.set_publish_flow(true);
         self.conn.close(reply::CONNECTION_FORCED, "CONNECTION_FORCED - gateway shutting down", 0, 0);
         self.flush().await?;
@@ -380,17 +374,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         };
         match tag {
             Some(tag) => match self.ctx.shared.ingest.submit_with(event, route, companion).await {
-                Ok(receipt) => {
-                    let receipt = Some(receipt);
-                    self.pending.push_back(Pending { channel, tag: Some(tag), receipt, local });
-                }
+                Ok(ticket) => self.pending.push((channel, Some(tag)), Some(ticket), local),
                 Err(_) => self.conn.confirm(channel, tag, false),
             },
             None => {
                 let share = Some(&self.share);
                 let ingest = &self.ctx.shared.ingest;
                 if ingest.submit_unconfirmed_within(event, route, when_full, share, companion).await.is_ok() {
-                    self.pending.push_back(Pending { channel, tag: None, receipt: None, local });
+                    self.pending.push((channel, None), None, local);
                 }
             }
         }
@@ -445,40 +436,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Settles every pending publish whose outcome is known, in order.
     fn complete_ready(&mut self) {
-        while let Some(front) = self.pending.front_mut() {
-            let result = match front.receipt.as_mut() {
-                None => Ok(()),
-                Some(receipt) => match receipt.try_result() {
-                    Some(r) => r,
-                    None => return,
-                },
-            };
-            self.complete_front(result);
-        }
+        let Driver { pending, ctx, conn, .. } = self;
+        let _ = pending.resolve(&ctx.shared, |confirm, outcome| {
+            answer(conn, confirm, outcome);
+            Ok::<_, Infallible>(())
+        });
     }
+}
 
-    fn complete_front(&mut self, result: Result<(), DeliveryError>) {
-        let Some(p) = self.pending.pop_front() else { return };
-        let ok = match (&p.receipt, result) {
-            (None, _) => true,
-            (Some(_), Ok(())) => true,
-            (Some(_), Err(e)) => {
-                tracing::warn!(error = %e, "event not stored; refusing the publish");
-                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
-                false
-            }
-        };
-        if ok {
-            if p.receipt.is_some() {
-                self.ctx.shared.metrics.acknowledged(PROTOCOL);
-            }
-            if let Some(message) = p.local {
-                self.ctx.shared.broker.publish(message);
-            }
-        }
-        if let Some(tag) = p.tag {
-            self.conn.confirm(p.channel, tag, ok);
-        }
+/// Confirms a settled publish (with a nack if it could not be stored).
+fn answer(conn: &mut ServerConnection, (channel, tag): Confirm, outcome: Outcome) {
+    if let Some(tag) = tag {
+        conn.confirm(channel, tag, !matches!(outcome, Outcome::Failed(_)));
     }
 }
 
@@ -490,15 +459,6 @@ fn reject_reason(code: u16) -> Option<RejectReason> {
         reply::FRAME_ERROR => Some(RejectReason::Malformed),
         reply::RESOURCE_ERROR => Some(RejectReason::TooLarge),
         _ => Some(RejectReason::ProtocolViolation),
-    }
-}
-
-/// The outcome of the oldest pending publish; never resolves while there is none.
-async fn next_receipt(pending: &mut VecDeque<Pending>) -> Result<(), DeliveryError> {
-    match pending.front_mut() {
-        Some(Pending { receipt: Some(receipt), .. }) => receipt.await,
-        Some(Pending { receipt: None, .. }) => Ok(()),
-        None => std::future::pending().await,
     }
 }
 

@@ -655,8 +655,8 @@ mod tests {
         };
         assert!(companion.is_some() && !record.is_empty());
         let event = meshgate_edge_agent::spool::StoredRecord { route: None, ..record.into_stored("e-1") };
-        let receipt = appender.append_with(event, companion, true, None).await.unwrap().unwrap();
-        receipt.await.unwrap().unwrap();
+        let ticket = appender.append_with(event, companion, None).await.unwrap();
+        appender.durable().wait(ticket).await.unwrap();
         broker.read(|b| {
             assert_eq!(b.session("sub").unwrap().queued(), 1, "routed before the append resolved");
             assert!(b.session("pub").unwrap().inbound_qos2.contains(&7), "the id, in the same step");

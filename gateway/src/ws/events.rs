@@ -15,13 +15,13 @@
 //! Binary messages close the connection with 1003; messages over `max_message_size` with 1009, text that is not
 //! UTF-8 with 1007. A client that stops reading is cut off once a message cannot leave within 10 s.
 
-use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
-use meshgate_edge_agent::pipeline::{DeliveryError, Receipt};
+
 use meshgate_protocols::cloudevents::CloudEvent;
 use meshgate_protocols::mqtt::{QoS, SubscriptionOptions, Version};
 use serde_json::{Value, json};
@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::WsContext;
 use super::request::{Refusal, Request};
+use crate::acks::{Outcome, PendingAcks};
 use crate::acl::DeviceAcl;
 use crate::broker::local::now_ms;
 use crate::broker::{Message as BrokerMessage, Outbound, SessionOwner, SessionRefused, session_name};
@@ -59,13 +60,6 @@ pub struct Device {
     pub owner: String,
 }
 
-/// An event waiting for the spool.
-struct Pending {
-    id: String,
-    receipt: Receipt,
-    local: Option<BrokerMessage>,
-}
-
 /// Why the session ended.
 enum End {
     Close(CloseCode, &'static str),
@@ -85,7 +79,7 @@ where
         Ok(registration) => {
             let (limits, rates) = (&ctx.shared.limits, &ctx.shared.user_rates);
             let rate = MessageRate::for_connection(limits, rates, &device.owner, std::time::Instant::now());
-            let pending = VecDeque::new();
+            let pending = PendingAcks::new(&ctx.shared, PROTOCOL);
             let conn_id = registration.conn_id;
             let mut s = Session { ctx: Arc::clone(&ctx), device, session, pending, notify, rate };
             let end = s.run(&mut ws, registration.taken_over).await;
@@ -149,7 +143,8 @@ struct Session {
     device: Device,
     /// The broker session of its subscriptions.
     session: String,
-    pending: VecDeque<Pending>,
+    /// The events waiting for the spool, by id.
+    pending: PendingAcks<String>,
     /// Woken when the broker queued messages for the session.
     notify: Arc<tokio::sync::Notify>,
     /// `limits.max_messages_per_second` and `max_messages_per_second_per_user`: an event waits (and nothing more
@@ -181,10 +176,8 @@ impl Session {
                 _ = crate::listener::stopped(&mut shutdown) => {
                     return self.answer_pending(ws, End::Close(CloseCode::Away, "gateway shutting down")).await;
                 }
-                result = next_receipt(&mut self.pending) => {
-                    if let Some(p) = self.pending.pop_front()
-                        && self.answer(ws, p.id, p.local, result).await.is_err()
-                    {
+                _ = self.pending.ready() => {
+                    if self.answer_ready(ws).await.is_err() {
                         return End::Gone;
                     }
                 }
@@ -294,8 +287,8 @@ impl Session {
             None => (None, None),
         };
         match self.ctx.shared.ingest.submit_with(event, route, companion).await {
-            Ok(receipt) => {
-                self.pending.push_back(Pending { id, receipt, local });
+            Ok(ticket) => {
+                self.pending.push(id, Some(ticket), local);
                 Ok(true)
             }
             Err(_) => self.nack(ws, Some(&id), "gateway shutting down").await.map(|()| true),
@@ -308,13 +301,28 @@ impl Session {
         ws: &mut WebSocketStream<S>,
         end: End,
     ) -> End {
-        while let Some(p) = self.pending.pop_front() {
-            let result = p.receipt.await;
-            if self.answer(ws, p.id, p.local, result).await.is_err() {
-                return End::Gone;
-            }
+        let mut answers = Vec::new();
+        let _ = self
+            .pending
+            .resolve_all(&self.ctx.shared, |id, outcome| {
+                answers.push(answer(id, outcome));
+                Ok::<_, Infallible>(())
+            })
+            .await;
+        if send_all(ws, answers).await.is_err() {
+            return End::Gone;
         }
         end
+    }
+
+    /// Answers, in one write, every event whose outcome is known.
+    async fn answer_ready<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), ()> {
+        let mut answers = Vec::new();
+        let _ = self.pending.resolve(&self.ctx.shared, |id, outcome| {
+            answers.push(answer(id, outcome));
+            Ok::<_, Infallible>(())
+        });
+        send_all(ws, answers).await
     }
 
     fn subscribe(&mut self, filter: &str) -> bool {
@@ -389,28 +397,6 @@ impl Session {
     ) -> Result<(), ()> {
         send_json(ws, &json!({ "nack": id, "reason": reason })).await
     }
-
-    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        id: String,
-        local: Option<BrokerMessage>,
-        result: Result<(), DeliveryError>,
-    ) -> Result<(), ()> {
-        match result {
-            Ok(()) => {
-                self.ctx.shared.metrics.acknowledged(PROTOCOL);
-                if let Some(m) = local {
-                    self.ctx.shared.broker.publish(m);
-                }
-                send_json(ws, &json!({ "ack": id })).await
-            }
-            Err(e) => {
-                self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
-                self.nack(ws, Some(&id), &format!("not stored: {e}")).await
-            }
-        }
-    }
 }
 
 /// The event for local subscribers of its subject, as a structured CloudEvent (QoS 1).
@@ -440,17 +426,38 @@ async fn send_json<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S
 /// holding its session (and the acknowledgements behind it) forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: Message) -> Result<(), ()> {
-    match tokio::time::timeout(SEND_TIMEOUT, ws.send(message)).await {
+/// The answer to an event once its outcome is known.
+fn answer(id: String, outcome: Outcome) -> Message {
+    let value = match outcome {
+        Outcome::Stored | Outcome::Settled => json!({ "ack": id }),
+        Outcome::Failed(e) => json!({ "nack": id, "reason": format!("not stored: {e}") }),
+    };
+    Message::text(value.to_string())
+}
+
+/// Sends `messages` with one flush (within [`SEND_TIMEOUT`]).
+async fn send_all<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    messages: Vec<Message>,
+) -> Result<(), ()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let sent = async {
+        for m in messages {
+            ws.feed(m).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, sent).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
 }
 
-/// The outcome of the oldest pending event; never resolves while there is none.
-async fn next_receipt(pending: &mut VecDeque<Pending>) -> Result<(), DeliveryError> {
-    match pending.front_mut() {
-        Some(p) => (&mut p.receipt).await,
-        None => std::future::pending().await,
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
     }
 }

@@ -3,11 +3,11 @@
 //! client's acknowledgements of them, and local routing of the client's own publishes in order.
 
 use meshgate_protocols::mqtt::{
-    Packet, Properties, PubResponse, PubResponseKind, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    Packet, Properties, PubResponse, PubResponseKind, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Connection, OUTBOUND_BYTES_PER_WAKE, OUTBOUND_PER_WAKE, PROTOCOL, PendingAck};
+use super::{Answer, Connection, OUTBOUND_BYTES_PER_WAKE, OUTBOUND_PER_WAKE, PROTOCOL};
 use crate::broker::local::now_ms;
 use crate::broker::{Message, Outbound, SubscribeRefused};
 use crate::metrics::RejectReason;
@@ -21,9 +21,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.pending.is_empty() {
             self.ctx.shared.broker.publish(message);
         } else {
-            let reason = ReasonCode::SUCCESS;
-            let (qos, local) = (QoS::AtMostOnce, Some(message));
-            self.pending.push_back(PendingAck { kind: None, qos, packet_id: 0, receipt: None, reason, local });
+            self.pending.push(Answer::NONE, None, Some(message));
         }
     }
 

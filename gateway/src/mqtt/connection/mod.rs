@@ -2,17 +2,16 @@
 //! acknowledges each one only when its event is durable, and writes acknowledgements in batches.
 //!
 //! Order of work per wake-up: flush what is queued for the socket, then wait for whichever comes first of a
-//! takeover, shutdown, the oldest pending receipt, socket input (only while fewer than Receive Maximum
+//! takeover, shutdown, the oldest pending acknowledgement becoming durable, socket input (only while fewer than Receive Maximum
 //! acknowledgements are pending, which is how a fast device is slowed), or the keep-alive deadline.
 //! Acknowledgements leave in the order the publishes arrived, as MQTT 3.1.1 requires.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use chrono::Utc;
-use meshgate_edge_agent::pipeline::{DeliveryError, IngestShare, Receipt};
+use meshgate_edge_agent::pipeline::{IngestShare, Ticket};
 use meshgate_edge_agent::spool::StoredRecord;
 use meshgate_protocols::mqtt::{
     DecodeError, Disconnect, Packet, PubResponse, PubResponseKind, Publish, QoS, ReasonCode, Version,
@@ -24,6 +23,7 @@ use tokio::time::Instant;
 use super::inbound::{Admission, InboundState};
 use super::will::{self, PendingWill};
 use super::{MqttContext, outbound, registry::Registration};
+use crate::acks::{Outcome, PendingAcks};
 use crate::broker::Message;
 use crate::broker::durable::BrokerRecord;
 use crate::broker::local::now_ms;
@@ -56,17 +56,24 @@ impl From<std::io::Error> for Closed {
     }
 }
 
-/// An acknowledgement waiting for its turn, or (with no `kind`) a QoS 0 message waiting to reach local
-/// subscribers behind earlier publishes that are not durable yet, so a client's messages arrive in order.
-struct PendingAck {
+/// The answer a publish (or PUBREL) is owed, held in the [`PendingAcks`] until its outcome is known; with no
+/// `kind`, a QoS 0 message that answers nothing but waits to reach local subscribers in order.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
     kind: Option<PubResponseKind>,
     qos: QoS,
     packet_id: u16,
-    /// `None` when the outcome is already known (`reason`).
-    receipt: Option<Receipt>,
+    /// The reason code when the outcome is good (or decided at admission).
     reason: ReasonCode,
-    /// The message for local subscribers, routed once the receipt says it is durable.
-    local: Option<Message>,
+}
+
+impl Answer {
+    /// A QoS 0 message: nothing to send.
+    const NONE: Answer = Answer { kind: None, qos: QoS::AtMostOnce, packet_id: 0, reason: ReasonCode::SUCCESS };
+
+    fn new(kind: PubResponseKind, qos: QoS, packet_id: u16, reason: ReasonCode) -> Answer {
+        Answer { kind: Some(kind), qos, packet_id, reason }
+    }
 }
 
 /// Deliveries written per wake-up before the driver checks its other work again.
@@ -161,7 +168,7 @@ struct Connection<S> {
     keep_alive: Option<Duration>,
     deadline: Option<Instant>,
     inbound: InboundState,
-    pending: VecDeque<PendingAck>,
+    pending: PendingAcks<Answer>,
     /// Wakes the driver when the broker queued deliveries for this client.
     deliveries: Option<Arc<Notify>>,
     /// The client's Maximum Packet Size (MQTT 5).
@@ -201,6 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(stream: S, ctx: Arc<MqttContext>) -> Self {
         let inbound = InboundState::new(ctx.config.receive_maximum, ctx.config.topic_alias_maximum);
         let share = IngestShare::new(ctx.shared.limits.max_unconfirmed_per_connection);
+        let pending = PendingAcks::new(&ctx.shared, PROTOCOL);
         Connection {
             stream,
             ctx,
@@ -211,7 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             keep_alive: None,
             deadline: None,
             inbound,
-            pending: VecDeque::new(),
+            pending,
             deliveries: None,
             client_max_packet: usize::MAX,
             will: None,
@@ -237,14 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Queues a packet for the next flush.
     fn send(&mut self, packet: &Packet<'_>) {
-        let start = self.wbuf.len();
-        let len = packet.encoded_len(self.version);
-        self.wbuf.resize(start + len, 0);
-        if let Err(e) = packet.encode(self.version, &mut self.wbuf[start..]) {
-            // Only our own packets are encoded here; a failure is a bug, not bad input.
-            tracing::error!(error = %e, "could not encode an outgoing packet");
-            self.wbuf.truncate(start);
-        }
+        encode_into(&mut self.wbuf, self.version, packet);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -336,8 +337,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.drain_acks(true).await?;
                     return Ok(self.close_with(ReasonCode::SERVER_SHUTTING_DOWN, "gateway shutting down").await);
                 }
-                result = next_receipt(&mut self.pending) => {
-                    self.complete_front(result)?;
+                _ = self.pending.ready() => {
                     self.drain_acks(false).await?;
                 }
                 read = self.stream.read_buf(&mut self.rbuf), if can_read => {
@@ -368,85 +368,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Queues an acknowledgement behind the ones already owed; `receipt` is `None` when `reason` is final.
-    fn queue_ack(
-        &mut self,
-        kind: PubResponseKind,
-        qos: QoS,
-        packet_id: u16,
-        receipt: Option<Receipt>,
-        reason: ReasonCode,
-    ) {
-        self.pending.push_back(PendingAck { kind: Some(kind), qos, packet_id, receipt, reason, local: None });
+    /// Queues an acknowledgement whose outcome is decided (`reason`), behind the ones already owed.
+    fn queue_ack(&mut self, kind: PubResponseKind, qos: QoS, packet_id: u16, reason: ReasonCode) {
+        self.pending.push_settled(Answer::new(kind, qos, packet_id, reason));
     }
 
     /// Sends every acknowledgement whose outcome is known, in order; with `wait`, waits for all of them.
     async fn drain_acks(&mut self, wait: bool) -> Result<(), Closed> {
-        loop {
-            let Some(front) = self.pending.front_mut() else {
-                return Ok(());
-            };
-            let result = match front.receipt.as_mut() {
-                None => Ok(()),
-                Some(receipt) => match receipt.try_result() {
-                    Some(r) => r,
-                    None if wait => receipt.await,
-                    None => return Ok(()),
-                },
-            };
-            self.complete_front(result)?;
-        }
-    }
-
-    /// Pops the oldest pending acknowledgement and queues it with the outcome of its receipt.
-    fn complete_front(&mut self, result: Result<(), DeliveryError>) -> Result<(), Closed> {
-        let Some(mut ack) = self.pending.pop_front() else {
-            return Ok(());
+        let Connection { pending, ctx, inbound, session, version, wbuf, .. } = self;
+        let mut answered =
+            Answered { ctx, inbound, session: session.as_ref().map(|(c, _)| c.as_str()), version: *version, wbuf };
+        let result = if wait {
+            pending.resolve_all(&ctx.shared, |a, outcome| answered.answer(a, outcome)).await
+        } else {
+            pending.resolve(&ctx.shared, |a, outcome| answered.answer(a, outcome))
         };
-        let mut reason = ack.reason;
-        if ack.receipt.is_some() {
-            match result {
-                Ok(()) => {
-                    self.ctx.shared.metrics.acknowledged(PROTOCOL);
-                    if let Some(message) = ack.local.take() {
-                        self.ctx.shared.broker.publish(message);
-                    }
-                }
-                Err(e) if ack.kind == Some(PubResponseKind::PubComp) => {
-                    // PUBCOMP has no failure to report: the release holds in memory, and a client reusing the id
-                    // after a crash sends its next message without DUP, which is taken as new.
-                    tracing::warn!(error = %e, client = self.client_id(), "QoS 2 release not stored");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "event not stored; refusing the publish");
-                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
-                    if !self.version.is_v5() {
-                        // MQTT 3.1.1 has no negative acknowledgement: closing is the only refusal.
-                        return Err(Closed::Refused("event could not be stored"));
-                    }
-                    reason = ReasonCode::UNSPECIFIED_ERROR;
-                }
-            }
+        match result {
+            Ok(()) => Ok(()),
+            Err(why) => Err(self.close_with(ReasonCode::UNSPECIFIED_ERROR, why).await),
         }
-        let Some(kind) = ack.kind else {
-            // A QoS 0 message that waited for the publishes before it.
-            if let Some(message) = ack.local {
-                self.ctx.shared.broker.publish(message);
-            }
-            return Ok(());
-        };
-        let ends_flow = kind == PubResponseKind::PubAck || reason.is_error();
-        if ends_flow {
-            self.inbound.completed(ack.qos, ack.packet_id);
-        }
-        if kind == PubResponseKind::PubRec && !reason.is_error() && ack.receipt.is_some() {
-            // Stored and about to be answered: the session remembers the id until PUBREL, across reconnects.
-            self.with_session(|s| s.inbound_qos2.insert(ack.packet_id));
-        }
-        let mut response = PubResponse::new(kind, ack.packet_id);
-        response.reason = reason;
-        self.send(&Packet::PubResponse(response));
-        Ok(())
     }
 
     /// Runs `f` on this connection's broker session, if it has one.
@@ -561,16 +501,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let found = here || kept;
         let reason =
             if found || !self.version.is_v5() { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
-        let receipt = if found && persistent {
+        let answer = Answer::new(PubResponseKind::PubComp, QoS::ExactlyOnce, packet_id, reason);
+        if found && persistent {
             let record = BrokerRecord::released(self.client_id(), packet_id);
             match self.ctx.shared.ingest.submit_local(record).await {
-                Ok(receipt) => Some(receipt),
+                Ok(ticket) => self.pending.push_record(answer, ticket),
                 Err(_) => return Some(self.close_with(ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped").await),
             }
         } else {
-            None
-        };
-        self.queue_ack(PubResponseKind::PubComp, QoS::ExactlyOnce, packet_id, receipt, reason);
+            self.pending.push_settled(answer);
+        }
         None
     }
 
@@ -604,7 +544,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             match self.inbound.admit(publish.qos, packet_id, publish.dup) {
                 Ok(Admission::New) => {}
                 Ok(Admission::Duplicate) => {
-                    self.queue_ack(kind, publish.qos, packet_id, None, ReasonCode::SUCCESS);
+                    self.queue_ack(kind, publish.qos, packet_id, ReasonCode::SUCCESS);
                     return None;
                 }
                 Err(code) => {
@@ -619,7 +559,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Some(kind) = ack_kind {
                 // MQTT 5 refuses with 0x87; 3.1.1 has no refusal short of closing, so it acknowledges and drops.
                 let reason = if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
-                self.queue_ack(kind, publish.qos, packet_id, None, reason);
+                self.queue_ack(kind, publish.qos, packet_id, reason);
             }
             return None;
         }
@@ -628,7 +568,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
             if let (Some(kind), true) = (ack_kind, v5) {
                 // MQTT 5 refuses it whole; 3.1.1 (and QoS 0) cannot be told, so it is delivered without retaining.
-                self.queue_ack(kind, publish.qos, packet_id, None, ReasonCode::QUOTA_EXCEEDED);
+                self.queue_ack(kind, publish.qos, packet_id, ReasonCode::QUOTA_EXCEEDED);
                 return None;
             }
             local.retain = false;
@@ -654,24 +594,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let publisher = self.session.as_ref().map(|(c, _)| c.as_str());
         let (companion, local) = self.ctx.shared.broker.companion(local, publisher.zip(inbound_qos2));
         match (self.submit(normalized, wait_durable, companion).await, ack_kind) {
-            (Ok(receipt), Some(kind)) => {
-                // Local subscribers get it once it is durable, when the acknowledgement goes out.
-                let reason = ReasonCode::SUCCESS;
-                let kind = Some(kind);
-                self.pending.push_back(PendingAck { kind, qos: publish.qos, packet_id, receipt, reason, local });
+            // Acknowledged, and given to local subscribers, once durable.
+            (Ok(ticket), Some(kind)) => {
+                self.pending.push(Answer::new(kind, publish.qos, packet_id, ReasonCode::SUCCESS), ticket, local);
                 None
             }
-            (Ok(Some(receipt)), None) => match receipt.await {
-                Ok(()) => {
-                    self.route_in_order(local);
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "QoS 0 event not stored");
-                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::StorageFailed);
-                    Some(self.close_with(ReasonCode::UNSPECIFIED_ERROR, "event could not be stored").await)
-                }
-            },
+            // `qos0_wait_durable`: reaches local subscribers once durable; closes the connection if not stored.
+            (Ok(Some(ticket)), None) => {
+                self.pending.push(Answer::NONE, Some(ticket), local);
+                None
+            }
             (Ok(None), None) => {
                 self.route_in_order(local);
                 None
@@ -692,7 +624,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Option<Closed> {
         match ack_kind {
             Some(kind) if self.version.is_v5() => {
-                self.queue_ack(kind, qos, packet_id, None, reason);
+                self.queue_ack(kind, qos, packet_id, reason);
                 tracing::debug!(why, "publish refused");
                 None
             }
@@ -722,14 +654,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         })
     }
 
-    /// Hands a normalized publish (and the broker's companion record) to the pipeline. Returns the receipt to
+    /// Hands a normalized publish (and the broker's companion record) to the pipeline. Returns the ticket to
     /// wait for when `confirmed`.
     async fn submit(
         &mut self,
         normalized: Normalized,
         confirmed: bool,
         companion: Option<StoredRecord>,
-    ) -> Result<Option<Receipt>, (ReasonCode, &'static str)> {
+    ) -> Result<Option<Ticket>, (ReasonCode, &'static str)> {
         let Normalized { event, route, when_full } = normalized;
         self.ctx.shared.metrics.message_in(PROTOCOL);
         let stopped = (ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped");
@@ -739,17 +671,65 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let share = Some(&self.share);
             let ingest = &self.ctx.shared.ingest;
             let submitted = ingest.submit_unconfirmed_within(event, route, when_full, share, companion).await;
-            submitted.map(|()| None).map_err(|_| stopped)
+            submitted.map(|_| None).map_err(|_| stopped)
         }
     }
 }
 
-/// The outcome of the oldest pending acknowledgement; never resolves while there is none.
-async fn next_receipt(pending: &mut VecDeque<PendingAck>) -> Result<(), DeliveryError> {
-    match pending.front_mut() {
-        Some(PendingAck { receipt: Some(receipt), .. }) => receipt.await,
-        Some(PendingAck { receipt: None, .. }) => Ok(()),
-        None => std::future::pending().await,
+/// Appends a packet to a write buffer.
+fn encode_into(wbuf: &mut Vec<u8>, version: Version, packet: &Packet<'_>) {
+    let start = wbuf.len();
+    let len = packet.encoded_len(version);
+    wbuf.resize(start + len, 0);
+    if let Err(e) = packet.encode(version, &mut wbuf[start..]) {
+        // Only our own packets are encoded here; a failure is a bug, not bad input.
+        tracing::error!(error = %e, "could not encode an outgoing packet");
+        wbuf.truncate(start);
+    }
+}
+
+/// Writes the packets that settled answers call for (see [`Connection::drain_acks`]).
+struct Answered<'a> {
+    ctx: &'a MqttContext,
+    inbound: &'a mut InboundState,
+    session: Option<&'a str>,
+    version: Version,
+    wbuf: &'a mut Vec<u8>,
+}
+
+impl Answered<'_> {
+    /// Queues the packet for one settled answer; `Err` when the connection must close instead (a failure MQTT
+    /// 3.1.1, or QoS 0, cannot report).
+    fn answer(&mut self, a: Answer, outcome: Outcome) -> Result<(), &'static str> {
+        let mut reason = a.reason;
+        if let Outcome::Failed(e) = &outcome {
+            if a.kind == Some(PubResponseKind::PubComp) {
+                // PUBCOMP has no failure to report: the release holds in memory, and a client reusing the id after
+                // a crash sends its next message without DUP, which is taken as new.
+                tracing::warn!(error = %e, client = self.session.unwrap_or(""), "QoS 2 release not stored");
+            } else if a.kind.is_none() || !self.version.is_v5() {
+                // MQTT 3.1.1 has no negative acknowledgement, nor QoS 0 any acknowledgement: closing refuses it.
+                return Err("event could not be stored");
+            } else {
+                reason = ReasonCode::UNSPECIFIED_ERROR;
+            }
+        }
+        let Some(kind) = a.kind else { return Ok(()) };
+        if kind == PubResponseKind::PubAck || reason.is_error() {
+            self.inbound.completed(a.qos, a.packet_id);
+        }
+        if kind == PubResponseKind::PubRec
+            && outcome == Outcome::Stored
+            && !reason.is_error()
+            && let Some(client) = self.session
+        {
+            // Stored and about to be answered: the session remembers the id until PUBREL, across reconnects.
+            self.ctx.shared.broker.with(|b| b.session_mut(client).map(|s| s.inbound_qos2.insert(a.packet_id)));
+        }
+        let mut response = PubResponse::new(kind, a.packet_id);
+        response.reason = reason;
+        encode_into(self.wbuf, self.version, &Packet::PubResponse(response));
+        Ok(())
     }
 }
 
