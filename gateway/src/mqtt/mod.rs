@@ -3,6 +3,7 @@
 //! - [`connection`]: the per-connection driver (CONNECT, publish flows, keep-alive, takeover, shutdown), and in
 //!   `connection/delivery.rs` its broker side (subscriptions, deliveries, their acknowledgements).
 //! - [`inbound`]: sans-IO bookkeeping of inbound publishes (topic aliases, Receive Maximum, QoS 2 state).
+//! - [`session`]: the MQTT server session, sans-IO: bytes and time in, events and bytes out.
 //! - [`registry`]: live client ids, for session takeover.
 //! - [`outbound`]: broker deliveries as PUBLISH/PUBREL packets.
 //! - [`will`]: publishing wills.
@@ -11,6 +12,7 @@ pub mod connection;
 pub mod inbound;
 pub mod outbound;
 pub mod registry;
+pub mod session;
 pub mod will;
 
 use crate::config::MqttListenerConfig;
