@@ -10,7 +10,10 @@ use std::time::Duration;
 use chrono::Utc;
 use meshgate_protocols::mqtt::{Version, Will};
 
+use tokio::time::Instant;
+
 use super::MqttContext;
+use super::session::{Event, ServerSession};
 use crate::broker::Message;
 use crate::normalize::MqttInbound;
 
@@ -32,25 +35,41 @@ impl PendingWill {
     }
 }
 
-/// Publishes `will` for `client` now, or after its delay unless the client reconnected (or at shutdown, which
-/// ends the session).
-pub fn schedule(ctx: &Arc<MqttContext>, client: &str, version: Version, will: PendingWill) {
-    let ctx = Arc::clone(ctx);
-    let client = client.to_string();
+/// Publishes the will `session` (a connection that ended) holds for `client`: now, or once the session's timer
+/// says its delay is over unless the client reconnected by then, or at shutdown, which ends the session. The
+/// session decided whether there is a will and its delay ([`ServerSession`]); this waits on its clock.
+pub fn schedule(ctx: &Arc<MqttContext>, client: &str, mut session: ServerSession, started: Instant) {
+    let version = session.version();
+    if let Some(will) = due_will(&mut session) {
+        let (ctx, client) = (Arc::clone(ctx), client.to_string());
+        tokio::spawn(async move { publish(&ctx, &client, version, will.message).await });
+        return;
+    }
+    let Some(due) = session.poll_timeout() else { return };
+    let (ctx, client) = (Arc::clone(ctx), client.to_string());
     tokio::spawn(async move {
-        if will.delay_secs > 0 {
-            let mut stop = ctx.shared.shutdown.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(u64::from(will.delay_secs))) => {}
-                _ = super::stopped(&mut stop) => {}
-            }
-            if ctx.shared.broker.is_attached(&client) {
-                tracing::debug!(client, "client reconnected within its will delay; will dropped");
-                return;
-            }
+        let mut stop = ctx.shared.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + Duration::from_millis(due)) => session.handle_timeout(due),
+            _ = super::stopped(&mut stop) => session.expire_will(),
+        }
+        let Some(will) = due_will(&mut session) else { return };
+        if ctx.shared.broker.is_attached(&client) {
+            tracing::debug!(client, "client reconnected within its will delay; will dropped");
+            return;
         }
         publish(&ctx, &client, version, will.message).await;
     });
+}
+
+/// The will, if the session says it is due.
+fn due_will(session: &mut ServerSession) -> Option<PendingWill> {
+    while let Some(event) = session.poll_event() {
+        if let Event::WillDue(will) = event {
+            return Some(will);
+        }
+    }
+    None
 }
 
 /// Publishes a will: into the pipeline as a CloudEvent (unconfirmed, like QoS 0) and to local subscribers.

@@ -71,6 +71,8 @@ pub struct Close {
 pub enum ClosedBy {
     /// The client, with DISCONNECT.
     Client,
+    /// The transport, without DISCONNECT (the driver's [`super::ServerSession::handle_lost`]).
+    Lost,
     /// The session, for a protocol reason (or the driver, through [`super::ServerSession::close`]).
     Server,
     /// Nobody: no CONNECT came in time.

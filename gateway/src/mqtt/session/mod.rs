@@ -266,6 +266,15 @@ impl ServerSession {
         self.handle_read(now);
     }
 
+    /// The transport ended (the peer closed it or it failed) without a DISCONNECT: the will is due as the
+    /// session says. [`Event::Closed`] follows.
+    pub fn handle_lost(&mut self, now: u64) {
+        let state = &mut self.state;
+        state.now = state.now.max(now);
+        let reason = ReasonCode::UNSPECIFIED_ERROR;
+        state.end(Close { why: "connection lost", reason, reject: None, by: ClosedBy::Lost });
+    }
+
     // ---- time ----
 
     /// When [`ServerSession::handle_timeout`] is due next, if ever.

@@ -347,6 +347,15 @@ fn a_normal_disconnect_discards_the_will_and_0x04_keeps_it() {
 }
 
 #[test]
+fn a_lost_connection_publishes_the_will() {
+    let mut s = with_will(None, None);
+    s.handle_lost(3_000);
+    assert_eq!(closed(&mut s).map(|c| c.by), Some(ClosedBy::Lost));
+    assert_eq!(will_due(&mut s).as_deref(), Some("status/dev-1"));
+    assert!(sent(&mut s).is_empty());
+}
+
+#[test]
 fn the_will_waits_for_its_delay_or_the_end_of_the_session_whichever_comes_first() {
     // Delay 30 s, session expiry 10 s: due when the session ends, 10 s after the keep-alive lapsed at 15 s.
     let mut s = with_will(Some(30), Some(10));
