@@ -1,8 +1,10 @@
-//! The forwarder: one task per uplink that drains the spool in order into the uplink, advancing the uplink's
+//! The forwarder: one task per uplink that drains the spool in order into the uplink (from the spool's in-memory
+//! tail while it keeps up, from the segment files when it fell behind or after a restart), advancing the uplink's
 //! cursor only when the uplink confirmed a batch, and retrying failures with capped exponential backoff and
 //! jitter. A batch is retried as a whole until it succeeds, so per-device order holds and nothing confirmed to a
 //! device is skipped; a restart resends what was not confirmed (at least once, each event keeping its `id`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -42,16 +44,19 @@ impl ForwarderConfig {
     }
 }
 
-/// Reads a batch on the blocking pool (file IO), handing the reader back (a fresh one from the cursor if the
-/// blocking task was lost).
+/// Reads a batch: from the spool's in-memory tail when the reader keeps up with it, else from the files on the
+/// blocking pool, handing the reader back (a fresh one from the cursor if the blocking task was lost).
 async fn read_batch(
     spool: &Spool,
     name: &str,
     mut reader: Reader,
     max: usize,
-) -> (Reader, std::io::Result<Vec<(u64, StoredRecord)>>) {
+) -> (Reader, std::io::Result<Vec<(u64, Arc<StoredRecord>)>>) {
+    if let Some(batch) = reader.read_from_tail(max) {
+        return (reader, Ok(batch));
+    }
     let task = tokio::task::spawn_blocking(move || {
-        let batch = reader.read_batch(max);
+        let batch = reader.read_batch(max).map(|b| b.into_iter().map(|(id, r)| (id, Arc::new(r))).collect());
         (reader, batch)
     });
     match task.await {
@@ -101,8 +106,12 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
         let accepted: Vec<u64> =
             batch.iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.accepted_at_ms).collect();
         uplink.stats.oldest_pending_ms.store(oldest, std::sync::atomic::Ordering::Relaxed);
-        let events: Vec<CloudEvent> =
-            batch.into_iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.into_event()).collect();
+        // The tail's records are shared with the other uplinks' readers: each takes its own copy of the event.
+        let events: Vec<CloudEvent> = batch
+            .into_iter()
+            .filter(|(_, r)| r.routed_to(&name))
+            .map(|(_, r)| Arc::unwrap_or_clone(r).into_event())
+            .collect();
         if !events.is_empty() {
             let refs: Vec<&CloudEvent> = events.iter().collect();
             let mut attempt = 0;

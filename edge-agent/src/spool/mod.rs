@@ -30,6 +30,7 @@ pub mod ledger;
 pub mod reader;
 pub mod record;
 pub mod segment;
+mod tail;
 mod watermark;
 mod writer;
 
@@ -66,6 +67,9 @@ pub struct SpoolConfig {
     pub queue_bytes: u64,
     /// The most appends one fsync covers.
     pub max_batch: usize,
+    /// Bytes of the newest committed records kept in memory for the uplinks, so one that keeps up does not read
+    /// back what was just written (0: none; uplinks then always read the segment files).
+    pub memory_tail_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -77,6 +81,7 @@ impl Default for SpoolConfig {
             queue_capacity: 8192,
             queue_bytes: 64 << 20,
             max_batch: 4096,
+            memory_tail_bytes: 8 << 20,
         }
     }
 }
@@ -189,6 +194,8 @@ pub(crate) struct Shared {
     durable: watch::Sender<u64>,
     /// The outcome of every append, by [`Ticket`]: the writer moves it after each commit.
     outcomes: Outcomes,
+    /// The newest committed records, for uplink readers that keep up.
+    tail: Mutex<tail::Tail>,
     healthy: AtomicBool,
     quarantined: AtomicU64,
     commits: AtomicU64,
@@ -198,6 +205,10 @@ pub(crate) struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn tail(&self) -> MutexGuard<'_, tail::Tail> {
+        self.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -295,6 +306,7 @@ impl Spool {
             space: Condvar::new(),
             durable,
             outcomes: Outcomes::new(),
+            tail: Mutex::new(tail::Tail::new(usize::try_from(config.memory_tail_bytes).unwrap_or(usize::MAX))),
             healthy: AtomicBool::new(true),
             quarantined: AtomicU64::new(recovery.quarantined),
             commits: AtomicU64::new(0),

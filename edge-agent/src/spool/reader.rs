@@ -32,6 +32,21 @@ impl Reader {
         Reader { shared, next_id: cursor + 1, open: None, scratch: AlignedVec::new(), buf: Vec::new(), skip_local }
     }
 
+    /// Up to `max` records for this uplink's reader from the spool's in-memory tail, in order, with their ids, when
+    /// the tail holds the current position (no file IO: call it anywhere); `None` when it does not (the reader fell
+    /// behind, or it reads for an in-process consumer): then [`Reader::read_batch`] reads the files.
+    pub fn read_from_tail(&mut self, max: usize) -> Option<Vec<(u64, Arc<StoredRecord>)>> {
+        if !self.skip_local {
+            return None;
+        }
+        let mut out = Vec::new();
+        let after = self.shared.tail().read(self.next_id, max, &mut out)?;
+        self.next_id = after;
+        // The open segment's position is stale now; a later read from the files finds its place again.
+        self.open = None;
+        Some(out)
+    }
+
     /// Up to `max` durable records from the current position, in order, with their ids.
     pub fn read_batch(&mut self, max: usize) -> std::io::Result<Vec<(u64, StoredRecord)>> {
         let durable = *self.shared.durable.borrow();

@@ -332,3 +332,51 @@ fn local_records_reach_the_hook_before_their_append_resolves_and_a_companion_sha
     drop(appender);
     writer.join();
 }
+
+#[test]
+fn an_uplink_reader_takes_the_tail_from_memory_and_what_it_fell_behind_from_the_files() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Room in memory for about ten of the forty records.
+    let config = SpoolConfig { memory_tail_bytes: 10 * record(0, 200).size_hint() as u64, ..config() };
+    let (spool, appender, writer, _) = Spool::open(dir.path(), &config, &["a"]).expect("open");
+    let local = |n: u64| StoredRecord { route: Some(vec!["@local".into()]), ..record(n, 10) };
+    rt.block_on(async {
+        let mut durable = appender.durable();
+        for n in 1..=40 {
+            let ticket =
+                appender.append_with(record(n, 200), (n % 7 == 0).then(|| local(n)), None).await.expect("append");
+            durable.wait(ticket).await.expect("durable");
+        }
+    });
+    let mut reader = spool.reader("a");
+    assert!(reader.read_from_tail(100).is_none(), "the first records left memory: the reader has fallen behind");
+    let mut from_files = Vec::new();
+    let mut from_memory = Vec::new();
+    loop {
+        if let Some(batch) = reader.read_from_tail(4) {
+            if batch.is_empty() {
+                break;
+            }
+            from_memory.extend(batch.into_iter().map(|(_, r)| r.id.clone()));
+        } else {
+            let batch = reader.read_batch(4).expect("read");
+            assert!(!batch.is_empty(), "the files hold what memory does not");
+            from_files.extend(batch.into_iter().map(|(_, r)| r.id));
+        }
+    }
+    assert!(
+        !from_files.is_empty() && !from_memory.is_empty(),
+        "{} from files, {} from memory",
+        from_files.len(),
+        from_memory.len()
+    );
+    let all: Vec<String> = from_files.into_iter().chain(from_memory).collect();
+    assert_eq!(
+        all,
+        (1..=40).map(|n| format!("e{n}")).collect::<Vec<_>>(),
+        "every event once, in order, no local record"
+    );
+    drop(appender);
+    writer.join();
+}

@@ -123,35 +123,38 @@ impl Writer {
         }
         self.shared.healthy.store(true, Ordering::Relaxed);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
-        self.shared.durable.send_replace(last);
         Ok(first)
     }
 
     /// Completes a committed batch whose first record is `first`: hands its local records with their ids to the
-    /// commit hook, if one is set (moved, not copied), then resolves the batch's tickets. The appends' queue shares
-    /// are handed back last.
+    /// commit hook, if one is set (moved, not copied), puts the rest in the in-memory tail for the uplinks, then
+    /// publishes the new durable id and resolves the batch's tickets. The appends' queue shares are handed back
+    /// last.
     fn complete(&self, batch: &mut Vec<Append>, first: u64) {
         let mut id = first;
         let mut local = Vec::new();
         let mut last_ticket = None;
         let mut shares = Vec::with_capacity(batch.len());
-        for Append { record, companion, ticket, _slot, _bytes } in batch.drain(..) {
-            if let Some(companion) = companion {
-                if companion.is_local() {
-                    local.push((id, companion));
+        {
+            let mut tail = self.shared.tail();
+            for Append { record, companion, ticket, _slot, _bytes } in batch.drain(..) {
+                for record in companion.into_iter().chain(std::iter::once(record)) {
+                    if record.is_local() {
+                        tail.push(id, None);
+                        local.push((id, record));
+                    } else {
+                        tail.push(id, Some(Arc::new(record)));
+                    }
+                    id += 1;
                 }
-                id += 1;
+                last_ticket = Some(ticket);
+                shares.push((_slot, _bytes));
             }
-            if record.is_local() {
-                local.push((id, record));
-            }
-            last_ticket = Some(ticket);
-            shares.push((_slot, _bytes));
-            id += 1;
         }
         if let Some(hook) = self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
             hook(local, id - 1);
         }
+        self.shared.durable.send_replace(id - 1);
         if let Some(last) = last_ticket {
             self.shared.outcomes.committed(last);
         }

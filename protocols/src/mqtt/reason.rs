@@ -106,11 +106,13 @@ impl ReasonCode {
         }
     }
 
-    pub(crate) fn allowed_in_connack(self) -> bool {
+    /// Whether MQTT 5 allows this code in CONNACK.
+    pub fn allowed_in_connack(self) -> bool {
         matches!(self.0, 0x00 | 0x80..=0x8A | 0x8C | 0x90 | 0x95 | 0x97 | 0x99..=0x9D | 0x9F)
     }
 
-    pub(crate) fn allowed_in_puback(self) -> bool {
+    /// Whether MQTT 5 allows this code in PUBACK and PUBREC.
+    pub fn allowed_in_puback(self) -> bool {
         matches!(self.0, 0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99)
     }
 
@@ -126,7 +128,8 @@ impl ReasonCode {
         matches!(self.0, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91)
     }
 
-    pub(crate) fn allowed_in_disconnect(self) -> bool {
+    /// Whether MQTT 5 allows this code in DISCONNECT.
+    pub fn allowed_in_disconnect(self) -> bool {
         matches!(self.0, 0x00 | 0x04 | 0x80..=0x83 | 0x87 | 0x89 | 0x8B | 0x8D..=0x8E | 0x8F..=0xA2)
             && self.0 != 0x91
             && self.0 != 0x92

@@ -105,6 +105,9 @@ enum Cmd {
         /// Write the section into this Markdown file (between its markers).
         #[arg(long)]
         write: Option<PathBuf>,
+        /// The rumqttd binary (0.20.0) to run beside meshgate and Mosquitto.
+        #[arg(long, default_value = meshgate_tests::load::brokers::RUMQTTD)]
+        rumqttd: PathBuf,
     },
 }
 
@@ -183,8 +186,8 @@ async fn main() -> Result<()> {
             println!("{}", noisy::summary("meshgate", &meshgate));
             println!("{}", noisy::summary("Mosquitto", &theirs));
         }
-        Cmd::Suite { seconds, idle, sources, write } => {
-            let section = suite(&SuiteOptions { seconds, idle, sources, write }).await?;
+        Cmd::Suite { seconds, idle, sources, write, rumqttd } => {
+            let section = suite(&SuiteOptions { seconds, idle, sources, write, rumqttd }).await?;
             println!("{section}");
         }
     }

@@ -63,13 +63,17 @@ pub fn source_address(n: usize, count: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | k))
 }
 
-/// Opens TCP from `source` and completes CONNECT / CONNACK as `client_id` (clean session, no keep-alive).
+/// The keep-alive the generator's connections ask for, in seconds. They send no PINGREQ: a run ends long before
+/// it (1.5 times this) lapses. Not 0: rumqttd refuses a keep-alive of 0.
+pub const KEEP_ALIVE_SECS: u16 = 600;
+
+/// Opens TCP from `source` and completes CONNECT / CONNACK as `client_id` (clean session, [`KEEP_ALIVE_SECS`]).
 pub async fn open(target: SocketAddr, source: IpAddr, client_id: &str, version: Version) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
     let mut stream = socket.connect(target).await.with_context(|| format!("connect {target} from {source}"))?;
     stream.set_nodelay(true)?;
-    let connect = Connect { version, clean_start: true, keep_alive: 0, client_id, ..Connect::default() };
+    let connect = Connect { version, clean_start: true, keep_alive: KEEP_ALIVE_SECS, client_id, ..Connect::default() };
     write_packet(&mut stream, &connect, version).await?;
     let mut buf = Vec::with_capacity(64);
     match read_packet(&mut stream, &mut buf, version).await? {

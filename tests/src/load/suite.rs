@@ -1,6 +1,10 @@
 //! The benchmark suite: every scenario of docs/benchmarks.md ("Load suite") in one run on one machine, meshgate
-//! (release build, durable spool) next to a Mosquitto of its own (persistence off) and the generator's own ceiling
-//! against a trivial sink, written as Markdown between the markers in docs/benchmarks.md.
+//! (release build, durable spool) next to a Mosquitto and a rumqttd of its own (neither stores anything) and the
+//! generator's own ceiling against a trivial sink, written as Markdown between the markers in docs/benchmarks.md.
+//!
+//! Two modes: shared (broker, generator and everything else on both cores, as the machine is) and pinned (the
+//! broker pinned to CPU 0, the generator to CPU 1, with `taskset`), so a broker's figures do not depend on how it
+//! and the generator happen to share the cores.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -12,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt as _;
 use meshgate_protocols::mqtt::QoS;
 
-use super::brokers::{Mosquitto, cpu_seconds, rss_kib};
+use super::brokers::{Mosquitto, Rumqttd, cpu_seconds, pin, rss_kib};
 use super::conn;
 use super::run::{LoadSpec, Report, hold_idle, run, run_at};
 use crate::Gateway;
@@ -33,12 +37,36 @@ pub struct SuiteOptions {
     pub sources: usize,
     /// The Markdown file to write the section into.
     pub write: Option<PathBuf>,
+    /// The rumqttd binary.
+    pub rumqttd: PathBuf,
+}
+
+/// The brokers compared, in the tables' order.
+const BROKERS: [&str; 3] = ["meshgate", "Mosquitto", "rumqttd"];
+
+/// How the cores are shared in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Everything on both cores.
+    Shared,
+    /// The broker on CPU 0, the generator on CPU 1.
+    Pinned,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Shared => "shared",
+            Mode::Pinned => "pinned",
+        }
+    }
 }
 
 /// One row of a results table.
 struct Row {
     scenario: String,
     target: &'static str,
+    mode: Mode,
     report: Report,
     /// CPU seconds the broker used for the run, including work it finished after the run (an uplink's backlog).
     cpu_secs: Option<f64>,
@@ -83,12 +111,12 @@ fn say(line: &str) {
 
 async fn measured(
     rows: &mut Vec<Row>,
-    scenario: &str,
-    target: &'static str,
+    (scenario, target, mode): (&str, &'static str, Mode),
     spec: &LoadSpec,
     broker: Option<u32>,
 ) -> Result<Report> {
-    say(&format!("{scenario} on {target} ({} connections, {} s)", spec.connections, spec.duration.as_secs()));
+    let (connections, secs) = (spec.connections, spec.duration.as_secs());
+    say(&format!("{scenario} on {target}, {} ({connections} connections, {secs} s)", mode.label()));
     let cpu_before = broker.map(|pid| cpu_seconds(pid).map(|before| (pid, before))).transpose()?;
     let report = run(spec).await?;
     let cpu_secs = match cpu_before {
@@ -97,7 +125,7 @@ async fn measured(
     };
     let cpu = cpu_secs.map_or(String::new(), |c| format!("; broker CPU {c:.1} s"));
     say(&format!("  {}{cpu}", report.summary()));
-    rows.push(Row { scenario: scenario.to_string(), target, report: report.clone(), cpu_secs });
+    rows.push(Row { scenario: scenario.to_string(), target, mode, report: report.clone(), cpu_secs });
     Ok(report)
 }
 
@@ -125,20 +153,28 @@ fn cpu_per_message_us(row: &Row) -> Option<f64> {
 enum Broker {
     Meshgate(Gateway),
     Mosquitto(Mosquitto),
+    Rumqttd(Rumqttd),
 }
 
 impl Broker {
-    fn start(target: &'static str) -> Result<Broker> {
-        Ok(match target {
+    /// Starts `target`; pinned to CPU 0 in [`Mode::Pinned`].
+    fn start(target: &'static str, mode: Mode, options: &SuiteOptions) -> Result<Broker> {
+        let broker = match target {
             "meshgate" => Broker::Meshgate(Gateway::start()?),
+            "rumqttd" => Broker::Rumqttd(Rumqttd::start(&options.rumqttd)?),
             _ => Broker::Mosquitto(Mosquitto::start(true)?),
-        })
+        };
+        if mode == Mode::Pinned {
+            pin(broker.pid().context("broker pid")?, "0")?;
+        }
+        Ok(broker)
     }
 
     fn addr(&self) -> SocketAddr {
         match self {
             Broker::Meshgate(gw) => gw.mqtt,
             Broker::Mosquitto(m) => m.addr,
+            Broker::Rumqttd(r) => r.addr,
         }
     }
 
@@ -146,6 +182,7 @@ impl Broker {
         match self {
             Broker::Meshgate(gw) => gw.pid(),
             Broker::Mosquitto(m) => Some(m.pid()),
+            Broker::Rumqttd(r) => Some(r.pid()),
         }
     }
 }
@@ -163,70 +200,86 @@ pub async fn suite(options: &SuiteOptions) -> Result<String> {
         ..LoadSpec::default()
     };
     let mut rows = Vec::new();
+    let shared = Mode::Shared;
 
     // 0. The generator's ceiling against a sink that acknowledges at once.
     let sink = Sink::start()?;
     let ceiling = ingest(sink.addr, QoS::AtLeastOnce);
-    measured(&mut rows, "QoS 1 ingest, 100 connections", "trivial sink", &ceiling, None).await?;
+    measured(&mut rows, ("QoS 1 ingest, 100 connections", "trivial sink", shared), &ceiling, None).await?;
     let ceiling = ingest(sink.addr, QoS::AtMostOnce);
-    measured(&mut rows, "QoS 0 ingest, 100 connections", "trivial sink", &ceiling, None).await?;
+    measured(&mut rows, ("QoS 0 ingest, 100 connections", "trivial sink", shared), &ceiling, None).await?;
     drop(sink);
 
-    // 1, 2, 4: ingest (meshgate: durable spool, acknowledged after fsync; Mosquitto: persistence off), QoS 1 at
+    // 1, 2, 4: ingest (meshgate: durable spool, acknowledged after fsync; the others store nothing), QoS 1 at
     // half of meshgate's maximum rate and at the sweep's lower rates, and local publish → subscribe (10 publishers,
-    // one subscriber on the run's topics). Each on a fresh broker.
+    // one subscriber on the run's topics). Each on a fresh broker; the paced runs in the shared mode only.
     let mut half_rate = 0.0;
-    for target in ["meshgate", "Mosquitto"] {
-        let broker = Broker::start(target)?;
-        let full = ingest(broker.addr(), QoS::AtLeastOnce);
-        let max = measured(&mut rows, "QoS 1 ingest, 100 connections", target, &full, broker.pid()).await?;
-        drop(broker);
-        if target == "meshgate" {
-            half_rate = (max.acked_per_sec() / 2.0).floor();
+    for mode in [Mode::Shared, Mode::Pinned] {
+        if mode == Mode::Pinned {
+            pin(std::process::id(), "1")?;
         }
-        let scenario = format!("QoS 1 ingest at half of meshgate's maximum ({half_rate:.0}/s)");
-        let mut paced = vec![(scenario, half_rate)];
-        for rate in SWEEP_RATES.into_iter().filter(|&r| r < half_rate) {
-            paced.push((format!("QoS 1 ingest at {rate:.0}/s"), rate));
-        }
-        for (scenario, rate) in paced {
-            let broker = Broker::start(target)?;
-            // The sweep's lower rates run for at most 20 s each: a latency figure, not a throughput one.
-            let duration = if rate < half_rate { seconds.min(Duration::from_secs(20)) } else { seconds };
-            let spec = LoadSpec { rate, duration, ..ingest(broker.addr(), QoS::AtLeastOnce) };
-            measured(&mut rows, &scenario, target, &spec, broker.pid()).await?;
+        for target in BROKERS {
+            let broker = Broker::start(target, mode, options)?;
+            let full = ingest(broker.addr(), QoS::AtLeastOnce);
+            let scenario = ("QoS 1 ingest, 100 connections", target, mode);
+            let max = measured(&mut rows, scenario, &full, broker.pid()).await?;
+            drop(broker);
+            if target == "meshgate" && mode == Mode::Shared {
+                half_rate = (max.acked_per_sec() / 2.0).floor();
+            }
+            if mode == Mode::Shared {
+                let scenario = format!("QoS 1 ingest at half of meshgate's maximum ({half_rate:.0}/s)");
+                let mut paced = vec![(scenario, half_rate)];
+                for rate in SWEEP_RATES.into_iter().filter(|&r| r < half_rate) {
+                    paced.push((format!("QoS 1 ingest at {rate:.0}/s"), rate));
+                }
+                for (scenario, rate) in paced {
+                    let broker = Broker::start(target, mode, options)?;
+                    // The sweep's lower rates run for at most 20 s each: a latency figure, not a throughput one.
+                    let duration = if rate < half_rate { seconds.min(Duration::from_secs(20)) } else { seconds };
+                    let spec = LoadSpec { rate, duration, ..ingest(broker.addr(), QoS::AtLeastOnce) };
+                    measured(&mut rows, (&scenario, target, mode), &spec, broker.pid()).await?;
+                    drop(broker);
+                }
+            }
+            let broker = Broker::start(target, mode, options)?;
+            let qos0 = ingest(broker.addr(), QoS::AtMostOnce);
+            measured(&mut rows, ("QoS 0 ingest, 100 connections", target, mode), &qos0, broker.pid()).await?;
+            drop(broker);
+            let broker = Broker::start(target, mode, options)?;
+            let pubsub = LoadSpec {
+                connections: 10,
+                subscribers: 1,
+                topic: "pubsub/{n}".into(),
+                filter: "pubsub/#".into(),
+                ..ingest(broker.addr(), QoS::AtLeastOnce)
+            };
+            let scenario = ("QoS 1 publish → subscribe, 10 → 1", target, mode);
+            measured(&mut rows, scenario, &pubsub, broker.pid()).await?;
             drop(broker);
         }
-        let broker = Broker::start(target)?;
-        let qos0 = ingest(broker.addr(), QoS::AtMostOnce);
-        measured(&mut rows, "QoS 0 ingest, 100 connections", target, &qos0, broker.pid()).await?;
-        drop(broker);
-        let broker = Broker::start(target)?;
-        let pubsub = LoadSpec {
-            connections: 10,
-            subscribers: 1,
-            topic: "pubsub/{n}".into(),
-            filter: "pubsub/#".into(),
-            ..ingest(broker.addr(), QoS::AtLeastOnce)
-        };
-        measured(&mut rows, "QoS 1 publish → subscribe, 10 → 1", target, &pubsub, broker.pid()).await?;
-        drop(broker);
     }
+    // The generator back on both cores.
+    pin(std::process::id(), "0-1")?;
 
-    // 6. The noisy neighbour: a quiet QoS 1 device at 10/s, alone and beside one connection flooding QoS 0.
-    for target in ["meshgate", "Mosquitto"] {
-        let broker = Broker::start(target)?;
+    // 6. The noisy neighbour: a quiet QoS 1 device at 10/s, alone and beside one connection flooding QoS 0. The
+    // broker's CPU over the whole scenario is counted per message of the flooder (nearly all of them).
+    for target in BROKERS {
+        let broker = Broker::start(target, shared, options)?;
         let duration = seconds.min(Duration::from_secs(30));
         say(&format!("noisy neighbour on {target} ({} s each)", duration.as_secs()));
+        let pid = broker.pid().context("broker pid")?;
+        let before = cpu_seconds(pid)?;
         let r = super::noisy::noisy_neighbour(broker.addr(), duration).await?;
+        let cpu = settled_cpu_seconds(pid).await? - before;
         say(&format!("  {}", super::noisy::summary(target, &r)));
         let runs = [
-            ("noisy neighbour: quiet QoS 1 device at 10/s, alone", r.alone),
-            ("noisy neighbour: the same device beside one QoS 0 flooder", r.beside),
-            ("noisy neighbour: the QoS 0 flooder (one connection)", r.flooder),
+            ("noisy neighbour: quiet QoS 1 device at 10/s, alone", r.alone, None),
+            ("noisy neighbour: the same device beside one QoS 0 flooder", r.beside, None),
+            ("noisy neighbour: the QoS 0 flooder (one connection)", r.flooder, Some(cpu)),
         ];
-        for (scenario, report) in runs {
-            rows.push(Row { scenario: scenario.to_string(), target, report, cpu_secs: None });
+        for (scenario, report, cpu_secs) in runs {
+            rows.push(Row { scenario: scenario.to_string(), target, mode: shared, report, cpu_secs });
         }
         drop(broker);
     }
@@ -250,6 +303,9 @@ pub async fn suite(options: &SuiteOptions) -> Result<String> {
         drop(gw);
         let mosquitto = Mosquitto::start(false)?;
         idle_rows.push(idle(n, "Mosquitto", mosquitto.addr, mosquitto.pid(), options.sources).await?);
+        drop(mosquitto);
+        let rumqttd = Rumqttd::start(&options.rumqttd)?;
+        idle_rows.push(idle(n, "rumqttd", rumqttd.addr, rumqttd.pid(), options.sources).await?);
     }
 
     let section = markdown(options, &rows, &amqp, &idle_rows, &not_run, limit)?;
@@ -324,13 +380,17 @@ async fn amqp_uplink_latency(rows: &mut Vec<Row>, options: &SuiteOptions, second
         }
         anyhow::Ok((received, latency))
     };
+    let pid = gw.pid().context("meshgate pid")?;
+    let before = cpu_seconds(pid)?;
     let (report, consumed) = tokio::join!(run_at(&spec, epoch), consume);
     let mut report = report?;
     let (received, latency) = consumed?;
     report.received = received;
     report.e2e_latency = latency;
+    let cpu_secs = Some(settled_cpu_seconds(pid).await? - before);
     say(&format!("  {}", report.summary()));
-    rows.push(Row { scenario, target: "meshgate → RabbitMQ", report: report.clone(), cpu_secs: None });
+    let (target, mode) = ("meshgate → RabbitMQ", Mode::Shared);
+    rows.push(Row { scenario, target, mode, report: report.clone(), cpu_secs });
     drop(gw);
     Ok(report)
 }
@@ -433,7 +493,7 @@ fn markdown(
     let mut md = String::new();
     let commit = command_output("git", &["log", "-1", "--format=%h"]);
     writeln!(md, "{BEGIN}")?;
-    writeln!(md, "## Load suite: meshgate next to Mosquitto, one run\n")?;
+    writeln!(md, "## Load suite: meshgate next to Mosquitto and rumqttd, one run\n")?;
     writeln!(
         md,
         "Written by `benches/suite` (`cargo run --release -p meshgate-tests --bin meshgate-load -- suite --write \
@@ -444,8 +504,9 @@ fn markdown(
     writeln!(md, "- Machine: {}.", machine())?;
     writeln!(
         md,
-        "- Versions: meshgate at `{commit}` (release build), {}, {}.",
+        "- Versions: meshgate at `{commit}` (release build), {}, {}, {}.",
         Mosquitto::version(),
+        Rumqttd::version(&options.rumqttd),
         command_output("rustc", &["--version"])
     )?;
     writeln!(
@@ -453,7 +514,10 @@ fn markdown(
         "- meshgate: durable spool (each QoS 1 publish acknowledged after the fsync that covers it), the default file \
          uplink (or the AMQP uplink in scenario 3). Mosquitto: a process of its own on a free port, persistence off, \
          `max_queued_messages 0` for the throughput runs (its default 1000 drops QoS 1 messages to a slow \
-         subscriber), default settings for the idle runs. The generator, the brokers and RabbitMQ share the same cores."
+         subscriber), default settings for the idle runs. rumqttd: its MQTT 3.1.1 server with its default limits \
+         (messages in an in-memory commit log, nothing on disk), no delay between accepts. Mode `shared`: the \
+         generator, the broker and RabbitMQ share both cores; `pinned`: the broker on CPU 0, the generator on CPU 1 \
+         (`taskset`)."
     )?;
     writeln!(
         md,
@@ -467,9 +531,9 @@ fn markdown(
     )?;
     writeln!(
         md,
-        "| scenario | target | sent | acknowledged/s (QoS 0: sent/s) | ack p50 ms | ack p99 ms | ack p99.9 ms | received/s | publish→receive p50 ms | p99 ms | send lag p99 ms | broker CPU µs per message | errors |"
+        "| scenario | target | mode | sent | acknowledged/s (QoS 0: sent/s) | ack p50 ms | ack p99 ms | ack p99.9 ms | received/s | publish→receive p50 ms | p99 ms | send lag p99 ms | broker CPU µs per message | errors |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for r in rows {
         let p = &r.report;
         let recv = |f: f64| if p.received > 0 { format!("{f:.2}") } else { "–".into() };
@@ -482,9 +546,10 @@ fn markdown(
         };
         writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.target,
+            r.mode.label(),
             p.sent,
             p.acked_per_sec(),
             ack(50.0),
@@ -498,53 +563,90 @@ fn markdown(
             p.errors
         )?;
     }
-    let row =
-        |scenario: &str, target: &str| rows.iter().find(|r| r.scenario.starts_with(scenario) && r.target == target);
-    let find = |scenario: &str, target: &str| row(scenario, target).map(|r| &r.report);
-    writeln!(md, "\nRatios meshgate / Mosquitto in this run:\n")?;
-    writeln!(md, "| figure | meshgate | Mosquitto | ratio |")?;
-    writeln!(md, "|---|---|---|---|")?;
-    let pairs = [
-        ("QoS 1 ingest, acknowledged/s", "QoS 1 ingest, 100", true),
-        ("QoS 0 ingest, sent/s", "QoS 0 ingest, 100", true),
-        ("QoS 1 publish → subscribe, received/s", "QoS 1 publish → subscribe", false),
+    let row = |scenario: &str, target: &str, mode: Mode| {
+        rows.iter().find(|r| r.scenario.starts_with(scenario) && r.target == target && r.mode == mode)
+    };
+    writeln!(md, "\nRatios in this run (meshgate's figure over each peer's; for CPU and latency lower is better):\n")?;
+    writeln!(md, "| figure | mode | meshgate | Mosquitto | rumqttd | ÷ Mosquitto | ÷ rumqttd |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    type Figure = fn(&Row) -> Option<f64>;
+    let acked: Figure = |r| Some(r.report.acked_per_sec());
+    let received: Figure = |r| Some(r.report.received_per_sec());
+    let cpu: Figure = cpu_per_message_us;
+    let p99: Figure = |r| (!r.report.ack_latency.is_empty()).then(|| Report::ms(&r.report.ack_latency, 99.0));
+    let mut figures: Vec<(String, String, Figure, &[Mode])> = vec![
+        ("QoS 1 ingest, acknowledged/s".into(), "QoS 1 ingest, 100".into(), acked, &[Mode::Shared, Mode::Pinned]),
+        ("QoS 0 ingest, sent/s".into(), "QoS 0 ingest, 100".into(), acked, &[Mode::Shared, Mode::Pinned]),
+        (
+            "QoS 1 publish → subscribe, received/s".into(),
+            "QoS 1 publish → subscribe".into(),
+            received,
+            &[Mode::Shared, Mode::Pinned],
+        ),
+        (
+            "CPU per acknowledged QoS 1 message at full speed, µs".into(),
+            "QoS 1 ingest, 100".into(),
+            cpu,
+            &[Mode::Shared, Mode::Pinned],
+        ),
+        (
+            "CPU per QoS 0 message at full speed, µs".into(),
+            "QoS 0 ingest, 100".into(),
+            cpu,
+            &[Mode::Shared, Mode::Pinned],
+        ),
+        (
+            "CPU per received message, publish → subscribe, µs".into(),
+            "QoS 1 publish → subscribe".into(),
+            cpu,
+            &[Mode::Shared, Mode::Pinned],
+        ),
+        (
+            "QoS 1 publish → ack p99 at half of meshgate's maximum, ms".into(),
+            "QoS 1 ingest at half".into(),
+            p99,
+            &[Mode::Shared],
+        ),
     ];
-    for (label, scenario, acked) in pairs {
-        if let (Some(a), Some(b)) = (find(scenario, "meshgate"), find(scenario, "Mosquitto")) {
-            let (x, y) = if acked {
-                (a.acked_per_sec(), b.acked_per_sec())
-            } else {
-                (a.received_per_sec(), b.received_per_sec())
-            };
-            writeln!(md, "| {label} | {x:.0} | {y:.0} | {} |", ratio(x, y))?;
-        }
-    }
-    if let (Some(a), Some(b)) = (
-        row("QoS 1 ingest, 100", "meshgate").and_then(cpu_per_message_us),
-        row("QoS 1 ingest, 100", "Mosquitto").and_then(cpu_per_message_us),
-    ) {
-        writeln!(
-            md,
-            "| broker CPU per acknowledged QoS 1 message at full speed, µs | {a:.1} | {b:.1} | {} |",
-            ratio(a, b)
-        )?;
-    }
-    let mut sweep: Vec<(String, String)> =
-        vec![("QoS 1 ingest at half".into(), "QoS 1 publish → ack p99 at half of meshgate's maximum, ms".into())];
     for rate in SWEEP_RATES {
-        sweep.push((format!("QoS 1 ingest at {rate:.0}/s"), format!("QoS 1 publish → ack p99 at {rate:.0}/s, ms")));
+        let label = format!("QoS 1 publish → ack p99 at {rate:.0}/s, ms");
+        figures.push((label, format!("QoS 1 ingest at {rate:.0}/s"), p99, &[Mode::Shared]));
     }
-    for (scenario, label) in sweep {
-        if let (Some(a), Some(b)) = (find(&scenario, "meshgate"), find(&scenario, "Mosquitto")) {
-            let (x, y) = (Report::ms(&a.ack_latency, 99.0), Report::ms(&b.ack_latency, 99.0));
-            writeln!(md, "| {label} | {x:.2} | {y:.2} | {} |", ratio(x, y))?;
+    for (label, scenario, figure, modes) in &figures {
+        for &mode in *modes {
+            let values: Vec<Option<f64>> =
+                BROKERS.iter().map(|target| row(scenario, target, mode).and_then(figure)).collect();
+            let Some(ours) = values[0] else { continue };
+            let cell = |v: Option<f64>| {
+                v.map_or("–".to_string(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+            };
+            let over = |v: Option<f64>| v.map_or("–".to_string(), |v| ratio(ours, v));
+            writeln!(
+                md,
+                "| {label} | {} | {} | {} | {} | {} | {} |",
+                mode.label(),
+                cell(values[0]),
+                cell(values[1]),
+                cell(values[2]),
+                over(values[1]),
+                over(values[2])
+            )?;
         }
     }
     for n in options.idle.iter() {
-        let get = |t: &str| idle_rows.iter().find(|r| r.connections == *n && r.target == t);
-        if let (Some(a), Some(b)) = (get("meshgate"), get("Mosquitto")) {
-            let (x, y) = (per_connection(a), per_connection(b));
-            writeln!(md, "| RSS per idle connection at {n}, KiB | {x:.2} | {y:.2} | {} |", ratio(x, y))?;
+        let get = |t: &str| idle_rows.iter().find(|r| r.connections == *n && r.target == t).map(per_connection);
+        if let Some(ours) = get("meshgate") {
+            let (m, r) = (get("Mosquitto"), get("rumqttd"));
+            let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+            let over = |v: Option<f64>| v.map_or("–".to_string(), |v| ratio(ours, v));
+            writeln!(
+                md,
+                "| RSS per idle connection at {n}, KiB | shared | {ours:.2} | {} | {} | {} | {} |",
+                cell(m),
+                cell(r),
+                over(m),
+                over(r)
+            )?;
         }
     }
     writeln!(

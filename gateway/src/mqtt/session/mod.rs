@@ -733,6 +733,12 @@ impl State {
                 None => continue,
             };
             let Some(kind) = owed.kind else { continue };
+            // A refusal PUBACK and PUBREC cannot carry (the driver's 0x8B Server shutting down) goes as 0x80.
+            let reason = if reason.allowed_in_puback() || kind == PubResponseKind::PubComp {
+                reason
+            } else {
+                ReasonCode::UNSPECIFIED_ERROR
+            };
             if kind == PubResponseKind::PubAck || (kind == PubResponseKind::PubRec && reason.is_error()) {
                 // The flow is over; an error PUBREC ends a QoS 2 flow too.
                 self.inbound.completed(owed.qos, owed.packet_id);
@@ -745,6 +751,7 @@ impl State {
 
     /// Refuses CONNECT with `reason` (3.1.1: its CONNACK return code) and ends the connection.
     fn refuse_connect(&mut self, reason: ReasonCode, why: &'static str, reject: Option<RejectReason>) {
+        let reason = if reason.allowed_in_connack() { reason } else { ReasonCode::UNSPECIFIED_ERROR };
         let code = if self.version.is_v5() { reason } else { ReasonCode(reason.to_v311_connack()) };
         self.send(&Packet::ConnAck(ConnAck { code, ..ConnAck::default() }));
         self.end(Close { why, reason, reject, by: ClosedBy::Server });
@@ -755,6 +762,8 @@ impl State {
         if self.phase == Phase::Closed {
             return;
         }
+        // A code DISCONNECT cannot carry (a decoder's 0x84 for a second CONNECT of an unknown level) goes as 0x82.
+        let reason = if reason.allowed_in_disconnect() { reason } else { ReasonCode::PROTOCOL_ERROR };
         if self.version.is_v5() && self.phase == Phase::Connected {
             let mut disconnect = Disconnect::with_reason(reason);
             if self.problem_info {

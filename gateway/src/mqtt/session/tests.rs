@@ -417,3 +417,19 @@ fn a_packet_split_anywhere_is_the_same_packet() {
         assert_eq!(tokens(&mut s).len(), 1, "cut at {cut}");
     }
 }
+
+#[test]
+fn a_reason_code_a_packet_cannot_carry_is_replaced_by_one_it_can() {
+    // A second CONNECT of an unknown level: the decoder's 0x84 is for CONNACK, not DISCONNECT.
+    let mut s = connected(connect(Version::V5, 0));
+    let mut second = bytes(Version::V5, &Packet::Connect(connect(Version::V5, 0)));
+    second[8] = 9;
+    s.handle_input(&second, 0);
+    assert!(closed(&mut s).is_some());
+    assert_eq!(sent(&mut s), ["DISCONNECT 0x82"]);
+    // The driver refusing a publish because it is stopping: 0x8B is no PUBACK code.
+    let mut s = connected(connect(Version::V5, 0));
+    let t = feed(&mut s, &Packet::Publish(publish("t", QoS::AtLeastOnce, 1)), 0);
+    s.complete(t[0], Verdict::Refused(ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped"));
+    assert_eq!(sent(&mut s), ["PUBACK 1 0x80"]);
+}
