@@ -29,7 +29,7 @@ fn record() -> StoredRecord {
         event.data = Some(Data::Binary(vec![b'x'; pad]));
         let r = StoredRecord::new(event.clone(), &Route::All);
         let mut buf = Vec::new();
-        record::encode(1, &r, &mut buf).expect("encode");
+        record::encode(1, &r, &mut buf, &mut Default::default()).expect("encode");
         if buf.len() >= RECORD_BYTES {
             return r;
         }

@@ -190,8 +190,16 @@ pub fn now_ms() -> u64 {
 }
 
 /// Appends the framed record `id` to `out`.
-pub fn encode(id: u64, record: &StoredRecord, out: &mut Vec<u8>) -> Result<(), rancor::Error> {
-    let archive = rkyv::to_bytes::<rancor::Error>(record)?;
+pub fn encode(
+    id: u64,
+    record: &StoredRecord,
+    out: &mut Vec<u8>,
+    scratch: &mut AlignedVec,
+) -> Result<(), rancor::Error> {
+    // The archive is built in `scratch`, kept by the caller: no allocation per record once it is warm.
+    let mut archive = std::mem::take(scratch);
+    archive.clear();
+    let archive = rkyv::api::high::to_bytes_in::<_, rancor::Error>(record, archive)?;
     let len = u32::try_from(archive.len()).map_err(<rancor::Error as rancor::Source>::new)?;
     let id_bytes = id.to_le_bytes();
     let crc = crc32c::crc32c_append(crc32c::crc32c(&id_bytes), &archive);
@@ -199,6 +207,7 @@ pub fn encode(id: u64, record: &StoredRecord, out: &mut Vec<u8>) -> Result<(), r
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&id_bytes);
     out.extend_from_slice(&archive);
+    *scratch = archive;
     Ok(())
 }
 
@@ -283,7 +292,7 @@ mod tests {
         // One record: each carries its own acceptance time.
         let original = record();
         let mut buf = Vec::new();
-        encode(7, &original, &mut buf).unwrap();
+        encode(7, &original, &mut buf, &mut AlignedVec::new()).unwrap();
         let mut scratch = AlignedVec::new();
         match decode(&buf, &mut scratch) {
             Frame::Record(7, r, n) => {

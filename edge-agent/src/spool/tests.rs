@@ -119,7 +119,7 @@ proptest! {
                     let path = newest_segment(dir.path());
                     let mut bytes = std::fs::read(&path).expect("read segment");
                     let mut partial = Vec::new();
-                    record::encode(u64::MAX / 2, &record(0, garbage.len()), &mut partial).expect("encode");
+                    record::encode(u64::MAX / 2, &record(0, garbage.len()), &mut partial, &mut Default::default()).expect("encode");
                     partial.truncate(partial.len() / 2);
                     partial.extend_from_slice(&garbage[..garbage.len().min(8)]);
                     bytes.extend_from_slice(&partial[..partial.len().min(garbage.len() + 8)]);

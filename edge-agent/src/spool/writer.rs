@@ -19,6 +19,8 @@ pub(super) struct Writer {
     next_id: u64,
     active: File,
     buf: Vec<u8>,
+    /// Where each record's archive is built before it is framed into `buf`.
+    scratch: rkyv::util::AlignedVec,
 }
 
 fn io_error(e: impl std::fmt::Display) -> SpoolError {
@@ -41,6 +43,7 @@ impl Writer {
             next_id,
             active,
             buf: Vec::with_capacity(1 << 20),
+            scratch: rkyv::util::AlignedVec::new(),
         })
     }
 
@@ -84,7 +87,7 @@ impl Writer {
         let mut id = self.next_id;
         for append in batch {
             for record in append.companion.iter().chain(std::iter::once(&append.record)) {
-                record::encode(id, record, &mut self.buf).map_err(io_error)?;
+                record::encode(id, record, &mut self.buf, &mut self.scratch).map_err(io_error)?;
                 id += 1;
             }
         }

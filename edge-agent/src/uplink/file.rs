@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use tokio::runtime::RuntimeFlavor;
+
 use super::jsonl::JsonLinesFile;
 use super::{BoxFuture, Uplink, UplinkError};
 use crate::CloudEvent;
@@ -30,29 +32,49 @@ impl Uplink for FileUplink {
     fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
         Box::pin(async move {
             let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            for event in batch {
-                serde_json::to_writer(&mut buf, event).map_err(std::io::Error::other)?;
-                buf.push(b'\n');
-            }
             let file = Arc::clone(&self.file);
-            let (buf, result) = tokio::task::spawn_blocking(move || {
-                let result = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(&buf);
-                (buf, result)
-            })
-            .await
-            .map_err(std::io::Error::other)?;
+            let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread;
+            let result = if multi_thread {
+                // Encoding and writing block this worker, not the connections: the runtime hands its other tasks
+                // to another worker meanwhile, and no thread hop is needed for the write.
+                tokio::task::block_in_place(|| encode(batch, &mut buf).and_then(|()| append(&file, &buf)))
+            } else {
+                encode(batch, &mut buf)?;
+                let (returned, result) = tokio::task::spawn_blocking(move || {
+                    let result = append(&file, &buf);
+                    (buf, result)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                buf = returned;
+                result
+            };
             self.buf = buf;
             result.map_err(UplinkError::Io)
         })
     }
 }
 
+/// One JSON line per event into `buf` (cleared first).
+fn encode(batch: &[&CloudEvent], buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    for event in batch {
+        serde_json::to_writer(&mut *buf, event).map_err(std::io::Error::other)?;
+        buf.push(b'\n');
+    }
+    Ok(())
+}
+
+/// Appends the encoded lines, whole or not at all, and syncs them.
+fn append(file: &Mutex<JsonLinesFile>, lines: &[u8]) -> std::io::Result<()> {
+    file.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_one_json_event_per_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/events.jsonl");
