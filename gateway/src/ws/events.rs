@@ -24,7 +24,6 @@ use futures::{SinkExt, StreamExt};
 
 use meshgate_protocols::cloudevents::CloudEvent;
 use meshgate_protocols::mqtt::{QoS, SubscriptionOptions, Version};
-use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -33,7 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::WsContext;
-use super::request::{Refusal, Request};
+use super::session::{Close, Event as SessionEvent, EventsConfig, EventsSession, Incoming, Outgoing, Token, Verdict};
 use crate::acks::{Outcome, PendingAcks};
 use crate::acl::DeviceAcl;
 use crate::broker::local::now_ms;
@@ -60,11 +59,8 @@ pub struct Device {
     pub owner: String,
 }
 
-/// Why the session ended.
-enum End {
-    Close(CloseCode, &'static str),
-    Gone,
-}
+/// Why the connection ended before its session began (the close frame to send).
+struct Refused(CloseCode, &'static str);
 
 /// Serves a `cloudevents.json` session until it ends.
 pub async fn serve<S>(mut ws: WebSocketStream<S>, ctx: Arc<WsContext>, device: Device)
@@ -74,26 +70,33 @@ where
     ctx.shared.metrics.connection_opened(PROTOCOL);
     let session = session_name::ws_client(&device.client_id);
     let notify = Arc::new(tokio::sync::Notify::new());
-    let end = match claim(&ctx, &device, &session, &notify) {
-        Err(end) => end,
+    match claim(&ctx, &device, &session, &notify) {
+        Err(Refused(code, why)) => {
+            let frame = CloseFrame { code, reason: why.into() };
+            let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(frame))).await;
+        }
         Ok(registration) => {
             let (limits, rates) = (&ctx.shared.limits, &ctx.shared.user_rates);
             let rate = MessageRate::for_connection(limits, rates, &device.owner, std::time::Instant::now());
             let pending = PendingAcks::new(&ctx.shared, PROTOCOL);
             let conn_id = registration.conn_id;
-            let mut s = Session { ctx: Arc::clone(&ctx), device, session, pending, notify, rate };
-            let end = s.run(&mut ws, registration.taken_over).await;
+            let c = &ctx.config;
+            let config = EventsConfig {
+                max_invalid: c.max_invalid,
+                ping_every_ms: c.ping_interval_secs.max(1).saturating_mul(1000),
+                idle_ms: c.idle_timeout_secs.max(1).saturating_mul(1000),
+                limits: ctx.shared.limits,
+            };
+            let started = Instant::now();
+            let events = EventsSession::new(config, 0);
+            let mut s = Session { ctx: Arc::clone(&ctx), device, session, pending, notify, rate, events, started };
+            s.run(&mut ws, registration.taken_over).await;
             ctx.mqtt.registry.unregister(&s.session, conn_id);
             // A newer connection of the same user holds the session now: it is not ours to end.
             if ctx.shared.broker.detach(&s.session, conn_id) {
                 ctx.shared.broker.disconnect(&s.session, Some(0));
             }
-            end
         }
-    };
-    if let End::Close(code, why) = end {
-        let frame = CloseFrame { code, reason: why.into() };
-        let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(frame))).await;
     }
     ctx.shared.metrics.connection_closed(PROTOCOL);
 }
@@ -106,12 +109,12 @@ fn claim(
     device: &Device,
     session: &str,
     notify: &Arc<tokio::sync::Notify>,
-) -> Result<crate::mqtt::registry::Registration, End> {
+) -> Result<crate::mqtt::registry::Registration, Refused> {
     let owner = SessionOwner::new(&device.owner, &device.acl);
     let not_owner = || {
         ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
         tracing::info!(client = %device.client_id, user = %device.owner, "cloudevents.json client name belongs to another user");
-        End::Close(CloseCode::Policy, "client name belongs to another user")
+        Refused(CloseCode::Policy, "client name belongs to another user")
     };
     if ctx.shared.broker.read(|b| b.owner_of(session).is_some_and(|o| o != owner.user)) {
         return Err(not_owner());
@@ -133,7 +136,7 @@ fn claim(
                 return Err(not_owner());
             }
             ctx.shared.metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
-            Err(End::Close(CloseCode::Again, "session limit reached"))
+            Err(Refused(CloseCode::Again, "session limit reached"))
         }
     }
 }
@@ -143,142 +146,119 @@ struct Session {
     device: Device,
     /// The broker session of its subscriptions.
     session: String,
-    /// The events waiting for the spool, by id.
-    pending: PendingAcks<String>,
+    /// The events waiting for the spool.
+    pending: PendingAcks<Token>,
     /// Woken when the broker queued messages for the session.
     notify: Arc<tokio::sync::Notify>,
     /// `limits.max_messages_per_second` and `max_messages_per_second_per_user`: an event waits (and nothing more
     /// is read) until they allow it.
     rate: MessageRate,
+    /// The protocol's state.
+    events: EventsSession,
+    /// The session counts milliseconds from here.
+    started: Instant,
 }
 
 impl Session {
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         mut taken_over: tokio::sync::oneshot::Receiver<()>,
-    ) -> End {
-        let config = &self.ctx.config;
-        let idle = Duration::from_secs(config.idle_timeout_secs.max(1));
-        let ping_every = Duration::from_secs(config.ping_interval_secs.max(1));
-        let mut last_heard = Instant::now();
-        let mut invalid_in_a_row = 0u32;
+    ) {
         let mut shutdown = self.ctx.shared.shutdown.clone();
         let deliveries = Arc::clone(&self.notify);
+        let mut out = Vec::new();
         loop {
-            let can_read = self.pending.len() < self.ctx.config.max_unacked;
-            let next_ping = last_heard + ping_every;
+            if self.act().await {
+                // What the session said last (a close frame included) goes out, then the connection ends.
+                let _ = send_all(ws, &mut out, &mut self.events).await;
+                return;
+            }
+            if send_all(ws, &mut out, &mut self.events).await.is_err() {
+                return;
+            }
+            let can_read = self.events.owed() < self.ctx.config.max_unacked;
+            let timer = self.events.poll_timeout().map(|ms| self.started + Duration::from_millis(ms));
             tokio::select! {
                 biased;
                 _ = &mut taken_over => {
-                    return self.answer_pending(ws, End::Close(CloseCode::Normal, "session taken over")).await;
+                    self.answer_all().await;
+                    self.events.close(CloseCode::Normal, "session taken over");
                 }
                 _ = crate::listener::stopped(&mut shutdown) => {
-                    return self.answer_pending(ws, End::Close(CloseCode::Away, "gateway shutting down")).await;
+                    self.answer_all().await;
+                    self.events.close(CloseCode::Away, "gateway shutting down");
                 }
-                _ = self.pending.ready() => {
-                    if self.answer_ready(ws).await.is_err() {
-                        return End::Gone;
-                    }
-                }
+                _ = self.pending.ready() => self.answer_ready(),
                 message = ws.next(), if can_read => {
-                    last_heard = Instant::now();
-                    match message {
-                        Some(Ok(Message::Text(text))) => {
-                            match self.on_text(ws, text.as_bytes()).await {
-                                Ok(true) => invalid_in_a_row = 0,
-                                Ok(false) => {
-                                    invalid_in_a_row += 1;
-                                    if invalid_in_a_row >= self.ctx.config.max_invalid.max(1) {
-                                        return End::Close(CloseCode::Invalid, "too many invalid events");
-                                    }
-                                }
-                                Err(()) => return End::Gone,
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::ProtocolViolation);
-                            return End::Close(CloseCode::Unsupported, "cloudevents.json carries text messages");
-                        }
-                        Some(Ok(Message::Close(_))) | None => return End::Gone,
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            use tokio_tungstenite::tungstenite::Error as E;
-                            return match e {
-                                E::Capacity(_) => {
-                                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::TooLarge);
-                                    End::Close(CloseCode::Size, "message too large")
-                                }
-                                E::Utf8(_) => {
-                                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::Malformed);
-                                    End::Close(CloseCode::Invalid, "text message is not UTF-8")
-                                }
-                                E::Protocol(_) => {
-                                    self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::Malformed);
-                                    End::Close(CloseCode::Protocol, "WebSocket protocol error")
-                                }
-                                _ => End::Gone,
-                            };
-                        }
-                    }
+                    let now = self.now();
+                    self.read(message, now);
                 }
-                _ = deliveries.notified() => {
-                    if self.pump(ws).await.is_err() {
-                        return End::Gone;
-                    }
-                }
-                _ = tokio::time::sleep_until(next_ping) => {
-                    if last_heard.elapsed() >= idle {
-                        self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::KeepAliveTimeout);
-                        return End::Close(CloseCode::Away, "idle");
-                    }
-                    if send(ws, Message::Ping(Default::default())).await.is_err() {
-                        return End::Gone;
-                    }
+                _ = deliveries.notified() => self.pump(),
+                _ = sleep_until(timer) => {
+                    let now = self.now();
+                    self.events.handle_timeout(now);
                 }
             }
         }
     }
 
-    /// Handles a text message; `Ok(false)` when it was refused as invalid, `Err` when the socket failed.
-    async fn on_text<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        text: &[u8],
-    ) -> Result<bool, ()> {
-        let event = match Request::parse(text, &self.ctx.shared.limits) {
-            Request::Subscribe(filter) => {
-                let granted = self.subscribe(&filter);
-                return send_json(ws, &json!({ "subscribed": filter, "granted": granted })).await.map(|()| true);
-            }
-            Request::Unsubscribe(filter) => {
-                let session = self.session.clone();
-                self.ctx.shared.broker.with(|b| b.unsubscribe(&session, &filter));
-                return send_json(ws, &json!({ "unsubscribed": filter })).await.map(|()| true);
-            }
-            Request::Refused { id, reason, kind } => {
-                let metric = match kind {
-                    Refusal::NotJson => None,
-                    Refusal::InvalidEvent => Some(RejectReason::InvalidCloudEvent),
-                    Refusal::TooDeep => Some(RejectReason::LimitExceeded),
-                };
-                if let Some(m) = metric {
-                    self.ctx.shared.metrics.reject(PROTOCOL, m);
-                }
-                return self.nack(ws, id.as_deref(), &reason).await.map(|()| false);
-            }
-            Request::Publish(event) => *event,
+    /// Hands what the socket gave to the session.
+    fn read(&mut self, message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>, now: u64) {
+        use tokio_tungstenite::tungstenite::Error as E;
+        let input = match &message {
+            Some(Ok(Message::Text(text))) => Incoming::Text(text.as_bytes()),
+            Some(Ok(Message::Binary(_))) => Incoming::Binary,
+            Some(Ok(Message::Close(_))) | None => Incoming::Gone,
+            Some(Ok(_)) => Incoming::Control,
+            Some(Err(E::Capacity(_))) => Incoming::TooLarge,
+            Some(Err(E::Utf8(_))) => Incoming::NotUtf8,
+            Some(Err(E::Protocol(_))) => Incoming::ProtocolError,
+            Some(Err(_)) => Incoming::Gone,
         };
+        self.events.handle_input(input, now);
+    }
+
+    /// Acts on every event of the session; `true` once it is over.
+    async fn act(&mut self) -> bool {
+        while let Some(event) = self.events.poll_event() {
+            match event {
+                SessionEvent::Publish { token, event, topic } => {
+                    if let Some(reason) = self.on_publish(token, *event, topic).await {
+                        self.events.complete(token, Verdict::Refused(reason.into()));
+                    }
+                }
+                SessionEvent::Subscribe(filter) => {
+                    let granted = self.subscribe(&filter);
+                    self.events.subscribed(&filter, granted);
+                }
+                SessionEvent::Unsubscribe(filter) => {
+                    let session = self.session.clone();
+                    self.ctx.shared.broker.with(|b| b.unsubscribe(&session, &filter));
+                    self.events.unsubscribed(&filter);
+                }
+                SessionEvent::Refused(reject) | SessionEvent::Closed(Close { reject, .. }) => {
+                    if let Some(reason) = reject {
+                        self.ctx.shared.metrics.reject(PROTOCOL, reason);
+                    }
+                }
+            }
+        }
+        self.events.is_closed()
+    }
+
+    /// Takes a valid event: `None` when its answer waits for the spool, else the reason it is refused.
+    async fn on_publish(&mut self, token: Token, event: CloudEvent, topic: String) -> Option<&'static str> {
         self.rate.pace().await;
-        // ACL publish rules judge the subject; an event without one is judged as the empty topic, which only a `#`
-        // rule or `acl_default = "allow"` lets through.
-        let topic = event.subject.clone().unwrap_or_default();
         if !self.device.acl.may_publish(&topic) {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
-            return self.nack(ws, Some(&event.id), "not authorized").await.map(|()| true);
+            return Some("not authorized");
         }
         let local = local_message(&event, &topic, &self.device.client_id);
-        let id = event.id.clone();
         let Normalized { event, route, .. } = self.ctx.shared.normalizer.kept(event, &topic);
         self.ctx.shared.metrics.message_in(PROTOCOL);
         // A message for persistent sessions is made durable with the event, and the commit routes it.
@@ -288,41 +268,31 @@ impl Session {
         };
         match self.ctx.shared.ingest.submit_with(event, route, companion).await {
             Ok(ticket) => {
-                self.pending.push(id, Some(ticket), local);
-                Ok(true)
+                self.pending.push(token, Some(ticket), local);
+                None
             }
-            Err(_) => self.nack(ws, Some(&id), "gateway shutting down").await.map(|()| true),
+            Err(_) => Some("gateway shutting down"),
         }
     }
 
-    /// Answers every event still waiting for the spool, then ends with `end` (or `Gone` if the device left).
-    async fn answer_pending<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        end: End,
-    ) -> End {
-        let mut answers = Vec::new();
-        let _ = self
-            .pending
-            .resolve_all(&self.ctx.shared, |id, outcome| {
-                answers.push(answer(id, outcome));
+    /// Completes every event whose outcome is known (they leave with the next write).
+    fn answer_ready(&mut self) {
+        let Session { pending, ctx, events, .. } = self;
+        let _ = pending.resolve(&ctx.shared, |token, outcome| {
+            events.complete(token, verdict(outcome));
+            Ok::<_, Infallible>(())
+        });
+    }
+
+    /// Waits for every event's outcome and completes them (the session is about to end).
+    async fn answer_all(&mut self) {
+        let Session { pending, ctx, events, .. } = self;
+        let _ = pending
+            .resolve_all(&ctx.shared, |token, outcome| {
+                events.complete(token, verdict(outcome));
                 Ok::<_, Infallible>(())
             })
             .await;
-        if send_all(ws, answers).await.is_err() {
-            return End::Gone;
-        }
-        end
-    }
-
-    /// Answers, in one write, every event whose outcome is known.
-    async fn answer_ready<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), ()> {
-        let mut answers = Vec::new();
-        let _ = self.pending.resolve(&self.ctx.shared, |id, outcome| {
-            answers.push(answer(id, outcome));
-            Ok::<_, Infallible>(())
-        });
-        send_all(ws, answers).await
     }
 
     fn subscribe(&mut self, filter: &str) -> bool {
@@ -341,8 +311,9 @@ impl Session {
         true
     }
 
-    /// Sends what the broker queued for the device's subscriptions; a delivery counts as done once written.
-    async fn pump<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), ()> {
+    /// Hands what the broker queued for the device's subscriptions to the session; a delivery counts as done
+    /// once handed over.
+    fn pump(&mut self) {
         let session = self.session.clone();
         let now = now_ms();
         let out = self
@@ -356,13 +327,12 @@ impl Session {
             let text = self.delivery_text(&delivery.message);
             self.ctx.shared.broker.with(|b| b.session_mut(&session).map(|s| s.puback(packet_id)));
             if let Some(text) = text {
-                send(ws, Message::text(text)).await?;
+                self.events.deliver(text);
             }
         }
         if more {
             self.ctx.shared.broker.wake(&session);
         }
-        Ok(())
     }
 
     /// A broker message as the event sent to the device: a structured CloudEvent as published, anything else
@@ -388,15 +358,6 @@ impl Session {
         }
         Some(event.to_json_string())
     }
-
-    async fn nack<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        id: Option<&str>,
-        reason: &str,
-    ) -> Result<(), ()> {
-        send_json(ws, &json!({ "nack": id, "reason": reason })).await
-    }
 }
 
 /// The event for local subscribers of its subject, as a structured CloudEvent (QoS 1).
@@ -418,46 +379,50 @@ fn local_message(event: &CloudEvent, topic: &str, client: &str) -> Option<Broker
     Some(m)
 }
 
-async fn send_json<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, value: &Value) -> Result<(), ()> {
-    send(ws, Message::text(value.to_string())).await
+/// The answer for an outcome from the spool.
+fn verdict(outcome: Outcome) -> Verdict {
+    match outcome {
+        Outcome::Stored | Outcome::Settled => Verdict::Stored,
+        Outcome::Failed(e) => Verdict::Refused(format!("not stored: {e}")),
+    }
 }
 
-/// How long one message may take to leave: a client that stops reading is cut off after this, rather than
-/// holding its session (and the acknowledgements behind it) forever.
+/// How long one write may take: a client that stops reading is cut off after this, rather than holding its
+/// session (and the acknowledgements behind it) forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The answer to an event once its outcome is known.
-fn answer(id: String, outcome: Outcome) -> Message {
-    let value = match outcome {
-        Outcome::Stored | Outcome::Settled => json!({ "ack": id }),
-        Outcome::Failed(e) => json!({ "nack": id, "reason": format!("not stored: {e}") }),
-    };
-    Message::text(value.to_string())
-}
-
-/// Sends `messages` with one flush (within [`SEND_TIMEOUT`]).
+/// Sends what the session has to send, with one flush (within [`SEND_TIMEOUT`]).
 async fn send_all<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
-    messages: Vec<Message>,
+    out: &mut Vec<Outgoing>,
+    session: &mut EventsSession,
 ) -> Result<(), ()> {
-    if messages.is_empty() {
+    session.poll_transmit(out);
+    if out.is_empty() {
         return Ok(());
     }
     let sent = async {
-        for m in messages {
-            ws.feed(m).await?;
+        for o in out.drain(..) {
+            match o {
+                Outgoing::Text(text) => ws.feed(Message::text(text)).await?,
+                Outgoing::Ping => ws.feed(Message::Ping(Default::default())).await?,
+                Outgoing::Close(code, why) => ws.close(Some(CloseFrame { code, reason: why.into() })).await?,
+            }
         }
         ws.flush().await
     };
     match tokio::time::timeout(SEND_TIMEOUT, sent).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        _ => {
+            out.clear();
+            Err(())
+        }
     }
 }
 
-async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: Message) -> Result<(), ()> {
-    match tokio::time::timeout(SEND_TIMEOUT, ws.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

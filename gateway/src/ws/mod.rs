@@ -1,12 +1,14 @@
 //! The WebSocket listener: browsers, apps and devices behind proxies, on one port with two subprotocols.
 //!
 //! - [`upgrade`]: path, Origin allow-list, subprotocol negotiation and credentials, from the upgrade request.
-//! - [`events`]: `cloudevents.json`: structured CloudEvents in, an ack per event once durable, subscriptions out;
-//!   [`request`]: what each of its text messages asks for, decided without IO.
+//! - [`events`]: `cloudevents.json`: structured CloudEvents in, an ack per event once durable, subscriptions out:
+//!   the tokio driver around [`session`], the protocol's rules sans-IO (answers in order, invalid messages,
+//!   pings and idleness on the caller's clock); [`request`]: what each of its text messages asks for.
 //! - [`stream`]: `mqtt`: the WebSocket as a byte stream, so the very same MQTT sessions run over it.
 
 pub mod events;
 pub mod request;
+pub mod session;
 pub mod stream;
 pub mod upgrade;
 
