@@ -25,11 +25,15 @@ pub struct ForwarderConfig {
     pub backoff_initial_ms: u64,
     /// The cap on the retry delay, in milliseconds.
     pub backoff_max_ms: u64,
+    /// How often, at most, an uplink's cursor is written while it forwards (each write is a file replaced and
+    /// fsynced); it is written at once whenever the uplink has caught up. A cursor that lags only means events
+    /// sent again after a crash (at least once), never one skipped.
+    pub cursor_interval_ms: u64,
 }
 
 impl Default for ForwarderConfig {
     fn default() -> Self {
-        ForwarderConfig { max_batch: 1024, backoff_initial_ms: 100, backoff_max_ms: 30_000 }
+        ForwarderConfig { max_batch: 1024, backoff_initial_ms: 100, backoff_max_ms: 30_000, cursor_interval_ms: 200 }
     }
 }
 
@@ -76,6 +80,7 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
     let name = uplink.name.clone();
     let mut reader = Some(spool.reader(&name));
     let mut durable = spool.durable();
+    let mut cursor = Cursor::new();
     loop {
         durable.borrow_and_update();
         let Some(r) = reader.take() else { return };
@@ -93,6 +98,8 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
         };
         let Some(&(last_id, _)) = batch.last() else {
             uplink.stats.oldest_pending_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+            // Caught up: the cursor is written now, so the spool can free what was forwarded.
+            cursor.write(&spool, &name).await;
             if *stop.borrow() {
                 return;
             }
@@ -131,17 +138,54 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
                         tracing::warn!(uplink = %name, error = %e, retry_in = ?delay, "uplink failed a batch; retrying");
                         attempt = attempt.saturating_add(1);
                         if *stop.borrow() || wait_or_stop(&mut stop, delay).await {
+                            cursor.write(&spool, &name).await;
                             return;
                         }
                     }
                 }
             }
         }
-        let acking = spool.clone();
-        let uplink_name = name.clone();
-        match tokio::task::spawn_blocking(move || acking.ack(&uplink_name, last_id)).await {
+        cursor.forwarded(last_id);
+        if cursor.due(config.cursor_interval_ms) {
+            cursor.write(&spool, &name).await;
+        }
+    }
+}
+
+/// An uplink's cursor as the forwarder moves it: what was forwarded, and what the ledger holds.
+#[derive(Debug)]
+struct Cursor {
+    /// The highest id forwarded and not written yet.
+    unwritten: Option<u64>,
+    last_write: std::time::Instant,
+}
+
+impl Cursor {
+    fn new() -> Cursor {
+        Cursor { unwritten: None, last_write: std::time::Instant::now() }
+    }
+
+    fn forwarded(&mut self, id: u64) {
+        self.unwritten = Some(id);
+    }
+
+    /// Whether the interval since the last write is over.
+    fn due(&self, interval_ms: u64) -> bool {
+        self.last_write.elapsed() >= Duration::from_millis(interval_ms)
+    }
+
+    /// Writes what was forwarded to the ledger (on the blocking pool: it fsyncs).
+    async fn write(&mut self, spool: &Spool, name: &Arc<str>) {
+        let Some(id) = self.unwritten.take() else { return };
+        self.last_write = std::time::Instant::now();
+        let (acking, uplink_name) = (spool.clone(), Arc::clone(name));
+        match tokio::task::spawn_blocking(move || acking.ack(&uplink_name, id)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(uplink = %name, error = %e, "could not record the uplink's cursor"),
+            Ok(Err(e)) => {
+                tracing::error!(uplink = %name, error = %e, "could not record the uplink's cursor");
+                // Tried again with the next write; the events stay in the spool meanwhile.
+                self.unwritten = Some(id);
+            }
             Err(e) => tracing::error!(uplink = %name, error = %e, "cursor task failed"),
         }
     }
@@ -161,7 +205,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
-        let c = ForwarderConfig { max_batch: 1, backoff_initial_ms: 100, backoff_max_ms: 1000 };
+        let c = ForwarderConfig { max_batch: 1, backoff_initial_ms: 100, backoff_max_ms: 1000, ..Default::default() };
         for _ in 0..50 {
             let d0 = c.backoff(0).as_millis();
             assert!((50..=100).contains(&d0), "{d0}");

@@ -282,7 +282,13 @@ mod tests {
             stats: Arc::new(UplinkStats::new()),
             uplink: Box::new(Flaky { seen: Arc::clone(seen), fail_first: Arc::new(AtomicUsize::new(fail)) }),
         };
-        let forwarder = ForwarderConfig { max_batch: 3, backoff_initial_ms: 5, backoff_max_ms: 20 };
+        let forwarder = ForwarderConfig {
+            max_batch: 3,
+            backoff_initial_ms: 5,
+            backoff_max_ms: 20,
+            // Never due while forwarding: the cursors below are written because the uplinks caught up.
+            cursor_interval_ms: 3_600_000,
+        };
         let (pipeline, ingest) = Pipeline::start(
             dir.path(),
             &SpoolConfig::default(),
@@ -305,6 +311,13 @@ mod tests {
         }
         assert_eq!(*seen_a.lock().unwrap(), (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
         assert_eq!(*seen_b.lock().unwrap(), ["0", "2", "4", "6", "8"]);
+        while (pipeline.spool().cursor("a") < 10 || pipeline.spool().cursor("b") < 9)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(pipeline.spool().cursor("a"), 10, "a caught-up uplink's cursor is written at once");
+        assert!(pipeline.spool().cursor("b") >= 9);
         drop(ingest);
         pipeline.shutdown().await;
     }

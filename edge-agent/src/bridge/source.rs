@@ -74,6 +74,7 @@ async fn wait_to_retry(
         max_batch: 1,
         backoff_initial_ms: 100,
         backoff_max_ms: config.reconnect_max_ms,
+        ..Default::default()
     };
     let wait = backoff.backoff(*attempt);
     tracing::warn!(bridge = %config.name, error = %error, retry_in = ?wait, "broker connection failed");

@@ -74,8 +74,12 @@ pub(crate) async fn reconnecting<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = String>,
 {
-    let backoff =
-        crate::forwarder::ForwarderConfig { max_batch: 1, backoff_initial_ms: 100, backoff_max_ms: reconnect_max_ms };
+    let backoff = crate::forwarder::ForwarderConfig {
+        max_batch: 1,
+        backoff_initial_ms: 100,
+        backoff_max_ms: reconnect_max_ms,
+        ..Default::default()
+    };
     let mut attempt = 0u32;
     loop {
         let connects = stats.connects.load(Ordering::Relaxed);
