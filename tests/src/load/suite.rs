@@ -583,80 +583,33 @@ fn markdown(
     let received: Figure = |r| Some(r.report.received_per_sec());
     let cpu: Figure = cpu_per_message_us;
     let p99: Figure = |r| (!r.report.ack_latency.is_empty()).then(|| Report::ms(&r.report.ack_latency, 99.0));
-    let mut figures: Vec<(String, String, Figure, &[Mode])> = vec![
-        ("QoS 1 ingest, acknowledged/s".into(), "QoS 1 ingest, 100".into(), acked, &[Mode::Shared, Mode::Pinned]),
-        ("QoS 0 ingest, sent/s".into(), "QoS 0 ingest, 100".into(), acked, &[Mode::Shared, Mode::Pinned]),
-        (
-            "QoS 1 publish → subscribe, received/s".into(),
-            "QoS 1 publish → subscribe".into(),
-            received,
-            &[Mode::Shared, Mode::Pinned],
-        ),
-        (
-            "CPU per acknowledged QoS 1 message at full speed, µs".into(),
-            "QoS 1 ingest, 100".into(),
-            cpu,
-            &[Mode::Shared, Mode::Pinned],
-        ),
-        (
-            "CPU per QoS 0 message at full speed, µs".into(),
-            "QoS 0 ingest, 100".into(),
-            cpu,
-            &[Mode::Shared, Mode::Pinned],
-        ),
-        (
-            "CPU per received message, publish → subscribe, µs".into(),
-            "QoS 1 publish → subscribe".into(),
-            cpu,
-            &[Mode::Shared, Mode::Pinned],
-        ),
-        (
-            "QoS 1 publish → ack p99 at half of meshgate's maximum, ms".into(),
-            "QoS 1 ingest at half".into(),
-            p99,
-            &[Mode::Shared],
-        ),
-    ];
-    for rate in SWEEP_RATES {
-        let label = format!("QoS 1 publish → ack p99 at {rate:.0}/s, ms");
-        figures.push((label, format!("QoS 1 ingest at {rate:.0}/s"), p99, &[Mode::Shared]));
+    const BOTH: &[Mode] = &[Mode::Shared, Mode::Pinned];
+    let mut figures: Vec<(String, &str, Figure, &[Mode])> = [
+        ("QoS 1 ingest, acknowledged/s", "QoS 1 ingest, 100", acked, BOTH),
+        ("QoS 0 ingest, sent/s", "QoS 0 ingest, 100", acked, BOTH),
+        ("QoS 1 publish → subscribe, received/s", "QoS 1 publish → subscribe", received, BOTH),
+        ("CPU per acknowledged QoS 1 message at full speed, µs", "QoS 1 ingest, 100", cpu, BOTH),
+        ("CPU per QoS 0 message at full speed, µs", "QoS 0 ingest, 100", cpu, BOTH),
+        ("CPU per received message, publish → subscribe, µs", "QoS 1 publish → subscribe", cpu, BOTH),
+        ("QoS 1 publish → ack p99 at half of meshgate's maximum, ms", "QoS 1 ingest at half", p99, &[Mode::Shared]),
+    ]
+    .into_iter()
+    .map(|(label, scenario, figure, modes)| (label.to_string(), scenario, figure, modes))
+    .collect();
+    let sweep: Vec<String> = SWEEP_RATES.iter().map(|rate| format!("QoS 1 ingest at {rate:.0}/s")).collect();
+    for (rate, scenario) in SWEEP_RATES.iter().zip(&sweep) {
+        figures.push((format!("QoS 1 publish → ack p99 at {rate:.0}/s, ms"), scenario, p99, &[Mode::Shared]));
     }
     for (label, scenario, figure, modes) in &figures {
         for &mode in *modes {
-            let values: Vec<Option<f64>> =
-                BROKERS.iter().map(|target| row(scenario, target, mode).and_then(figure)).collect();
-            let Some(ours) = values[0] else { continue };
-            let cell = |v: Option<f64>| {
-                v.map_or("–".to_string(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") })
-            };
-            let over = |v: Option<f64>| v.map_or("–".to_string(), |v| ratio(ours, v));
-            writeln!(
-                md,
-                "| {label} | {} | {} | {} | {} | {} | {} |",
-                mode.label(),
-                cell(values[0]),
-                cell(values[1]),
-                cell(values[2]),
-                over(values[1]),
-                over(values[2])
-            )?;
+            let values = BROKERS.map(|target| row(scenario, target, mode).and_then(figure));
+            ratio_row(&mut md, label, mode, values)?;
         }
     }
     for n in idle_rows.iter().map(|r| r.connections).collect::<std::collections::BTreeSet<_>>() {
-        let get = |t: &str| idle_rows.iter().find(|r| r.connections == n && r.target == t).map(per_connection);
-        if let Some(ours) = get("meshgate") {
-            let (m, r) = (get("Mosquitto"), get("rumqttd"));
-            let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
-            let over = |v: Option<f64>| v.map_or("–".to_string(), |v| ratio(ours, v));
-            writeln!(
-                md,
-                "| RSS per idle connection at {n}, KiB | shared | {ours:.2} | {} | {} | {} | {} |",
-                cell(m),
-                cell(r),
-                over(m),
-                over(r)
-            )?;
-        }
+        let values =
+            BROKERS.map(|t| idle_rows.iter().find(|r| r.connections == n && r.target == t).map(per_connection));
+        ratio_row(&mut md, &format!("RSS per idle connection at {n}, KiB"), Mode::Shared, values)?;
     }
     writeln!(
         md,
@@ -702,6 +655,25 @@ fn markdown(
     Ok(md)
 }
 
+/// One line of the ratios table: each broker's figure (meshgate's first) and meshgate's over each peer's; nothing
+/// when meshgate has none.
+fn ratio_row(md: &mut String, label: &str, mode: Mode, values: [Option<f64>; 3]) -> std::fmt::Result {
+    let Some(ours) = values[0] else { return Ok(()) };
+    let cell =
+        |v: Option<f64>| v.map_or("–".to_string(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") });
+    let over = |v: Option<f64>| v.map_or("–".to_string(), |v| ratio(ours, v));
+    writeln!(
+        md,
+        "| {label} | {} | {} | {} | {} | {} | {} |",
+        mode.label(),
+        cell(values[0]),
+        cell(values[1]),
+        cell(values[2]),
+        over(values[1]),
+        over(values[2])
+    )
+}
+
 /// Replaces the section between the markers in `path` (or appends it).
 fn write_section(path: &Path, section: &str) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -712,4 +684,64 @@ fn write_section(path: &Path, section: &str) -> Result<()> {
     };
     std::fs::write(path, updated)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(acked: u64) -> Report {
+        Report {
+            seconds: 1.0,
+            sent: acked,
+            acked,
+            received: 0,
+            errors: 0,
+            first_error: None,
+            ack_latency: conn::histogram(),
+            e2e_latency: conn::histogram(),
+            send_lag: conn::histogram(),
+        }
+    }
+
+    fn row(target: &'static str, mode: Mode, acked: u64, cpu_secs: f64) -> Row {
+        let scenario = "QoS 1 ingest, 100 connections".to_string();
+        Row { scenario, target, mode, report: report(acked), cpu_secs: Some(cpu_secs) }
+    }
+
+    #[test]
+    fn the_ratios_table_puts_meshgate_over_each_peer_and_leaves_out_what_was_not_run() {
+        let options =
+            SuiteOptions { seconds: 1, idle: vec![10], sources: 1, write: None, rumqttd: PathBuf::from("/none") };
+        let rows = [
+            row("meshgate", Mode::Shared, 200_000, 2.0),
+            row("Mosquitto", Mode::Shared, 100_000, 0.5),
+            row("rumqttd", Mode::Shared, 400_000, 0.4),
+            row("meshgate", Mode::Pinned, 50_000, 1.0),
+        ];
+        let idle = |target, after| IdleRow {
+            connections: 10,
+            target,
+            connected: 10,
+            connect_secs: 1.0,
+            rss_before_kib: 100,
+            rss_after_kib: after,
+            errors: Vec::new(),
+        };
+        let idle_rows = [idle("meshgate", 120), idle("Mosquitto", 110)];
+        let md = markdown(&options, &rows, &report(0), &idle_rows, &[], 20_000).expect("markdown");
+        assert!(
+            md.contains("| QoS 1 ingest, acknowledged/s | shared | 200000 | 100000 | 400000 | 2.00 | 0.50 |"),
+            "{md}"
+        );
+        assert!(md.contains("| QoS 1 ingest, acknowledged/s | pinned | 50000 | – | – | – | – |"), "{md}");
+        assert!(
+            md.contains(
+                "| CPU per acknowledged QoS 1 message at full speed, µs | shared | 10.00 | 5.00 | 1.00 | 2.00 | 10.00 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| RSS per idle connection at 10, KiB | shared | 2.00 | 1.00 | – | 2.00 | – |"), "{md}");
+        assert!(!md.contains("QoS 0 ingest, sent/s"), "no row for a scenario that did not run");
+    }
 }
