@@ -86,6 +86,23 @@ pub struct Report {
     pub send_lag: Histogram<u64>,
 }
 
+impl Default for Report {
+    /// Nothing measured yet, with empty histograms.
+    fn default() -> Self {
+        Report {
+            seconds: 0.0,
+            sent: 0,
+            acked: 0,
+            received: 0,
+            errors: 0,
+            first_error: None,
+            ack_latency: conn::histogram(),
+            e2e_latency: conn::histogram(),
+            send_lag: conn::histogram(),
+        }
+    }
+}
+
 impl Report {
     /// Acknowledged publishes per second.
     pub fn acked_per_sec(&self) -> f64 {
@@ -150,17 +167,7 @@ pub async fn run(spec: &LoadSpec) -> Result<Report> {
 pub async fn run_at(spec: &LoadSpec, epoch: std::time::Instant) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (stop_subscribers, subscribers_stop) = watch::channel(false);
-    let mut report = Report {
-        seconds: 0.0,
-        sent: 0,
-        acked: 0,
-        received: 0,
-        errors: 0,
-        first_error: None,
-        ack_latency: conn::histogram(),
-        e2e_latency: conn::histogram(),
-        send_lag: conn::histogram(),
-    };
+    let mut report = Report::default();
     // Subscribers first, each confirmed by its SUBACK.
     let mut subscribers = Vec::new();
     for n in 0..spec.subscribers {

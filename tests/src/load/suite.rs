@@ -691,17 +691,7 @@ mod tests {
     use super::*;
 
     fn report(acked: u64) -> Report {
-        Report {
-            seconds: 1.0,
-            sent: acked,
-            acked,
-            received: 0,
-            errors: 0,
-            first_error: None,
-            ack_latency: conn::histogram(),
-            e2e_latency: conn::histogram(),
-            send_lag: conn::histogram(),
-        }
+        Report { seconds: 1.0, sent: acked, acked, ..Report::default() }
     }
 
     fn row(target: &'static str, mode: Mode, acked: u64, cpu_secs: f64) -> Row {
