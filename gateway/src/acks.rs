@@ -68,11 +68,6 @@ impl<T> PendingAcks<T> {
         self.queue.push_back(Entry { token, ticket, local, kind: Kind::Message });
     }
 
-    /// Queues an answer decided already (a duplicate, a refusal), in order with the others.
-    pub fn push_settled(&mut self, token: T) {
-        self.push(token, None, None);
-    }
-
     /// Queues the answer `token` that waits for a record of the protocol's own state (not a message).
     pub fn push_record(&mut self, token: T, ticket: Ticket) {
         self.queue.push_back(Entry { token, ticket: Some(ticket), local: None, kind: Kind::Record });
@@ -114,31 +109,21 @@ impl<T> PendingAcks<T> {
     }
 
     /// Hands every entry whose outcome is known to `answer`, in order, after routing its local copy (when stored)
-    /// and counting it. Stops at the first error `answer` returns (that entry is taken).
-    pub fn resolve<E>(
-        &mut self,
-        shared: &Shared,
-        mut answer: impl FnMut(T, Outcome) -> Result<(), E>,
-    ) -> Result<(), E> {
+    /// and counting it.
+    pub fn resolve(&mut self, shared: &Shared, mut answer: impl FnMut(T, Outcome)) {
         while let Some(outcome) = self.front_outcome() {
             let Some(Entry { token, local, kind, .. }) = self.queue.pop_front() else { break };
             self.settle(shared, kind, local, &outcome);
-            answer(token, outcome)?;
+            answer(token, outcome);
         }
-        Ok(())
     }
 
     /// Waits for every entry's outcome and hands each to `answer`, in order (a connection that is ending).
-    pub async fn resolve_all<E>(
-        &mut self,
-        shared: &Shared,
-        mut answer: impl FnMut(T, Outcome) -> Result<(), E>,
-    ) -> Result<(), E> {
+    pub async fn resolve_all(&mut self, shared: &Shared, mut answer: impl FnMut(T, Outcome)) {
         while !self.queue.is_empty() {
             self.ready().await;
-            self.resolve(shared, &mut answer)?;
+            self.resolve(shared, &mut answer);
         }
-        Ok(())
     }
 
     /// What the gateway does with an outcome whatever the protocol: route, count, log.

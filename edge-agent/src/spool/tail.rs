@@ -25,9 +25,14 @@ impl Tail {
         Tail { records: VecDeque::new(), bytes: 0, max_bytes }
     }
 
+    /// Whether the tail keeps anything (`spool.memory_tail_bytes` is not 0).
+    pub(super) fn is_enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
     /// Appends a committed record (ids increase by one from the last), dropping the oldest past the bound.
     pub(super) fn push(&mut self, id: u64, record: Option<Arc<StoredRecord>>) {
-        if self.max_bytes == 0 {
+        if !self.is_enabled() {
             return;
         }
         if self.records.back().is_some_and(|(last, _)| *last + 1 != id) {

@@ -30,6 +30,9 @@ pub(super) struct Outcomes {
     failures: Mutex<Failures>,
     /// The writer has ended: what it did not resolve never will be.
     closed: AtomicBool,
+    /// A commit has failed since the spool opened: until then no outcome needs to look at `failures` (and take
+    /// its lock).
+    any_failed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -42,7 +45,12 @@ struct Failures {
 
 impl Outcomes {
     pub(super) fn new() -> Outcomes {
-        Outcomes { resolved: watch::channel(0).0, failures: Mutex::default(), closed: AtomicBool::new(false) }
+        Outcomes {
+            resolved: watch::channel(0).0,
+            failures: Mutex::default(),
+            closed: AtomicBool::new(false),
+            any_failed: AtomicBool::new(false),
+        }
     }
 
     /// The writer ended; wakes every waiter.
@@ -65,6 +73,9 @@ impl Outcomes {
         if ticket.0 > resolved {
             return self.closed.load(Ordering::Acquire).then_some(Err(SpoolError::Stopped));
         }
+        if !self.any_failed.load(Ordering::Acquire) {
+            return Some(Ok(()));
+        }
         let failures = self.failures();
         if let Some((_, _, e)) = failures.ranges.iter().find(|(first, last, _)| (*first..=*last).contains(&ticket.0)) {
             return Some(Err(e.clone()));
@@ -86,6 +97,7 @@ impl Outcomes {
             }
             failures.ranges.push_back((first.0, last.0, error));
         }
+        self.any_failed.store(true, Ordering::Release);
         self.resolved.send_replace(last.0);
     }
 }

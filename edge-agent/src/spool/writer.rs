@@ -140,12 +140,13 @@ impl Writer {
         let mut shares = Vec::with_capacity(batch.len());
         {
             let mut tail = self.shared.tail();
+            let keep = tail.is_enabled();
             for Append { record, companion, ticket, _slot, _bytes } in batch.drain(..) {
                 for record in companion.into_iter().chain(std::iter::once(record)) {
                     if record.is_local() {
                         tail.push(id, None);
                         local.push((id, record));
-                    } else {
+                    } else if keep {
                         tail.push(id, Some(Arc::new(record)));
                     }
                     id += 1;

@@ -7,7 +7,6 @@
 //! credit is back. A client that ignores channel.flow is slowed anyway: the driver waits for the spool before it
 //! reads the socket again, and stops reading while `max_unconfirmed` confirms are owed.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -202,12 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// The gateway stops: the confirms owed go out, then connection.close 320 and a short wait for close-ok.
     async fn shut_down(&mut self) -> std::io::Result<()> {
         let Driver { pending, ctx, conn, .. } = self;
-        let _ = pending
-            .resolve_all(&ctx.shared, |confirm, outcome| {
-                answer(conn, confirm, outcome);
-                Ok::<_, Infallible>(())
-            })
-            .await;
+        pending.resolve_all(&ctx.shared, |confirm, outcome| answer(conn, confirm, outcome)).await;
         self.conn.set_publish_flow(true);
         self.conn.close(reply::CONNECTION_FORCED, "CONNECTION_FORCED - gateway shutting down", 0, 0);
         self.flush().await?;
@@ -437,10 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// Settles every pending publish whose outcome is known, in order.
     fn complete_ready(&mut self) {
         let Driver { pending, ctx, conn, .. } = self;
-        let _ = pending.resolve(&ctx.shared, |confirm, outcome| {
-            answer(conn, confirm, outcome);
-            Ok::<_, Infallible>(())
-        });
+        pending.resolve(&ctx.shared, |confirm, outcome| answer(conn, confirm, outcome));
     }
 }
 

@@ -15,7 +15,6 @@
 //! Binary messages close the connection with 1003; messages over `max_message_size` with 1009, text that is not
 //! UTF-8 with 1007. A client that stops reading is cut off once a message cannot leave within 10 s.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -278,21 +277,13 @@ impl Session {
     /// Completes every event whose outcome is known (they leave with the next write).
     fn answer_ready(&mut self) {
         let Session { pending, ctx, events, .. } = self;
-        let _ = pending.resolve(&ctx.shared, |token, outcome| {
-            events.complete(token, verdict(outcome));
-            Ok::<_, Infallible>(())
-        });
+        pending.resolve(&ctx.shared, |token, outcome| events.complete(token, verdict(outcome)));
     }
 
     /// Waits for every event's outcome and completes them (the session is about to end).
     async fn answer_all(&mut self) {
         let Session { pending, ctx, events, .. } = self;
-        let _ = pending
-            .resolve_all(&ctx.shared, |token, outcome| {
-                events.complete(token, verdict(outcome));
-                Ok::<_, Infallible>(())
-            })
-            .await;
+        pending.resolve_all(&ctx.shared, |token, outcome| events.complete(token, verdict(outcome))).await;
     }
 
     fn subscribe(&mut self, filter: &str) -> bool {

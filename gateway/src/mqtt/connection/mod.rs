@@ -351,10 +351,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let Connection { session, driver, .. } = self;
         let Driver { pending, ctx, client, .. } = driver;
         let client = client.as_ref().map(|(c, _)| c.as_str());
-        let _ = pending.resolve(&ctx.shared, |ack, outcome| {
-            complete(ctx, session, client, ack, outcome);
-            Ok::<_, std::convert::Infallible>(())
-        });
+        pending.resolve(&ctx.shared, |ack, outcome| complete(ctx, session, client, ack, outcome));
     }
 
     /// Waits for every answer owed and completes them (the connection is about to end).
@@ -362,12 +359,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let Connection { session, driver, .. } = self;
         let Driver { pending, ctx, client, .. } = driver;
         let client = client.as_ref().map(|(c, _)| c.as_str());
-        let _ = pending
-            .resolve_all(&ctx.shared, |ack, outcome| {
-                complete(ctx, session, client, ack, outcome);
-                Ok::<_, std::convert::Infallible>(())
-            })
-            .await;
+        pending.resolve_all(&ctx.shared, |ack, outcome| complete(ctx, session, client, ack, outcome)).await;
     }
 }
 

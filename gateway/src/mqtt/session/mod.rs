@@ -413,8 +413,9 @@ impl ServerSession {
     /// has.
     pub fn complete(&mut self, token: Token, verdict: Verdict) {
         let state = &mut self.state;
-        let Some(owed) = state.owed.iter().find(|o| o.token == token.0) else { return };
-        let answered = state.version.is_v5() && owed.kind.is_some();
+        let v5 = state.version.is_v5();
+        let Some(owed) = state.owed.iter_mut().find(|o| o.token == token.0) else { return };
+        let answered = v5 && owed.kind.is_some();
         let decided = match verdict {
             // PUBCOMP has no failure to report: a release holds in memory even when it could not be stored.
             _ if owed.kind == Some(PubResponseKind::PubComp) => Decided::Answer(owed.reason),
@@ -424,7 +425,8 @@ impl ServerSession {
             Verdict::Refused(code, _) if answered => Decided::Answer(code),
             Verdict::Refused(code, why) => Decided::Close(code, why),
         };
-        state.decide(token, decided);
+        owed.decided = Some(decided);
+        state.answer_decided();
     }
 
     /// SUBACK for SUBSCRIBE `packet_id`, with a code per filter.
@@ -686,8 +688,11 @@ impl State {
                 Ok(Admission::New) => {}
                 Ok(Admission::Duplicate) => {
                     // A QoS 2 resend of a message already taken: answered again, in order, not ingested twice.
-                    let token = self.owe(kind, publish.qos, packet_id, ReasonCode::SUCCESS);
-                    self.decide(token, Decided::Answer(ReasonCode::SUCCESS));
+                    self.owe(kind, publish.qos, packet_id, ReasonCode::SUCCESS);
+                    if let Some(owed) = self.owed.back_mut() {
+                        owed.decided = Some(Decided::Answer(ReasonCode::SUCCESS));
+                    }
+                    self.answer_decided();
                     return None;
                 }
                 Err(code) => {
@@ -707,13 +712,6 @@ impl State {
         self.owed_acks += usize::from(kind.is_some());
         self.owed.push_back(Owed { token, kind, qos, packet_id, reason, decided: None });
         Token(token)
-    }
-
-    fn decide(&mut self, token: Token, decided: Decided) {
-        if let Some(owed) = self.owed.iter_mut().find(|o| o.token == token.0) {
-            owed.decided = Some(decided);
-        }
-        self.answer_decided();
     }
 
     /// Sends the answers at the front of the queue that are decided, in order.
