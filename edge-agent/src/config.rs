@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use crate::uplink::eventmesh::config::{EventMeshUplinkConfig, Policy, Protocol};
+pub use crate::uplink::nats::config::NatsUplinkConfig;
 pub use crate::uplink::rabbitmq::config::AmqpUplinkConfig;
 
 /// One `[[uplinks]]` table. `kind` selects the variant.
@@ -27,6 +28,9 @@ pub enum UplinkConfig {
     /// `kind = "eventmesh-tcp"`: Apache EventMesh's framed TCP protocol.
     #[serde(rename = "eventmesh-tcp")]
     EventMeshTcp(EventMeshUplinkConfig),
+    /// `kind = "nats"`: a NATS JetStream stream, each event acknowledged by its PubAck and deduplicated by id.
+    #[serde(rename = "nats")]
+    Nats(NatsUplinkConfig),
 }
 
 impl UplinkConfig {
@@ -36,6 +40,7 @@ impl UplinkConfig {
             UplinkConfig::File(c) => &c.name,
             UplinkConfig::Amqp(c) => &c.name,
             UplinkConfig::EventMeshGrpc(c) | UplinkConfig::EventMeshHttp(c) | UplinkConfig::EventMeshTcp(c) => &c.name,
+            UplinkConfig::Nats(c) => &c.name,
         }
     }
 
@@ -47,6 +52,7 @@ impl UplinkConfig {
             UplinkConfig::EventMeshGrpc(c) => c.validate(Protocol::Grpc),
             UplinkConfig::EventMeshHttp(c) => c.validate(Protocol::Http),
             UplinkConfig::EventMeshTcp(c) => c.validate(Protocol::Tcp),
+            UplinkConfig::Nats(c) => c.validate(),
         }
     }
 }

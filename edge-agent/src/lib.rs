@@ -12,6 +12,7 @@
 //!   default), RabbitMQ, and Apache EventMesh over gRPC, HTTP and TCP with load balancing and failover.
 
 pub mod bridge;
+pub mod client_tls;
 pub mod config;
 pub mod config_file;
 pub mod downlink;

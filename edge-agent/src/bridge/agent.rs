@@ -34,7 +34,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     tokio::fs::create_dir_all(&data_dir).await.map_err(|e| AgentError::DataDir(data_dir.display().to_string(), e))?;
     let mut tls = Vec::new();
     for (i, bridge) in config.bridges.iter().enumerate() {
-        let client = bridge.tls.as_ref().map(super::tls::client_config).transpose();
+        let client = bridge.tls.as_ref().map(crate::client_tls::client_config).transpose();
         tls.push(client.map_err(|(key, problem)| AgentError::Tls(i, key, problem))?);
     }
     let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(AgentError::Rules)?);

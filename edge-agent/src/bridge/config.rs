@@ -21,20 +21,8 @@ pub enum MqttVersion {
     V5,
 }
 
-/// `tls` of a bridge: connect over TLS, trusting `ca_file` (PEM), optionally with a client certificate; the
-/// broker's certificate must name `host`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BridgeTls {
-    /// The CA certificates (PEM) the broker's certificate must chain to.
-    pub ca_file: PathBuf,
-    /// A client certificate chain (PEM), for brokers that authenticate clients by certificate.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-}
+/// `tls` of a bridge: the broker's CA (the web roots when unset) and an optional client certificate.
+pub use crate::client_tls::ClientTls as BridgeTls;
 
 /// One `[[bridges]]` table: a broker, the topics taken from it, and the session kept there.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -9,7 +9,6 @@
 pub mod agent;
 pub mod config;
 pub mod source;
-pub mod tls;
 
 pub use config::{AgentConfig, BridgeConfig};
 pub use source::{BRIDGE_EXTENSION, BridgeContext};

@@ -73,6 +73,29 @@ impl DeadLetterFile {
         };
         file.append(&line)
     }
+
+    /// Appends one event on the blocking pool (the write is fsynced) and counts it in `stats`; the uplink's
+    /// answer for the event, whatever its kind: the error says why the event could not be set aside.
+    pub async fn set_aside(
+        &self,
+        event: &CloudEvent,
+        why: &DeadLetter<'_>,
+        stats: &super::UplinkStats,
+    ) -> Result<(), super::UplinkError> {
+        tracing::warn!(uplink = why.uplink, event = %event.id, endpoint = ?why.endpoint, code = ?why.code, reason = why.reason, "the destination refused the event for good; dead-lettered");
+        let (file, event) = (self.clone(), event.clone());
+        let (uplink, endpoint, code, reason) =
+            (why.uplink.to_string(), why.endpoint.map(str::to_string), why.code, why.reason.to_string());
+        let written = tokio::task::spawn_blocking(move || {
+            let why = DeadLetter { uplink: &uplink, endpoint: endpoint.as_deref(), code, reason: &reason };
+            file.append(&event, &why)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        written?;
+        stats.dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

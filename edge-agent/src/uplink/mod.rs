@@ -7,6 +7,8 @@ pub mod dead_letter;
 pub mod eventmesh;
 mod file;
 mod jsonl;
+pub mod lanes;
+pub mod nats;
 pub mod rabbitmq;
 pub mod template;
 
@@ -17,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use eventmesh::EventMeshUplink;
 pub use file::FileUplink;
+pub use nats::NatsUplink;
 pub use rabbitmq::RabbitMqUplink;
 
 use crate::CloudEvent;
@@ -140,6 +143,7 @@ pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<
         UplinkConfig::EventMeshTcp(c) => {
             Box::new(EventMeshUplink::new(Protocol::Tcp, c.clone(), data_dir, Arc::clone(&stats))?)
         }
+        UplinkConfig::Nats(c) => Box::new(NatsUplink::new(c.clone(), data_dir, Arc::clone(&stats))),
     };
     Ok(NamedUplink { name: config.name().into(), stats, uplink })
 }

@@ -29,14 +29,12 @@ mod health;
 mod http;
 pub(crate) mod tcp;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use meshgate_protocols::cloudevents::ExtensionValue;
 use meshgate_protocols::eventmesh::mesh_event;
 use meshgate_protocols::eventmesh::status::Verdict;
 
@@ -104,22 +102,10 @@ impl std::fmt::Display for Stop {
     }
 }
 
-/// The events of the batch in flight and which of them are delivered, so a retry of the same batch sends only
-/// the rest.
-struct Progress {
-    fingerprint: (usize, String, String),
-    delivered: Vec<bool>,
-}
-
-fn fingerprint(batch: &[&CloudEvent]) -> (usize, String, String) {
-    let id = |e: Option<&&CloudEvent>| e.map(|e| e.id.clone()).unwrap_or_default();
-    (batch.len(), id(batch.first()), id(batch.last()))
-}
-
 /// An uplink to one or more EventMesh runtimes.
 pub struct EventMeshUplink {
     shared: Arc<Shared>,
-    progress: Option<Progress>,
+    progress: super::lanes::Progress,
 }
 
 impl EventMeshUplink {
@@ -154,7 +140,7 @@ impl EventMeshUplink {
         let shared =
             Arc::new(Shared { name: config.name.as_str().into(), config, balancer, transports, dead_letter, stats });
         health::spawn(Arc::downgrade(&shared));
-        Ok(EventMeshUplink { shared, progress: None })
+        Ok(EventMeshUplink { shared, progress: super::lanes::Progress::default() })
     }
 }
 
@@ -233,24 +219,11 @@ impl Shared {
 
     /// Moves a poison event to the dead-letter file (synced) and counts it.
     async fn dead_letter(&self, event: &CloudEvent, endpoint: &str, answer: &Answer) -> Result<(), Stop> {
-        tracing::warn!(uplink = %self.name, event = %event.id, endpoint, code = ?answer.code, reason = %answer.message, "the runtime refused the event for good; dead-lettered");
-        let file = self.dead_letter.clone();
-        let (event, uplink, endpoint, answer) =
-            (event.clone(), self.name.clone(), endpoint.to_string(), answer.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            let why =
-                DeadLetter { uplink: &uplink, endpoint: Some(&endpoint), code: answer.code, reason: &answer.message };
-            file.append(&event, &why)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(Stop::Failed(format!("cannot write the dead-letter file: {e}"))),
-            Err(e) => Err(Stop::Failed(format!("dead-letter task failed: {e}"))),
-        }
+        let why = DeadLetter { uplink: &self.name, endpoint: Some(endpoint), code: answer.code, reason: &answer.message };
+        self.dead_letter
+            .set_aside(event, &why, &self.stats)
+            .await
+            .map_err(|e| Stop::Failed(format!("cannot write the dead-letter file: {e}")))
     }
 
     /// Sends the events at `lane` (indices into the batch, in order) one after another; returns the indices
@@ -325,22 +298,7 @@ impl Shared {
         let outcomes: Vec<(Vec<usize>, Option<Stop>)> = if self.config.batch_publish {
             vec![self.run_batches(&pending, batch, &mesh).await]
         } else {
-            let mut lanes: Vec<Vec<usize>> = Vec::new();
-            let mut lane_of: HashMap<&str, usize> = HashMap::new();
-            for &i in &pending {
-                let Some(event) = batch.get(i) else { continue };
-                let key = match event.extensions.get("deviceid") {
-                    Some(ExtensionValue::String(d)) => d.as_str(),
-                    _ => event.source.as_str(),
-                };
-                let lane = *lane_of.entry(key).or_insert_with(|| {
-                    lanes.push(Vec::new());
-                    lanes.len() - 1
-                });
-                if let Some(l) = lanes.get_mut(lane) {
-                    l.push(i);
-                }
-            }
+            let lanes = super::lanes::by_device(batch, &pending);
             let concurrency = (self.config.max_in_flight.saturating_mul(self.transports.len())).max(1);
             futures::stream::iter(lanes)
                 .map(|lane| self.run_lane(lane, batch, &mesh))
@@ -370,16 +328,7 @@ impl Shared {
 impl Uplink for EventMeshUplink {
     fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
         Box::pin(async move {
-            let fp = fingerprint(batch);
-            let mut progress = match self.progress.take() {
-                Some(p) if p.fingerprint == fp => p,
-                _ => Progress { fingerprint: fp, delivered: vec![false; batch.len()] },
-            };
-            let result = self.shared.send(batch, &mut progress.delivered).await;
-            if result.is_err() {
-                self.progress = Some(progress);
-            }
-            result
+            self.shared.send(batch, self.progress.for_batch(batch)).await
         })
     }
 }
