@@ -257,7 +257,7 @@ impl Metrics {
             }
         }
         let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
-        let per_uplink: [(&str, &str, StatReader); 6] = [
+        let per_uplink: [(&str, &str, StatReader); 7] = [
             ("meshgate_uplink_events_total", "Events each uplink confirmed.", |s| s.events.load(Ordering::Relaxed)),
             ("meshgate_uplink_failures_total", "Batches each uplink failed (each is retried).", |s| {
                 s.failures.load(Ordering::Relaxed)
@@ -272,6 +272,11 @@ impl Metrics {
             ("meshgate_uplink_busy_total", "Answers asking to slow down (overload, rate limit).", |s| {
                 s.busy.load(Ordering::Relaxed)
             }),
+            (
+                "meshgate_uplink_duplicates_total",
+                "Re-sent events the destination recognised by id and stored no second time.",
+                |s| s.duplicates.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, read) in per_uplink {
             header(&mut out, name, "counter", help);

@@ -9,6 +9,7 @@ pub mod embassy_link;
 pub mod eventmesh;
 pub mod firmware;
 pub mod load;
+pub mod nats;
 pub mod pika;
 pub mod pki;
 pub mod proxy;

@@ -299,6 +299,7 @@ pub fn publish_numbered(addr: SocketAddr, client: usize, count: u16) -> Result<(
 pub struct Publishers {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Result<u64>>>,
+    acknowledged: Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Publishers {
@@ -311,9 +312,11 @@ impl Publishers {
         pause: Duration,
     ) -> Publishers {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acknowledged: Vec<_> = (0..devices).map(|_| std::sync::Arc::default()).collect();
         let threads = (0..devices)
             .map(|d| {
                 let stop = std::sync::Arc::clone(&stop);
+                let acked: std::sync::Arc<std::sync::atomic::AtomicU64> = std::sync::Arc::clone(&acknowledged[d]);
                 let (id, topic) = (format!("{prefix}-{d}"), topic(d));
                 std::thread::spawn(move || -> Result<u64> {
                     let mut c = RawClient::connect(addr, Version::V5, &id, 60)?;
@@ -321,13 +324,24 @@ impl Publishers {
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         seq += 1;
                         publish_acknowledged(&mut c, &topic, d, seq)?;
+                        acked.store(seq, std::sync::atomic::Ordering::Relaxed);
                         std::thread::sleep(pause);
                     }
                     Ok(seq)
                 })
             })
             .collect();
-        Publishers { stop, threads }
+        Publishers { stop, threads, acknowledged }
+    }
+
+    /// Stops them (or lets them end with a gateway that died under them); returns how many messages each had
+    /// acknowledged (seq 1..=n), whatever ended it.
+    pub fn acknowledged(self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.acknowledged.iter().map(|a| a.load(std::sync::atomic::Ordering::Relaxed)).collect()
     }
 
     /// Stops them; returns how many messages each had acknowledged (seq 1..=n).

@@ -70,6 +70,8 @@ pub struct UplinkStats {
     pub dead_lettered: AtomicU64,
     /// Answers that asked the gateway to slow down (overload, rate limit).
     pub busy: AtomicU64,
+    /// Re-sent events the destination recognised by id and did not store again (JetStream's duplicate window).
+    pub duplicates: AtomicU64,
     /// The destination's endpoints and their health, for uplinks that balance over several.
     pub endpoints: std::sync::OnceLock<Vec<Arc<eventmesh::EndpointState>>>,
 }

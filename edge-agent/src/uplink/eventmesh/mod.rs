@@ -219,7 +219,8 @@ impl Shared {
 
     /// Moves a poison event to the dead-letter file (synced) and counts it.
     async fn dead_letter(&self, event: &CloudEvent, endpoint: &str, answer: &Answer) -> Result<(), Stop> {
-        let why = DeadLetter { uplink: &self.name, endpoint: Some(endpoint), code: answer.code, reason: &answer.message };
+        let why =
+            DeadLetter { uplink: &self.name, endpoint: Some(endpoint), code: answer.code, reason: &answer.message };
         self.dead_letter
             .set_aside(event, &why, &self.stats)
             .await
@@ -327,8 +328,6 @@ impl Shared {
 
 impl Uplink for EventMeshUplink {
     fn send<'a>(&'a mut self, batch: &'a [&'a CloudEvent]) -> BoxFuture<'a, Result<(), UplinkError>> {
-        Box::pin(async move {
-            self.shared.send(batch, self.progress.for_batch(batch)).await
-        })
+        Box::pin(async move { self.shared.send(batch, self.progress.for_batch(batch)).await })
     }
 }

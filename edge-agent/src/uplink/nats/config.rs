@@ -112,7 +112,8 @@ impl NatsUplinkConfig {
         if self.user.is_some() != self.password.is_some() {
             return err(if self.user.is_some() { "password" } else { "user" }, "is needed with the other");
         }
-        let credentials = [self.user.is_some(), self.token.is_some(), self.nkey_seed.is_some(), self.creds_file.is_some()];
+        let credentials =
+            [self.user.is_some(), self.token.is_some(), self.nkey_seed.is_some(), self.creds_file.is_some()];
         if credentials.iter().filter(|c| **c).count() > 1 {
             return err("token", "only one of user/password, token, nkey_seed and creds_file may be set");
         }

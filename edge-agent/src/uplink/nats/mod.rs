@@ -113,7 +113,12 @@ impl NatsUplink {
             Err(e) => Err(e),
         };
         match answer {
-            Ok(_) => Ok(Outcome::Stored),
+            Ok(ack) => {
+                if ack.duplicate {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Outcome::Stored)
+            }
             Err(e) => classify(&subject, e),
         }
     }
@@ -135,7 +140,12 @@ impl NatsUplink {
                 match this.publish(js, event).await? {
                     Outcome::Stored => Ok(()),
                     Outcome::Refused(code, reason) => {
-                        let why = DeadLetter { uplink: &this.config.name, endpoint: Some(&this.config.url), code, reason: &reason };
+                        let why = DeadLetter {
+                            uplink: &this.config.name,
+                            endpoint: Some(&this.config.url),
+                            code,
+                            reason: &reason,
+                        };
                         this.dead_letter.set_aside(event, &why, &this.stats).await
                     }
                 }
