@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use crate::uplink::eventmesh::config::{EventMeshUplinkConfig, Policy, Protocol};
+pub use crate::uplink::http::config::HttpUplinkConfig;
 pub use crate::uplink::nats::config::NatsUplinkConfig;
 pub use crate::uplink::rabbitmq::config::AmqpUplinkConfig;
 
@@ -28,6 +29,9 @@ pub enum UplinkConfig {
     /// `kind = "eventmesh-tcp"`: Apache EventMesh's framed TCP protocol.
     #[serde(rename = "eventmesh-tcp")]
     EventMeshTcp(EventMeshUplinkConfig),
+    /// `kind = "http"`: the CloudEvents HTTP binding to any receiver (binary, structured or batch mode).
+    #[serde(rename = "http")]
+    Http(HttpUplinkConfig),
     /// `kind = "nats"`: a NATS JetStream stream, each event acknowledged by its PubAck and deduplicated by id.
     #[serde(rename = "nats")]
     Nats(NatsUplinkConfig),
@@ -40,6 +44,7 @@ impl UplinkConfig {
             UplinkConfig::File(c) => &c.name,
             UplinkConfig::Amqp(c) => &c.name,
             UplinkConfig::EventMeshGrpc(c) | UplinkConfig::EventMeshHttp(c) | UplinkConfig::EventMeshTcp(c) => &c.name,
+            UplinkConfig::Http(c) => &c.name,
             UplinkConfig::Nats(c) => &c.name,
         }
     }
@@ -52,6 +57,7 @@ impl UplinkConfig {
             UplinkConfig::EventMeshGrpc(c) => c.validate(Protocol::Grpc),
             UplinkConfig::EventMeshHttp(c) => c.validate(Protocol::Http),
             UplinkConfig::EventMeshTcp(c) => c.validate(Protocol::Tcp),
+            UplinkConfig::Http(c) => c.validate(),
             UplinkConfig::Nats(c) => c.validate(),
         }
     }

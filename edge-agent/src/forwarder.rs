@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::CloudEvent;
 use crate::spool::{Reader, Spool, StoredRecord};
-use crate::uplink::NamedUplink;
+use crate::uplink::{NamedUplink, UplinkError};
 
 /// `[forwarder]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -134,7 +134,11 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
                     }
                     Err(e) => {
                         uplink.stats.record(0, false);
-                        let delay = config.backoff(attempt);
+                        let delay = match &e {
+                            // The destination said how long to wait: that, rather than our guess.
+                            UplinkError::Busy { retry_after: Some(wait), .. } => (*wait).max(Duration::from_millis(1)),
+                            _ => config.backoff(attempt),
+                        };
                         tracing::warn!(uplink = %name, error = %e, retry_in = ?delay, "uplink failed a batch; retrying");
                         attempt = attempt.saturating_add(1);
                         if *stop.borrow() || wait_or_stop(&mut stop, delay).await {

@@ -6,6 +6,7 @@
 pub mod dead_letter;
 pub mod eventmesh;
 mod file;
+pub mod http;
 mod jsonl;
 pub mod lanes;
 pub mod nats;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use eventmesh::EventMeshUplink;
 pub use file::FileUplink;
+pub use http::HttpUplink;
 pub use nats::NatsUplink;
 pub use rabbitmq::RabbitMqUplink;
 
@@ -41,6 +43,14 @@ pub enum UplinkError {
     /// The broker refused or returned events.
     #[error("refused by the broker: {0}")]
     Refused(String),
+    /// The destination asked to be left alone for a while (HTTP 429 or 503), for `retry_after` if it said.
+    #[error("the destination is busy: {reason}")]
+    Busy {
+        /// The wait it asked for; the forwarder's backoff applies without one.
+        retry_after: Option<std::time::Duration>,
+        /// Its answer.
+        reason: String,
+    },
 }
 
 /// A destination for events.
@@ -145,6 +155,7 @@ pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<
         UplinkConfig::EventMeshTcp(c) => {
             Box::new(EventMeshUplink::new(Protocol::Tcp, c.clone(), data_dir, Arc::clone(&stats))?)
         }
+        UplinkConfig::Http(c) => Box::new(HttpUplink::new(c.clone(), data_dir, Arc::clone(&stats))?),
         UplinkConfig::Nats(c) => Box::new(NatsUplink::new(c.clone(), data_dir, Arc::clone(&stats))),
     };
     Ok(NamedUplink { name: config.name().into(), stats, uplink })
