@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 pub use crate::uplink::eventmesh::config::{EventMeshUplinkConfig, Policy, Protocol};
 pub use crate::uplink::http::config::HttpUplinkConfig;
+pub use crate::uplink::mqtt::config::MqttUplinkConfig;
 pub use crate::uplink::nats::config::NatsUplinkConfig;
 pub use crate::uplink::rabbitmq::config::AmqpUplinkConfig;
 
@@ -29,6 +30,9 @@ pub enum UplinkConfig {
     /// `kind = "eventmesh-tcp"`: Apache EventMesh's framed TCP protocol.
     #[serde(rename = "eventmesh-tcp")]
     EventMeshTcp(EventMeshUplinkConfig),
+    /// `kind = "mqtt"`: an upstream MQTT broker (3.1.1 or 5), confirmed by PUBACK or PUBCOMP.
+    #[serde(rename = "mqtt")]
+    Mqtt(MqttUplinkConfig),
     /// `kind = "http"`: the CloudEvents HTTP binding to any receiver (binary, structured or batch mode).
     #[serde(rename = "http")]
     Http(HttpUplinkConfig),
@@ -44,6 +48,7 @@ impl UplinkConfig {
             UplinkConfig::File(c) => &c.name,
             UplinkConfig::Amqp(c) => &c.name,
             UplinkConfig::EventMeshGrpc(c) | UplinkConfig::EventMeshHttp(c) | UplinkConfig::EventMeshTcp(c) => &c.name,
+            UplinkConfig::Mqtt(c) => &c.name,
             UplinkConfig::Http(c) => &c.name,
             UplinkConfig::Nats(c) => &c.name,
         }
@@ -57,6 +62,7 @@ impl UplinkConfig {
             UplinkConfig::EventMeshGrpc(c) => c.validate(Protocol::Grpc),
             UplinkConfig::EventMeshHttp(c) => c.validate(Protocol::Http),
             UplinkConfig::EventMeshTcp(c) => c.validate(Protocol::Tcp),
+            UplinkConfig::Mqtt(c) => c.validate(),
             UplinkConfig::Http(c) => c.validate(),
             UplinkConfig::Nats(c) => c.validate(),
         }

@@ -9,6 +9,7 @@ mod file;
 pub mod http;
 mod jsonl;
 pub mod lanes;
+pub mod mqtt;
 pub mod nats;
 pub mod rabbitmq;
 pub mod template;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub use eventmesh::EventMeshUplink;
 pub use file::FileUplink;
 pub use http::HttpUplink;
+pub use mqtt::MqttUplink;
 pub use nats::NatsUplink;
 pub use rabbitmq::RabbitMqUplink;
 
@@ -155,6 +157,7 @@ pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<
         UplinkConfig::EventMeshTcp(c) => {
             Box::new(EventMeshUplink::new(Protocol::Tcp, c.clone(), data_dir, Arc::clone(&stats))?)
         }
+        UplinkConfig::Mqtt(c) => Box::new(MqttUplink::new(c.clone(), data_dir, Arc::clone(&stats))?),
         UplinkConfig::Http(c) => Box::new(HttpUplink::new(c.clone(), data_dir, Arc::clone(&stats))?),
         UplinkConfig::Nats(c) => Box::new(NatsUplink::new(c.clone(), data_dir, Arc::clone(&stats))),
     };
