@@ -21,7 +21,7 @@
 //!   it had none), so a bridge reading the same broker never takes it back into the mesh.
 
 pub mod config;
-mod session;
+pub mod session;
 pub mod topic;
 
 use std::collections::HashMap;

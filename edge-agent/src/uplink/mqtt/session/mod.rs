@@ -182,8 +182,11 @@ impl ClientSession {
         self.pending() < self.window.saturating_mul(2)
     }
 
-    /// Feeds bytes read from the transport.
+    /// Feeds bytes read from the transport (ignored once the connection is lost or closed).
     pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+        if self.link == Link::Down {
+            return;
+        }
         self.input.extend_from_slice(bytes);
         self.last_received = Some(now);
         loop {

@@ -181,3 +181,49 @@ fn split_and_coalesced_input_decodes_the_same() {
     }
     assert_eq!(events(&mut s), [Event::Connected { session_present: false }, Event::Confirmed(1), Event::Confirmed(2)]);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes from a broker, cut anywhere: no panic, the same events as one piece, each publish answered
+        /// at most once.
+        #[test]
+        fn any_broker_bytes_in_any_pieces_give_the_same_events(
+            input in proptest::collection::vec(any::<u8>(), 0..256),
+            cut in 0usize..256,
+            v5 in any::<bool>(),
+        ) {
+            let v = if v5 { Version::V5 } else { Version::V311 };
+            let now = Instant::now();
+            let run = |pieces: &[&[u8]]| {
+                let mut s = ClientSession::new(options(v), 4);
+                s.connect(now);
+                let mut prefix = bytes(connack(false, 0, None), v);
+                prefix.extend_from_slice(pieces[0]);
+                for n in 1..=3 {
+                    s.publish(u64::from(n), message(n, 1 + n % 2));
+                }
+                s.handle_input(&prefix, now);
+                for piece in &pieces[1..] {
+                    s.handle_input(piece, now);
+                }
+                events(&mut s)
+            };
+            let cut = cut.min(input.len());
+            let whole = run(&[&input]);
+            let split = run(&[&input[..cut], &input[cut..]]);
+            prop_assert_eq!(&whole, &split);
+            let answered: Vec<u64> = whole
+                .iter()
+                .filter_map(|e| match e { Event::Confirmed(t) | Event::Rejected(t, _) => Some(*t), _ => None })
+                .collect();
+            let mut unique = answered.clone();
+            unique.dedup();
+            unique.sort_unstable();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), answered.len());
+        }
+    }
+}
