@@ -109,6 +109,14 @@ enum Cmd {
         #[arg(long, default_value = meshgate_tests::load::brokers::RUMQTTD)]
         rumqttd: PathBuf,
     },
+    /// The suite's scenario 3 alone: devices → meshgate → each uplink's peer (RabbitMQ, Mosquitto, an HTTP
+    /// receiver, NATS JetStream) at a fixed rate, publish → peer latency.
+    Uplinks {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        sources: usize,
+    },
 }
 
 #[tokio::main]
@@ -189,6 +197,11 @@ async fn main() -> Result<()> {
         Cmd::Suite { seconds, idle, sources, write, rumqttd } => {
             let section = suite(&SuiteOptions { seconds, idle, sources, write, rumqttd }).await?;
             println!("{section}");
+        }
+        Cmd::Uplinks { seconds, sources } => {
+            let rumqttd = PathBuf::from(meshgate_tests::load::brokers::RUMQTTD);
+            let options = SuiteOptions { seconds, idle: Vec::new(), sources, write: None, rumqttd };
+            print!("{}", meshgate_tests::load::uplinks::only(&options).await?);
         }
     }
     Ok(())

@@ -9,3 +9,4 @@ pub mod noisy;
 pub mod run;
 pub mod sink;
 pub mod suite;
+pub mod uplinks;

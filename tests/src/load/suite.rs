@@ -13,12 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use futures::StreamExt as _;
 use meshgate_protocols::mqtt::QoS;
 
 use super::brokers::{Mosquitto, Rumqttd, cpu_seconds, pin, rss_kib};
-use super::conn;
-use super::run::{LoadSpec, Report, hold_idle, run, run_at};
+use super::run::{LoadSpec, Report, hold_idle, run};
 use crate::Gateway;
 
 /// The markers around the suite's section in docs/benchmarks.md.
@@ -46,7 +44,7 @@ const BROKERS: [&str; 3] = ["meshgate", "Mosquitto", "rumqttd"];
 
 /// How the cores are shared in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     /// Everything on both cores.
     Shared,
     /// The broker on CPU 0, the generator on CPU 1.
@@ -63,13 +61,17 @@ impl Mode {
 }
 
 /// One row of a results table.
-struct Row {
-    scenario: String,
-    target: &'static str,
-    mode: Mode,
-    report: Report,
+pub(super) struct Row {
+    /// What was measured.
+    pub(super) scenario: String,
+    /// The broker (or the uplink's peer).
+    pub(super) target: &'static str,
+    /// Shared or pinned.
+    pub(super) mode: Mode,
+    /// The figures.
+    pub(super) report: Report,
     /// CPU seconds the broker used for the run, including work it finished after the run (an uplink's backlog).
-    cpu_secs: Option<f64>,
+    pub(super) cpu_secs: Option<f64>,
 }
 
 /// The rates of the latency sweep (QoS 1 ingest), where they are below half of meshgate's maximum.
@@ -105,7 +107,7 @@ impl Drop for Sink {
     }
 }
 
-fn say(line: &str) {
+pub(super) fn say(line: &str) {
     eprintln!("suite: {line}");
 }
 
@@ -131,7 +133,7 @@ async fn measured(
 
 /// The CPU seconds of `pid` once it has gone quiet (under 5 % of a core over half a second, or after 120 s), so
 /// work a broker finishes after the run, such as an uplink's backlog, counts towards the messages it took.
-async fn settled_cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) async fn settled_cpu_seconds(pid: u32) -> Result<f64> {
     let mut last = cpu_seconds(pid)?;
     for _ in 0..240 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -284,8 +286,8 @@ pub async fn suite(options: &SuiteOptions) -> Result<String> {
         drop(broker);
     }
 
-    // 3. Device → RabbitMQ consumer through the AMQP uplink.
-    let amqp = amqp_uplink_latency(&mut rows, options, seconds).await?;
+    // 3. Device → each uplink's peer.
+    let uplinks = super::uplinks::all(&mut rows, options, seconds).await?;
 
     // 5. Idle connections and RSS per connection, where this machine's descriptor limit allows.
     let limit = open_files_limit();
@@ -317,7 +319,7 @@ pub async fn suite(options: &SuiteOptions) -> Result<String> {
         idle_rows.push(idle(n, "rumqttd", rumqttd.addr, rumqttd.pid(), options.sources).await?);
     }
 
-    let section = markdown(options, &rows, &amqp, &idle_rows, &not_run, limit)?;
+    let section = markdown(options, &rows, &uplinks, &idle_rows, &not_run, limit)?;
     if let Some(path) = &options.write {
         write_section(path, &section)?;
         say(&format!("wrote {}", path.display()));
@@ -335,73 +337,6 @@ fn open_files_limit() -> usize {
                 .and_then(|line| line.split_whitespace().nth(4).and_then(|hard| hard.parse().ok()))
         })
         .unwrap_or(usize::MAX)
-}
-
-/// Scenario 3: publishers at a fixed rate, events through meshgate's AMQP uplink to a RabbitMQ consumer that
-/// reads each payload's timestamp.
-async fn amqp_uplink_latency(rows: &mut Vec<Row>, options: &SuiteOptions, seconds: Duration) -> Result<Report> {
-    use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::{FieldTable, ShortString};
-    const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-    const EXCHANGE: &str = "meshgate-bench";
-    let conn = lapin::Connection::connect(BROKER, lapin::ConnectionProperties::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("RabbitMQ must run on 127.0.0.1:5672 for the AMQP scenario: {e}"))?;
-    let ch = conn.create_channel().await?;
-    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
-    ch.exchange_declare(ShortString::from(EXCHANGE), lapin::ExchangeKind::Topic, durable, FieldTable::default())
-        .await?;
-    let queue_options = QueueDeclareOptions { exclusive: true, ..QueueDeclareOptions::default() };
-    let queue = ch.queue_declare(ShortString::from(""), queue_options, FieldTable::default()).await?;
-    let queue = queue.name().to_string();
-    let bind = QueueBindOptions::default();
-    ch.queue_bind(queue.as_str().into(), EXCHANGE.into(), "#".into(), bind, FieldTable::default()).await?;
-    let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
-    let mut consumer = ch.basic_consume(queue.as_str().into(), "bench".into(), no_ack, FieldTable::default()).await?;
-    let uplink = format!(
-        "\n[[uplinks]]\nname = \"rabbit\"\nkind = \"amqp\"\nuri = \"{BROKER}\"\nexchange = \"{EXCHANGE}\"\nrouting_key = \"{{subject}}\"\n"
-    );
-    let gw = Gateway::start_with(|base| base + &uplink)?;
-    let epoch = std::time::Instant::now();
-    let rate = 5_000.0;
-    let spec = LoadSpec {
-        target: gw.mqtt,
-        connections: 10,
-        rate,
-        duration: seconds,
-        sources: options.sources,
-        ..LoadSpec::default()
-    };
-    let scenario = format!("device → RabbitMQ consumer through the AMQP uplink, QoS 1 at {rate:.0}/s");
-    say(&scenario);
-    let consume = async {
-        let mut latency = conn::histogram();
-        let mut received = 0u64;
-        let quiet = Duration::from_secs(5);
-        while let Ok(Some(delivery)) = tokio::time::timeout(quiet, consumer.next()).await {
-            let delivery = delivery?;
-            received += 1;
-            if let Some(stamp) = delivery.data.get(..8) {
-                let sent = u64::from_be_bytes(stamp.try_into().unwrap_or_default());
-                let now = epoch.elapsed().as_nanos() as u64;
-                let _ = latency.record((now.saturating_sub(sent) / 1000).max(1));
-            }
-        }
-        anyhow::Ok((received, latency))
-    };
-    let pid = gw.pid().context("meshgate pid")?;
-    let before = cpu_seconds(pid)?;
-    let (report, consumed) = tokio::join!(run_at(&spec, epoch), consume);
-    let mut report = report?;
-    let (received, latency) = consumed?;
-    report.received = received;
-    report.e2e_latency = latency;
-    let cpu_secs = Some(settled_cpu_seconds(pid).await? - before);
-    say(&format!("  {}", report.summary()));
-    let (target, mode) = ("meshgate → RabbitMQ", Mode::Shared);
-    rows.push(Row { scenario, target, mode, report: report.clone(), cpu_secs });
-    drop(gw);
-    Ok(report)
 }
 
 /// One idle measurement.
@@ -494,7 +429,7 @@ fn ratio(a: f64, b: f64) -> String {
 fn markdown(
     options: &SuiteOptions,
     rows: &[Row],
-    amqp: &Report,
+    uplinks: &[super::uplinks::UplinkRun],
     idle_rows: &[IdleRow],
     not_run: &[usize],
     limit: usize,
@@ -641,16 +576,20 @@ fn markdown(
              allows ran instead |  |  |  |  |  |"
         )?;
     }
-    writeln!(
-        md,
-        "\nScenario 3 (device → RabbitMQ): {} published, {} consumed from the queue; publish → consume p50 {:.2} ms, \
-         p99 {:.2} ms, p99.9 {:.2} ms.",
-        amqp.sent,
-        amqp.received,
-        Report::ms(&amqp.e2e_latency, 50.0),
-        Report::ms(&amqp.e2e_latency, 99.0),
-        Report::ms(&amqp.e2e_latency, 99.9)
-    )?;
+    writeln!(md)?;
+    for u in uplinks {
+        writeln!(
+            md,
+            "Scenario 3 ({}): {} published, {} received by the peer; publish → peer p50 {:.2} ms, p99 {:.2} ms, \
+             p99.9 {:.2} ms.",
+            u.target,
+            u.report.sent,
+            u.report.received,
+            Report::ms(&u.report.e2e_latency, 50.0),
+            Report::ms(&u.report.e2e_latency, 99.0),
+            Report::ms(&u.report.e2e_latency, 99.9)
+        )?;
+    }
     writeln!(md, "{END}")?;
     Ok(md)
 }
@@ -719,7 +658,8 @@ mod tests {
             errors: Vec::new(),
         };
         let idle_rows = [idle("meshgate", 120), idle("Mosquitto", 110)];
-        let md = markdown(&options, &rows, &report(0), &idle_rows, &[], 20_000).expect("markdown");
+        let uplinks = [super::super::uplinks::UplinkRun { target: "meshgate → RabbitMQ", report: report(0) }];
+        let md = markdown(&options, &rows, &uplinks, &idle_rows, &[], 20_000).expect("markdown");
         assert!(
             md.contains("| QoS 1 ingest, acknowledged/s | shared | 200000 | 100000 | 400000 | 2.00 | 0.50 |"),
             "{md}"
