@@ -20,14 +20,18 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts one; `unlimited_queue` sets `max_queued_messages 0` (no limit) instead of its default of 1000.
     pub fn start(unlimited_queue: bool) -> Result<Mosquitto> {
+        Mosquitto::start_with(if unlimited_queue { "max_queued_messages 0\n" } else { "" })
+    }
+
+    /// Starts one with `extra` lines of configuration.
+    pub fn start_with(extra: &str) -> Result<Mosquitto> {
         let bin = crate::require_tool("mosquitto");
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = tempfile::tempdir()?;
         let conf = dir.path().join("mosquitto.conf");
-        let queue = if unlimited_queue { "max_queued_messages 0\n" } else { "" };
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n{queue}"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n{extra}"),
         )?;
         let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
         let addr = wait_for_listener(port, "mosquitto")?;

@@ -1,7 +1,7 @@
 //! Scenario 3 of the load suite: devices publish QoS 1 at a fixed rate, meshgate forwards through one uplink, and
 //! the peer's consumer reads each payload's timestamp (the binary data of the event, first 8 bytes): publish →
-//! peer latency per uplink kind. RabbitMQ, Mosquitto (the upstream MQTT uplink) and NATS JetStream are the
-//! machine's services; the HTTP receiver is a hyper server in this process.
+//! peer latency per uplink kind. RabbitMQ and NATS JetStream are the machine's services, the upstream broker a
+//! Mosquitto of the suite's own; the HTTP receiver is a hyper server in this process.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use meshgate_protocols::mqtt::{QoS, Version};
 
-use super::brokers::cpu_seconds;
+use super::brokers::{Mosquitto, cpu_seconds};
 use super::conn;
 use super::run::{LoadSpec, Report, run_at};
 use super::suite::{Mode, Row, SuiteOptions, say, settled_cpu_seconds};
@@ -155,21 +155,24 @@ async fn rabbitmq(rows: &mut Vec<Row>, options: &SuiteOptions, seconds: Duration
 }
 
 async fn mqtt(rows: &mut Vec<Row>, options: &SuiteOptions, seconds: Duration) -> Result<UplinkRun> {
-    let broker = "127.0.0.1:1883".parse()?;
+    // The suite's own Mosquitto, with Nagle off: with its default (`set_tcp_nodelay false`) every PUBACK waits
+    // for the delayed ACK, and publish → peer is ~25 ms whatever the uplink does.
+    let broker = Mosquitto::start_with("set_tcp_nodelay true\n")?;
     let source = conn::source_address(0, 1);
-    let stream = conn::open(broker, source, "meshgate-bench-upstream-sub", Version::V5)
-        .await
-        .map_err(|e| anyhow::anyhow!("Mosquitto must run on 127.0.0.1:1883 for the MQTT uplink scenario: {e}"))?;
-    let uplink = "\n[[uplinks]]\nname = \"upstream\"\nkind = \"mqtt\"\nuri = \"mqtt://127.0.0.1:1883\"\nclient_id = \"meshgate-bench-uplink\"\ntopic = \"meshgate-bench/{subject}\"\n";
+    let stream = conn::open(broker.addr, source, "meshgate-bench-upstream-sub", Version::V5).await?;
+    let uplink = format!(
+        "\n[[uplinks]]\nname = \"upstream\"\nkind = \"mqtt\"\nuri = \"mqtt://{}\"\ntopic = \"meshgate-bench/{{subject}}\"\n",
+        broker.addr
+    );
     let label = "Mosquitto subscriber through the upstream MQTT uplink";
-    let scenario = Scenario { target: "meshgate → Mosquitto", label, rate: 2_000.0, uplink };
+    let scenario = Scenario { target: "meshgate → Mosquitto", label, rate: 2_000.0, uplink: &uplink };
     through(rows, options, seconds, scenario, |epoch| async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let (ready, subscribed) = tokio::sync::oneshot::channel();
         let filter = "meshgate-bench/#".to_string();
         let task = tokio::spawn(conn::subscribe(stream, filter, QoS::AtLeastOnce, Version::V5, epoch, stopped, ready));
         tokio::time::timeout(Duration::from_secs(10), subscribed).await.context("no SUBACK from Mosquitto")??;
-        // The subscriber counts until the run is over and QUIET has passed with nothing more forwarded.
+        // The subscriber counts until the run is over and QUIET has passed.
         tokio::time::sleep(seconds + QUIET).await;
         let _ = stop.send(true);
         let stats = task.await??;
