@@ -294,6 +294,15 @@ pub fn publish_numbered(addr: SocketAddr, client: usize, count: u16) -> Result<(
     (1..=u64::from(count)).try_for_each(|seq| publish_acknowledged(&mut c, &topic, client, seq))
 }
 
+/// [`publish_numbered`] from devices `0..devices` at once, each on a thread of its own.
+pub fn publish_numbered_from(addr: SocketAddr, devices: usize, count: u16) -> Result<()> {
+    let threads: Vec<_> = (0..devices).map(|d| std::thread::spawn(move || publish_numbered(addr, d, count))).collect();
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("device thread panicked"))??;
+    }
+    Ok(())
+}
+
 /// Devices on threads that publish numbered QoS 1 messages until stopped, each waiting for its PUBACK, so a
 /// test knows exactly what the gateway acknowledged.
 pub struct Publishers {

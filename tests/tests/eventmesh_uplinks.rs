@@ -31,17 +31,6 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
-/// Publishes `per_device` numbered QoS 1 messages from each of `devices` devices, in parallel threads.
-async fn publish_from_devices(gw: &Gateway, devices: usize, per_device: u16) -> anyhow::Result<()> {
-    let addr = gw.mqtt;
-    let threads: Vec<_> =
-        (0..devices).map(|d| std::thread::spawn(move || publish_numbered(addr, d, per_device))).collect();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("device thread panicked"))??;
-    }
-    Ok(())
-}
-
 /// Checks that `stored` holds exactly the gateway's events (by id, once each), each the device's event with the
 /// runtime's required attributes, and that every device's sequence numbers arrive in order.
 fn check_stored_events(protocol: Protocol, gateway_events: &[Value], stored: &[Stored]) -> anyhow::Result<()> {
@@ -87,7 +76,7 @@ fn check_stored_events(protocol: Protocol, gateway_events: &[Value], stored: &[S
 async fn every_device_event_arrives_with_its_attributes_in_order(protocol: Protocol) -> anyhow::Result<()> {
     let rt = Runtime::start(protocol)?;
     let gw = Gateway::start_with(|b| b + &uplinks(protocol, &[rt.addr], ""))?;
-    publish_from_devices(&gw, 4, 50).await?;
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 4, 50)?;
     let stored = rt.wait_for(200, Duration::from_secs(30)).await;
     let events = gw.wait_for_events(200, Duration::from_secs(10))?;
     check_stored_events(protocol, &events, &stored)?;
@@ -199,7 +188,7 @@ async fn a_busy_runtime_slows_the_gateway_without_loss(protocol: Protocol, rate_
         rt.overload(30);
     }
     let gw = Gateway::start_with(|b| b + &uplinks(protocol, &[rt.addr], ""))?;
-    publish_from_devices(&gw, 2, 40).await?;
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 2, 40)?;
     let stored = rt.wait_for(80, Duration::from_secs(30)).await;
     let events = gw.wait_for_events(80, Duration::from_secs(10))?;
     check_stored_events(protocol, &events, &stored)?;
@@ -302,7 +291,7 @@ async fn a_tcp_session_heartbeats_and_follows_goodbye_and_redirect() -> anyhow::
     let a = Runtime::start(Protocol::Tcp)?;
     let b = Runtime::start(Protocol::Tcp)?;
     let gw = Gateway::start_with(|base| base + &uplinks(Protocol::Tcp, &[a.addr], "heartbeat_interval_ms = 200\n"))?;
-    publish_from_devices(&gw, 1, 10).await?;
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 1, 10)?;
     assert_eq!(a.wait_for(10, Duration::from_secs(10)).await.len(), 10);
     let hellos = a.state().hellos.load(Ordering::SeqCst);
     assert!(hellos >= 1);
@@ -332,7 +321,7 @@ async fn a_tcp_session_heartbeats_and_follows_goodbye_and_redirect() -> anyhow::
 async fn grpc_batch_publish_is_an_explicit_opt_in_that_delivers_everything() -> anyhow::Result<()> {
     let rt = Runtime::start(Protocol::Grpc)?;
     let gw = Gateway::start_with(|b| b + &uplinks(Protocol::Grpc, &[rt.addr], "batch_publish = true\n"))?;
-    publish_from_devices(&gw, 3, 30).await?;
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 3, 30)?;
     let stored = rt.wait_for(90, Duration::from_secs(20)).await;
     let events = gw.wait_for_events(90, Duration::from_secs(10))?;
     check_stored_events(Protocol::Grpc, &events, &stored)?;
@@ -347,7 +336,7 @@ async fn a_weighted_uplink_spreads_events_by_weight() -> anyhow::Result<()> {
     let gw = Gateway::start_with(|base| {
         base + &uplinks(Protocol::Http, &[a.addr, b.addr], "policy = \"weighted\"\nweights = [3, 1]\n")
     })?;
-    publish_from_devices(&gw, 4, 50).await?;
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 4, 50)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while a.stored().len() + b.stored().len() < 200 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -367,7 +356,7 @@ async fn a_stalled_runtime_is_ejected_and_its_events_go_to_another() -> anyhow::
     let gw = Gateway::start_with(|base| {
         base + &uplinks(Protocol::Grpc, &[a.addr, b.addr], "timeout_ms = 300\neject_after_failures = 1\n")
     })?;
-    publish_from_devices(&gw, 2, 20).await?;
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 2, 20)?;
     let stored = b.wait_for(40, Duration::from_secs(20)).await;
     let events = gw.wait_for_events(40, Duration::from_secs(10))?;
     check_stored_events(Protocol::Grpc, &events, &stored)?;

@@ -77,19 +77,6 @@ fn http_uplink(url: &str, extra: &str) -> String {
     )
 }
 
-fn publish_from_devices(gw: &Gateway, devices: usize, count: u16) -> anyhow::Result<()> {
-    let threads: Vec<_> = (0..devices)
-        .map(|d| {
-            let addr = gw.mqtt;
-            std::thread::spawn(move || meshgate_tests::publish_numbered(addr, d, count))
-        })
-        .collect();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("device thread panicked"))??;
-    }
-    Ok(())
-}
-
 /// Per device, the `seq`s delivered (2xx) in arrival order.
 fn delivered_order(events: &[Value]) -> HashMap<u64, Vec<u64>> {
     let mut order: HashMap<u64, Vec<u64>> = HashMap::new();
@@ -107,7 +94,7 @@ async fn devices_reach_the_receiver(mode: &str) -> anyhow::Result<()> {
         "mode = \"{mode}\"\nmax_batch = 50\nbearer_token = \"s3cret\"\nheaders = {{ x-api-key = \"edge-7\" }}\n"
     );
     let gw = Gateway::start_with(|b| b + &http_uplink(&url, &extra))?;
-    publish_from_devices(&gw, 5, 100)?;
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 5, 100)?;
     let events = receiver.until_delivered(500, Duration::from_secs(30))?;
     assert_eq!(events.len(), 500, "each event once: {}", events.len());
     for e in &events {

@@ -60,15 +60,7 @@ async fn devices_reach_the_upstream_broker(v5: bool) -> anyhow::Result<()> {
     let mut sub = subscriber(v5, &prefix).await?;
     let version = if v5 { "version = \"5\"\n" } else { "version = \"3.1.1\"\n" };
     let gw = Gateway::start_with(|b| b + &mqtt_uplink(&format!("mqtt://{BROKER}"), &prefix, version))?;
-    let threads: Vec<_> = (0..5)
-        .map(|d| {
-            let addr = gw.mqtt;
-            std::thread::spawn(move || meshgate_tests::publish_numbered(addr, d, 100))
-        })
-        .collect();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("device thread panicked"))??;
-    }
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 5, 100)?;
     let mut order: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut received = 0;
     while received < 500 {

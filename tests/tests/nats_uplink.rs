@@ -27,20 +27,6 @@ fn key(e: &Value) -> (u64, u64) {
     (e["data"]["client"].as_u64().unwrap_or(u64::MAX), e["data"]["seq"].as_u64().unwrap_or(0))
 }
 
-/// Publishes `count` numbered QoS 1 messages from each of `devices` devices at once.
-fn publish_from_devices(gw: &Gateway, devices: usize, count: u16) -> anyhow::Result<()> {
-    let threads: Vec<_> = (0..devices)
-        .map(|d| {
-            let addr = gw.mqtt;
-            std::thread::spawn(move || meshgate_tests::publish_numbered(addr, d, count))
-        })
-        .collect();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("device thread panicked"))??;
-    }
-    Ok(())
-}
-
 async fn delete_stream(js: &async_nats::jetstream::Context, stream: &str) {
     let _ = js.delete_stream(stream).await;
 }
@@ -50,7 +36,7 @@ async fn devices_reach_the_stream(mode: &str) -> anyhow::Result<()> {
     let tag = unique();
     let stream = format!("MGT_{tag}");
     let gw = Gateway::start_with(|b| b + &nats_uplink(nats::SHARED_URL, &tag, mode))?;
-    publish_from_devices(&gw, 5, 100)?;
+    meshgate_tests::raw::publish_numbered_from(gw.mqtt, 5, 100)?;
     let held = nats::wait_for_messages(&js, &stream, 500, Duration::from_secs(30)).await;
     assert_eq!(held, 500, "every acknowledged message is in the stream");
 

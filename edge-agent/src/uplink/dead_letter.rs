@@ -28,6 +28,12 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
+/// Where an uplink's dead letters go, relative to the data directory: `configured`, else
+/// `{uplink}-dead-letter.jsonl`.
+pub fn path_for(uplink: &str, configured: Option<&Path>) -> PathBuf {
+    configured.map_or_else(|| PathBuf::from(format!("{uplink}-dead-letter.jsonl")), Path::to_path_buf)
+}
+
 /// An append-only dead-letter file; clones append to the same open file.
 #[derive(Debug, Clone)]
 pub struct DeadLetterFile {

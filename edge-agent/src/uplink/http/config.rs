@@ -102,7 +102,7 @@ impl HttpUplinkConfig {
 
     /// The dead-letter file's path relative to the data directory.
     pub fn dead_letter_path(&self) -> PathBuf {
-        self.dead_letter_path.clone().unwrap_or_else(|| PathBuf::from(format!("{}-dead-letter.jsonl", self.name)))
+        crate::uplink::dead_letter::path_for(&self.name, self.dead_letter_path.as_deref())
     }
 }
 
