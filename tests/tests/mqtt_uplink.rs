@@ -183,3 +183,47 @@ async fn a_publish_the_upstream_broker_refuses_with_0x87_is_dead_lettered_while_
     assert_eq!(lines[0]["event"]["subject"], "devices/locked/t");
     Ok(())
 }
+
+/// `mqtts://` with a client certificate: the upstream (a second meshgate) requires one from its CA and names the
+/// device by it; its ACL lets only that name publish. The uplink trusts the test CA through `tls.ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_client_certificate_reaches_an_upstream_that_requires_one() -> anyhow::Result<()> {
+    let pki = meshgate_tests::pki::Pki::new()?;
+    let acl = "\n[[auth.acl]]\nuser = \"site-7\"\nallow_publish = [\"devices/#\"]\n";
+    let upstream = Gateway::start_with(|b| {
+        let b = b
+            .replace("allow_anonymous = true", "allow_anonymous = false\nacl_default = \"deny\"")
+            .replace("[listeners.mqtt]\n", "[listeners.mqtt]\ntls_bind = \"127.0.0.1:0\"\n");
+        format!("{b}{}{acl}", pki.tls_table(true))
+    })?;
+    let port = upstream.listener("mqtts")?.port();
+    let (cert, key) = pki.client("site-7", false, false)?;
+    let tls = format!(
+        "tls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}\n",
+        pki.ca_file.display(),
+        cert.display(),
+        key.display()
+    );
+    let uplink = format!(
+        "\n[[uplinks]]\nname = \"cloud\"\nkind = \"mqtt\"\nuri = \"mqtts://localhost:{port}\"\nclient_id = \"up-{}\"\n{tls}",
+        unique()
+    );
+    let gw = Gateway::start_with(|b| b + &uplink)?;
+    meshgate_tests::publish_numbered(gw.mqtt, 4, 5)?;
+    let taken = upstream.wait_for_events(5, Duration::from_secs(20))?;
+    let seqs: Vec<u64> = taken.iter().filter_map(|e| e["data"]["seq"].as_u64()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "over mqtts, in order");
+    assert_eq!(gw.metric("meshgate_uplink_events_total{uplink=\"cloud\"}")?, 5.0);
+
+    // Without the client certificate the upstream refuses the connection: nothing is confirmed, events wait.
+    let anonymous = format!(
+        "\n[[uplinks]]\nname = \"cloud\"\nkind = \"mqtt\"\nuri = \"mqtts://localhost:{port}\"\nclient_id = \"up-{}\"\ntls = {{ ca_file = \"{}\" }}\ntimeout_ms = 1000\n",
+        unique(),
+        pki.ca_file.display()
+    );
+    let gw = Gateway::start_with(|b| b + &anonymous)?;
+    meshgate_tests::publish_numbered(gw.mqtt, 5, 2)?;
+    gw.wait_metric("meshgate_uplink_failures_total{uplink=\"cloud\"}", 1.0, Duration::from_secs(15)).await?;
+    assert_eq!(gw.metric("meshgate_uplink_events_total{uplink=\"cloud\"}")?, 0.0);
+    Ok(())
+}

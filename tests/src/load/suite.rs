@@ -456,9 +456,10 @@ fn markdown(
     writeln!(
         md,
         "- meshgate: durable spool (each QoS 1 publish acknowledged after the fsync that covers it), the default file \
-         uplink (or the AMQP uplink in scenario 3). Mosquitto: a process of its own on a free port, persistence off, \
-         `max_queued_messages 0` for the throughput runs (its default 1000 drops QoS 1 messages to a slow \
-         subscriber), default settings for the idle runs. rumqttd: its MQTT 3.1.1 server with its default limits \
+         uplink (in scenario 3 the uplink named, to RabbitMQ and NATS JetStream on this machine, a Mosquitto of the \
+         suite's own with `set_tcp_nodelay true`, or an HTTP receiver in the generator's process). Mosquitto: a \
+         process of its own on a free port, persistence off, `max_queued_messages 0` for the throughput runs (its \
+         default 1000 drops QoS 1 messages to a slow subscriber), default settings for the idle runs. rumqttd: its MQTT 3.1.1 server with its default limits \
          (messages in an in-memory commit log, nothing on disk), no delay between accepts. Mode `shared`: the \
          generator, the broker and RabbitMQ share both cores; `pinned`: the broker on CPU 0, the generator on CPU 1 \
          (`taskset`)."
