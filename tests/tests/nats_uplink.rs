@@ -169,3 +169,21 @@ async fn an_event_the_stream_refuses_for_good_is_dead_lettered_while_the_rest_fl
     delete_stream(&js, &stream).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_behind_the_uplinks_back_is_created_again() -> anyhow::Result<()> {
+    let js = nats::jetstream(nats::SHARED_URL).await?;
+    let tag = unique();
+    let stream = format!("MGT_{tag}");
+    let gw = Gateway::start_with(|b| b + &nats_uplink(nats::SHARED_URL, &tag, "binary"))?;
+    meshgate_tests::publish_numbered(gw.mqtt, 1, 5)?;
+    assert_eq!(nats::wait_for_messages(&js, &stream, 5, Duration::from_secs(20)).await, 5);
+    js.delete_stream(&stream).await?;
+    meshgate_tests::publish_numbered(gw.mqtt, 2, 5)?;
+    assert_eq!(nats::wait_for_messages(&js, &stream, 5, Duration::from_secs(30)).await, 5, "a new stream, refilled");
+    let events = nats::read_with_python(&stream, nats::SHARED_URL).await?;
+    let seqs: Vec<u64> = events.iter().filter(|e| key(e).0 == 2).map(|e| key(e).1).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    delete_stream(&js, &stream).await;
+    Ok(())
+}

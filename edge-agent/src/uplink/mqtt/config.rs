@@ -152,6 +152,9 @@ impl MqttUplinkConfig {
         if self.inflight == 0 {
             return err("inflight", "must be at least 1".into());
         }
+        if self.keep_alive_secs == 0 {
+            return err("keep_alive_secs", "must be at least 1: it is how a silent broker is noticed".into());
+        }
         if super::topic::sanitize(&self.default_topic) != self.default_topic || self.default_topic.is_empty() {
             return err("default_topic", "must be a topic name (non-empty, no `+`, `#` or NUL)".into());
         }
@@ -191,6 +194,7 @@ mod tests {
         let bad = |text: &str| parse(text).validate().unwrap_err().0;
         assert_eq!(bad("name = \"up\"\nuri = \"http://x\"\n"), "uri");
         assert_eq!(bad("name = \"up\"\nuri = \"mqtt://x\"\nqos = 0\n"), "qos");
+        assert_eq!(bad("name = \"up\"\nuri = \"mqtt://x\"\nkeep_alive_secs = 0\n"), "keep_alive_secs");
         assert_eq!(bad("name = \"up\"\nuri = \"mqtt://x\"\nversion = \"3.1.1\"\nmode = \"binary\"\n"), "mode");
         assert_eq!(bad("name = \"up\"\nuri = \"mqtt://x\"\ndefault_topic = \"a/#\"\n"), "default_topic");
         assert!(toml::from_str::<MqttUplinkConfig>("name = \"up\"\nuri = \"mqtt://x\"\nbogus = 1\n").is_err());

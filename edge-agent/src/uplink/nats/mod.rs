@@ -153,6 +153,10 @@ impl NatsUplink {
         })
         .await;
         self.progress = progress;
+        if matches!(result, Err(UplinkError::Refused(_))) && self.config.stream.is_some() {
+            // No stream takes the subject any more (deleted behind our back): connect again, which creates it.
+            self.link = None;
+        }
         result
     }
 }
