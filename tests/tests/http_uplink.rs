@@ -195,3 +195,29 @@ async fn https_with_a_test_ca_delivers_and_an_unknown_ca_is_refused() -> anyhow:
     assert!(receiver.events.try_recv().is_err(), "nothing reached the receiver over an untrusted connection");
     Ok(())
 }
+
+/// A device's structured event whose `datacontenttype` parameters are not ASCII (valid for CloudEvents, which
+/// refuses only control characters) cannot be a binary-mode header: it is set aside, not retried for ever, and the
+/// next event flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_type_that_cannot_be_a_header_is_dead_lettered_not_retried_for_ever() -> anyhow::Result<()> {
+    let receiver = Receiver::start(&[])?;
+    let url = format!("http://127.0.0.1:{}/", receiver.port);
+    let gw = Gateway::start_with(|b| b + &http_uplink(&url, "mode = \"binary\"\n"))?;
+    let (device, _) =
+        meshgate_tests::clients::Client::connect(gw.mqtt, &meshgate_tests::clients::Options::new(false, "dev-h"))
+            .await?;
+    let forged = serde_json::json!({
+        "specversion": "1.0", "id": "evil-1", "source": "/x", "type": "t",
+        "datacontenttype": "application/json; name=\u{e9}", "data": {"n": 1}
+    });
+    device.publish("devices/dev-h/t", 1, false, &forged.to_string()).await?;
+    device.publish("devices/dev-h/t", 1, false, "{\"n\":2}").await?;
+    let events = receiver.until_delivered(1, Duration::from_secs(20))?;
+    assert_eq!(events[0]["data"]["n"], 2);
+    assert!(events.iter().all(|e| e.get("error").is_none()));
+    gw.wait_metric("meshgate_uplink_dead_lettered_total{uplink=\"hook\"}", 1.0, Duration::from_secs(10)).await?;
+    let letters = std::fs::read_to_string(gw.data_dir.join("hook-dead-letter.jsonl"))?;
+    assert!(letters.contains("evil-1") && letters.contains("cannot be an HTTP header value"), "{letters}");
+    Ok(())
+}

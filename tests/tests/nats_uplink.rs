@@ -187,3 +187,29 @@ async fn a_stream_deleted_behind_the_uplinks_back_is_created_again() -> anyhow::
     delete_stream(&js, &stream).await;
     Ok(())
 }
+
+/// A `datacontenttype` that is not a plain header value (here non-ASCII parameters; a line break, which could
+/// forge headers, is already refused as an invalid CloudEvent at ingress) is set aside, and the next event flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_type_that_would_forge_headers_is_dead_lettered() -> anyhow::Result<()> {
+    let js = nats::jetstream(nats::SHARED_URL).await?;
+    let tag = unique();
+    let stream = format!("MGT_{tag}");
+    let gw = Gateway::start_with(|b| b + &nats_uplink(nats::SHARED_URL, &tag, "binary"))?;
+    let (device, _) =
+        meshgate_tests::clients::Client::connect(gw.mqtt, &meshgate_tests::clients::Options::new(false, "dev-n"))
+            .await?;
+    let forged = serde_json::json!({
+        "specversion": "1.0", "id": "evil-2", "source": "/x", "type": "t",
+        "datacontenttype": "application/json; name=\u{e9}", "data": {"n": 1}
+    });
+    device.publish("devices/dev-n/t", 1, false, &forged.to_string()).await?;
+    device.publish("devices/dev-n/t", 1, false, "{\"n\":2}").await?;
+    assert_eq!(nats::wait_for_messages(&js, &stream, 1, Duration::from_secs(20)).await, 1);
+    gw.wait_metric("meshgate_uplink_dead_lettered_total{uplink=\"js\"}", 1.0, Duration::from_secs(10)).await?;
+    let events = nats::read_with_python(&stream, nats::SHARED_URL).await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["n"], 2);
+    delete_stream(&js, &stream).await;
+    Ok(())
+}

@@ -62,6 +62,13 @@ pub fn encode_http_batch(events: &[&CloudEvent]) -> HttpMessage {
     }
 }
 
+/// Whether `value` may stand in a header as it is (HTTP field value, NATS header value): visible ASCII, spaces
+/// and tabs only. A `datacontenttype` that is not cannot be sent in binary mode (its parameters are free text:
+/// `application/json; x=<CR><LF>...` would split the header).
+pub fn is_header_safe(value: &str) -> bool {
+    value.bytes().all(|b| b == b'\t' || (0x20..=0x7e).contains(&b))
+}
+
 /// Percent-encodes a header value as the binding's section 3.1.3.2 asks: space, `"`, `%` and every byte outside
 /// printable ASCII (a UTF-8 character's bytes each), so any attribute value is a valid header value.
 pub fn percent_encode(value: &str) -> String {
@@ -124,6 +131,13 @@ mod tests {
         let array: Vec<serde_json::Value> = serde_json::from_slice(&b.body).unwrap();
         assert_eq!(array.len(), 2);
         assert_eq!(CloudEvent::from_json_value(array[1].clone()).unwrap(), e);
+    }
+
+    #[test]
+    fn header_safety_refuses_line_breaks_and_non_ascii() {
+        assert!(is_header_safe("application/json; charset=utf-8"));
+        assert!(!is_header_safe("application/json; x=1\r\nNats-Msg-Id: forged"));
+        assert!(!is_header_safe("text/plain; name=é"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use error::CloudEventError;
 pub use event::{CloudEvent, Data, ExtensionValue, SPEC_VERSION, is_json_content_type, is_media_type};
 pub use http_binding::{
     HTTP_BATCH_CONTENT_TYPE, HTTP_PREFIX, HTTP_STRUCTURED_CONTENT_TYPE, HttpMessage, encode_http_batch,
-    encode_http_binary, encode_http_structured, percent_encode,
+    encode_http_binary, encode_http_structured, is_header_safe, percent_encode,
 };
 pub use mqtt_binding::{BinaryMessage, STRUCTURED_CONTENT_TYPE, decode_mqtt, encode_mqtt5_binary};
 pub use time::{format_timestamp, parse_timestamp, validate_timestamp};

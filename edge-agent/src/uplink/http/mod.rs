@@ -29,7 +29,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use meshgate_protocols::cloudevents::{HttpMessage, encode_http_batch, encode_http_binary, encode_http_structured};
+use meshgate_protocols::cloudevents::{
+    HttpMessage, encode_http_batch, encode_http_binary, encode_http_structured, is_header_safe,
+};
 
 use self::answer::{Verdict, judge};
 use self::config::{HttpMode, HttpUplinkConfig};
@@ -162,6 +164,13 @@ impl HttpUplink {
             HttpMode::Structured => encode_http_structured(event),
             HttpMode::Binary | HttpMode::Batch => encode_http_binary(event),
         };
+        if let Some(ct) = message.content_type.as_deref().filter(|ct| !is_header_safe(ct)) {
+            // Never sendable in binary mode: set aside rather than retried for ever.
+            let reason = format!("datacontenttype {ct:?} cannot be an HTTP header value");
+            let letter =
+                DeadLetter { uplink: &self.config.name, endpoint: Some(&self.config.url), code: None, reason: &reason };
+            return self.dead_letter.set_aside(event, &letter, &self.stats).await;
+        }
         let answer = self.post(message).await?;
         self.settle(&[event], answer).await
     }

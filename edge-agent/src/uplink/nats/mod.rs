@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use meshgate_protocols::cloudevents::is_header_safe;
 
 use self::config::NatsUplinkConfig;
 use super::dead_letter::{DeadLetter, DeadLetterFile};
@@ -106,6 +107,10 @@ impl NatsUplink {
     /// Publishes one event and waits for its PubAck.
     async fn publish(&self, js: &jetstream::Context, event: &CloudEvent) -> Result<Outcome, UplinkError> {
         let subject = subject::for_event(&self.config.subject, &self.config.default_subject, event);
+        if let Some(ct) = event.datacontenttype.as_deref().filter(|ct| !is_header_safe(ct)) {
+            // A line break in a header would forge headers of its own: never sent, set aside.
+            return Ok(Outcome::Refused(None, format!("datacontenttype {ct:?} cannot be a NATS header value")));
+        }
         let (headers, payload) = encoder::encode(event, self.config.mode);
         let message = jetstream::message::PublishMessage::build().headers(headers).payload(payload.into());
         let answer = match js.send_publish(subject.clone(), message).await {
