@@ -287,3 +287,27 @@ async fn a_broker_that_refuses_access_is_reported_while_devices_are_served() -> 
     assert!(metrics.contains("meshgate_messages_acknowledged_total{protocol=\"mqtt\"} 3"), "{metrics}");
     Ok(())
 }
+
+/// A device's topic over 255 bytes makes a routing key AMQP cannot carry (a short string): the event is set aside
+/// in the dead-letter file instead of breaking the channel (or, before, a frame with a wrapped length) on every
+/// retry, and the next event flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_routing_key_amqp_cannot_carry_is_dead_lettered_while_the_rest_flows() -> anyhow::Result<()> {
+    let (_conn, ch) = broker().await?;
+    let exchange = unique("meshgate-long-key");
+    let queue = exchange_with_queue(&ch, &exchange, None).await?;
+    let gw = Gateway::start_with(|b| b + &amqp_uplink(&exchange, ""))?;
+    let (device, _) =
+        meshgate_tests::clients::Client::connect(gw.mqtt, &meshgate_tests::clients::Options::new(true, "dev-long"))
+            .await?;
+    device.publish(&format!("devices/{}", "x".repeat(300)), 1, false, "{\"n\":1}").await?;
+    device.publish("devices/dev-long/t", 1, false, "{\"n\":2}").await?;
+    let events = drain(&ch, &queue, 1, Duration::from_secs(20)).await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].subject.as_deref(), Some("devices/dev-long/t"));
+    gw.wait_metric("meshgate_uplink_dead_lettered_total{uplink=\"rabbit\"}", 1.0, Duration::from_secs(10)).await?;
+    let letters = std::fs::read_to_string(gw.data_dir.join("amqp-returned.jsonl"))?;
+    assert!(letters.contains("routing key of 308 bytes"), "{letters}");
+    ch.exchange_delete(ShortString::from(exchange.as_str()), ExchangeDeleteOptions::default()).await?;
+    Ok(())
+}

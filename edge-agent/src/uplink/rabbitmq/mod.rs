@@ -88,7 +88,14 @@ impl RabbitMqUplink {
         let exchange = ShortString::from(self.config.exchange.as_str());
         let mut pending = Vec::with_capacity(batch.len());
         for event in batch {
-            let encoded = encoder::encode(event, &self.config);
+            let encoded = match encoder::encode(event, &self.config) {
+                Ok(encoded) => encoded,
+                Err(reason) => {
+                    let why = DeadLetter { uplink: &self.config.name, endpoint: None, code: None, reason: &reason };
+                    self.dead_letter.set_aside(event, &why, &self.stats).await?;
+                    continue;
+                }
+            };
             let confirm = ch
                 .basic_publish(
                     exchange.clone(),
