@@ -603,3 +603,50 @@ async fn amqps_serves_the_same_listener_over_tls() -> anyhow::Result<()> {
     assert_eq!(str_of(&events[0], "source"), "/meshgate/edge-test/amqp/tls-device");
     Ok(())
 }
+
+/// An MQTT device's strings go up to 65,535 bytes, AMQP's short strings (routing key, content type, header
+/// names) to 255: a message on a 300-byte topic with a 300-byte user property name and content type reaches an
+/// AMQP consumer with its routing key cut to 255 bytes and those properties left out, and the consumer's
+/// connection keeps working (before, the frame carried a wrapped length and the consumer lost its connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strings_too_long_for_amqp_are_cut_or_left_out_and_the_consumer_keeps_its_connection() -> anyhow::Result<()> {
+    let gw = Gateway::start()?;
+    let (conn, ch) = connect(gw.amqp()?, "amqp-long").await?;
+    let options = QueueDeclareOptions { exclusive: true, ..QueueDeclareOptions::default() };
+    let queue = ch.queue_declare(ShortString::from(""), options, FieldTable::default()).await?;
+    let queue_name = queue.name().clone();
+    let bind = QueueBindOptions::default();
+    ch.queue_bind(queue_name.clone(), "amq.topic".into(), "long.#".into(), bind, FieldTable::default()).await?;
+    let consume_ch = conn.create_channel().await?;
+    let mut consumer = consume_ch
+        .basic_consume(queue_name, ShortString::from("long"), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let (mqtt, _) = Client::connect(gw.mqtt, &Options::new(true, "long-pub")).await?;
+    let topic = format!("long/{}", "é".repeat(150));
+    let name = "n".repeat(300);
+    let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        content_type: Some(format!("text/plain; x={}", "y".repeat(300))),
+        user_properties: vec![(name, "v".into()), ("short".into(), "kept".into())],
+        ..Default::default()
+    };
+    mqtt.publish_v5(&topic, 1, false, "first", properties).await?;
+    mqtt.publish("long/next", 1, false, "second").await?;
+    for (want_body, want_key) in [("first", None), ("second", Some("long.next"))] {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+        assert_eq!(delivery.data, want_body.as_bytes());
+        match want_key {
+            Some(key) => assert_eq!(delivery.routing_key.as_str(), key),
+            None => {
+                let key = delivery.routing_key.as_str();
+                assert!(key.len() <= 255 && key.starts_with("long.é"), "cut on a character boundary: {key}");
+                assert_eq!(delivery.properties.content_type(), &None);
+                let headers = delivery.properties.headers().clone().unwrap_or_default();
+                assert!(headers.inner().contains_key("short") && headers.inner().len() < 5, "{headers:?}");
+            }
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}

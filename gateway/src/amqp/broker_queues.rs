@@ -344,8 +344,11 @@ fn binding_filter(routing_key: &str) -> Result<String, QueueError> {
 /// as expiration, and the identity of its CloudEvent (message-id, timestamp, `cloudEvents:` headers).
 pub fn outgoing(message: &Message, now_ms: u64) -> OutgoingMessage {
     let p = &message.properties;
+    // What does not fit an AMQP short string (an MQTT device's strings go up to 65,535 bytes) is left out; the
+    // routing key is cut to fit when the delivery is encoded.
+    let fits = |s: &str| s.len() <= super::connection::SHORT_STRING_MAX;
     let mut headers = FieldTable::default();
-    for (name, value) in &p.user_properties {
+    for (name, value) in p.user_properties.iter().filter(|(name, _)| fits(name)) {
         headers.insert(ShortString::from(name.as_str()), AMQPValue::LongString(LongString::from(value.as_str())));
     }
     // The event the mesh received for this message: its id as message-id, its time as timestamp, and the three
@@ -365,22 +368,24 @@ pub fn outgoing(message: &Message, now_ms: u64) -> OutgoingMessage {
     }
     let mut properties = AMQPProperties::default().with_delivery_mode(if message.qos > 0 { 2 } else { 1 });
     if let Some(e) = &message.event {
-        properties = properties.with_message_id(ShortString::from(e.id.as_str()));
+        if fits(&e.id) {
+            properties = properties.with_message_id(ShortString::from(e.id.as_str()));
+        }
         let time = e.time.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
         if let Some(seconds) = time.and_then(|t| u64::try_from(t.timestamp()).ok()) {
             properties = properties.with_timestamp(seconds);
         }
     }
-    if let Some(ct) = &p.content_type {
+    if let Some(ct) = p.content_type.as_ref().filter(|ct| fits(ct)) {
         properties = properties.with_content_type(ShortString::from(ct.as_str()));
     }
     if !headers.inner().is_empty() {
         properties = properties.with_headers(headers);
     }
-    if let Some(reply_to) = &p.response_topic {
-        properties = properties.with_reply_to(ShortString::from(topic::topic_to_routing_key(reply_to)));
+    if let Some(reply_to) = p.response_topic.as_deref().map(topic::topic_to_routing_key).filter(|r| fits(r)) {
+        properties = properties.with_reply_to(ShortString::from(reply_to));
     }
-    if let Some(id) = p.correlation_data.as_deref().and_then(|c| std::str::from_utf8(c).ok()) {
+    if let Some(id) = p.correlation_data.as_deref().and_then(|c| std::str::from_utf8(c).ok()).filter(|c| fits(c)) {
         properties = properties.with_correlation_id(ShortString::from(id));
     }
     if let Some(at) = message.expires_at_ms {

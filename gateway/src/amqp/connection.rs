@@ -159,8 +159,22 @@ pub(super) fn method(channel: u16, class: AMQPClass) -> AMQPFrame {
     AMQPFrame::Method(channel, class)
 }
 
+/// `s` as a short string, cut to fit ([`short_len`]).
 pub(super) fn short(s: &str) -> ShortString {
-    ShortString::from(s)
+    ShortString::from(s.get(..short_len(s)).unwrap_or_default())
+}
+
+/// The longest an AMQP short string may be, in bytes (its length is one byte on the wire).
+pub(super) const SHORT_STRING_MAX: usize = 255;
+
+/// How much of `s` fits a short string: all of it, or its first 255 bytes cut on a character boundary (a device's
+/// topic, up to 65,535 bytes, as a routing key must never make a frame with a wrapped length).
+fn short_len(s: &str) -> usize {
+    let mut end = s.len().min(SHORT_STRING_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
 }
 
 impl ServerConnection {
