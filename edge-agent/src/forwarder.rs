@@ -21,6 +21,9 @@ use crate::uplink::{NamedUplink, UplinkError};
 pub struct ForwarderConfig {
     /// The most events handed to an uplink at once.
     pub max_batch: usize,
+    /// The most bytes of events read back from the segment files at once (an uplink that fell behind the memory
+    /// tail; at least one event): large events do not come into memory a thousand at a time.
+    pub max_batch_bytes: usize,
     /// The first retry delay after a failed batch, in milliseconds.
     pub backoff_initial_ms: u64,
     /// The cap on the retry delay, in milliseconds.
@@ -33,7 +36,13 @@ pub struct ForwarderConfig {
 
 impl Default for ForwarderConfig {
     fn default() -> Self {
-        ForwarderConfig { max_batch: 1024, backoff_initial_ms: 100, backoff_max_ms: 30_000, cursor_interval_ms: 200 }
+        ForwarderConfig {
+            max_batch: 1024,
+            max_batch_bytes: 8 << 20,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+            cursor_interval_ms: 200,
+        }
     }
 }
 
@@ -55,12 +64,14 @@ async fn read_batch(
     name: &str,
     mut reader: Reader,
     max: usize,
+    max_bytes: usize,
 ) -> (Reader, std::io::Result<Vec<(u64, Arc<StoredRecord>)>>) {
     if let Some(batch) = reader.read_from_tail(max) {
         return (reader, Ok(batch));
     }
     let task = tokio::task::spawn_blocking(move || {
-        let batch = reader.read_batch(max).map(|b| b.into_iter().map(|(id, r)| (id, Arc::new(r))).collect());
+        let batch =
+            reader.read_batch_bounded(max, max_bytes).map(|b| b.into_iter().map(|(id, r)| (id, Arc::new(r))).collect());
         (reader, batch)
     });
     match task.await {
@@ -84,7 +95,7 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
     loop {
         durable.borrow_and_update();
         let Some(r) = reader.take() else { return };
-        let (r, batch) = read_batch(&spool, &name, r, config.max_batch.max(1)).await;
+        let (r, batch) = read_batch(&spool, &name, r, config.max_batch.max(1), config.max_batch_bytes.max(1)).await;
         reader = Some(r);
         let batch = match batch {
             Ok(b) => b,

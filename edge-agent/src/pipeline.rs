@@ -288,6 +288,7 @@ mod tests {
             backoff_max_ms: 20,
             // Never due while forwarding: the cursors below are written because the uplinks caught up.
             cursor_interval_ms: 3_600_000,
+            ..ForwarderConfig::default()
         };
         let (pipeline, ingest) = Pipeline::start(
             dir.path(),

@@ -49,15 +49,23 @@ impl Reader {
 
     /// Up to `max` durable records from the current position, in order, with their ids.
     pub fn read_batch(&mut self, max: usize) -> std::io::Result<Vec<(u64, StoredRecord)>> {
+        self.read_batch_bounded(max, usize::MAX)
+    }
+
+    /// [`Reader::read_batch`], stopping also once the records read hold `max_bytes` (at least one record is
+    /// read): a reader far behind on large events does not pull a thousand of them into memory at once.
+    pub fn read_batch_bounded(&mut self, max: usize, max_bytes: usize) -> std::io::Result<Vec<(u64, StoredRecord)>> {
         let durable = *self.shared.durable.borrow();
         let mut out = Vec::new();
-        while out.len() < max && self.next_id <= durable {
+        let mut bytes = 0usize;
+        while out.len() < max && bytes < max_bytes && self.next_id <= durable {
             if self.open.is_none() && !self.open_segment_for_next()? {
                 break;
             }
             match self.read_next(durable)? {
                 Some((id, record)) => {
                     self.next_id = id + 1;
+                    bytes = bytes.saturating_add(record.size_hint());
                     out.push((id, record));
                 }
                 None => {
