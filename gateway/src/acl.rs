@@ -21,6 +21,10 @@
 //! `+` must not turn `devices/{clientid}/#` into every device's topics), while a `deny_*` filter using it still
 //! denies the filter with that placeholder standing for any single level.
 //!
+//! **`$SYS/` topics** are the gateway's own (see [`crate::sys`]): no device may publish to them, and only a device
+//! whose rules grant them explicitly (an `allow_subscribe` filter starting with `$SYS`) may read them;
+//! `acl_default = "allow"` does not open them.
+//!
 //! Devices get the protocol's refusal: PUBACK/PUBREC 0x87 and SUBACK 0x87 in MQTT 5, SUBACK 0x80 in 3.1.1 (a
 //! denied 3.1.1 publish is acknowledged and dropped, as 3.1.1 has no refusal short of closing), `granted: false`
 //! on `cloudevents.json`, 403 ACCESS_REFUSED on an AMQP bind.
@@ -154,7 +158,7 @@ impl DeviceAcl {
 
     /// Whether the device may publish to `topic`.
     pub fn may_publish(&self, topic: &str) -> bool {
-        if self.deny_publish.iter().any(|f| matches(f, topic)) {
+        if is_sys(topic) || self.deny_publish.iter().any(|f| matches(f, topic)) {
             return false;
         }
         self.allow_publish.iter().any(|f| matches(f, topic)) || self.default_allows()
@@ -165,7 +169,7 @@ impl DeviceAcl {
         if self.deny_subscribe.iter().any(|f| matches(f, topic)) {
             return false;
         }
-        self.allow_subscribe.iter().any(|f| matches(f, topic)) || self.default_allows()
+        self.allow_subscribe.iter().any(|f| matches(f, topic)) || (self.default_allows() && !is_sys(topic))
     }
 
     /// Whether the device may read every topic, so deliveries need no check.
@@ -179,12 +183,14 @@ impl DeviceAcl {
         if self.deny_subscribe.iter().any(|d| covers(d, filter)) {
             return SubscribeVerdict::Refused;
         }
-        let readable = self.default_allows() || self.allow_subscribe.iter().any(|a| overlaps(a, filter));
+        // `$SYS/` is read only where a rule grants it, whatever the default.
+        let default = self.default_allows() && !is_sys(filter);
+        let readable = default || self.allow_subscribe.iter().any(|a| overlaps(a, filter));
         if !readable {
             return SubscribeVerdict::Refused;
         }
         let whole = self.deny_subscribe.iter().all(|d| !overlaps(d, filter))
-            && (self.default_allows() || self.allow_subscribe.iter().any(|a| covers(a, filter)));
+            && (default || self.allow_subscribe.iter().any(|a| covers(a, filter)));
         if whole { SubscribeVerdict::Granted } else { SubscribeVerdict::Filtered }
     }
 
@@ -192,6 +198,11 @@ impl DeviceAcl {
     pub fn may_subscribe(&self, filter: &str) -> bool {
         self.subscribe(filter).granted()
     }
+}
+
+/// Whether a topic or filter lies in the gateway's `$SYS/` tree.
+pub fn is_sys(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
 /// Whether every topic `inner` can match is matched by `outer`.
@@ -256,6 +267,25 @@ mod tests {
             deny_publish: vec![],
             deny_subscribe: filters.iter().map(|f| f.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn sys_topics_are_read_only_where_a_rule_grants_them_and_never_published() {
+        let open = Acl::new(vec![], AclDefault::Allow).for_device(Some("u"), "c");
+        assert_eq!(open.subscribe("$SYS/#"), Refused, "the default does not open $SYS");
+        assert!(!open.may_read("$SYS/broker/uptime"));
+        assert!(open.may_read("a/b"));
+        let monitor = AclRule {
+            user: "ops".into(),
+            allow_publish: vec![],
+            allow_subscribe: vec!["$SYS/#".into()],
+            deny_publish: vec![],
+            deny_subscribe: vec![],
+        };
+        let ops = Acl::new(vec![monitor], AclDefault::Allow).for_device(Some("ops"), "c");
+        assert_eq!(ops.subscribe("$SYS/#"), Granted);
+        assert!(ops.may_read("$SYS/broker/clients/connected"));
+        assert!(!ops.may_publish("$SYS/broker/version"), "nobody publishes into $SYS");
     }
 
     #[test]

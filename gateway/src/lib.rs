@@ -12,6 +12,7 @@
 //! - [`ws`]: the WebSocket listener: `cloudevents.json` with acknowledgements, and MQTT over WebSocket.
 //! - [`limits`]: the named depth, count, byte and rate budgets of `[limits]`, and the checks that apply them.
 //! - [`listener`]: the accept loop the listeners share; [`tls`]: rustls (ring) for the TLS listeners.
+//! - [`policy`]: the users, rules and limits a reload replaces; [`clients`]: who is connected (and the kick).
 //! - [`acks`]: the acknowledgement seam every listener shares: answers held until their events are durable.
 //! - [`normalize`]: message → CloudEvent, with mapping rules (shared with the `edge-agent` bridge, so it lives there).
 //! - [`downlinks`]: events from the mesh delivered to devices through the local broker.
@@ -24,12 +25,14 @@ pub mod admin;
 pub mod amqp;
 pub mod auth;
 pub mod broker;
+pub mod clients;
 pub mod config;
 pub mod downlinks;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod policy;
 pub use meshgate_edge_agent::normalize;
 pub mod server;
 pub mod tls;

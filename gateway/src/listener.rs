@@ -10,11 +10,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::acl::Acl;
-use crate::auth::Authenticator;
 use crate::broker::LocalBroker;
+use crate::clients::Clients;
 use crate::metrics::Metrics;
-use crate::normalize::Normalizer;
+use crate::policy::PolicyCell;
 
 /// What the transport tells about a connection's peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,22 +40,16 @@ impl Peer {
 /// The gateway's parts every device connection works with, whatever its protocol.
 #[derive(Clone)]
 pub struct Shared {
-    /// Device credentials.
-    pub auth: Authenticator,
-    /// Message → CloudEvent.
-    pub normalizer: Arc<Normalizer>,
+    /// Device users, rules and limits in force (replaced by a reload).
+    pub policy: Arc<PolicyCell>,
+    /// Who is connected: for the admin API, and to kick a connection.
+    pub clients: Arc<Clients>,
     /// Into the pipeline.
     pub ingest: IngestHandle,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The local broker.
     pub broker: Arc<LocalBroker>,
-    /// Publish and subscribe rules.
-    pub acl: Acl,
-    /// Which client ids a device may use.
-    pub client_ids: crate::auth::client_id::ClientIdRules,
-    /// `[limits]`.
-    pub limits: crate::limits::LimitsConfig,
     /// The per-user message-rate buckets.
     pub user_rates: Arc<crate::limits::UserRates>,
     /// Becomes `true` when the gateway shuts down.

@@ -13,13 +13,13 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::amqp::{self, AmqpContext};
-use crate::auth::Authenticator;
 use crate::broker::{BrokerConfig, LocalBroker};
+use crate::clients::Clients;
 use crate::config::Config;
 use crate::listener::{self, Peer};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttContext};
-use crate::normalize::Normalizer;
+use crate::policy::{Policy, PolicyCell};
 use crate::ws::{self, WsContext};
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
@@ -72,7 +72,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     .await?;
     metrics.set_uplinks(pipeline.stats());
     metrics.set_spool(pipeline.spool().clone());
-    let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(anyhow::Error::msg)?);
+    let mut first = Policy::of(&config, None).map_err(anyhow::Error::msg)?;
+    first.auth = first.auth.with_metrics(Arc::clone(&metrics));
+    let policy = Arc::new(PolicyCell::new(first));
+    let clients = Arc::new(Clients::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Every socket is bound before anything is announced, so a port in use fails the start cleanly.
@@ -114,14 +117,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     metrics.set_downlinks(downlinks.stats);
 
     let shared = listener::Shared {
-        auth: Authenticator::new(&config.auth).with_metrics(Arc::clone(&metrics)),
-        normalizer,
+        policy: Arc::clone(&policy),
+        clients: Arc::clone(&clients),
         ingest,
         metrics: Arc::clone(&metrics),
         broker: Arc::clone(&broker),
-        acl: crate::acl::Acl::new(config.auth.acl.clone(), config.auth.acl_default),
-        client_ids: config.auth.client_ids(),
-        limits: config.limits,
         user_rates: Arc::default(),
         shutdown: stop_rx.clone(),
     };

@@ -54,6 +54,8 @@ pub struct BrokerQueues {
     /// Sessions of durable queues whose declaration, bindings or contents changed since the driver last took
     /// them: the session store holds them before the answer goes out ([`BrokerQueues::take_durable_changes`]).
     durable_changes: Vec<String>,
+    /// Messages fetched for delivery since [`BrokerQueues::take_delivered`].
+    delivered: u64,
 }
 
 impl BrokerQueues {
@@ -69,6 +71,7 @@ impl BrokerQueues {
             consuming: HashSet::new(),
             resend: HashMap::new(),
             durable_changes: Vec::new(),
+            delivered: 0,
         }
     }
 
@@ -97,6 +100,17 @@ impl BrokerQueues {
     pub fn set_device(&mut self, acl: DeviceAcl, owner: &str) {
         self.owner = SessionOwner::new(owner, &acl);
         self.acl = acl;
+    }
+
+    /// Sets the device's ACL again (a reload changed it), for the same user.
+    pub fn set_acl(&mut self, acl: DeviceAcl) {
+        let owner = std::mem::take(&mut self.owner.user);
+        self.set_device(acl, &owner);
+    }
+
+    /// How many messages were delivered since the last call (for the client list).
+    pub fn take_delivered(&mut self) -> u64 {
+        std::mem::take(&mut self.delivered)
     }
 
     /// The connection ended: consumers detach, queues it owned end (their messages with them).
@@ -154,6 +168,7 @@ impl BrokerQueues {
         });
         let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
         out.extend(polled.into_iter().filter_map(|o| Self::fetched(o, remaining, now)));
+        self.delivered += out.len() as u64;
         out
     }
 }

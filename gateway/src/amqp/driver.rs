@@ -25,15 +25,16 @@ use super::broker_queues::BrokerQueues;
 use super::connection::{Event, Limits, ServerConnection, reply};
 use super::topic;
 use crate::acks::{Outcome, PendingAcks};
-use crate::acl::DeviceAcl;
 use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms as wall_ms;
 use crate::broker::message::EventIdentity;
 use crate::broker::{Message, MessageProperties};
+use crate::clients::{ClientInfo, Listed, kicked};
 use crate::limits::MessageRate;
 use crate::listener::Peer;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{AmqpInbound, Normalized, cloudevent_headers};
+use crate::policy::DevicePolicy;
 
 const PROTOCOL: Protocol = Protocol::Amqp;
 
@@ -82,7 +83,10 @@ struct Driver<S> {
     wbuf: Vec<u8>,
     started: Instant,
     client_id: String,
-    acl: DeviceAcl,
+    /// The policy in force and what this device may publish and bind under it.
+    device: DevicePolicy,
+    /// Its place in the client list, once it logged in.
+    listed: Option<Listed>,
     pending: PendingAcks<Confirm>,
     /// The peer's address and certificate identity.
     peer: Peer,
@@ -100,15 +104,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             channel_max: c.channel_max,
             heartbeat: c.heartbeat_secs,
             max_body: c.max_message_size,
-            max_table_depth: ctx.shared.limits.max_table_depth,
+            max_table_depth: ctx.shared.policy.load().limits.max_table_depth,
         };
         let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        let queues = BrokerQueues::new(Arc::clone(&ctx.shared.broker), conn_id, DeviceAcl::default());
+        let queues = BrokerQueues::new(Arc::clone(&ctx.shared.broker), conn_id, crate::acl::DeviceAcl::default());
         Driver {
             stream,
             conn: ServerConnection::new(limits, 0).with_certificate_identity(peer.identity.clone()),
             peer,
-            share: IngestShare::new(ctx.shared.limits.max_unconfirmed_per_connection),
+            share: IngestShare::new(ctx.shared.policy.load().limits.max_unconfirmed_per_connection),
             rate: MessageRate::default(),
             deliveries: queues.notifier(),
             queues,
@@ -116,7 +120,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             wbuf: Vec::with_capacity(4096),
             started: Instant::now(),
             client_id: String::new(),
-            acl: DeviceAcl::default(),
+            device: DevicePolicy::new(&ctx.shared.policy),
+            listed: None,
             pending: PendingAcks::new(&ctx.shared, PROTOCOL),
             ctx,
         }
@@ -159,10 +164,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             let handshake = (!self.conn.is_open()).then_some(handshake_deadline);
             let paused = !self.conn.publish_flow();
             let deliveries = Arc::clone(&self.deliveries);
+            let listed = self.listed.as_ref().map(|l| Arc::clone(l.client()));
             tokio::select! {
                 biased;
                 _ = crate::listener::stopped(&mut shutdown) => {
-                    return self.shut_down().await;
+                    return self.shut_down("CONNECTION_FORCED - gateway shutting down").await;
+                }
+                _ = kicked(listed.as_deref()) => {
+                    tracing::info!(client = %self.client_id, "AMQP connection closed by the administrator");
+                    return self.shut_down("CONNECTION_FORCED - closed by the administrator").await;
                 }
                 _ = self.pending.ready() => {
                     self.complete_ready();
@@ -177,6 +187,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 _ = deliveries.notified() => {
                     if self.conn.pump_deliveries(&mut self.queues, DELIVERIES_PER_WAKE) {
                         self.deliveries.notify_one();
+                    }
+                    let sent = self.queues.take_delivered();
+                    if let Some(listed) = &self.listed {
+                        listed.client().sent(sent);
                     }
                 }
                 _ = sleep_until(timer) => {
@@ -198,12 +212,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
     }
 
-    /// The gateway stops: the confirms owed go out, then connection.close 320 and a short wait for close-ok.
-    async fn shut_down(&mut self) -> std::io::Result<()> {
+    /// The gateway stops, or the administrator kicked the connection: the confirms owed go out, then
+    /// connection.close 320 with `text` and a short wait for close-ok.
+    async fn shut_down(&mut self, text: &str) -> std::io::Result<()> {
         let Driver { pending, ctx, conn, .. } = self;
         pending.resolve_all(&ctx.shared, |confirm, outcome| answer(conn, confirm, outcome)).await;
         self.conn.set_publish_flow(true);
-        self.conn.close(reply::CONNECTION_FORCED, "CONNECTION_FORCED - gateway shutting down", 0, 0);
+        self.conn.close(reply::CONNECTION_FORCED, text, 0, 0);
         self.flush().await?;
         let _ = tokio::time::timeout(CLOSE_OK_WAIT, async {
             while !self.conn.is_closed() {
@@ -220,6 +235,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Hands complete frames to the state machine and acts on its events, until the buffer holds no whole frame.
     async fn process_input(&mut self) {
+        if self.listed.is_some() && self.device.refresh(&self.ctx.shared.policy) {
+            // A reload changed the rules: bindings are judged by the new ones from now on.
+            self.queues.set_acl(self.device.acl_seen().clone());
+        }
         loop {
             let now = self.now();
             let used = self.conn.handle_input(&self.rbuf, now, &mut self.queues);
@@ -242,11 +261,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     // The state machine offers EXTERNAL only with a verified certificate, whose name this is.
                     (AuthOutcome::Allowed, true)
                 } else {
-                    self.ctx
-                        .shared
-                        .auth
-                        .check_presented(&username, password.as_bytes(), self.peer.login(PROTOCOL))
-                        .await
+                    let auth = self.ctx.shared.policy.load().auth.clone();
+                    auth.check_presented(&username, password.as_bytes(), self.peer.login(PROTOCOL)).await
                 };
                 let mut ok = outcome == AuthOutcome::Allowed;
                 if ok {
@@ -260,11 +276,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     }
                 }
                 if ok {
-                    self.acl = self.ctx.shared.acl.for_device(known.then_some(username.as_str()), &self.client_id);
+                    let cell = &self.ctx.shared.policy;
+                    let acl = self.device.admit(cell, known.then_some(username.as_str()), &self.client_id).clone();
                     let owner = if known { username.as_str() } else { "" };
-                    self.queues.set_device(self.acl.clone(), owner);
-                    let (limits, rates) = (&self.ctx.shared.limits, &self.ctx.shared.user_rates);
-                    self.rate = MessageRate::for_connection(limits, rates, owner, std::time::Instant::now());
+                    self.queues.set_device(acl, owner);
+                    let (limits, rates) = (self.device.current(cell).limits, &self.ctx.shared.user_rates);
+                    self.rate = MessageRate::for_connection(&limits, rates, owner, std::time::Instant::now());
+                    self.listed = Some(self.ctx.shared.clients.list(ClientInfo {
+                        client_id: self.client_id.clone(),
+                        user: owner.to_string(),
+                        protocol: PROTOCOL,
+                        version: "0-9-1",
+                        peer: self.peer.addr,
+                        keep_alive_secs: u32::from(self.ctx.config.heartbeat_secs),
+                        session: None,
+                    }));
                 } else if outcome != AuthOutcome::Allowed {
                     self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::BadCredentials);
                 }
@@ -293,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         known: bool,
     ) -> Result<String, crate::auth::client_id::ClientIdRefused> {
         let (user, certificate) = (known.then_some(username), self.peer.identity.as_deref());
-        let rules = &self.ctx.shared.client_ids;
+        let rules = &self.ctx.shared.policy.load().client_ids;
         rules.name(connection_name.as_deref(), || username.to_string(), user, certificate)
     }
 
@@ -309,7 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         // Over its message rate the connection waits here, and reads nothing meanwhile.
         self.rate.pace().await;
         let topic = topic::routing_key_to_topic(routing_key);
-        if !self.acl.may_publish(&topic) {
+        if !self.device.acl(&self.ctx.shared.policy).may_publish(&topic) {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             let text = format!("ACCESS_REFUSED - publishing to '{routing_key}' is not allowed");
             self.conn.refuse_publish(channel, reply::ACCESS_REFUSED, &text);
@@ -329,7 +355,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     headers,
                     body: &body,
                 };
-                self.ctx.shared.normalizer.amqp(&inbound, uuid::Uuid::now_v7(), Utc::now()).map_err(|e| e.to_string())
+                self.device
+                    .current(&self.ctx.shared.policy)
+                    .normalizer
+                    .amqp(&inbound, uuid::Uuid::now_v7(), Utc::now())
+                    .map_err(|e| e.to_string())
             }
             Err(e) => Err(e.clone()),
         };
@@ -350,6 +380,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
         };
         self.ctx.shared.metrics.message_in(PROTOCOL);
+        if let Some(listed) = &self.listed {
+            listed.client().received();
+        }
         let mut local = self.local_message(&topic, properties, &headers.unwrap_or_default(), body, tag.is_some());
         if let Some(m) = local.as_mut() {
             m.event = Some(EventIdentity::of(&event));

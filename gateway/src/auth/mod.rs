@@ -95,6 +95,24 @@ impl Authenticator {
         }
     }
 
+    /// The users and the anonymous switch of `config`, keeping this authenticator's login guard (the failure
+    /// history and backoff of a reload's predecessor) and its metrics.
+    pub fn reconfigured(&self, config: &AuthConfig) -> Self {
+        let users = config.users.iter().map(|u| (u.username.clone(), u.password_hash.0.clone())).collect();
+        Authenticator {
+            allow_anonymous: config.allow_anonymous,
+            users: Arc::new(users),
+            guard: Arc::clone(&self.guard),
+            dummy: Arc::new(OnceLock::new()),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Whether `username` is a configured user.
+    pub fn knows(&self, username: &str) -> bool {
+        self.users.contains_key(username)
+    }
+
     /// Counts failures in `metrics` (`meshgate_auth_failures_total`).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);

@@ -83,7 +83,7 @@ async fn publish(ctx: &MqttContext, client: &str, version: Version, mut message:
         properties: &properties,
         payload: &message.payload,
     };
-    match ctx.shared.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now()) {
+    match ctx.shared.policy.load().normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), Utc::now()) {
         Ok(n) => {
             message.event = Some(crate::broker::message::EventIdentity::of(&n.event));
             if ctx.shared.ingest.submit_unconfirmed(n.event, n.route, n.when_full).await.is_err() {

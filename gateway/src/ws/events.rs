@@ -33,12 +33,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::WsContext;
 use super::session::{Close, Event as SessionEvent, EventsConfig, EventsSession, Incoming, Outgoing, Token, Verdict};
 use crate::acks::{Outcome, PendingAcks};
-use crate::acl::DeviceAcl;
 use crate::broker::local::now_ms;
 use crate::broker::{Message as BrokerMessage, Outbound, SessionOwner, SessionRefused, session_name};
+use crate::clients::{Client, ClientInfo};
 use crate::limits::MessageRate;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{Inbound, Normalized};
+use crate::policy::DevicePolicy;
 
 const PROTOCOL: Protocol = Protocol::Ws;
 
@@ -52,10 +53,12 @@ const DELIVERY_BYTES_PER_WAKE: u64 = 256 * 1024;
 pub struct Device {
     /// The device's name: the `client` query parameter, else its user name, else `ws-{n}`.
     pub client_id: String,
-    /// Its ACL.
-    pub acl: DeviceAcl,
+    /// The policy in force and its ACL under it.
+    pub policy: DevicePolicy,
     /// The user its subscriptions' session belongs to (`""`: anonymous).
     pub owner: String,
+    /// The peer's address.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Why the connection ended before its session began (the close frame to send).
@@ -75,8 +78,19 @@ where
             let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(frame))).await;
         }
         Ok(registration) => {
-            let (limits, rates) = (&ctx.shared.limits, &ctx.shared.user_rates);
-            let rate = MessageRate::for_connection(limits, rates, &device.owner, std::time::Instant::now());
+            let mut device = device;
+            let limits = device.policy.current(&ctx.shared.policy).limits;
+            let rate =
+                MessageRate::for_connection(&limits, &ctx.shared.user_rates, &device.owner, std::time::Instant::now());
+            let listed = ctx.shared.clients.list(ClientInfo {
+                client_id: device.client_id.clone(),
+                user: device.owner.clone(),
+                protocol: PROTOCOL,
+                version: "cloudevents.json",
+                peer: device.peer,
+                keep_alive_secs: 0,
+                session: Some(session.clone()),
+            });
             let pending = PendingAcks::new(&ctx.shared, PROTOCOL);
             let conn_id = registration.conn_id;
             let c = &ctx.config;
@@ -84,11 +98,13 @@ where
                 max_invalid: c.max_invalid,
                 ping_every_ms: c.ping_interval_secs.max(1).saturating_mul(1000),
                 idle_ms: c.idle_timeout_secs.max(1).saturating_mul(1000),
-                limits: ctx.shared.limits,
+                limits,
             };
             let started = Instant::now();
             let events = EventsSession::new(config, 0);
-            let mut s = Session { ctx: Arc::clone(&ctx), device, session, pending, notify, rate, events, started };
+            let client = Arc::clone(listed.client());
+            let mut s =
+                Session { ctx: Arc::clone(&ctx), device, session, pending, notify, rate, events, started, client };
             s.run(&mut ws, registration.taken_over).await;
             ctx.mqtt.registry.unregister(&s.session, conn_id);
             // A newer connection of the same user holds the session now: it is not ours to end.
@@ -109,7 +125,7 @@ fn claim(
     session: &str,
     notify: &Arc<tokio::sync::Notify>,
 ) -> Result<crate::mqtt::registry::Registration, Refused> {
-    let owner = SessionOwner::new(&device.owner, &device.acl);
+    let owner = SessionOwner::new(&device.owner, device.policy.acl_seen());
     let not_owner = || {
         ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
         tracing::info!(client = %device.client_id, user = %device.owner, "cloudevents.json client name belongs to another user");
@@ -156,6 +172,8 @@ struct Session {
     events: EventsSession,
     /// The session counts milliseconds from here.
     started: Instant,
+    /// Its entry in the client list.
+    client: Arc<Client>,
 }
 
 impl Session {
@@ -191,6 +209,10 @@ impl Session {
                 _ = crate::listener::stopped(&mut shutdown) => {
                     self.answer_all().await;
                     self.events.close(CloseCode::Away, "gateway shutting down");
+                }
+                _ = self.client.kicked() => {
+                    self.answer_all().await;
+                    self.events.close(CloseCode::Policy, "disconnected by the administrator");
                 }
                 _ = self.pending.ready() => self.answer_ready(),
                 message = ws.next(), if can_read => {
@@ -253,13 +275,15 @@ impl Session {
     /// Takes a valid event: `None` when its answer waits for the spool, else the reason it is refused.
     async fn on_publish(&mut self, token: Token, event: CloudEvent, topic: String) -> Option<&'static str> {
         self.rate.pace().await;
-        if !self.device.acl.may_publish(&topic) {
+        if !self.device.policy.acl(&self.ctx.shared.policy).may_publish(&topic) {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             return Some("not authorized");
         }
         let local = local_message(&event, &topic, &self.device.client_id);
-        let Normalized { event, route, .. } = self.ctx.shared.normalizer.kept(event, &topic);
+        let normalizer = &self.device.policy.current(&self.ctx.shared.policy).normalizer;
+        let Normalized { event, route, .. } = normalizer.kept(event, &topic);
         self.ctx.shared.metrics.message_in(PROTOCOL);
+        self.client.received();
         // A message for persistent sessions is made durable with the event, and the commit routes it.
         let (companion, local) = match local {
             Some(m) => self.ctx.shared.broker.companion(m, None),
@@ -287,7 +311,9 @@ impl Session {
     }
 
     fn subscribe(&mut self, filter: &str) -> bool {
-        if meshgate_protocols::mqtt::topic::validate_filter(filter).is_err() || !self.device.acl.may_subscribe(filter) {
+        if meshgate_protocols::mqtt::topic::validate_filter(filter).is_err()
+            || !self.device.policy.acl(&self.ctx.shared.policy).may_subscribe(filter)
+        {
             return false;
         }
         let now = now_ms();
@@ -319,6 +345,7 @@ impl Session {
             self.ctx.shared.broker.with(|b| b.session_mut(&session).map(|s| s.puback(packet_id)));
             if let Some(text) = text {
                 self.events.deliver(text);
+                self.client.sent(1);
             }
         }
         if more {
@@ -328,7 +355,7 @@ impl Session {
 
     /// A broker message as the event sent to the device: a structured CloudEvent as published, anything else
     /// wrapped with the default mapping.
-    fn delivery_text(&self, m: &BrokerMessage) -> Option<String> {
+    fn delivery_text(&mut self, m: &BrokerMessage) -> Option<String> {
         if let Ok(event) = CloudEvent::from_json_slice(&m.payload) {
             return Some(event.to_json_string());
         }
@@ -340,7 +367,8 @@ impl Session {
             content_type: m.properties.content_type.as_deref(),
             payload: &m.payload,
         };
-        let mut event = self.ctx.shared.normalizer.wrap(&inbound, uuid::Uuid::now_v7(), Utc::now()).ok()?.event;
+        let normalizer = &self.device.policy.current(&self.ctx.shared.policy).normalizer;
+        let mut event = normalizer.wrap(&inbound, uuid::Uuid::now_v7(), Utc::now()).ok()?.event;
         // The event the mesh received for this message: the same id, source and time on every delivery.
         if let Some(identity) = &m.event {
             event.id.clone_from(&identity.id);

@@ -98,7 +98,9 @@ where
                 (None, None) => (None, None),
             };
             let certified = negotiated.credentials.is_none() && identity.is_some();
-            if !certified && ctx.shared.auth.check(user, pass, peer.login(Protocol::Ws)).await != AuthOutcome::Allowed {
+            let mut policy = crate::policy::DevicePolicy::new(&ctx.shared.policy);
+            let auth = policy.current(&ctx.shared.policy).auth.clone();
+            if !certified && auth.check(user, pass, peer.login(Protocol::Ws)).await != AuthOutcome::Allowed {
                 ctx.shared.metrics.reject(Protocol::Ws, RejectReason::BadCredentials);
                 let frame = CloseFrame { code: CloseCode::Policy, reason: "not authorized".into() };
                 let _ = ws.close(Some(frame)).await;
@@ -107,19 +109,22 @@ where
             let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
             let presented = negotiated.client.as_deref();
             let default = || user.map_or_else(|| format!("ws-{conn_id}"), String::from);
-            let client_id = match ctx.shared.client_ids.name(presented, default, user, identity.as_deref()) {
-                Ok(id) => id,
-                Err(why) => {
-                    ctx.shared.metrics.reject(Protocol::Ws, RejectReason::NotAuthorized);
-                    tracing::info!(client = presented, user, "cloudevents.json client refused: {why}");
-                    let frame = CloseFrame { code: CloseCode::Policy, reason: "client name not allowed".into() };
-                    let _ = ws.close(Some(frame)).await;
-                    return;
-                }
-            };
-            let acl = ctx.shared.acl.for_device(user, &client_id);
+            let client_id =
+                match policy.current(&ctx.shared.policy).client_ids.name(presented, default, user, identity.as_deref())
+                {
+                    Ok(id) => id,
+                    Err(why) => {
+                        ctx.shared.metrics.reject(Protocol::Ws, RejectReason::NotAuthorized);
+                        tracing::info!(client = presented, user, "cloudevents.json client refused: {why}");
+                        let frame = CloseFrame { code: CloseCode::Policy, reason: "client name not allowed".into() };
+                        let _ = ws.close(Some(frame)).await;
+                        return;
+                    }
+                };
+            policy.admit(&ctx.shared.policy, user, &client_id);
             let owner = if certified { identity.clone() } else { user.map(String::from) }.unwrap_or_default();
-            events::serve(ws, Arc::clone(&ctx), events::Device { client_id, acl, owner }).await;
+            let device = events::Device { client_id, policy, owner, peer: peer.addr };
+            events::serve(ws, Arc::clone(&ctx), device).await;
         }
     }
 }

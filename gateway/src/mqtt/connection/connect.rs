@@ -9,6 +9,7 @@ use super::{Driver, PROTOCOL, lifecycle};
 use crate::auth::AuthOutcome;
 use crate::broker::local::now_ms;
 use crate::broker::{SessionOwner, SessionRefused};
+use crate::clients::ClientInfo;
 use crate::metrics::RejectReason;
 use crate::mqtt::registry::Registration;
 use crate::mqtt::session::{Accepted, ServerSession};
@@ -35,12 +36,13 @@ impl Driver {
     /// Authenticates the device and claims its client id; refused when the device may not connect as it asks.
     pub(super) async fn on_connect(&mut self, connect: &Connect<'_>) -> Result<Admitted, Refusal> {
         let metrics = &self.ctx.shared.metrics;
+        let policy = self.ctx.shared.policy.load();
         // A verified client certificate (mTLS) is the identity of a device that sends no user name.
         let certified = connect.username.is_none() && self.peer.identity.is_some();
         let outcome = if certified {
             AuthOutcome::Allowed
         } else {
-            self.ctx.shared.auth.check(connect.username, connect.password, self.peer.login(PROTOCOL)).await
+            policy.auth.check(connect.username, connect.password, self.peer.login(PROTOCOL)).await
         };
         match outcome {
             AuthOutcome::Allowed => {}
@@ -53,13 +55,13 @@ impl Driver {
                 return Err((ReasonCode::NOT_AUTHORIZED, "authentication failed"));
             }
         }
-        if connect.will.as_ref().is_some_and(|w| !self.ctx.shared.limits.topic_depth_ok(w.topic)) {
+        if connect.will.as_ref().is_some_and(|w| !policy.limits.topic_depth_ok(w.topic)) {
             metrics.reject(PROTOCOL, RejectReason::LimitExceeded);
             return Err((ReasonCode::TOPIC_NAME_INVALID, "will topic deeper than limits.max_topic_levels"));
         }
         let identity = if certified { self.peer.identity.as_deref() } else { connect.username };
         let fresh = || uuid::Uuid::now_v7().simple().to_string();
-        let rules = &self.ctx.shared.client_ids;
+        let rules = &policy.client_ids;
         let (client_id, assigned) =
             match rules.resolve(connect.client_id, identity, self.peer.identity.as_deref(), fresh) {
                 Ok(c) => (c.id, c.assigned),
@@ -69,14 +71,14 @@ impl Driver {
                     return Err((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed for this user"));
                 }
             };
-        self.acl = self.ctx.shared.acl.for_device(identity, &client_id);
+        let acl = self.device.admit(&self.ctx.shared.policy, identity, &client_id);
         // A will is a publish: refused at CONNECT where the device may not publish, before any takeover.
-        if let Some(w) = connect.will.as_ref().filter(|w| !self.acl.may_publish(w.topic)) {
+        if let Some(w) = connect.will.as_ref().filter(|w| !acl.may_publish(w.topic)) {
             metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             tracing::info!(client = %client_id, topic = w.topic, "CONNECT refused: will on a topic the device may not publish to");
             return Err((ReasonCode::NOT_AUTHORIZED, "will topic not authorized"));
         }
-        let owner = SessionOwner::new(identity.unwrap_or_default(), &self.acl);
+        let owner = SessionOwner::new(identity.unwrap_or_default(), acl);
         // A client id belongs to the user whose session it names: another user is refused before anything of
         // the owner's (connection or session) is touched.
         let not_owner = || {
@@ -104,8 +106,9 @@ impl Driver {
         let version = session.version();
         let now = now_ms();
         self.deliveries = Some(self.ctx.shared.broker.attach(&client_id, registration.conn_id));
-        let (limits, rates) = (&self.ctx.shared.limits, &self.ctx.shared.user_rates);
-        self.rate = crate::limits::MessageRate::for_connection(limits, rates, &owner.user, std::time::Instant::now());
+        let limits = self.device.current(&self.ctx.shared.policy).limits;
+        let rates = &self.ctx.shared.user_rates;
+        self.rate = crate::limits::MessageRate::for_connection(&limits, rates, &owner.user, std::time::Instant::now());
         let (expiry, receive_maximum) = (session.session_expiry(), session.client_receive_maximum());
         let connected = self
             .ctx
@@ -155,6 +158,15 @@ impl Driver {
             });
             lifecycle(&self.ctx, Lifecycle::Connected, &client_id, data).await;
         }
+        self.listed = Some(self.ctx.shared.clients.list(ClientInfo {
+            client_id: client_id.clone(),
+            user: owner.user.clone(),
+            protocol: PROTOCOL,
+            version: if version.is_v5() { "5" } else { "3.1.1" },
+            peer: self.peer.addr,
+            keep_alive_secs: u32::from(session.keep_alive_secs()),
+            session: Some(client_id.clone()),
+        }));
         self.client = Some((client_id, registration));
         // What the session queued while the client was away follows the CONNACK and the resends.
         self.pump_wanted = true;

@@ -54,10 +54,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 impl Driver {
     /// Encodes deliveries through the session; one too large for the client is discarded (its flow ended).
     pub(super) fn write_outbound(&self, session: &mut ServerSession, deliveries: Vec<Outbound>, now: u64) {
+        let mut sent = 0;
         for out in deliveries {
-            if session.deliver(&out, now).is_err()
-                && let Outbound::Publish { packet_id, .. } = out
-            {
+            let delivered = session.deliver(&out, now).is_ok();
+            if delivered && matches!(out, Outbound::Publish { .. }) {
+                sent += 1;
+            }
+            if !delivered && let Outbound::Publish { packet_id, .. } = out {
                 tracing::debug!(
                     client = self.client_id(),
                     "delivery larger than the client's maximum packet size dropped"
@@ -65,6 +68,9 @@ impl Driver {
                 let client = self.client_id();
                 self.ctx.shared.broker.with(|b| b.session_mut(client).map(|s| s.discard(packet_id)));
             }
+        }
+        if let Some(listed) = &self.listed {
+            listed.client().sent(sent);
         }
     }
 
@@ -92,7 +98,7 @@ impl Driver {
         let now = now_ms();
         let mut codes = Vec::with_capacity(s.filters.len());
         for f in s.filters.iter() {
-            if !self.acl.may_subscribe(f.filter) {
+            if !self.device.acl(&self.ctx.shared.policy).may_subscribe(f.filter) {
                 self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
                 codes.push(if v5 { ReasonCode::NOT_AUTHORIZED.0 } else { 0x80 });
                 continue;

@@ -29,7 +29,7 @@ impl Driver {
         self.rate.pace().await;
         let metrics = &self.ctx.shared.metrics;
         let acknowledged = publish.qos != QoS::AtMostOnce;
-        if !self.acl.may_publish(topic) {
+        if !self.device.acl(&self.ctx.shared.policy).may_publish(topic) {
             metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             tracing::debug!(client = self.client_id(), topic, "publish not authorized");
             return Some(Verdict::Dropped(ReasonCode::NOT_AUTHORIZED));
@@ -63,6 +63,9 @@ impl Driver {
         let (companion, local) = self.ctx.shared.broker.companion(local, publisher.zip(pubrec));
         let Normalized { event, route, when_full } = normalized;
         metrics.message_in(PROTOCOL);
+        if let Some(listed) = &self.listed {
+            listed.client().received();
+        }
         let ingest = &self.ctx.shared.ingest;
         let ack = Ack { token, pubrec, release: false };
         if acknowledged || self.ctx.config.qos0_wait_durable {
@@ -101,7 +104,8 @@ impl Driver {
             properties: &publish.properties,
             payload: publish.payload,
         };
-        self.ctx.shared.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), chrono::Utc::now()).map_err(|e| {
+        // The policy `on_publish` looked at for the ACL.
+        self.device.policy_seen().normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), chrono::Utc::now()).map_err(|e| {
             tracing::debug!(error = %e, topic, "invalid CloudEvent refused");
             metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
             Verdict::Refused(ReasonCode::PAYLOAD_FORMAT_INVALID, "invalid CloudEvent")

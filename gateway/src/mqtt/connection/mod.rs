@@ -26,9 +26,11 @@ use super::registry::Registration;
 use super::session::{Close, ClosedBy, Event, ServerSession, SessionConfig, Token, Verdict};
 use super::{MqttContext, will};
 use crate::acks::{Outcome, PendingAcks};
+use crate::clients::{Listed, kicked};
 use crate::listener::Peer;
 use crate::metrics::Protocol;
 use crate::normalize::Lifecycle;
+use crate::policy::DevicePolicy;
 
 mod connect;
 mod delivery;
@@ -117,7 +119,7 @@ fn session_config(ctx: &MqttContext) -> SessionConfig {
         topic_alias_maximum: c.topic_alias_maximum,
         max_keep_alive_secs: c.max_keep_alive_secs,
         connect_timeout_ms: c.connect_timeout_secs.saturating_mul(1000),
-        max_topic_levels: ctx.shared.limits.max_topic_levels,
+        max_topic_levels: ctx.shared.policy.load().limits.max_topic_levels,
     }
 }
 
@@ -150,8 +152,10 @@ struct Driver {
     client: Option<(String, Registration)>,
     /// Wakes the driver when the broker queued deliveries for this client.
     deliveries: Option<Arc<Notify>>,
-    /// What this device may publish and subscribe to.
-    acl: crate::acl::DeviceAcl,
+    /// The policy in force and what this device may publish and subscribe to under it.
+    device: DevicePolicy,
+    /// Its place in the client list, once CONNECT is accepted.
+    listed: Option<Listed>,
     /// The peer's address and the subject of a verified client certificate (mTLS).
     peer: Peer,
     /// `limits.max_messages_per_second` and `max_messages_per_second_per_user`.
@@ -185,13 +189,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(stream: S, ctx: Arc<MqttContext>, peer: Peer) -> Self {
         let session = ServerSession::new(session_config(&ctx), 0);
         let driver = Driver {
-            share: IngestShare::new(ctx.shared.limits.max_unconfirmed_per_connection),
+            share: IngestShare::new(ctx.shared.policy.load().limits.max_unconfirmed_per_connection),
             pending: PendingAcks::new(&ctx.shared, PROTOCOL),
+            device: DevicePolicy::new(&ctx.shared.policy),
             ctx,
             started: Instant::now(),
             client: None,
             deliveries: None,
-            acl: crate::acl::DeviceAcl::default(),
+            listed: None,
             peer,
             rate: crate::limits::MessageRate::default(),
             pubrels: Vec::new(),
@@ -234,11 +239,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let Connection { stream, session, driver, .. } = self;
             let taken_over = driver.client.as_mut().map(|(_, r)| &mut r.taken_over);
             let deliveries = driver.deliveries.clone();
+            let listed = driver.listed.as_ref().map(|l| Arc::clone(l.client()));
             tokio::select! {
                 biased;
                 _ = taken(taken_over) => {
                     self.answer_all().await;
                     self.session.close(ReasonCode::SESSION_TAKEN_OVER, "session taken over");
+                }
+                _ = kicked(listed.as_deref()) => {
+                    self.answer_all().await;
+                    self.session.close(ReasonCode::ADMINISTRATIVE_ACTION, "disconnected by the administrator");
                 }
                 _ = super::stopped(&mut shutdown) => {
                     self.answer_all().await;
@@ -387,7 +397,8 @@ fn complete(ctx: &MqttContext, session: &mut ServerSession, client: Option<&str>
 
 /// Sends a lifecycle event for `client` into the pipeline (unconfirmed: nobody waits for it).
 async fn lifecycle(ctx: &MqttContext, what: Lifecycle, client: &str, data: serde_json::Value) {
-    let event = ctx.shared.normalizer.lifecycle(what, PROTOCOL, client, data, uuid::Uuid::now_v7(), Utc::now());
+    let event =
+        ctx.shared.policy.load().normalizer.lifecycle(what, PROTOCOL, client, data, uuid::Uuid::now_v7(), Utc::now());
     let route = meshgate_edge_agent::pipeline::Route::All;
     let when_full = meshgate_edge_agent::spool::WhenFull::Block;
     if ctx.shared.ingest.submit_unconfirmed(event, route, when_full).await.is_err() {
