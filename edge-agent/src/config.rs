@@ -54,6 +54,35 @@ impl UplinkConfig {
         }
     }
 
+    /// The uplink's kind, as `kind =` spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UplinkConfig::File(_) => "file",
+            UplinkConfig::Amqp(_) => "amqp",
+            UplinkConfig::EventMeshGrpc(_) => "eventmesh-grpc",
+            UplinkConfig::EventMeshHttp(_) => "eventmesh-http",
+            UplinkConfig::EventMeshTcp(_) => "eventmesh-tcp",
+            UplinkConfig::Mqtt(_) => "mqtt",
+            UplinkConfig::Http(_) => "http",
+            UplinkConfig::Nats(_) => "nats",
+        }
+    }
+
+    /// Where it sends, for the admin API and the dashboard: the file, or the address with any password taken
+    /// out of it.
+    pub fn endpoint(&self) -> String {
+        match self {
+            UplinkConfig::File(c) => c.path.display().to_string(),
+            UplinkConfig::Amqp(c) => without_password(&c.uri),
+            UplinkConfig::EventMeshGrpc(c) | UplinkConfig::EventMeshHttp(c) | UplinkConfig::EventMeshTcp(c) => {
+                c.endpoints.iter().map(|e| without_password(e)).collect::<Vec<_>>().join(", ")
+            }
+            UplinkConfig::Mqtt(c) => without_password(&c.uri),
+            UplinkConfig::Http(c) => without_password(&c.url),
+            UplinkConfig::Nats(c) => without_password(&c.url),
+        }
+    }
+
     /// Checks the table's values beyond their types; the error names the key (relative to the table) and the
     /// problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -66,6 +95,21 @@ impl UplinkConfig {
             UplinkConfig::Http(c) => c.validate(),
             UplinkConfig::Nats(c) => c.validate(),
         }
+    }
+}
+
+/// `scheme://user:secret@host/...` as `scheme://user:***@host/...`; anything else as it is.
+pub fn without_password(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else { return address.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => address.to_string(),
     }
 }
 

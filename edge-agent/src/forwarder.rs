@@ -145,6 +145,7 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
                     }
                     Err(e) => {
                         uplink.stats.record(0, false);
+                        uplink.stats.failed_with(&e);
                         let delay = match &e {
                             // The destination said how long to wait: that, rather than our guess.
                             UplinkError::Busy { retry_after: Some(wait), .. } => (*wait).max(Duration::from_millis(1)),

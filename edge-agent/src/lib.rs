@@ -11,6 +11,7 @@
 //! - [`uplink`]: the [`Uplink`](uplink::Uplink) trait and its implementations: a JSON-lines file (the embedded
 //!   default), RabbitMQ, and Apache EventMesh over gRPC, HTTP and TCP with load balancing and failover.
 
+pub mod admin;
 pub mod bridge;
 pub mod client_tls;
 pub mod config;

@@ -109,11 +109,13 @@ pub struct BrokerSection {
     pub max_queued_messages: usize,
     /// Bytes of messages (payload and topic) queued per session, beside the count; the same drop order applies.
     pub max_queued_bytes: u64,
+    /// Seconds between `$SYS/broker/...` updates (0: none are published).
+    pub sys_interval_secs: u64,
 }
 
 impl Default for BrokerSection {
     fn default() -> Self {
-        BrokerSection { max_queued_messages: 1000, max_queued_bytes: 16 * 1024 * 1024 }
+        BrokerSection { max_queued_messages: 1000, max_queued_bytes: 16 * 1024 * 1024, sys_interval_secs: 10 }
     }
 }
 
@@ -296,16 +298,30 @@ impl Default for WsListenerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// The address of `/healthz`, `/readyz` and `/metrics`.
+    /// The address of `/healthz`, `/readyz`, `/metrics`, the admin API (`/api/`) and the dashboard (`/`).
     pub bind: SocketAddr,
     /// The same endpoint over TLS (https), with the certificate of `[tls]` (and its client certificate check);
     /// off unless set.
     pub tls_bind: Option<SocketAddr>,
+    /// The Argon2 hash of the admin token (`meshgate hash-password`), sent as `Authorization: Bearer TOKEN`.
+    /// Without it (or `cert_names`) the admin API is locked.
+    pub token_hash: Option<String>,
+    /// Common names of client certificates that are the administrator on `tls_bind` (verified against
+    /// `tls.client_ca_file`).
+    pub cert_names: Vec<String>,
+    /// Whether `/metrics` needs the admin token too (the health endpoints stay open).
+    pub protect_metrics: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { bind: SocketAddr::from(([127, 0, 0, 1], 9100)), tls_bind: None }
+        AdminConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            tls_bind: None,
+            token_hash: None,
+            cert_names: Vec::new(),
+            protect_metrics: false,
+        }
     }
 }
 
@@ -434,6 +450,9 @@ impl Config {
         if self.admin.as_ref().is_some_and(|a| a.tls_bind.is_some()) && self.tls.is_none() {
             return err("admin.tls_bind", "needs a [tls] table with cert_file and key_file");
         }
+        if let Some(hash) = self.admin.as_ref().and_then(|a| a.token_hash.as_deref()) {
+            meshgate_edge_agent::admin::validate_token_hash(hash).or_else(|p| err("admin.token_hash", &p))?;
+        }
         if let Some(ws) = &self.listeners.ws {
             if ws.max_unacked == 0 {
                 return err("listeners.ws.max_unacked", "must be at least 1");
@@ -480,6 +499,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What opens the admin API: the token hash and certificate names of `[admin]`.
+    pub fn admin_secrets(&self) -> meshgate_edge_agent::admin::AdminSecrets {
+        self.admin.as_ref().map_or_else(Default::default, |a| meshgate_edge_agent::admin::AdminSecrets {
+            token_hash: a.token_hash.clone(),
+            cert_names: a.cert_names.clone(),
+        })
     }
 
     /// The configured uplinks, or the embedded default (a file uplink named `local`).

@@ -34,6 +34,8 @@ pub mod metrics;
 pub mod mqtt;
 pub mod policy;
 pub use meshgate_edge_agent::normalize;
+pub mod reload;
 pub mod server;
+pub mod sys;
 pub mod tls;
 pub mod ws;

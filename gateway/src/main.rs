@@ -90,5 +90,5 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    process::run_service("meshgate", server::run(config, process::shutdown_signal()))
+    process::run_service("meshgate", server::run(config, cli.config.clone(), process::shutdown_signal()))
 }

@@ -6,9 +6,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use meshgate_edge_agent::downlink::DownlinkStats;
-use meshgate_edge_agent::spool::Spool;
-use meshgate_edge_agent::uplink::{LATENCY_BUCKETS_MS, UplinkStats};
+use meshgate_edge_agent::admin::MeshStatus;
+use meshgate_edge_agent::admin::mesh::metric_header;
 
 pub use meshgate_edge_agent::normalize::Protocol;
 
@@ -72,12 +71,6 @@ impl RejectReason {
     }
 }
 
-/// Reads one counter of an uplink.
-type StatReader = fn(&UplinkStats) -> u64;
-
-/// Reads one figure of an uplink endpoint.
-type EndpointReader = fn(&meshgate_edge_agent::uplink::eventmesh::EndpointState) -> u64;
-
 const PROTOCOLS: usize = Protocol::ALL.len();
 const REASONS: usize = RejectReason::ALL.len();
 
@@ -91,9 +84,9 @@ pub struct Metrics {
     flow_paused: [AtomicU64; PROTOCOLS],
     auth_failures: [AtomicU64; PROTOCOLS],
     rejects: [[AtomicU64; REASONS]; PROTOCOLS],
-    uplinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<UplinkStats>)>>,
-    downlinks: std::sync::OnceLock<Vec<(Arc<str>, Arc<DownlinkStats>)>>,
-    spool: std::sync::OnceLock<Spool>,
+    /// Configuration reloads: applied, refused.
+    reloads: [AtomicU64; 2],
+    mesh: std::sync::OnceLock<Arc<MeshStatus>>,
     broker: std::sync::OnceLock<Arc<crate::broker::LocalBroker>>,
 }
 
@@ -102,19 +95,42 @@ fn reason_index(r: RejectReason) -> usize {
 }
 
 impl Metrics {
-    /// Registers the uplinks whose counters `/metrics` reports.
-    pub fn set_uplinks(&self, uplinks: Vec<(Arc<str>, Arc<UplinkStats>)>) {
-        let _ = self.uplinks.set(uplinks);
+    /// Registers the spool, uplinks and downlinks whose state `/metrics` and `/readyz` report.
+    pub fn set_mesh(&self, mesh: Arc<MeshStatus>) {
+        let _ = self.mesh.set(mesh);
     }
 
-    /// Registers the downlinks whose counters `/metrics` reports.
-    pub fn set_downlinks(&self, downlinks: Vec<(Arc<str>, Arc<DownlinkStats>)>) {
-        let _ = self.downlinks.set(downlinks);
+    /// The spool, uplinks and downlinks, once registered.
+    pub fn mesh(&self) -> Option<&Arc<MeshStatus>> {
+        self.mesh.get()
     }
 
-    /// Registers the spool whose state `/metrics` and `/readyz` report.
-    pub fn set_spool(&self, spool: Spool) {
-        let _ = self.spool.set(spool);
+    /// A configuration reload was applied (`true`) or refused.
+    pub fn reloaded(&self, applied: bool) {
+        self.reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Open connections of `p`.
+    pub fn connections(&self, p: Protocol) -> i64 {
+        self.connections[p as usize].load(Ordering::Relaxed)
+    }
+
+    /// Connections of `p` accepted since the start.
+    pub fn connections_accepted(&self, p: Protocol) -> u64 {
+        self.connections_total[p as usize].load(Ordering::Relaxed)
+    }
+
+    /// Messages accepted from devices of `p`.
+    pub fn messages_in(&self, p: Protocol) -> u64 {
+        self.messages_in[p as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every refusal reason with its count over all protocols.
+    pub fn rejects_by_reason(&self) -> Vec<(&'static str, u64)> {
+        RejectReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), Protocol::ALL.iter().map(|p| self.rejects(*p, *r)).sum()))
+            .collect()
     }
 
     /// Registers the local broker whose figures `/metrics` reports.
@@ -124,7 +140,7 @@ impl Metrics {
 
     /// Whether the spool's last commit succeeded.
     pub fn spool_healthy(&self) -> bool {
-        self.spool.get().is_some_and(Spool::is_healthy)
+        self.mesh.get().is_some_and(|m| m.spool_healthy())
     }
 
     /// A connection was accepted.
@@ -171,9 +187,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
+        let header = metric_header;
         header(&mut out, "meshgate_connections", "gauge", "Open device connections.");
         for p in Protocol::ALL {
             let v = self.connections[p as usize].load(Ordering::Relaxed);
@@ -217,18 +231,6 @@ impl Metrics {
                 );
             }
         }
-        if let Some(spool) = self.spool.get() {
-            header(&mut out, "meshgate_spool_bytes", "gauge", "Bytes held in spool segment files.");
-            let _ = writeln!(out, "meshgate_spool_bytes {}", spool.bytes());
-            header(&mut out, "meshgate_spool_healthy", "gauge", "1 when the spool's last commit succeeded.");
-            let _ = writeln!(out, "meshgate_spool_healthy {}", u8::from(spool.is_healthy()));
-            header(&mut out, "meshgate_spool_quarantined_total", "counter", "Corrupt spool stretches quarantined.");
-            let _ = writeln!(out, "meshgate_spool_quarantined_total {}", spool.quarantined());
-            header(&mut out, "meshgate_spool_dropped_total", "counter", "drop-oldest telemetry discarded when full.");
-            let _ = writeln!(out, "meshgate_spool_dropped_total {}", spool.dropped());
-            header(&mut out, "meshgate_spool_commits_total", "counter", "Group commits (one fdatasync each).");
-            let _ = writeln!(out, "meshgate_spool_commits_total {}", spool.commits());
-        }
         if let Some(broker) = self.broker.get() {
             let b = broker.read(|b| b.stats());
             let figures: [(&str, &str, &str, u64); 8] = [
@@ -256,91 +258,19 @@ impl Metrics {
                 let _ = writeln!(out, "{name} {v}");
             }
         }
-        let uplinks = self.uplinks.get().map(Vec::as_slice).unwrap_or_default();
-        let per_uplink: [(&str, &str, StatReader); 7] = [
-            ("meshgate_uplink_events_total", "Events each uplink confirmed.", |s| s.events.load(Ordering::Relaxed)),
-            ("meshgate_uplink_failures_total", "Batches each uplink failed (each is retried).", |s| {
-                s.failures.load(Ordering::Relaxed)
-            }),
-            ("meshgate_uplink_returned_total", "Events the destination returned (e.g. unroutable).", |s| {
-                s.returned.load(Ordering::Relaxed)
-            }),
-            ("meshgate_uplink_connects_total", "Connections (re)established.", |s| s.connects.load(Ordering::Relaxed)),
-            ("meshgate_uplink_dead_lettered_total", "Events set aside in the dead-letter file, never retried.", |s| {
-                s.dead_lettered.load(Ordering::Relaxed)
-            }),
-            ("meshgate_uplink_busy_total", "Answers asking to slow down (overload, rate limit).", |s| {
-                s.busy.load(Ordering::Relaxed)
-            }),
-            (
-                "meshgate_uplink_duplicates_total",
-                "Re-sent events the destination recognised by id and stored no second time.",
-                |s| s.duplicates.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, read) in per_uplink {
-            header(&mut out, name, "counter", help);
-            for (u, s) in uplinks {
-                let _ = writeln!(out, "{name}{{uplink=\"{u}\"}} {}", read(s));
-            }
+        let name = "meshgate_config_reloads_total";
+        header(&mut out, name, "counter", "Configuration reloads (SIGHUP, POST /api/reload) by result.");
+        for (result, n) in ["applied", "refused"].iter().zip(&self.reloads) {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", n.load(Ordering::Relaxed));
         }
-        let downlinks = self.downlinks.get().map(Vec::as_slice).unwrap_or_default();
-        let name = "meshgate_downlink_events_total";
-        header(&mut out, name, "counter", "Events from the mesh by outcome: delivered, expired (ttl), refused.");
-        for (d, s) in downlinks {
-            for (outcome, n) in [("delivered", &s.delivered), ("expired", &s.expired), ("refused", &s.refused)] {
-                let _ = writeln!(out, "{name}{{downlink=\"{d}\",outcome=\"{outcome}\"}} {}", n.load(Ordering::Relaxed));
-            }
-        }
-        let name = "meshgate_downlink_connects_total";
-        header(&mut out, name, "counter", "Downlink connections (re)established.");
-        for (d, s) in downlinks {
-            let _ = writeln!(out, "{name}{{downlink=\"{d}\"}} {}", s.connects.load(Ordering::Relaxed));
-        }
-        let endpoint_gauges: [(&str, &str, &str, EndpointReader); 3] = [
-            ("meshgate_uplink_endpoint_up", "gauge", "1 while an endpoint takes traffic, 0 while ejected.", |e| {
-                u64::from(e.up.load(Ordering::Relaxed))
-            }),
-            ("meshgate_uplink_endpoint_in_flight", "gauge", "Requests in flight to an endpoint.", |e| {
-                e.in_flight.load(Ordering::Relaxed) as u64
-            }),
-            ("meshgate_uplink_endpoint_ejections_total", "counter", "Times an endpoint was ejected.", |e| {
-                e.ejections.load(Ordering::Relaxed)
-            }),
-        ];
-        for (name, kind, help, read) in endpoint_gauges {
-            header(&mut out, name, kind, help);
-            for (u, s) in uplinks {
-                for e in s.endpoints.get().map(Vec::as_slice).unwrap_or_default() {
-                    let _ = writeln!(out, "{name}{{uplink=\"{u}\",endpoint=\"{}\"}} {}", e.address, read(e));
-                }
-            }
-        }
-        let name = "meshgate_uplink_forward_latency_seconds";
-        header(&mut out, name, "histogram", "Acceptance at the gateway to confirmation by the uplink, per event.");
-        for (u, s) in uplinks {
-            let mut cumulative = 0;
-            for (i, bucket) in s.latency.buckets.iter().enumerate() {
-                cumulative += bucket.load(Ordering::Relaxed);
-                let le = LATENCY_BUCKETS_MS.get(i).map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
-                let _ = writeln!(out, "{name}_bucket{{uplink=\"{u}\",le=\"{le}\"}} {cumulative}");
-            }
-            let sum = s.latency.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-            let _ = writeln!(out, "{name}_sum{{uplink=\"{u}\"}} {sum}\n{name}_count{{uplink=\"{u}\"}} {cumulative}");
-        }
-        let name = "meshgate_uplink_oldest_pending_seconds";
-        header(&mut out, name, "gauge", "Age of the oldest event an uplink has not confirmed yet (0: caught up).");
-        let now = meshgate_edge_agent::spool::record::now_ms();
-        for (u, s) in uplinks {
-            let oldest = s.oldest_pending_ms.load(Ordering::Relaxed);
-            let age = if oldest == 0 { 0.0 } else { now.saturating_sub(oldest) as f64 / 1000.0 };
-            let _ = writeln!(out, "{name}{{uplink=\"{u}\"}} {age:.3}");
+        if let Some(mesh) = self.mesh.get() {
+            mesh.render_metrics(&mut out);
         }
         out
     }
 
     /// The registered uplinks' health, for `/readyz`.
     pub fn uplinks_healthy(&self) -> bool {
-        self.uplinks.get().is_some_and(|u| u.iter().any(|(_, s)| s.is_healthy()))
+        self.mesh.get().is_some_and(|m| m.uplinks_healthy())
     }
 }

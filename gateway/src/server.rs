@@ -3,10 +3,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::Context as _;
+use meshgate_edge_agent::admin::MeshStatus;
 use meshgate_edge_agent::pipeline::Pipeline;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,7 +23,10 @@ use crate::listener::{self, Peer};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttContext};
 use crate::policy::{Policy, PolicyCell};
+use crate::reload::{Reloadable, Reloader};
+use crate::sys::SysSources;
 use crate::ws::{self, WsContext};
+use meshgate_edge_agent::admin::{AdminAccess, PlainListener, TlsAdminListener};
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
@@ -54,8 +60,13 @@ where
     Box::new(move |s| Box::pin(serve(s)))
 }
 
-/// Runs the gateway until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs the gateway until `shutdown` resolves. `path` is the configuration file (`None`: the embedded
+/// defaults), read again on SIGHUP and `POST /api/reload`.
+pub async fn run(config: Config, path: Option<PathBuf>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Before anything else: SIGHUP's default action ends the process, and an operator may send it at any time.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    let started = Instant::now();
     let data_dir = config.gateway.data_dir.clone();
     tokio::fs::create_dir_all(&data_dir)
         .await
@@ -70,8 +81,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         &[crate::broker::durable::CONSUMER],
     )
     .await?;
-    metrics.set_uplinks(pipeline.stats());
-    metrics.set_spool(pipeline.spool().clone());
     let mut first = Policy::of(&config, None).map_err(anyhow::Error::msg)?;
     first.auth = first.auth.with_metrics(Arc::clone(&metrics));
     let policy = Arc::new(PolicyCell::new(first));
@@ -88,13 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let wss_listener = bind_opt(l.ws.as_ref().and_then(|c| c.tls_bind), "listeners.ws.tls_bind").await?;
     let admin_listener = bind_opt(config.admin.as_ref().map(|a| a.bind), "admin.bind").await?;
     let admins_listener = bind_opt(config.admin.as_ref().and_then(|a| a.tls_bind), "admin.tls_bind").await?;
-    let (tls, server_cert) = match &config.tls {
-        Some(t) => {
-            let (acceptor, cert) = crate::tls::acceptor(t)?;
-            (Some(acceptor), Some((cert, t.reload_interval_secs)))
-        }
-        None => (None, None),
-    };
+    let tls = config.tls.as_ref().map(crate::tls::ServerTls::new).transpose()?;
 
     let broker_dir = data_dir.join("broker");
     let broker_config = BrokerConfig::new(&config.broker, &config.limits);
@@ -109,12 +112,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         )
     })?;
     let maintenance = tokio::spawn(Arc::clone(&broker).run_maintenance(stop_rx.clone()));
-    if let Some((cert, secs)) = server_cert.filter(|(_, secs)| *secs > 0) {
-        tokio::spawn(cert.watch(Duration::from_secs(secs), stop_rx.clone()));
+    if let (Some(tls), Some(t)) = (&tls, config.tls.as_ref().filter(|t| t.reload_interval_secs > 0)) {
+        tokio::spawn(Arc::clone(tls).watch(Duration::from_secs(t.reload_interval_secs), stop_rx.clone()));
     }
     metrics.set_broker(Arc::clone(&broker));
     let downlinks = crate::downlinks::start(&config.downlinks, &ingest, &stop_rx);
-    metrics.set_downlinks(downlinks.stats);
+    let mesh =
+        Arc::new(MeshStatus::new(pipeline.spool().clone(), config.spool.clone(), pipeline.stats(), downlinks.stats));
+    metrics.set_mesh(Arc::clone(&mesh));
+    let access = Arc::new(AdminAccess::new(config.admin_secrets()));
+    let reloadable = Reloadable {
+        policy: Arc::clone(&policy),
+        tls: tls.clone(),
+        broker: Arc::clone(&broker),
+        clients: Arc::clone(&clients),
+        metrics: Arc::clone(&metrics),
+        admin: Arc::clone(&access),
+    };
+    let reloader = Arc::new(Reloader::new(path, config.clone(), reloadable));
+    let hangup_task = tokio::spawn(reload_on_hangup(hangups, Arc::clone(&reloader), stop_rx.clone()));
+    if config.broker.sys_interval_secs > 0 {
+        let sources = SysSources {
+            broker: Arc::clone(&broker),
+            metrics: Arc::clone(&metrics),
+            clients: Arc::clone(&clients),
+            started,
+        };
+        let every = Duration::from_secs(config.broker.sys_interval_secs);
+        tokio::spawn(crate::sys::run(sources, every, stop_rx.clone()));
+    }
 
     let shared = listener::Shared {
         policy: Arc::clone(&policy),
@@ -192,20 +218,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             spawn(listener, cfg.max_connections, Box::new(crate::tls::over_tls(acceptor, timeout, serve)));
         }
     }
-    // Every ingest handle must be gone once the connections are, so the pipeline can drain at shutdown.
+    let state = AdminState {
+        metrics: Arc::clone(&metrics),
+        mesh,
+        data_dir: data_dir.clone(),
+        broker: Arc::clone(&broker),
+        clients: Arc::clone(&clients),
+        policy: Arc::clone(&policy),
+        ingest: shared.ingest.clone(),
+        reloader,
+        access,
+        protect_metrics: config.admin.as_ref().is_some_and(|a| a.protect_metrics),
+        started,
+        shutdown: stop_rx.clone(),
+    };
+    // Every ingest handle must be gone once the connections and the admin endpoint are, so the pipeline can drain
+    // at shutdown.
     drop(mqtt_ctx);
     drop(shared);
     let mut admin_tasks = Vec::new();
-    let state = AdminState { metrics: Arc::clone(&metrics), data_dir: data_dir.clone() };
-    if let (Some(inner), Some(acceptor)) = (admins_listener, tls.clone()) {
+    if let (Some(inner), Some(tls)) = (admins_listener, tls.clone()) {
         announce("admins", &inner)?;
-        let listener = admin::TlsListener { inner, acceptor };
-        admin_tasks.push(tokio::spawn(admin::run(listener, state.clone(), stop_rx.clone())));
+        let acceptor = Arc::new(move || tls.acceptor());
+        let listener = TlsAdminListener { inner, acceptor, cert_name: crate::tls::peer_identity };
+        admin_tasks.push(tokio::spawn(admin::run(listener, state.clone())));
     }
     // Announced last: scripts and tests wait for this line to know every listener is up.
     if let Some(listener) = admin_listener {
         announce("admin", &listener)?;
-        admin_tasks.push(tokio::spawn(admin::run(listener, state, stop_rx.clone())));
+        admin_tasks.push(tokio::spawn(admin::run(PlainListener(listener), state)));
+    } else {
+        drop(state);
     }
     tracing::info!(gateway = %config.gateway.id, data_dir = %data_dir.display(), "meshgate started");
 
@@ -224,6 +267,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for task in admin_tasks {
         let _ = task.await;
     }
+    let _ = hangup_task.await;
     for task in downlinks.tasks {
         let _ = task.await;
     }
@@ -240,6 +284,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tracing::info!("meshgate stopped");
     Ok(())
+}
+
+/// Reloads the configuration on every SIGHUP until shutdown (see [`crate::reload`]).
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reloader: Arc<Reloader>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = crate::listener::stopped(&mut stop) => return,
+            got = hangups.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reloading the configuration");
+                let reloader = Arc::clone(&reloader);
+                // The outcome is logged and counted by the reloader.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        }
+    }
 }
 
 /// Prints the bound address on stdout (`meshgate: mqtt listening on 127.0.0.1:1883`), so scripts and tests that

@@ -1,7 +1,9 @@
 //! TLS for the device listeners: rustls with the ring provider only (DESIGN: with aws-lc compiled in as well,
 //! rustls cannot pick a provider and panics), from the files of `[tls]`: the server certificate and key, and
 //! optionally a CA that client certificates are verified against (mTLS). A verified client certificate's subject
-//! common name becomes the device's identity. The server certificate is reloaded when its files change.
+//! common name becomes the device's identity. The server certificate is reloaded when its files change, and the
+//! whole of `[tls]` (certificate, key, client CA) by a configuration reload ([`ServerTls::replace`]); connections
+//! already open keep what they negotiated.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -22,9 +24,53 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsConfig;
 
+/// The TLS server side of `[tls]` in force, shared by every TLS listener.
+pub struct ServerTls {
+    current: RwLock<(TlsAcceptor, Arc<ReloadingCert>)>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// The acceptor of `config`; errors name the key and the file.
+    pub fn new(config: &TlsConfig) -> anyhow::Result<Arc<ServerTls>> {
+        Ok(Arc::new(ServerTls { current: RwLock::new(acceptor(config)?) }))
+    }
+
+    /// The acceptor for the next handshake.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).0.clone()
+    }
+
+    /// Loads `config` and puts it in force for new handshakes; a configuration that does not load leaves the
+    /// current one in force and says why.
+    pub fn replace(&self, config: &TlsConfig) -> anyhow::Result<()> {
+        let loaded = acceptor(config)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
+        Ok(())
+    }
+
+    /// Looks at the certificate files in force every `every` until shutdown (see [`ReloadingCert::refresh`]).
+    pub async fn watch(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = crate::listener::stopped(&mut stop) => return,
+                _ = tokio::time::sleep(every) => {
+                    let cert = Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).1);
+                    let _ = tokio::task::spawn_blocking(move || cert.refresh()).await;
+                }
+            }
+        }
+    }
+}
+
 /// A TLS acceptor for `[tls]`, and the server certificate it presents (to reload). Errors name the key and the
 /// file.
-pub fn acceptor(config: &TlsConfig) -> anyhow::Result<(TlsAcceptor, Arc<ReloadingCert>)> {
+fn acceptor(config: &TlsConfig) -> anyhow::Result<(TlsAcceptor, Arc<ReloadingCert>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cert = Arc::new(ReloadingCert::load(config, Arc::clone(&provider))?);
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -99,19 +145,6 @@ impl ReloadingCert {
             }
         }
     }
-
-    /// Looks at the files every `every` until shutdown.
-    pub async fn watch(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = crate::listener::stopped(&mut stop) => return,
-                _ = tokio::time::sleep(every) => {
-                    let cert = Arc::clone(&self);
-                    let _ = tokio::task::spawn_blocking(move || cert.refresh()).await;
-                }
-            }
-        }
-    }
 }
 
 impl ResolvesServerCert for ReloadingCert {
@@ -163,13 +196,13 @@ pub type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Wraps `serve` so each connection first completes a TLS handshake within `timeout`; `serve` gets the stream
 /// and the client certificate's identity.
-pub fn over_tls<F, Fut>(acceptor: TlsAcceptor, timeout: Duration, serve: F) -> impl Fn(TcpStream) -> Serving
+pub fn over_tls<F, Fut>(tls: Arc<ServerTls>, timeout: Duration, serve: F) -> impl Fn(TcpStream) -> Serving
 where
     F: Fn(TlsStream<TcpStream>, crate::listener::Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     move |stream| {
-        let (acceptor, serve) = (acceptor.clone(), serve.clone());
+        let (acceptor, serve) = (tls.acceptor(), serve.clone());
         Box::pin(async move {
             let addr = stream.peer_addr().ok();
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::config::AgentConfig;
 use super::source::{self, BridgeContext};
+use crate::admin::{MeshStatus, PlainListener};
 use crate::normalize::Normalizer;
 use crate::pipeline::{Pipeline, StartError};
 
@@ -23,6 +24,9 @@ pub enum AgentError {
     /// The mapping rules did not compile.
     #[error("rules: {0}")]
     Rules(String),
+    /// The admin endpoint could not listen.
+    #[error("admin.bind: cannot listen on {0}: {1}")]
+    Admin(String, std::io::Error),
     /// The pipeline did not start.
     #[error(transparent)]
     Pipeline(#[from] StartError),
@@ -41,6 +45,20 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let (pipeline, ingest) =
         Pipeline::start_configured(&data_dir, &config.uplinks(), &config.spool, config.forwarder, &[]).await?;
     let (stop_tx, stop) = watch::channel(false);
+    let admin = match &config.admin {
+        Some(admin) => {
+            let listener = tokio::net::TcpListener::bind(admin.bind)
+                .await
+                .map_err(|e| AgentError::Admin(admin.bind.to_string(), e))?;
+            let mesh = MeshStatus::new(pipeline.spool().clone(), config.spool.clone(), pipeline.stats(), Vec::new());
+            let router = crate::admin::agent_router(admin, Arc::new(mesh), data_dir.clone());
+            if let Ok(addr) = listener.local_addr() {
+                println!("edge-agent: admin listening on {addr}");
+            }
+            Some(tokio::spawn(crate::admin::serve(PlainListener(listener), router, stop.clone())))
+        }
+        None => None,
+    };
     let cx = BridgeContext { normalizer, ingest, stop };
     let bridges: Vec<_> = config
         .bridges
@@ -56,6 +74,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let _ = stop_tx.send(true);
     for bridge in bridges {
         let _ = bridge.await;
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
     }
     let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
     if tokio::time::timeout(grace, pipeline.shutdown()).await.is_err() {

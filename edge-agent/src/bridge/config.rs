@@ -163,6 +163,9 @@ pub struct AgentConfig {
     /// `[forwarder]`.
     #[serde(default)]
     pub forwarder: ForwarderConfig,
+    /// `[admin]`: `/healthz`, `/readyz`, `/metrics` and the uplink API; off when the table is missing.
+    #[serde(default)]
+    pub admin: Option<crate::admin::AgentAdminConfig>,
 }
 
 impl AgentConfig {
@@ -180,6 +183,9 @@ impl AgentConfig {
                 return Err((format!("bridges[{i}].name"), format!("`{}` is used by two bridges", b.name)));
             }
             b.validate().map_err(|(k, p)| (format!("bridges[{i}].{k}"), p))?;
+        }
+        if let Some(hash) = self.admin.as_ref().and_then(|a| a.token_hash.as_deref()) {
+            crate::admin::validate_token_hash(hash).map_err(|p| ("admin.token_hash".to_string(), p))?;
         }
         validate_mesh(&self.spool, &self.uplinks, &self.rules)
     }

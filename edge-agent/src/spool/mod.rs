@@ -380,6 +380,16 @@ impl Spool {
         self.shared.lock().total_bytes
     }
 
+    /// Segment files held (the active one included).
+    pub fn segments(&self) -> usize {
+        self.shared.lock().segments.len()
+    }
+
+    /// The id of the newest durable record (0: none yet).
+    pub fn last_durable(&self) -> u64 {
+        *self.shared.durable.borrow()
+    }
+
     /// Corrupt stretches quarantined since the spool opened (recovery included).
     pub fn quarantined(&self) -> u64 {
         self.shared.quarantined.load(Ordering::Relaxed)

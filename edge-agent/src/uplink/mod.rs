@@ -86,6 +86,10 @@ pub struct UplinkStats {
     pub duplicates: AtomicU64,
     /// The destination's endpoints and their health, for uplinks that balance over several.
     pub endpoints: std::sync::OnceLock<Vec<Arc<eventmesh::EndpointState>>>,
+    /// Its kind and where it sends (passwords taken out), for the admin API.
+    described: std::sync::OnceLock<(&'static str, String)>,
+    /// The last failure: when (ms since the epoch) and what.
+    last_error: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 /// Upper bounds of the forward-latency buckets, in milliseconds (the last bucket is +Inf).
@@ -122,6 +126,22 @@ impl UplinkStats {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Its kind and endpoint, once built (`("", "")` for an uplink built in code).
+    pub fn describe(&self) -> (&'static str, &str) {
+        self.described.get().map_or(("", ""), |(k, e)| (*k, e.as_str()))
+    }
+
+    /// The last failure, when (ms since the epoch) and what; `None` if it never failed.
+    pub fn last_error(&self) -> Option<(u64, String)> {
+        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Notes a failed batch's error.
+    pub(crate) fn failed_with(&self, error: &UplinkError) {
+        let now = crate::spool::record::now_ms();
+        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((now, error.to_string()));
+    }
+
     pub(crate) fn record(&self, events: usize, ok: bool) {
         if ok {
             self.events.fetch_add(events as u64, Ordering::Relaxed);
@@ -145,6 +165,7 @@ pub struct NamedUplink {
 /// Builds the uplink a config table describes. Relative paths resolve under `data_dir`.
 pub async fn build(config: &UplinkConfig, data_dir: &std::path::Path) -> Result<NamedUplink, UplinkError> {
     let stats = Arc::new(UplinkStats::new());
+    let _ = stats.described.set((config.kind(), config.endpoint()));
     let uplink: Box<dyn Uplink> = match config {
         UplinkConfig::File(c) => Box::new(FileUplink::open(&data_dir.join(&c.path)).await?),
         UplinkConfig::Amqp(c) => Box::new(RabbitMqUplink::new(c.clone(), data_dir, Arc::clone(&stats))),

@@ -179,6 +179,36 @@ impl Broker {
         }
     }
 
+    /// Puts new limits in force (a reload): what is queued already stays; new messages meet the new limits.
+    pub fn set_config(&mut self, config: BrokerConfig) {
+        self.budget.set_limit(config.limits.max_memory_bytes);
+        self.config = config;
+    }
+
+    /// A reload changed the ACL: each session of a device that can be named again (MQTT and `cloudevents.json`)
+    /// loses the subscriptions `acl_of(owner, client)` refuses and reads only what it allows from now on. AMQP
+    /// queues keep their bindings (the new rules judge the next ones). Returns how many subscriptions ended.
+    pub fn reapply_acl(&mut self, acl_of: impl Fn(&str, &str) -> crate::acl::DeviceAcl) -> usize {
+        let names: Vec<Arc<str>> =
+            self.sessions.keys().filter(|n| !n.starts_with(super::session_name::AMQP_QUEUE)).cloned().collect();
+        let mut ended = 0;
+        for name in names {
+            let client = name.strip_prefix(super::session_name::WS_CLIENT).unwrap_or(&name);
+            let Some(session) = self.sessions.get(&name) else { continue };
+            let acl = acl_of(&session.owner, client);
+            let refused: Vec<String> =
+                session.subscriptions.keys().filter(|f| !acl.may_subscribe(f)).cloned().collect();
+            for filter in refused {
+                ended += usize::from(self.unsubscribe(&name, &filter));
+            }
+            let reader = (!acl.reads_everything()).then(|| Arc::new(acl));
+            if let Some(s) = self.session_entry(&name) {
+                s.set_reader(reader);
+            }
+        }
+        ended
+    }
+
     /// `client`'s session, marked changed for the session store.
     fn session_entry(&mut self, client: &str) -> Option<&mut Session> {
         let (key, _) = self.sessions.get_key_value(client)?;
@@ -535,6 +565,20 @@ impl Broker {
             self.retained.insert(message.topic.clone(), message)
         };
         self.retained_bytes -= old.map_or(0, |m| m.queued_size());
+    }
+
+    /// Removes the retained message of `topic` (an administrator's delete); returns whether there was one.
+    pub fn clear_retained(&mut self, topic: &str) -> bool {
+        let had = self.retained.contains_key(topic);
+        if let Some(old) = self.retained.remove(topic) {
+            self.retained_bytes -= old.queued_size();
+        }
+        had
+    }
+
+    /// Every session, connected or not, by name.
+    pub fn sessions(&self) -> impl Iterator<Item = (&str, &Session)> {
+        self.sessions.iter().map(|(c, s)| (c.as_ref(), s))
     }
 
     /// The retained messages, for persistence.

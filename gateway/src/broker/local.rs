@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use meshgate_edge_agent::spool::{Spool, StoredRecord};
+use meshgate_protocols::mqtt::QoS;
 use tokio::sync::{Notify, watch};
 
 use super::durable::{BrokerRecord, CONSUMER, InboundQos2};
@@ -258,6 +259,20 @@ impl LocalBroker {
         }
     }
 
+    /// Deletes the retained message of `topic`, durably (an empty retained message in the log clears the topic on
+    /// replay); returns whether there was one.
+    pub async fn clear_retained(&self, topic: &str) -> std::io::Result<bool> {
+        if !self.read(|b| b.retained().any(|m| m.topic == topic)) {
+            return Ok(false);
+        }
+        let empty = Message::new(topic, b"", QoS::AtMostOnce, true, &Default::default(), "", now_ms());
+        self.log_retained(&empty).await?;
+        let had = self.with(|b| b.clear_retained(topic));
+        self.retained_dirty.store(true, Ordering::Release);
+        self.changed.notify_one();
+        Ok(had)
+    }
+
     /// Makes a retained publish durable before it is acknowledged: one JSON line in `retained.log`, fsynced.
     pub async fn log_retained(&self, message: &Message) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
@@ -282,7 +297,9 @@ impl LocalBroker {
             return Ok(());
         }
         // Under the log's lock, so no append lands between the snapshot and the truncation.
-        let retained: Vec<Message> = self.read(|b| b.retained().cloned().collect());
+        // `$SYS/` figures are the gateway's of the moment, published again after a restart: never saved.
+        let retained: Vec<Message> =
+            self.read(|b| b.retained().filter(|m| !crate::acl::is_sys(&m.topic)).cloned().collect());
         write_atomically(&self.dir.join("retained.json"), &retained)?;
         sync_dir(&self.dir)?;
         log.set_len(0)?;

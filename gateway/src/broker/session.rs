@@ -83,13 +83,18 @@ impl Delivery {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBudget {
     used: Arc<AtomicU64>,
-    limit: u64,
+    limit: Arc<AtomicU64>,
 }
 
 impl MemoryBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> MemoryBudget {
-        MemoryBudget { used: Arc::new(AtomicU64::new(0)), limit }
+        MemoryBudget { used: Arc::new(AtomicU64::new(0)), limit: Arc::new(AtomicU64::new(limit)) }
+    }
+
+    /// Changes the limit for every session sharing the budget (a reload); 0: none.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Bytes in use.
@@ -98,7 +103,8 @@ impl MemoryBudget {
     }
 
     fn would_exceed(&self, more: u64) -> bool {
-        self.limit > 0 && self.used().saturating_add(more) > self.limit
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit > 0 && self.used().saturating_add(more) > limit
     }
 
     fn add(&self, n: u64) {
