@@ -14,6 +14,8 @@ pub struct EdgeAgent {
     child: Option<Child>,
     /// The data directory (spool, `events.jsonl` of the default file uplink).
     pub data_dir: PathBuf,
+    /// The admin endpoint's address, when the configuration has `[admin]`.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl EdgeAgent {
@@ -42,9 +44,14 @@ impl EdgeAgent {
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut ready = 0;
+        let mut admin = None;
         while ready < bridges {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.starts_with("edge-agent: bridge ") && line.contains(" subscribed at ") => ready += 1,
+                // Announced before the bridges start.
+                Ok(line) if line.starts_with("edge-agent: admin listening on ") => {
+                    admin = line.rsplit(' ').next().and_then(|a| a.parse().ok());
+                }
                 Ok(_) => {}
                 Err(_) => {
                     let _ = child.kill();
@@ -52,7 +59,7 @@ impl EdgeAgent {
                 }
             }
         }
-        Ok(EdgeAgent { child: Some(child), data_dir: data_dir.to_path_buf() })
+        Ok(EdgeAgent { child: Some(child), data_dir: data_dir.to_path_buf(), admin })
     }
 
     /// The events the default file uplink wrote so far.

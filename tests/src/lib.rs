@@ -197,15 +197,15 @@ impl Gateway {
 
     /// GET on the admin endpoint; returns the status code and body.
     pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.admin)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("HTTP status")?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((status, body))
+        admin_call(self.admin, "GET", path, None, None)
+    }
+
+    /// A request to the admin API with the admin `token` and a JSON `body`; returns the status code and the
+    /// body read as JSON (`null` when it is not JSON).
+    pub fn admin_api(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let body = body.map(Value::to_string);
+        let (status, text) = admin_call(self.admin, method, path, Some(token), body.as_deref())?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
     /// A figure from `/metrics`, by its full series name (`meshgate_connections{protocol="ws"}`).
@@ -283,6 +283,34 @@ impl Drop for Gateway {
             let _ = child.wait();
         }
     }
+}
+
+/// One HTTP/1.1 request to an admin endpoint at `addr` (with `Authorization: Bearer TOKEN` and a JSON body when
+/// given); returns the status code and the body.
+pub fn admin_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    write!(s, "{head}\r\n{body}")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("HTTP status")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
 }
 
 /// Reads a JSON-lines file of events; a missing file is no events.
