@@ -27,7 +27,7 @@ try {
   await row.waitFor({ state: "visible", timeout: 15000 });
   const count = async () => Number((await row.locator("td.messages-in").innerText()).replace(/,/g, ""));
   result.first = await count();
-  await page.waitForTimeout(3500);
+  await page.waitForTimeout(6000);
   result.second = await count();
   await page.screenshot({ path: screenshot, fullPage: true });
 

@@ -80,12 +80,15 @@ function drawChart() {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, width, height);
   const max = Math.max(1, ...history.map((h) => Math.max(h.in, h.out)));
+  // The newest point at the right edge; at least a minute across, so a young chart is not stretched.
+  const step = width / (Math.max(history.length, 60) - 1);
+  const left = width - (history.length - 1) * step;
   const line = (key, colour) => {
     ctx.beginPath();
     ctx.strokeStyle = colour;
     ctx.lineWidth = 2 * ratio;
     history.forEach((h, i) => {
-      const x = (i / (HISTORY - 1)) * width;
+      const x = left + i * step;
       const y = height - (h[key] / max) * (height - 8 * ratio) - 4 * ratio;
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
@@ -140,6 +143,7 @@ function render(o) {
     tr.appendChild(td);
   });
   const rejects = Object.entries(o.rejects).filter(([, n]) => n > 0);
+  if (rejects.length === 0) rejects.push(["nothing refused", 0]);
   fill($("rejects").tBodies[0], rejects, (tr, [reason, n]) => { cell(tr, reason.replace(/_/g, " ")); cell(tr, number(n)); });
 }
 
