@@ -98,17 +98,18 @@ impl UplinkConfig {
     }
 }
 
-/// `scheme://user:secret@host/...` as `scheme://user:***@host/...`; anything else as it is.
+/// `scheme://user:secret@host/...` as `scheme://user:***@host/...` (and `scheme://token@host` as
+/// `scheme://***@host`); anything else as it is.
 pub fn without_password(address: &str) -> String {
     let Some((scheme, rest)) = address.split_once("://") else { return address.to_string() };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{tail}")
-        }
+        // `user:password@`, or a lone token (`nats://TOKEN@host`): only a user name is shown.
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => format!("{scheme}://***@{host}{tail}"),
+        },
         None => address.to_string(),
     }
 }
@@ -167,4 +168,35 @@ pub fn validate_mesh(
         rule.validate(&known).map_err(|(k, p)| (format!("rules[{i}].{k}"), p))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn an_endpoint_shown_by_the_admin_api_never_carries_its_password(
+            scheme in "(amqp|mqtts?|https?|nats)",
+            user in "[a-z0-9._-]{0,12}",
+            secret in "[A-Za-z0-9!$&'()*+,;=._~-]{4,24}",
+            host in "[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
+            tail in "(/[a-z0-9/%]{0,10})?",
+        ) {
+            let shown = super::without_password(&format!("{scheme}://{user}:{secret}@{host}{tail}"));
+            prop_assert!(!shown.contains(&format!(":{secret}@")), "{}", shown);
+            prop_assert!(shown.ends_with(&format!("@{host}{tail}")), "{}", shown);
+        }
+    }
+
+    #[test]
+    fn addresses_without_a_password_are_shown_as_they_are() {
+        assert_eq!(
+            super::without_password("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(super::without_password("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(super::without_password("nats://s3cr3t@host/x"), "nats://***@host/x");
+        assert_eq!(super::without_password("127.0.0.1:10000"), "127.0.0.1:10000");
+    }
 }

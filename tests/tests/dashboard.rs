@@ -67,8 +67,13 @@ fn the_dashboard_shows_a_publishing_device_live_and_its_kick_button_disconnects_
     let watched = {
         let (stop, mqtt) = (Arc::clone(&stop), gw.mqtt);
         std::thread::spawn(move || -> anyhow::Result<Reply> {
-            let connect =
-                Connect { version: Version::V5, clean_start: true, keep_alive: 30, client_id: "pump-7", ..Connect::default() };
+            let connect = Connect {
+                version: Version::V5,
+                clean_start: true,
+                keep_alive: 30,
+                client_id: "pump-7",
+                ..Connect::default()
+            };
             let (mut c, _) = RawClient::connect_with(mqtt, &connect)?;
             let mut packet_id = 0u16;
             loop {

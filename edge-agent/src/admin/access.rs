@@ -20,6 +20,10 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// The longest wait after failed tokens.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Requests waiting for a token verification at most; more are answered 429 at once, so a flood of guesses
+/// holds no more than this many connections.
+const MAX_WAITING: usize = 16;
+
 /// What proves a caller is the administrator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminSecrets {
@@ -38,6 +42,8 @@ pub enum Denied {
     Missing,
     /// A token that is not the admin token.
     Wrong,
+    /// Too many token verifications are waiting already.
+    Busy,
 }
 
 impl IntoResponse for Denied {
@@ -49,6 +55,7 @@ impl IntoResponse for Denied {
             ),
             Denied::Missing => (StatusCode::UNAUTHORIZED, "an admin token is needed: Authorization: Bearer TOKEN"),
             Denied::Wrong => (StatusCode::UNAUTHORIZED, "wrong admin token"),
+            Denied::Busy => (StatusCode::TOO_MANY_REQUESTS, "too many admin token checks at once; try again"),
         };
         let mut response = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -76,6 +83,8 @@ pub struct AdminAccess {
     verified: Mutex<Option<Vec<u8>>>,
     /// One Argon2 verification at a time.
     slot: tokio::sync::Semaphore,
+    /// Requests waiting for `slot`.
+    waiting: std::sync::atomic::AtomicUsize,
     failures: Mutex<Failures>,
 }
 
@@ -86,6 +95,7 @@ impl AdminAccess {
             secrets: RwLock::new(secrets),
             verified: Mutex::new(None),
             slot: tokio::sync::Semaphore::new(1),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             failures: Mutex::new(Failures { count: 0, last: None, logged: None }),
         }
     }
@@ -137,7 +147,14 @@ impl AdminAccess {
         {
             return Ok(());
         }
-        let Ok(_slot) = self.slot.acquire().await else { return Err(Denied::Wrong) };
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Denied::Busy);
+        }
+        let slot = self.slot.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let Ok(_slot) = slot else { return Err(Denied::Wrong) };
         let wait = self.backoff();
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
