@@ -67,6 +67,11 @@ impl EdgeAgent {
         crate::read_events(&self.data_dir.join("events.jsonl"))
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the process with SIGKILL and waits for it.
     pub fn kill(&mut self) -> Result<()> {
         let mut child = self.child.take().context("already stopped")?;

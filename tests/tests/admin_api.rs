@@ -425,5 +425,10 @@ fn the_edge_agent_serves_health_metrics_and_the_uplink_api_behind_its_token() ->
     let (status, spool) = admin_call(admin, "GET", "/api/spool", Some(TOKEN), None)?;
     assert_eq!(status, 200);
     assert!(serde_json::from_str::<Value>(&spool)?["max_bytes"].as_u64().is_some_and(|b| b > 0));
+    // SIGHUP, sent out of a broker operator's habit, does not end the agent.
+    let pid = agent.pid().expect("running").to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status()?.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(admin_call(admin, "GET", "/healthz", None, None)?.0, 200, "the agent lives on after SIGHUP");
     Ok(())
 }

@@ -197,3 +197,78 @@ async fn an_amqp_device_logs_in_with_its_certificate_through_sasl_external() -> 
     assert_eq!(events[0]["subject"], "devices.sensor-9.temp");
     Ok(())
 }
+
+/// `METHOD path` over https with a client certificate and no token; the whole reply.
+async fn https_as(
+    addr: std::net::SocketAddr,
+    ca_file: &Path,
+    client: (&Path, &Path),
+    method: &str,
+    path: &str,
+) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file)? {
+        roots.add(cert?)?;
+    }
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(client.0)?.collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(client.1)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut https = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp).await?;
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut https, request.as_bytes()).await?;
+    let mut reply = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut https, &mut reply).await;
+    Ok(reply)
+}
+
+/// A reload puts a new client CA in force for new handshakes (a bad `[tls]` is refused and the one in force
+/// stays), and a client certificate named in `admin.cert_names` opens the admin API over https without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_puts_a_new_client_ca_in_force_and_a_listed_certificate_opens_the_admin_api() -> anyhow::Result<()> {
+    let (pki, other) = (Pki::new()?, Pki::new()?);
+    let token_hash = meshgate_gateway::auth::hash_password("unused-token")?;
+    let gw = Gateway::start_with(|b| {
+        let b = b
+            .replace("[admin]\n", &format!("[admin]\ncert_names = [\"ops-console\"]\ntoken_hash = \"{token_hash}\"\n"));
+        tls_config(b, &pki, true, "")
+    })?;
+    let port = gw.listener("mqtts")?.port();
+    let ours = pki.client("dev-a", false, false)?;
+    let theirs = other.client("dev-b", false, false)?;
+    let ops = pki.client("ops-console", false, false)?;
+    let device = pki.client("dev-a", false, false)?;
+
+    let reply = https_as(gw.listener("admins")?, &pki.ca_file, (&ops.0, &ops.1), "GET", "/api/clients").await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "a listed certificate is the administrator: {reply}");
+    let reply = https_as(gw.listener("admins")?, &pki.ca_file, (&device.0, &device.1), "GET", "/api/clients").await?;
+    assert!(reply.starts_with("HTTP/1.1 401"), "a device's certificate is not: {reply}");
+
+    assert!(mosquitto_pub(port, &pki.ca_file, Some((&ours.0, &ours.1)), "a", "t/a").0);
+    assert!(!mosquitto_pub(port, &pki.ca_file, Some((&theirs.0, &theirs.1)), "b", "t/b").0, "unknown CA");
+
+    let config_path = gw.data_dir.join("meshgate.toml");
+    let text = std::fs::read_to_string(&config_path)?;
+    let ca = |p: &Pki| format!("client_ca_file = \"{}\"", p.ca_file.display());
+    // A missing CA file: refused, naming it; the CA in force stays.
+    std::fs::write(&config_path, text.replace(&ca(&pki), "client_ca_file = \"/nonexistent/ca.pem\""))?;
+    let admins = gw.listener("admins")?;
+    let reload = || https_as(admins, &pki.ca_file, (&ops.0, &ops.1), "POST", "/api/reload");
+    let reply = reload().await?;
+    assert!(reply.starts_with("HTTP/1.1 400") && reply.contains("/nonexistent/ca.pem"), "{reply}");
+    assert!(mosquitto_pub(port, &pki.ca_file, Some((&ours.0, &ours.1)), "a", "t/a").0, "the old CA still serves");
+
+    std::fs::write(&config_path, text.replace(&ca(&pki), &ca(&other)))?;
+    let reply = reload().await?;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\"tls\""), "{reply}");
+    assert!(mosquitto_pub(port, &pki.ca_file, Some((&theirs.0, &theirs.1)), "b", "t/b").0, "the new CA is in force");
+    assert!(!mosquitto_pub(port, &pki.ca_file, Some((&ours.0, &ours.1)), "a", "t/a").0, "the old one is not");
+    Ok(())
+}

@@ -24,6 +24,9 @@ pub enum AgentError {
     /// The mapping rules did not compile.
     #[error("rules: {0}")]
     Rules(String),
+    /// The SIGHUP handler could not be installed.
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
     /// The admin endpoint could not listen.
     #[error("admin.bind: cannot listen on {0}: {1}")]
     Admin(String, std::io::Error),
@@ -34,6 +37,15 @@ pub enum AgentError {
 
 /// Runs the bridges until `shutdown` resolves.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    // SIGHUP's default action ends the process: an operator used to reloading brokers with it must not lose the
+    // agent's bridges. The agent has no hot reload; the signal is logged.
+    let mut hangups =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(AgentError::Signal)?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::warn!("SIGHUP ignored: edge-agent has no hot reload; restart it to apply a changed file");
+        }
+    });
     let data_dir = config.gateway.data_dir.clone();
     tokio::fs::create_dir_all(&data_dir).await.map_err(|e| AgentError::DataDir(data_dir.display().to_string(), e))?;
     let mut tls = Vec::new();

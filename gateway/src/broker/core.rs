@@ -145,6 +145,9 @@ pub struct Broker {
     retained: BTreeMap<String, Arc<Message>>,
     /// Bytes of `retained`, as queues count them.
     retained_bytes: u64,
+    /// The gateway's `$SYS/` figures: retained for new subscribers, outside the retained store's limits and
+    /// never saved.
+    sys: BTreeMap<String, Arc<Message>>,
     /// Next member per shared subscription, for round-robin.
     share_turn: HashMap<Arc<str>, usize>,
     delivered: u64,
@@ -169,6 +172,7 @@ impl Broker {
             tree: TopicTree::new(),
             retained: BTreeMap::new(),
             retained_bytes: 0,
+            sys: BTreeMap::new(),
             share_turn: HashMap::new(),
             delivered: 0,
             dropped_by_ended: 0,
@@ -516,6 +520,7 @@ impl Broker {
                 let reads = |topic: &str| self.sessions.get(client).is_some_and(|s| s.may_read(topic));
                 self.retained
                     .values()
+                    .chain(self.sys.values())
                     .filter(|m| matches(filter, &m.topic) && !m.is_expired(now_ms) && reads(&m.topic))
                     .cloned()
                     .collect()
@@ -558,6 +563,10 @@ impl Broker {
 
     /// Stores a retained message (an empty payload clears its topic), keeping `retained_bytes`.
     fn retain(&mut self, message: Arc<Message>) {
+        if crate::acl::is_sys(&message.topic) {
+            self.sys.insert(message.topic.clone(), message);
+            return;
+        }
         let old = if message.payload.is_empty() {
             self.retained.remove(&message.topic)
         } else {

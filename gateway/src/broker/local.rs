@@ -248,7 +248,8 @@ impl LocalBroker {
 
     /// Publishes a message to local subscribers (and the retained store).
     pub fn publish(&self, message: Message) {
-        let retain = message.retain;
+        // `$SYS/` figures are retained apart and never saved (see `Broker::retain`).
+        let retain = message.retain && !crate::acl::is_sys(&message.topic);
         let woken = self.with(|b| b.publish(message, now_ms()));
         for client in woken {
             self.wake(&client);
@@ -297,9 +298,7 @@ impl LocalBroker {
             return Ok(());
         }
         // Under the log's lock, so no append lands between the snapshot and the truncation.
-        // `$SYS/` figures are the gateway's of the moment, published again after a restart: never saved.
-        let retained: Vec<Message> =
-            self.read(|b| b.retained().filter(|m| !crate::acl::is_sys(&m.topic)).cloned().collect());
+        let retained: Vec<Message> = self.read(|b| b.retained().cloned().collect());
         write_atomically(&self.dir.join("retained.json"), &retained)?;
         sync_dir(&self.dir)?;
         log.set_len(0)?;
