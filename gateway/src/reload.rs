@@ -97,20 +97,18 @@ impl Reloader {
         let mut in_force = self.in_force.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut report = Reloaded::default();
         // What only a restart changes: noted, and the values in force kept.
-        let fixed: [(&'static str, bool); 8] = [
+        let admin = |c: &Config| c.admin.as_ref().map(|a| (a.bind, a.tls_bind, a.protect_metrics));
+        let (next_admin, admin_in_force) = (admin(&next), admin(&in_force));
+        let fixed: [(&'static str, bool); 10] = [
             ("gateway", differs(&next.gateway, &in_force.gateway)),
             ("listeners", differs(&next.listeners, &in_force.listeners)),
             ("uplinks", differs(&next.uplinks, &in_force.uplinks)),
             ("downlinks", differs(&next.downlinks, &in_force.downlinks)),
             ("spool", differs(&next.spool, &in_force.spool)),
             ("forwarder", differs(&next.forwarder, &in_force.forwarder)),
-            (
-                "admin.bind",
-                differs(
-                    &next.admin.as_ref().map(|a| (a.bind, a.tls_bind, a.protect_metrics)),
-                    &in_force.admin.as_ref().map(|a| (a.bind, a.tls_bind, a.protect_metrics)),
-                ),
-            ),
+            ("admin.bind", next_admin.map(|a| a.0) != admin_in_force.map(|a| a.0)),
+            ("admin.tls_bind", next_admin.map(|a| a.1) != admin_in_force.map(|a| a.1)),
+            ("admin.protect_metrics", next_admin.map(|a| a.2) != admin_in_force.map(|a| a.2)),
             ("broker.sys_interval_secs", next.broker.sys_interval_secs != in_force.broker.sys_interval_secs),
         ];
         report.restart_needed = fixed.iter().filter(|(_, d)| *d).map(|(k, _)| *k).collect();
@@ -166,5 +164,52 @@ impl Reloader {
         self.policy.replace(policy);
         *in_force = next;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_applies_what_it_can_reports_the_rest_and_refuses_a_bad_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshgate.toml");
+        let base = format!(
+            "[gateway]\ndata_dir = \"{}\"\n[listeners.mqtt]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n",
+            dir.path().display()
+        );
+        std::fs::write(&path, &base).unwrap();
+        let config = Config::load(Some(&path), std::iter::empty()).unwrap();
+        let policy = Arc::new(PolicyCell::new(Policy::of(&config, None).unwrap()));
+        let broker_config = BrokerConfig::new(&config.broker, &config.limits);
+        let parts = Reloadable {
+            policy: Arc::clone(&policy),
+            tls: None,
+            broker: Arc::new(LocalBroker::open(&dir.path().join("broker"), broker_config).unwrap()),
+            clients: Arc::default(),
+            metrics: Arc::default(),
+            admin: Arc::new(AdminAccess::new(config.admin_secrets())),
+        };
+        let reloader = Reloader::new(Some(path.clone()), config, parts);
+
+        let hash = crate::auth::hash_password("pw").unwrap();
+        let changed = base.replace("127.0.0.1:0\"\n[admin]", "127.0.0.1:1884\"\n[admin]")
+            + &format!(
+                "[auth]\n[[auth.users]]\nusername = \"d1\"\npassword_hash = \"{hash}\"\n[limits]\nmax_topic_levels = 4\n"
+            );
+        std::fs::write(&path, &changed).unwrap();
+        let report = reloader.reload().unwrap();
+        assert_eq!(report.applied, ["auth", "limits"]);
+        assert_eq!(report.restart_needed, ["listeners"]);
+        assert!(policy.load().auth.knows("d1"));
+        assert_eq!(policy.load().limits.max_topic_levels, 4);
+        assert_eq!(policy.generation(), 1);
+
+        std::fs::write(&path, changed.replace("max_topic_levels = 4", "max_topic_levels = \"many\"")).unwrap();
+        let refused = reloader.reload().unwrap_err();
+        assert_eq!(refused.key, "limits.max_topic_levels");
+        assert_eq!(policy.generation(), 1, "nothing of a refused file is put in force");
+        assert_eq!(policy.load().limits.max_topic_levels, 4);
     }
 }
