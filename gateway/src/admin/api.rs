@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -16,6 +17,7 @@ use base64::Engine as _;
 use meshgate_edge_agent::normalize::MqttInbound;
 use meshgate_protocols::mqtt::{Properties, QoS, Version};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::AdminState;
@@ -34,12 +36,46 @@ const MAX_RETAINED_LISTED: usize = 10_000;
 /// The largest payload `POST /api/publish` takes.
 const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
 
+/// Standard base64 that also takes encodings whose unused last bits are not zero (as most encoders' decoders do).
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 /// The OpenAPI document of the API.
 const OPENAPI: &str = include_str!("openapi.json");
 
 /// `GET /api/openapi.json`.
 pub async fn openapi() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// `Query` whose rejection is the API's JSON error (400).
+struct ApiQuery<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(ApiQuery(q)),
+            Err(e) => Err(refused(StatusCode::BAD_REQUEST, e.body_text())),
+        }
+    }
+}
+
+/// `Path` whose rejection is the API's JSON error (400).
+struct ApiPath<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(p)) => Ok(ApiPath(p)),
+            Err(e) => Err(refused(StatusCode::BAD_REQUEST, e.body_text())),
+        }
+    }
 }
 
 /// A 4xx answer with a reason.
@@ -146,7 +182,7 @@ async fn clients(State(s): State<AdminState>) -> Json<Value> {
     Json(Value::Array(s.clients.all().iter().map(|c| client_json(c, &s.broker)).collect()))
 }
 
-async fn client(State(s): State<AdminState>, Path(id): Path<String>, Query(q): Query<InSpace>) -> Response {
+async fn client(State(s): State<AdminState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<InSpace>) -> Response {
     let found = s.clients.named(&id).into_iter().find(|c| c.info.protocol == q.protocol.protocol());
     match found {
         Some(c) => Json(client_json(&c, &s.broker)).into_response(),
@@ -154,7 +190,7 @@ async fn client(State(s): State<AdminState>, Path(id): Path<String>, Query(q): Q
     }
 }
 
-async fn kick(State(s): State<AdminState>, Path(id): Path<String>, Query(q): Query<InSpace>) -> Response {
+async fn kick(State(s): State<AdminState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<InSpace>) -> Response {
     let protocol = q.protocol.protocol();
     let n = s.clients.kick_where(|c| c.info.client_id == id && c.info.protocol == protocol);
     if n == 0 {
@@ -200,7 +236,11 @@ async fn sessions(State(s): State<AdminState>) -> Json<Value> {
 
 /// `DELETE /api/sessions/{name}`: a connected client is disconnected first; the session, its subscriptions and
 /// its queue end, durably.
-async fn delete_session(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<InSpace>) -> Response {
+async fn delete_session(
+    State(s): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<InSpace>,
+) -> Response {
     let session = q.protocol.session(&name);
     if !s.broker.read(|b| b.has_session(&session)) {
         return refused(StatusCode::NOT_FOUND, format!("no {} session `{name}`", q.protocol.as_str()));
@@ -234,7 +274,7 @@ struct SubscriptionsQuery {
     protocol: NameSpace,
 }
 
-async fn subscriptions(State(s): State<AdminState>, Query(q): Query<SubscriptionsQuery>) -> Json<Value> {
+async fn subscriptions(State(s): State<AdminState>, ApiQuery(q): ApiQuery<SubscriptionsQuery>) -> Json<Value> {
     let only = q.client.as_deref().map(|c| q.protocol.session(c));
     let list = s.broker.read(|b| {
         let mut list = Vec::new();
@@ -273,12 +313,15 @@ fn payload_json(payload: &[u8]) -> (Value, &'static str) {
     }
 }
 
-async fn retained(State(s): State<AdminState>, Query(q): Query<RetainedQuery>) -> Response {
+async fn retained(State(s): State<AdminState>, ApiQuery(q): ApiQuery<RetainedQuery>) -> Response {
     let filter = q.filter.unwrap_or_else(|| "#".to_string());
     if let Err(e) = meshgate_protocols::mqtt::topic::validate_filter(&filter) {
         return refused(StatusCode::BAD_REQUEST, format!("`{filter}` is not a topic filter: {e}"));
     }
-    let limit = q.limit.unwrap_or(MAX_RETAINED_LISTED).min(MAX_RETAINED_LISTED);
+    let limit = q.limit.unwrap_or(MAX_RETAINED_LISTED);
+    if limit > MAX_RETAINED_LISTED {
+        return refused(StatusCode::BAD_REQUEST, format!("limit: at most {MAX_RETAINED_LISTED}"));
+    }
     let list: Vec<Value> = s.broker.read(|b| {
         b.retained()
             .filter(|m| meshgate_protocols::mqtt::topic::matches(&filter, &m.topic))
@@ -301,7 +344,7 @@ async fn retained(State(s): State<AdminState>, Query(q): Query<RetainedQuery>) -
     Json(Value::Array(list)).into_response()
 }
 
-async fn delete_retained(State(s): State<AdminState>, Path(topic): Path<String>) -> Response {
+async fn delete_retained(State(s): State<AdminState>, ApiPath(topic): ApiPath<String>) -> Response {
     match s.broker.clear_retained(&topic).await {
         Ok(true) => {
             tracing::info!(topic, "retained message deleted by the administrator");
@@ -351,6 +394,14 @@ async fn publish(
     if let Err(e) = meshgate_protocols::mqtt::topic::validate_name(&req.topic) {
         return refused(StatusCode::BAD_REQUEST, format!("`{}` is not a topic: {e}", req.topic));
     }
+    let forbidden =
+        |c: char| c.is_control() || ('\u{fdd0}'..='\u{fdef}').contains(&c) || matches!(c, '\u{fffe}' | '\u{ffff}');
+    if req.topic.len() > usize::from(u16::MAX) {
+        return refused(StatusCode::BAD_REQUEST, "the topic is longer than MQTT's 65,535 bytes");
+    }
+    if req.topic.chars().any(forbidden) {
+        return refused(StatusCode::BAD_REQUEST, "the topic holds a control character or a Unicode noncharacter");
+    }
     let policy = s.policy.load();
     if !policy.limits.topic_depth_ok(&req.topic) {
         return refused(StatusCode::BAD_REQUEST, "topic deeper than limits.max_topic_levels");
@@ -367,9 +418,18 @@ async fn publish(
         1 => QoS::AtLeastOnce,
         _ => return refused(StatusCode::BAD_REQUEST, "qos must be 0 or 1"),
     };
+    if let Some(ct) = req.content_type.as_deref().filter(|ct| !media_type(ct)) {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            format!("content_type `{ct}` is not a type/subtype media type (a CloudEvent goes in `event`)"),
+        );
+    }
+    if req.event.is_some() && req.content_type.is_some() {
+        return refused(StatusCode::BAD_REQUEST, "content_type goes with payload or payload_base64, not with event");
+    }
     let (payload, content_type) = match (req.payload, req.payload_base64, req.event) {
         (Some(text), None, None) => (text.into_bytes(), req.content_type),
-        (None, Some(b64), None) => match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
+        (None, Some(b64), None) => match LENIENT_BASE64.decode(b64.as_bytes()) {
             Ok(bytes) => (bytes, req.content_type),
             Err(e) => return refused(StatusCode::BAD_REQUEST, format!("payload_base64: {e}")),
         },
@@ -415,6 +475,17 @@ async fn publish(
     }
     tracing::info!(topic = %req.topic, id = %id, "message published by the administrator");
     Json(json!({ "id": id, "topic": req.topic })).into_response()
+}
+
+/// Whether `ct` is a media type as `POST /api/publish` takes one: `type/subtype`, lowercase, and not a CloudEvents
+/// format (a CloudEvent goes in `event`).
+fn media_type(ct: &str) -> bool {
+    let Some((kind, sub)) = ct.split_once('/') else { return false };
+    !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_lowercase())
+        && !sub.is_empty()
+        && sub.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        && !ct.starts_with("application/cloudevents")
 }
 
 /// `POST /api/reload`: as SIGHUP.
