@@ -113,32 +113,50 @@ pub fn mesh_api(mesh: Arc<MeshStatus>, access: Arc<AdminAccess>) -> Router {
         .layer(axum::middleware::from_fn_with_state(access, require_admin))
 }
 
-/// What the edge-agent's endpoint reads.
+/// Renders the Prometheus text of `/metrics`.
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the routes every admin endpoint shares read.
 #[derive(Clone)]
-struct AgentState {
+struct CommonState {
     mesh: Arc<MeshStatus>,
     data_dir: PathBuf,
+    render: RenderMetrics,
 }
 
-/// The edge-agent's admin router: health, metrics (behind the gate with `protect_metrics`) and the mesh API.
-pub fn agent_router(config: &AgentAdminConfig, mesh: Arc<MeshStatus>, data_dir: PathBuf) -> Router {
-    let access = Arc::new(AdminAccess::new(config.secrets()));
-    let state = AgentState { mesh: Arc::clone(&mesh), data_dir };
-    let metrics = get(|State(s): State<AgentState>| async move {
-        let mut out = String::with_capacity(4096);
-        s.mesh.render_metrics(&mut out);
-        prometheus(out)
-    });
+/// The routes both binaries' admin endpoints share: `/healthz`, `/readyz`, `/metrics` (`render`'s text, behind
+/// the gate with `protect_metrics`), and the mesh API (`/api/uplinks`, `/api/spool`) behind the gate.
+pub fn common_routes(
+    mesh: Arc<MeshStatus>,
+    data_dir: PathBuf,
+    access: Arc<AdminAccess>,
+    protect_metrics: bool,
+    render: RenderMetrics,
+) -> Router {
+    let state = CommonState { mesh: Arc::clone(&mesh), data_dir, render };
+    let metrics = get(|State(s): State<CommonState>| async move { prometheus((s.render)()) });
     let mut metrics = Router::new().route("/metrics", metrics).with_state(state.clone());
-    if config.protect_metrics {
+    if protect_metrics {
         metrics = metrics.layer(axum::middleware::from_fn_with_state(Arc::clone(&access), require_admin));
     }
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|State(s): State<AgentState>| async move { readiness(&s.mesh, &s.data_dir).await }))
+        .route("/readyz", get(|State(s): State<CommonState>| async move { readiness(&s.mesh, &s.data_dir).await }))
         .with_state(state)
         .merge(metrics)
         .merge(mesh_api(mesh, access))
+}
+
+/// The edge-agent's admin router: the common routes on its spool and uplinks.
+pub fn agent_router(config: &AgentAdminConfig, mesh: Arc<MeshStatus>, data_dir: PathBuf) -> Router {
+    let access = Arc::new(AdminAccess::new(config.secrets()));
+    let rendered = Arc::clone(&mesh);
+    let render: RenderMetrics = Arc::new(move || {
+        let mut out = String::with_capacity(4096);
+        rendered.render_metrics(&mut out);
+        out
+    });
+    common_routes(mesh, data_dir, access, config.protect_metrics, render)
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true.

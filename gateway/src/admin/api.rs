@@ -17,7 +17,6 @@ use base64::Engine as _;
 use meshgate_edge_agent::normalize::MqttInbound;
 use meshgate_protocols::mqtt::{Properties, QoS, Version};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::AdminState;
@@ -50,30 +49,21 @@ pub async fn openapi() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// `Query` whose rejection is the API's JSON error (400).
-struct ApiQuery<T>(T);
+/// An extractor (`Path`, `Query`) whose rejection is the API's JSON error (400) rather than axum's plain text.
+struct Api<X>(X);
 
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+impl<X, S> FromRequestParts<S> for Api<X>
+where
+    X: FromRequestParts<S>,
+    X::Rejection: std::fmt::Display,
+    S: Send + Sync,
+{
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(q)) => Ok(ApiQuery(q)),
-            Err(e) => Err(refused(StatusCode::BAD_REQUEST, e.body_text())),
-        }
-    }
-}
-
-/// `Path` whose rejection is the API's JSON error (400).
-struct ApiPath<T>(T);
-
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        match Path::<T>::from_request_parts(parts, state).await {
-            Ok(Path(p)) => Ok(ApiPath(p)),
-            Err(e) => Err(refused(StatusCode::BAD_REQUEST, e.body_text())),
+        match X::from_request_parts(parts, state).await {
+            Ok(x) => Ok(Api(x)),
+            Err(e) => Err(refused(StatusCode::BAD_REQUEST, e.to_string())),
         }
     }
 }
@@ -182,7 +172,11 @@ async fn clients(State(s): State<AdminState>) -> Json<Value> {
     Json(Value::Array(s.clients.all().iter().map(|c| client_json(c, &s.broker)).collect()))
 }
 
-async fn client(State(s): State<AdminState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<InSpace>) -> Response {
+async fn client(
+    State(s): State<AdminState>,
+    Api(Path(id)): Api<Path<String>>,
+    Api(Query(q)): Api<Query<InSpace>>,
+) -> Response {
     let found = s.clients.named(&id).into_iter().find(|c| c.info.protocol == q.protocol.protocol());
     match found {
         Some(c) => Json(client_json(&c, &s.broker)).into_response(),
@@ -190,7 +184,11 @@ async fn client(State(s): State<AdminState>, ApiPath(id): ApiPath<String>, ApiQu
     }
 }
 
-async fn kick(State(s): State<AdminState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<InSpace>) -> Response {
+async fn kick(
+    State(s): State<AdminState>,
+    Api(Path(id)): Api<Path<String>>,
+    Api(Query(q)): Api<Query<InSpace>>,
+) -> Response {
     let protocol = q.protocol.protocol();
     let n = s.clients.kick_where(|c| c.info.client_id == id && c.info.protocol == protocol);
     if n == 0 {
@@ -238,8 +236,8 @@ async fn sessions(State(s): State<AdminState>) -> Json<Value> {
 /// its queue end, durably.
 async fn delete_session(
     State(s): State<AdminState>,
-    ApiPath(name): ApiPath<String>,
-    ApiQuery(q): ApiQuery<InSpace>,
+    Api(Path(name)): Api<Path<String>>,
+    Api(Query(q)): Api<Query<InSpace>>,
 ) -> Response {
     let session = q.protocol.session(&name);
     if !s.broker.read(|b| b.has_session(&session)) {
@@ -274,7 +272,7 @@ struct SubscriptionsQuery {
     protocol: NameSpace,
 }
 
-async fn subscriptions(State(s): State<AdminState>, ApiQuery(q): ApiQuery<SubscriptionsQuery>) -> Json<Value> {
+async fn subscriptions(State(s): State<AdminState>, Api(Query(q)): Api<Query<SubscriptionsQuery>>) -> Json<Value> {
     let only = q.client.as_deref().map(|c| q.protocol.session(c));
     let list = s.broker.read(|b| {
         let mut list = Vec::new();
@@ -313,7 +311,7 @@ fn payload_json(payload: &[u8]) -> (Value, &'static str) {
     }
 }
 
-async fn retained(State(s): State<AdminState>, ApiQuery(q): ApiQuery<RetainedQuery>) -> Response {
+async fn retained(State(s): State<AdminState>, Api(Query(q)): Api<Query<RetainedQuery>>) -> Response {
     let filter = q.filter.unwrap_or_else(|| "#".to_string());
     if let Err(e) = meshgate_protocols::mqtt::topic::validate_filter(&filter) {
         return refused(StatusCode::BAD_REQUEST, format!("`{filter}` is not a topic filter: {e}"));
@@ -344,7 +342,7 @@ async fn retained(State(s): State<AdminState>, ApiQuery(q): ApiQuery<RetainedQue
     Json(Value::Array(list)).into_response()
 }
 
-async fn delete_retained(State(s): State<AdminState>, ApiPath(topic): ApiPath<String>) -> Response {
+async fn delete_retained(State(s): State<AdminState>, Api(Path(topic)): Api<Path<String>>) -> Response {
     match s.broker.clear_retained(&topic).await {
         Ok(true) => {
             tracing::info!(topic, "retained message deleted by the administrator");

@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
-use axum::response::IntoResponse;
 use axum::routing::get;
 use meshgate_edge_agent::admin::{AdminAccess, AdminPeer, MeshStatus, require_admin};
 use meshgate_edge_agent::pipeline::IngestHandle;
@@ -63,30 +61,22 @@ pub struct AdminState {
     pub shutdown: watch::Receiver<bool>,
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    meshgate_edge_agent::admin::readiness(&state.mesh, &state.data_dir).await
-}
-
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    meshgate_edge_agent::admin::prometheus(state.metrics.render())
-}
-
 /// The whole admin router.
 pub fn router(state: AdminState) -> Router {
     let gate = axum::middleware::from_fn_with_state(Arc::clone(&state.access), require_admin);
-    let mut metrics_route = Router::new().route("/metrics", get(metrics)).with_state(state.clone());
-    if state.protect_metrics {
-        metrics_route = metrics_route.layer(gate.clone());
-    }
-    let mesh = meshgate_edge_agent::admin::mesh_api(Arc::clone(&state.mesh), Arc::clone(&state.access));
+    let metrics = Arc::clone(&state.metrics);
+    let common = meshgate_edge_agent::admin::common_routes(
+        Arc::clone(&state.mesh),
+        state.data_dir.clone(),
+        Arc::clone(&state.access),
+        state.protect_metrics,
+        Arc::new(move || metrics.render()),
+    );
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .merge(dashboard::routes())
         .route("/api/openapi.json", get(api::openapi))
         .with_state(state.clone())
-        .merge(metrics_route)
-        .merge(mesh)
+        .merge(common)
         .merge(api::routes(state.clone()).layer(gate.clone()))
         .merge(live::routes(state).layer(gate))
 }

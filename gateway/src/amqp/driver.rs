@@ -164,13 +164,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             let handshake = (!self.conn.is_open()).then_some(handshake_deadline);
             let paused = !self.conn.publish_flow();
             let deliveries = Arc::clone(&self.deliveries);
-            let listed = self.listed.as_ref().map(|l| Arc::clone(l.client()));
+            let listed = self.listed.as_ref().map(|l| l.client().as_ref());
             tokio::select! {
                 biased;
                 _ = crate::listener::stopped(&mut shutdown) => {
                     return self.shut_down("CONNECTION_FORCED - gateway shutting down").await;
                 }
-                _ = kicked(listed.as_deref()) => {
+                _ = kicked(listed) => {
                     tracing::info!(client = %self.client_id, "AMQP connection closed by the administrator");
                     return self.shut_down("CONNECTION_FORCED - closed by the administrator").await;
                 }

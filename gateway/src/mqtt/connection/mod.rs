@@ -239,14 +239,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let Connection { stream, session, driver, .. } = self;
             let taken_over = driver.client.as_mut().map(|(_, r)| &mut r.taken_over);
             let deliveries = driver.deliveries.clone();
-            let listed = driver.listed.as_ref().map(|l| Arc::clone(l.client()));
+            let listed = driver.listed.as_ref().map(|l| l.client().as_ref());
             tokio::select! {
                 biased;
                 _ = taken(taken_over) => {
                     self.answer_all().await;
                     self.session.close(ReasonCode::SESSION_TAKEN_OVER, "session taken over");
                 }
-                _ = kicked(listed.as_deref()) => {
+                _ = kicked(listed) => {
                     self.answer_all().await;
                     self.session.close(ReasonCode::ADMINISTRATIVE_ACTION, "disconnected by the administrator");
                 }
