@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::CloudEvent;
 use crate::spool::{Reader, Spool, StoredRecord};
+use crate::trace::{TraceSpan, Tracing};
 use crate::uplink::{NamedUplink, UplinkError};
 
 /// `[forwarder]`.
@@ -87,8 +88,15 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Drains the spool into `uplink` until `stop` turns true and everything durable has been forwarded (or the
 /// uplink is failing, in which case the rest waits in the spool for the next start).
-pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    spool: Spool,
+    mut uplink: NamedUplink,
+    config: ForwarderConfig,
+    traces: Tracing,
+    mut stop: watch::Receiver<bool>,
+) {
     let name = uplink.name.clone();
+    let endpoint = uplink.stats.describe().1.to_string();
     let mut reader = Some(spool.reader(&name));
     let mut durable = spool.durable();
     let mut cursor = Cursor::new();
@@ -125,11 +133,17 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
             batch.iter().filter(|(_, r)| r.routed_to(&name)).map(|(_, r)| r.accepted_at_ms).collect();
         uplink.stats.oldest_pending_ms.store(oldest, std::sync::atomic::Ordering::Relaxed);
         // The tail's records are shared with the other uplinks' readers: each takes its own copy of the event.
-        let events: Vec<CloudEvent> = batch
+        let mut events: Vec<CloudEvent> = batch
             .into_iter()
             .filter(|(_, r)| r.routed_to(&name))
             .map(|(_, r)| Arc::unwrap_or_clone(r).into_event())
             .collect();
+        // Each event this uplink sends carries its `forward` span as the parent (tracing off: nothing at all).
+        let mut spans: Vec<TraceSpan> = if traces.is_on() {
+            events.iter_mut().filter_map(|e| traces.forward(e, &name, &endpoint)).collect()
+        } else {
+            Vec::new()
+        };
         if !events.is_empty() {
             let refs: Vec<&CloudEvent> = events.iter().collect();
             let mut attempt = 0;
@@ -141,6 +155,9 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
                         for at in &accepted {
                             uplink.stats.latency.observe(now.saturating_sub(*at), 1);
                         }
+                        for span in spans.drain(..) {
+                            span.end_with(vec![opentelemetry::KeyValue::new("meshgate.retries", i64::from(attempt))]);
+                        }
                         break;
                     }
                     Err(e) => {
@@ -151,8 +168,15 @@ pub async fn run(spool: Spool, mut uplink: NamedUplink, config: ForwarderConfig,
                             UplinkError::Busy { retry_after: Some(wait), .. } => (*wait).max(Duration::from_millis(1)),
                             _ => config.backoff(attempt),
                         };
-                        tracing::warn!(uplink = %name, error = %e, retry_in = ?delay, "uplink failed a batch; retrying");
+                        tracing::warn!(
+                            uplink = %name, endpoint = %endpoint, error = %e, retry_in = ?delay,
+                            "uplink failed a batch; retrying"
+                        );
                         attempt = attempt.saturating_add(1);
+                        let error = e.to_string();
+                        for span in &mut spans {
+                            span.retried(attempt, &error);
+                        }
                         if *stop.borrow() || wait_or_stop(&mut stop, delay).await {
                             cursor.write(&spool, &name).await;
                             return;

@@ -22,6 +22,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod process;
 pub mod spool;
+pub mod trace;
 pub mod uplink;
 
 pub use meshgate_protocols::cloudevents::CloudEvent;

@@ -23,6 +23,7 @@ use crate::CloudEvent;
 use crate::forwarder::{self, ForwarderConfig};
 use crate::spool::{Appender, Recovery, Spool, SpoolConfig, SpoolError, StoredRecord, WhenFull, WriterThread};
 pub use crate::spool::{Durable, Ticket};
+use crate::trace::{TraceSpan, Tracing};
 use crate::uplink::{NamedUplink, UplinkStats};
 
 /// Which uplinks an event goes to.
@@ -74,19 +75,21 @@ pub struct IngestHandle {
 impl IngestHandle {
     /// Appends an event, waiting while the spool's queue is full, and returns the ticket for its fsync.
     pub async fn submit(&self, event: CloudEvent, route: Route) -> Result<Ticket, PipelineClosed> {
-        self.submit_with(event, route, None).await
+        self.submit_with(event, route, None, None).await
     }
 
     /// [`IngestHandle::submit`] with a `companion` record for a consumer inside the process, made durable in the
-    /// same commit as the event (see [`crate::spool`]).
+    /// same commit as the event (see [`crate::spool`]), and the event's `ingest` span (see [`crate::trace`]),
+    /// which ends when the event is durable.
     pub async fn submit_with(
         &self,
         event: CloudEvent,
         route: Route,
         companion: Option<StoredRecord>,
+        span: Option<TraceSpan>,
     ) -> Result<Ticket, PipelineClosed> {
         let record = StoredRecord::new(event, &route);
-        self.spool.append_with(record, companion, None).await.map_err(|_| PipelineClosed)
+        self.spool.append_traced(record, companion, None, span).await.map_err(|_| PipelineClosed)
     }
 
     /// Appends a record for a consumer inside the process (routed only to `@` names, see [`crate::spool`]) and
@@ -125,13 +128,13 @@ impl IngestHandle {
         route: Route,
         when_full: WhenFull,
     ) -> Result<Ticket, PipelineClosed> {
-        self.submit_unconfirmed_within(event, route, when_full, None, None).await
+        self.submit_unconfirmed_within(event, route, when_full, None, None, None).await
     }
 
     /// [`IngestHandle::submit_unconfirmed`] within a connection's `share` of the spool's queue: when the
     /// connection already has its share waiting for the writer, this waits (and the connection reads no more)
     /// until one of them is written, so one flooding device cannot fill the queue in front of everyone else.
-    /// A `companion` is made durable in the same commit as the event (see [`crate::spool`]).
+    /// A `companion` is made durable in the same commit as the event (see [`crate::spool`]); `span` ends then.
     pub async fn submit_unconfirmed_within(
         &self,
         event: CloudEvent,
@@ -139,6 +142,7 @@ impl IngestHandle {
         when_full: WhenFull,
         share: Option<&IngestShare>,
         companion: Option<StoredRecord>,
+        span: Option<TraceSpan>,
     ) -> Result<Ticket, PipelineClosed> {
         let slot = match share {
             Some(s) => Some(Arc::clone(&s.0).acquire_owned().await.map_err(|_| PipelineClosed)?),
@@ -146,7 +150,7 @@ impl IngestHandle {
         };
         let mut record = StoredRecord::new(event, &route);
         record.droppable = when_full == WhenFull::DropOldest && companion.is_none();
-        self.spool.append_with(record, companion, slot).await.map_err(|_| PipelineClosed)
+        self.spool.append_traced(record, companion, slot, span).await.map_err(|_| PipelineClosed)
     }
 }
 
@@ -184,6 +188,7 @@ impl Pipeline {
         forwarder: ForwarderConfig,
         uplinks: Vec<NamedUplink>,
         local_consumers: &[&str],
+        tracing: &Tracing,
     ) -> std::io::Result<(Pipeline, IngestHandle)> {
         let mut names: Vec<&str> = uplinks.iter().map(|u| &*u.name).collect();
         names.extend_from_slice(local_consumers);
@@ -192,7 +197,7 @@ impl Pipeline {
         let (stop, stop_rx) = watch::channel(false);
         let mut forwarders = JoinSet::new();
         for uplink in uplinks {
-            forwarders.spawn(forwarder::run(handle.clone(), uplink, forwarder, stop_rx.clone()));
+            forwarders.spawn(forwarder::run(handle.clone(), uplink, forwarder, tracing.clone(), stop_rx.clone()));
         }
         let ingest = IngestHandle { spool: appender };
         Ok((Pipeline { spool: handle, writer, forwarders, stop, stats, recovery }, ingest))
@@ -206,6 +211,7 @@ impl Pipeline {
         spool: &SpoolConfig,
         forwarder: ForwarderConfig,
         local_consumers: &[&str],
+        tracing: &Tracing,
     ) -> Result<(Pipeline, IngestHandle), StartError> {
         let mut built = Vec::new();
         for (i, u) in uplinks.iter().enumerate() {
@@ -215,7 +221,7 @@ impl Pipeline {
             built.push(uplink);
         }
         let spool_dir = data_dir.join(&spool.dir);
-        Pipeline::start(&spool_dir, spool, forwarder, built, local_consumers)
+        Pipeline::start(&spool_dir, spool, forwarder, built, local_consumers, tracing)
             .map_err(|e| StartError(format!("spool.dir: cannot open the spool in {}: {e}", spool_dir.display())))
     }
 
@@ -296,6 +302,7 @@ mod tests {
             forwarder,
             vec![uplink("a", &seen_a, 0), uplink("b", &seen_b, 3)],
             &[],
+            &Tracing::off(),
         )
         .unwrap();
         let only_a = Route::Uplinks(vec![Arc::<str>::from("a")].into());

@@ -68,6 +68,9 @@ pub struct Config {
     /// `[limits]`: depth, count, byte and rate budgets against hostile or careless devices.
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// `[tracing]`: W3C trace context and OTLP export (see `meshgate_edge_agent::trace`).
+    #[serde(default)]
+    pub tracing: meshgate_edge_agent::trace::TracingConfig,
 }
 
 /// `[tls]`.
@@ -419,6 +422,7 @@ impl Config {
             return err("auth.max_concurrent_verifications", "must be at least 1");
         }
         self.limits.validate()?;
+        self.tracing.validate().map_err(|(k, p)| (format!("tracing.{k}"), p))?;
         let timeouts = [
             ("listeners.mqtt.connect_timeout_secs", self.listeners.mqtt.as_ref().map(|l| l.connect_timeout_secs)),
             ("listeners.amqp.connect_timeout_secs", self.listeners.amqp.as_ref().map(|l| l.connect_timeout_secs)),

@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use meshgate_edge_agent::CloudEvent;
 use meshgate_edge_agent::downlink::config::DownlinkConfig;
-use meshgate_edge_agent::downlink::{DownlinkStats, LocalDelivery, eventmesh_tcp, rabbitmq};
+use meshgate_edge_agent::downlink::{DownlinkStats, LocalDelivery, ORIGIN_EXTENSION, eventmesh_tcp, rabbitmq};
 use meshgate_edge_agent::pipeline::IngestHandle;
 use meshgate_edge_agent::spool::StoredRecord;
+use meshgate_edge_agent::trace::{TraceSpan, Tracing};
 use meshgate_edge_agent::uplink::BoxFuture;
+use meshgate_protocols::cloudevents::ExtensionValue;
 use meshgate_protocols::mqtt::QoS;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,26 +29,43 @@ use crate::broker::message::EventIdentity;
 /// The local broker as a downlink's destination, through the spool.
 pub struct BrokerDelivery {
     ingest: IngestHandle,
-    /// Broker records delivered since the last commit, in order.
-    batch: Mutex<Vec<StoredRecord>>,
+    traces: Tracing,
+    /// Broker records delivered since the last commit, in order, and the `deliver` spans ending with the commit.
+    batch: Mutex<(Vec<StoredRecord>, Vec<TraceSpan>)>,
 }
 
 impl LocalDelivery for BrokerDelivery {
     fn deliver(&self, topic: &str, event: &CloudEvent, expires_at_ms: Option<u64>) {
+        // Traced, the devices get the event with the gateway's `deliver` span as its parent.
+        let mut traced = None;
+        let mut span = None;
+        if self.traces.is_on() {
+            let mut copy = event.clone();
+            let downlink = match copy.extensions.get(ORIGIN_EXTENSION) {
+                Some(ExtensionValue::String(origin)) => origin.trim_start_matches("mesh:").to_string(),
+                _ => String::new(),
+            };
+            span = self.traces.deliver(&mut copy, &downlink, topic);
+            traced = Some(copy);
+        }
+        let event = traced.as_ref().unwrap_or(event);
         let json = event.to_json_string();
         let mut message =
             Message::new(topic, json.as_bytes(), QoS::AtLeastOnce, false, &Default::default(), "", now_ms());
         message.properties.content_type = Some("application/cloudevents+json".into());
+        message.carry_trace(event);
         message.expires_at_ms = expires_at_ms;
         // Every local delivery carries the command's own identity (AMQP message-id, the WebSocket copy).
         message.event = Some(EventIdentity::of(event));
         let record = BrokerRecord { message: Some(message), ..BrokerRecord::default() }.into_stored(&event.id);
-        self.batch.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        batch.0.push(record);
+        batch.1.extend(span);
     }
 
     fn commit(&self) -> BoxFuture<'_, std::io::Result<()>> {
         Box::pin(async move {
-            let records = std::mem::take(&mut *self.batch.lock().unwrap_or_else(|p| p.into_inner()));
+            let (records, spans) = std::mem::take(&mut *self.batch.lock().unwrap_or_else(|p| p.into_inner()));
             let mut tickets = Vec::with_capacity(records.len());
             for record in records {
                 tickets.push(self.ingest.submit_local(record).await.map_err(std::io::Error::other)?);
@@ -55,6 +74,8 @@ impl LocalDelivery for BrokerDelivery {
             for ticket in tickets {
                 durable.wait(ticket).await.map_err(std::io::Error::other)?;
             }
+            // In the local broker, durably: each `deliver` span ends.
+            drop(spans);
             Ok(())
         })
     }
@@ -69,9 +90,17 @@ pub struct Running {
 }
 
 /// Starts every downlink, delivering through `ingest` to the broker (which takes the spool's broker records).
-pub fn start(configs: &[DownlinkConfig], ingest: &IngestHandle, stop: &watch::Receiver<bool>) -> Running {
-    let target: Arc<dyn LocalDelivery> =
-        Arc::new(BrokerDelivery { ingest: ingest.clone(), batch: Mutex::new(Vec::new()) });
+pub fn start(
+    configs: &[DownlinkConfig],
+    ingest: &IngestHandle,
+    traces: &Tracing,
+    stop: &watch::Receiver<bool>,
+) -> Running {
+    let target: Arc<dyn LocalDelivery> = Arc::new(BrokerDelivery {
+        ingest: ingest.clone(),
+        traces: traces.clone(),
+        batch: Mutex::new((Vec::new(), Vec::new())),
+    });
     let mut tasks = Vec::new();
     let mut stats = Vec::new();
     for config in configs {

@@ -54,6 +54,8 @@ pub struct Shared {
     pub user_rates: Arc<crate::limits::UserRates>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Trace context and spans of the events devices publish (see `meshgate_edge_agent::trace`).
+    pub traces: meshgate_edge_agent::trace::Tracing,
 }
 
 /// Accepts connections until shutdown and serves each with `serve` on its own task; at shutdown stops accepting

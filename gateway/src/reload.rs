@@ -99,7 +99,7 @@ impl Reloader {
         // What only a restart changes: noted, and the values in force kept.
         let admin = |c: &Config| c.admin.as_ref().map(|a| (a.bind, a.tls_bind, a.protect_metrics));
         let (next_admin, admin_in_force) = (admin(&next), admin(&in_force));
-        let fixed: [(&'static str, bool); 10] = [
+        let fixed: [(&'static str, bool); 11] = [
             ("gateway", differs(&next.gateway, &in_force.gateway)),
             ("listeners", differs(&next.listeners, &in_force.listeners)),
             ("uplinks", differs(&next.uplinks, &in_force.uplinks)),
@@ -110,6 +110,7 @@ impl Reloader {
             ("admin.tls_bind", next_admin.map(|a| a.1) != admin_in_force.map(|a| a.1)),
             ("admin.protect_metrics", next_admin.map(|a| a.2) != admin_in_force.map(|a| a.2)),
             ("broker.sys_interval_secs", next.broker.sys_interval_secs != in_force.broker.sys_interval_secs),
+            ("tracing", differs(&next.tracing, &in_force.tracing)),
         ];
         report.restart_needed = fixed.iter().filter(|(_, d)| *d).map(|(k, _)| *k).collect();
         next.gateway = in_force.gateway.clone();
@@ -119,6 +120,7 @@ impl Reloader {
         next.spool = in_force.spool.clone();
         next.forwarder = in_force.forwarder;
         next.broker.sys_interval_secs = in_force.broker.sys_interval_secs;
+        next.tracing = in_force.tracing.clone();
         if let (Some(n), Some(f)) = (next.admin.as_mut(), in_force.admin.as_ref()) {
             (n.bind, n.tls_bind, n.protect_metrics) = (f.bind, f.tls_bind, f.protect_metrics);
         }

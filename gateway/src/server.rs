@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use meshgate_edge_agent::admin::MeshStatus;
 use meshgate_edge_agent::pipeline::Pipeline;
+use meshgate_edge_agent::trace::Tracing;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -73,12 +74,14 @@ pub async fn run(config: Config, path: Option<PathBuf>, shutdown: impl Future<Ou
         .with_context(|| format!("gateway.data_dir: cannot create {}", data_dir.display()))?;
 
     let metrics = Arc::new(Metrics::default());
+    let traces = Tracing::start(&config.tracing, "meshgate").map_err(anyhow::Error::msg)?;
     let (pipeline, ingest) = Pipeline::start_configured(
         &data_dir,
         &config.uplinks(),
         &config.spool,
         config.forwarder,
         &[crate::broker::durable::CONSUMER],
+        &traces,
     )
     .await?;
     let mut first = Policy::of(&config, None).map_err(anyhow::Error::msg)?;
@@ -116,7 +119,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, shutdown: impl Future<Ou
         tokio::spawn(Arc::clone(tls).watch(Duration::from_secs(t.reload_interval_secs), stop_rx.clone()));
     }
     metrics.set_broker(Arc::clone(&broker));
-    let downlinks = crate::downlinks::start(&config.downlinks, &ingest, &stop_rx);
+    let downlinks = crate::downlinks::start(&config.downlinks, &ingest, &traces, &stop_rx);
     let mesh =
         Arc::new(MeshStatus::new(pipeline.spool().clone(), config.spool.clone(), pipeline.stats(), downlinks.stats));
     metrics.set_mesh(Arc::clone(&mesh));
@@ -150,6 +153,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, shutdown: impl Future<Ou
         broker: Arc::clone(&broker),
         user_rates: Arc::default(),
         shutdown: stop_rx.clone(),
+        traces: traces.clone(),
     };
     let mut listener_tasks = Vec::new();
     let mut spawn = |listener, max: usize, serve| {
@@ -231,6 +235,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, shutdown: impl Future<Ou
         protect_metrics: config.admin.as_ref().is_some_and(|a| a.protect_metrics),
         started,
         shutdown: stop_rx.clone(),
+        traces: traces.clone(),
     };
     // Every ingest handle must be gone once the connections and the admin endpoint are, so the pipeline can drain
     // at shutdown.
@@ -282,6 +287,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, shutdown: impl Future<Ou
     if tokio::time::timeout(grace, pipeline.shutdown()).await.is_err() {
         tracing::warn!("forwarders did not catch up within the grace period; the rest stays in the spool");
     }
+    traces.shutdown().await;
     tracing::info!("meshgate stopped");
     Ok(())
 }

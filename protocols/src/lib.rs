@@ -8,6 +8,7 @@
 //!   validation, the JSON event format and the MQTT and AMQP protocol bindings.
 //! - [`eventmesh`] (feature `eventmesh`, needs an allocator): Apache EventMesh's wire formats: the TCP frame
 //!   codec, the HTTP request-code publish, and the gRPC CloudEvent messages generated from `proto/` at build time.
+//! - [`trace_context`]: W3C Trace Context (`traceparent`, `tracestate`), parsed and printed without allocating.
 //!
 //! The crate is `#![no_std]` unless the `std` feature is on, and never touches a socket: callers feed bytes in and
 //! take bytes out, the way quinn-proto and smoltcp do.
@@ -28,3 +29,5 @@ pub mod cloudevents;
 
 #[cfg(feature = "eventmesh")]
 pub mod eventmesh;
+
+pub mod trace_context;

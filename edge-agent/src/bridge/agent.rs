@@ -11,6 +11,7 @@ use super::source::{self, BridgeContext};
 use crate::admin::{MeshStatus, PlainListener};
 use crate::normalize::Normalizer;
 use crate::pipeline::{Pipeline, StartError};
+use crate::trace::Tracing;
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub enum AgentError {
     /// The admin endpoint could not listen.
     #[error("admin.bind: cannot listen on {0}: {1}")]
     Admin(String, std::io::Error),
+    /// The trace exporter could not be built.
+    #[error("{0}")]
+    Tracing(String),
     /// The pipeline did not start.
     #[error(transparent)]
     Pipeline(#[from] StartError),
@@ -54,8 +58,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         tls.push(client.map_err(|(key, problem)| AgentError::Tls(i, key, problem))?);
     }
     let normalizer = Arc::new(Normalizer::new(&config.gateway.id, &config.rules).map_err(AgentError::Rules)?);
+    let traces = Tracing::start(&config.tracing, "edge-agent").map_err(AgentError::Tracing)?;
     let (pipeline, ingest) =
-        Pipeline::start_configured(&data_dir, &config.uplinks(), &config.spool, config.forwarder, &[]).await?;
+        Pipeline::start_configured(&data_dir, &config.uplinks(), &config.spool, config.forwarder, &[], &traces).await?;
     let (stop_tx, stop) = watch::channel(false);
     let admin = match &config.admin {
         Some(admin) => {
@@ -71,7 +76,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
         None => None,
     };
-    let cx = BridgeContext { normalizer, ingest, stop };
+    let cx = BridgeContext { normalizer, ingest, stop, traces: traces.clone() };
     let bridges: Vec<_> = config
         .bridges
         .iter()
@@ -94,6 +99,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     if tokio::time::timeout(grace, pipeline.shutdown()).await.is_err() {
         tracing::warn!("forwarders did not catch up within the grace period; the rest stays in the spool");
     }
+    traces.shutdown().await;
     tracing::info!("edge-agent stopped");
     Ok(())
 }

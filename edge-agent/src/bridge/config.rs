@@ -166,6 +166,9 @@ pub struct AgentConfig {
     /// `[admin]`: `/healthz`, `/readyz`, `/metrics` and the uplink API; off when the table is missing.
     #[serde(default)]
     pub admin: Option<crate::admin::AgentAdminConfig>,
+    /// `[tracing]`: trace context and OTLP export (see [`crate::trace`]).
+    #[serde(default)]
+    pub tracing: crate::trace::TracingConfig,
 }
 
 impl AgentConfig {
@@ -177,6 +180,7 @@ impl AgentConfig {
         if self.gateway.id.is_empty() {
             return Err(("gateway.id".into(), "must not be empty".into()));
         }
+        self.tracing.validate().map_err(|(k, p)| (format!("tracing.{k}"), p))?;
         let mut names = std::collections::HashSet::new();
         for (i, b) in self.bridges.iter().enumerate() {
             if !names.insert(&b.name) {

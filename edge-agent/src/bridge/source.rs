@@ -22,6 +22,7 @@ use super::config::{BridgeConfig, MqttVersion};
 use crate::downlink::ORIGIN_EXTENSION;
 use crate::normalize::{MqttInbound, Normalizer};
 use crate::pipeline::{Durable, IngestHandle, Ticket};
+use crate::trace::{Ingest, Tracing};
 
 /// The extension that marks an event as bridged, naming the bridge: an uplink towards a broker leaves such
 /// events out, so a bridged topic is never bridged back.
@@ -40,6 +41,8 @@ pub struct BridgeContext {
     pub ingest: IngestHandle,
     /// Becomes `true` at shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Trace context and spans (see [`crate::trace`]).
+    pub traces: Tracing,
 }
 
 /// Runs the bridge until shutdown, reconnecting with capped exponential backoff.
@@ -136,7 +139,9 @@ async fn submit(config: &BridgeConfig, cx: &BridgeContext, msg: &Delivered<'_>) 
         return None;
     }
     normalized.event.extensions.insert(BRIDGE_EXTENSION.into(), config.name.as_str().into());
-    cx.ingest.submit(normalized.event, normalized.route).await.ok()
+    let at = Ingest { protocol: "bridge", client: &config.name, topic: msg.topic, bytes: msg.payload.len() };
+    let span = cx.traces.ingest(&mut normalized.event, at);
+    cx.ingest.submit_with(normalized.event, normalized.route, None, span).await.ok()
 }
 
 /// Acknowledges each message once its ticket is durable, in delivery order. A storage failure stops the

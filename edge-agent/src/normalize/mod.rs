@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::pipeline::Route;
 use crate::spool::WhenFull;
+use crate::trace;
 pub use amqp_headers::cloudevent_headers;
 use chrono::{DateTime, SecondsFormat, Utc};
 use meshgate_protocols::cloudevents::{
@@ -146,7 +147,13 @@ impl Normalizer {
             content_type,
             payload: msg.payload,
         };
-        self.wrap(&inbound, id, now)
+        let mut normalized = self.wrap(&inbound, id, now)?;
+        // A plain message's trace context travels as MQTT 5 user properties (W3C's MQTT convention).
+        if msg.version.is_v5() {
+            let user = &msg.properties.user_properties;
+            trace::adopt_context(&mut normalized.event, |name| user.iter().find(|p| p.name == name).map(|p| p.value));
+        }
+        Ok(normalized)
     }
 
     /// A structured CloudEvent as it came (WebSocket `cloudevents.json`): kept, routed by the first rule matching
@@ -187,6 +194,13 @@ impl Normalizer {
             payload: msg.body,
         };
         let mut normalized = self.wrap(&inbound, id, now)?;
+        // A plain message's trace context travels as `traceparent`/`tracestate` application headers.
+        trace::adopt_context(&mut normalized.event, |name| {
+            msg.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| match v {
+                HeaderValue::String(s) => Some(s.as_str()),
+                _ => None,
+            })
+        });
         if !msg.exchange.is_empty() {
             normalized.event.extensions.entry("exchange".into()).or_insert_with(|| msg.exchange.into());
         }

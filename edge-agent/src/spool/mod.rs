@@ -48,6 +48,7 @@ pub use self::record::StoredRecord;
 use self::segment::Segment;
 use self::watermark::Outcomes;
 pub use self::watermark::{Durable, Ticket};
+use crate::trace::TraceSpan;
 
 /// `[spool]`: bounds of the spool.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -228,6 +229,8 @@ struct Append {
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Its bytes of [`SpoolConfig::queue_bytes`], handed back when the writer is done with the append.
     _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The event's `ingest` span, ended by the writer once the commit holding it is durable.
+    span: Option<TraceSpan>,
 }
 
 /// A handle for reading and confirming; cheap to clone.
@@ -426,6 +429,17 @@ impl Appender {
         companion: Option<StoredRecord>,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Ticket, SpoolError> {
+        self.append_traced(record, companion, slot, None).await
+    }
+
+    /// [`Appender::append_with`] carrying the event's `ingest` span, which ends when the append is durable.
+    pub async fn append_traced(
+        &self,
+        record: StoredRecord,
+        companion: Option<StoredRecord>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        span: Option<TraceSpan>,
+    ) -> Result<Ticket, SpoolError> {
         let size = record.size_hint() + companion.as_ref().map_or(0, StoredRecord::size_hint);
         let size = u32::try_from(size).unwrap_or(u32::MAX).clamp(1, self.queue_bytes);
         let bytes = Arc::clone(&self.bytes).acquire_many_owned(size).await.map_err(|_| SpoolError::Stopped)?;
@@ -434,7 +448,7 @@ impl Appender {
         let mut next = self.next_ticket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ticket = Ticket(*next);
         *next += 1;
-        place.send(Append { record, companion, ticket, _slot: slot, _bytes: Some(bytes) });
+        place.send(Append { record, companion, ticket, _slot: slot, _bytes: Some(bytes), span });
         Ok(ticket)
     }
 

@@ -71,10 +71,12 @@ impl Writer {
             match self.commit(&batch, &rx) {
                 Ok(first) => self.complete(&mut batch, first),
                 Err(e) => {
+                    for span in batch.drain(..).filter_map(|a| a.span) {
+                        span.fail(&e.to_string());
+                    }
                     if let Some((first, last)) = tickets {
                         self.shared.outcomes.failed(first, last, e);
                     }
-                    batch.clear();
                 }
             }
         }
@@ -132,7 +134,7 @@ impl Writer {
     /// Completes a committed batch whose first record is `first`: hands its local records with their ids to the
     /// commit hook, if one is set (moved, not copied), puts the rest in the in-memory tail for the uplinks, then
     /// publishes the new durable id and resolves the batch's tickets. The appends' queue shares are handed back
-    /// last.
+    /// last, and their `ingest` spans end.
     fn complete(&self, batch: &mut Vec<Append>, first: u64) {
         let mut id = first;
         let mut local = Vec::new();
@@ -141,7 +143,7 @@ impl Writer {
         {
             let mut tail = self.shared.tail();
             let keep = tail.is_enabled();
-            for Append { record, companion, ticket, _slot, _bytes } in batch.drain(..) {
+            for Append { record, companion, ticket, _slot, _bytes, span } in batch.drain(..) {
                 for record in companion.into_iter().chain(std::iter::once(record)) {
                     if record.is_local() {
                         tail.push(id, None);
@@ -152,7 +154,8 @@ impl Writer {
                     id += 1;
                 }
                 last_ticket = Some(ticket);
-                shares.push((_slot, _bytes));
+                // An `ingest` span ends when its commit is durable: with the shares, after the watermark moved.
+                shares.push((_slot, _bytes, span));
             }
         }
         if let Some(hook) = self.shared.on_commit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {

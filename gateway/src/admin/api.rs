@@ -15,6 +15,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use meshgate_edge_agent::normalize::MqttInbound;
+use meshgate_edge_agent::trace::Ingest;
 use meshgate_protocols::mqtt::{Properties, QoS, Version};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -445,11 +446,14 @@ async fn publish(
         properties: &properties,
         payload: &payload,
     };
-    let normalized = match policy.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), chrono::Utc::now()) {
+    let mut normalized = match policy.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), chrono::Utc::now()) {
         Ok(n) => n,
         Err(e) => return refused(StatusCode::UNPROCESSABLE_ENTITY, format!("not a valid CloudEvent: {e}")),
     };
+    let at = Ingest { protocol: "admin", client: ADMIN_IDENTITY, topic: &req.topic, bytes: payload.len() };
+    let span = s.traces.ingest(&mut normalized.event, at);
     let mut local = Message::new(&req.topic, &payload, qos, req.retain, &properties, ADMIN_IDENTITY, now_ms());
+    local.carry_trace(&normalized.event);
     local.event = Some(EventIdentity::of(&normalized.event));
     let id = normalized.event.id.clone();
     if local.retain {
@@ -461,7 +465,7 @@ async fn publish(
         }
     }
     let (companion, local) = s.broker.companion(local, None);
-    let ticket = match s.ingest.submit_with(normalized.event, normalized.route, companion).await {
+    let ticket = match s.ingest.submit_with(normalized.event, normalized.route, companion, span).await {
         Ok(t) => t,
         Err(_) => return refused(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down"),
     };

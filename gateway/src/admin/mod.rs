@@ -59,6 +59,8 @@ pub struct AdminState {
     pub started: Instant,
     /// Turns `true` at shutdown: the live feed ends, so the endpoint can stop.
     pub shutdown: watch::Receiver<bool>,
+    /// Trace context and spans of operator publishes.
+    pub traces: meshgate_edge_agent::trace::Tracing,
 }
 
 /// The whole admin router.

@@ -35,6 +35,7 @@ use crate::listener::Peer;
 use crate::metrics::{Protocol, RejectReason};
 use crate::normalize::{AmqpInbound, Normalized, cloudevent_headers};
 use crate::policy::DevicePolicy;
+use meshgate_edge_agent::trace::Ingest;
 
 const PROTOCOL: Protocol = Protocol::Amqp;
 
@@ -363,7 +364,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
             Err(e) => Err(e.clone()),
         };
-        let Normalized { event, route, when_full } = match normalized {
+        let Normalized { mut event, route, when_full } = match normalized {
             Ok(n) => n,
             Err(why) => {
                 self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::InvalidCloudEvent);
@@ -383,9 +384,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         if let Some(listed) = &self.listed {
             listed.client().received();
         }
+        let traces = &self.ctx.shared.traces;
+        let at = Ingest { protocol: PROTOCOL.as_str(), client: &self.client_id, topic: &topic, bytes: body.len() };
+        let span = traces.ingest(&mut event, at);
         let mut local = self.local_message(&topic, properties, &headers.unwrap_or_default(), body, tag.is_some());
         if let Some(m) = local.as_mut() {
             m.event = Some(EventIdentity::of(&event));
+            if traces.is_on() {
+                m.carry_trace(&event);
+            }
         }
         if self.ctx.shared.ingest.credits() == 0 && self.conn.publish_flow() {
             // The spool withholds credit: tell the publishers before waiting on it.
@@ -400,14 +407,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             None => (None, None),
         };
         match tag {
-            Some(tag) => match self.ctx.shared.ingest.submit_with(event, route, companion).await {
+            Some(tag) => match self.ctx.shared.ingest.submit_with(event, route, companion, span).await {
                 Ok(ticket) => self.pending.push((channel, Some(tag)), Some(ticket), local),
                 Err(_) => self.conn.confirm(channel, tag, false),
             },
             None => {
                 let share = Some(&self.share);
                 let ingest = &self.ctx.shared.ingest;
-                if ingest.submit_unconfirmed_within(event, route, when_full, share, companion).await.is_ok() {
+                if ingest.submit_unconfirmed_within(event, route, when_full, share, companion, span).await.is_ok() {
                     self.pending.push((channel, None), None, local);
                 }
             }

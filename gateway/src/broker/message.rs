@@ -117,6 +117,24 @@ impl Message {
         }
     }
 
+    /// Carries `event`'s trace context to local subscribers as W3C's MQTT user properties `traceparent` and
+    /// `tracestate`: a value the publisher sent is replaced where it stood (so the subscriber's span is a child of
+    /// the gateway's), a missing one added last. Nothing changes when the event has no valid context.
+    pub fn carry_trace(&mut self, event: &meshgate_protocols::cloudevents::CloudEvent) {
+        use meshgate_edge_agent::trace::{TRACESTATE, native_headers};
+        let props = &mut self.properties.user_properties;
+        if native_headers(event).next().is_some() {
+            // A state the event no longer carries must not outlive it.
+            props.retain(|(k, _)| k != TRACESTATE);
+        }
+        for (name, value) in native_headers(event) {
+            match props.iter_mut().find(|(k, _)| k == name) {
+                Some(slot) => slot.1 = value,
+                None => props.push((name.to_string(), value)),
+            }
+        }
+    }
+
     /// Its QoS.
     pub fn qos(&self) -> QoS {
         QoS::from_bits(self.qos).unwrap_or(QoS::AtMostOnce)

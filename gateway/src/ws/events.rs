@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
 
+use meshgate_edge_agent::trace::Ingest;
 use meshgate_protocols::cloudevents::CloudEvent;
 use meshgate_protocols::mqtt::{QoS, SubscriptionOptions, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -273,12 +274,17 @@ impl Session {
     }
 
     /// Takes a valid event: `None` when its answer waits for the spool, else the reason it is refused.
-    async fn on_publish(&mut self, token: Token, event: CloudEvent, topic: String) -> Option<&'static str> {
+    async fn on_publish(&mut self, token: Token, mut event: CloudEvent, topic: String) -> Option<&'static str> {
         self.rate.pace().await;
         if !self.device.policy.acl(&self.ctx.shared.policy).may_publish(&topic) {
             self.ctx.shared.metrics.reject(PROTOCOL, RejectReason::NotAuthorized);
             return Some("not authorized");
         }
+        // Before the local copy is made: subscribers get the event with the gateway's span as its parent.
+        let traces = &self.ctx.shared.traces;
+        let bytes = if traces.is_on() { event.to_json_string().len() } else { 0 };
+        let at = Ingest { protocol: PROTOCOL.as_str(), client: &self.device.client_id, topic: &topic, bytes };
+        let span = traces.ingest(&mut event, at);
         let local = local_message(&event, &topic, &self.device.client_id);
         let normalizer = &self.device.policy.current(&self.ctx.shared.policy).normalizer;
         let Normalized { event, route, .. } = normalizer.kept(event, &topic);
@@ -289,7 +295,7 @@ impl Session {
             Some(m) => self.ctx.shared.broker.companion(m, None),
             None => (None, None),
         };
-        match self.ctx.shared.ingest.submit_with(event, route, companion).await {
+        match self.ctx.shared.ingest.submit_with(event, route, companion, span).await {
             Ok(ticket) => {
                 self.pending.push(token, Some(ticket), local);
                 None

@@ -75,7 +75,14 @@ impl Transport for GrpcTransport {
     fn publish<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<Answer, String>> {
         Box::pin(async move {
             let mut client = PublisherServiceClient::new(self.channel.clone());
-            Self::answer(client.publish(publish_request(event, &self.identity)).await)
+            let mut request = tonic::Request::new(publish_request(event, &self.identity));
+            // gRPC metadata carries the trace context too (the CloudEvent attribute is in the message).
+            for (name, value) in crate::trace::native_headers(event) {
+                if let Ok(value) = value.parse() {
+                    request.metadata_mut().insert(name, value);
+                }
+            }
+            Self::answer(client.publish(request).await)
         })
     }
 

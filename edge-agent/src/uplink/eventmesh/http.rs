@@ -49,9 +49,12 @@ impl HttpTransport {
         Ok(HttpTransport { client, uri, headers, producer_group: config.producer_group.clone() })
     }
 
-    async fn post(&self, body: String) -> Result<Answer, String> {
+    async fn post(&self, body: String, trace: impl Iterator<Item = (&'static str, String)>) -> Result<Answer, String> {
         let mut request = Request::builder().method(Method::POST).uri(self.uri.clone());
         for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        for (name, value) in trace {
             request = request.header(name, value);
         }
         let request = request
@@ -82,7 +85,10 @@ impl HttpTransport {
 
 impl Transport for HttpTransport {
     fn publish<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<Answer, String>> {
-        Box::pin(async move { self.post(publish_form(&self.producer_group, &event.to_json_string())).await })
+        Box::pin(async move {
+            let form = publish_form(&self.producer_group, &event.to_json_string());
+            self.post(form, crate::trace::native_headers(event)).await
+        })
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), String>> {

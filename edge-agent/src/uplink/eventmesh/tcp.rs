@@ -219,10 +219,16 @@ impl TcpTransport {
     }
 
     /// Sends a request on the session and waits for the answer with the same `seq`.
-    async fn request(&self, cmd: Command, body: Vec<u8>) -> Result<Header, String> {
+    async fn request(
+        &self,
+        cmd: Command,
+        body: Vec<u8>,
+        properties: impl Iterator<Item = (&'static str, String)>,
+    ) -> Result<Header, String> {
         let session = self.session().await?;
         let seq = next_seq(&self.seq);
         let mut header = Header::new(cmd, &seq);
+        header.properties.extend(properties.map(|(k, v)| (k.into(), v.into())));
         if cmd == Command::AsyncMessageToServer {
             for (k, v) in
                 [("protocoltype", PROTOCOL_TYPE), ("protocolversion", PROTOCOL_VERSION), ("protocoldesc", "tcp")]
@@ -245,7 +251,10 @@ impl TcpTransport {
 impl Transport for TcpTransport {
     fn publish<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<Answer, String>> {
         Box::pin(async move {
-            let answer = self.request(Command::AsyncMessageToServer, event.to_json_string().into_bytes()).await?;
+            // The event's trace context also travels as header properties, as EventMesh's own tracing reads it.
+            let trace = crate::trace::native_headers(event);
+            let answer =
+                self.request(Command::AsyncMessageToServer, event.to_json_string().into_bytes(), trace).await?;
             if answer.cmd != Command::AsyncMessageToServerAck {
                 return Err(format!("unexpected answer {} to ASYNC_MESSAGE_TO_SERVER", answer.cmd.name()));
             }
@@ -255,7 +264,9 @@ impl Transport for TcpTransport {
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.request(Command::HeartbeatRequest, Vec::new()).await.map(|_| ()) })
+        Box::pin(
+            async move { self.request(Command::HeartbeatRequest, Vec::new(), std::iter::empty()).await.map(|_| ()) },
+        )
     }
 }
 

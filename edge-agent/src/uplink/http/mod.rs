@@ -160,10 +160,12 @@ impl HttpUplink {
 
     /// Sends one event in binary or structured mode.
     async fn send_one(&self, event: &CloudEvent) -> Result<(), UplinkError> {
-        let message = match self.config.mode {
+        let mut message = match self.config.mode {
             HttpMode::Structured => encode_http_structured(event),
             HttpMode::Binary | HttpMode::Batch => encode_http_binary(event),
         };
+        // W3C Trace Context's own headers beside the CloudEvents extension (`ce-traceparent` or in the body).
+        message.headers.extend(crate::trace::native_headers(event).map(|(k, v)| (k.to_string(), v)));
         if let Some(ct) = message.content_type.as_deref().filter(|ct| !is_header_safe(ct)) {
             // Never sendable in binary mode: set aside rather than retried for ever.
             let reason = format!("datacontenttype {ct:?} cannot be an HTTP header value");

@@ -119,7 +119,12 @@ impl MqttUplink {
                 topic,
                 qos: self.config.qos,
                 content_type: v5.then(|| STRUCTURED_CONTENT_TYPE.to_string()),
-                user_properties: Vec::new(),
+                // Binary mode carries `traceparent` as an attribute already; structured mode as W3C's property.
+                user_properties: if v5 {
+                    crate::trace::native_headers(event).map(|(k, v)| (k.to_string(), v)).collect()
+                } else {
+                    Vec::new()
+                },
                 payload: event.to_json_string().into_bytes(),
             },
         }

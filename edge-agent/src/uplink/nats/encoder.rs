@@ -21,6 +21,9 @@ pub fn encode(event: &CloudEvent, mode: NatsMode) -> (HeaderMap, Vec<u8>) {
     for (name, value) in attributes {
         headers.insert(name.as_str(), value.as_str());
     }
+    for (name, value) in crate::trace::native_headers(event) {
+        headers.insert(name, value.as_str());
+    }
     (headers, body)
 }
 

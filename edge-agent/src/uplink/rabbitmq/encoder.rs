@@ -52,6 +52,9 @@ pub fn encode(event: &CloudEvent, config: &AmqpUplinkConfig) -> Result<Encoded, 
         };
         table.insert(short("a header name", name)?, value);
     }
+    for (name, value) in crate::trace::native_headers(event) {
+        table.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
+    }
     let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(table);
     if event.id.len() <= SHORT_STRING_MAX {
         properties = properties.with_message_id(ShortString::from(event.id.as_str()));

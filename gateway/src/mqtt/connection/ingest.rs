@@ -12,6 +12,7 @@ use crate::broker::message::EventIdentity;
 use crate::metrics::RejectReason;
 use crate::mqtt::session::{Token, Verdict};
 use crate::normalize::{MqttInbound, Normalized};
+use meshgate_edge_agent::trace::Ingest;
 
 /// Refused because the pipeline is gone (the gateway is stopping).
 const STOPPED: Verdict = Verdict::Refused(ReasonCode::SERVER_SHUTTING_DOWN, "pipeline stopped");
@@ -44,10 +45,16 @@ impl Driver {
             local.retain = false;
         }
         // Validated before anything is stored: a publish refused here leaves no retained message behind.
-        let normalized = match self.normalize(publish, topic, version) {
+        let mut normalized = match self.normalize(publish, topic, version) {
             Ok(n) => n,
             Err(verdict) => return Some(verdict),
         };
+        let traces = &self.ctx.shared.traces;
+        let at = Ingest { protocol: PROTOCOL.as_str(), client: self.client_id(), topic, bytes: publish.payload.len() };
+        let span = traces.ingest(&mut normalized.event, at);
+        if traces.is_on() {
+            local.carry_trace(&normalized.event);
+        }
         local.event = Some(EventIdentity::of(&normalized.event));
         if local.retain
             && let Err(e) = self.ctx.shared.broker.log_retained(&local).await
@@ -70,11 +77,12 @@ impl Driver {
         let ack = Ack { token, pubrec, release: false };
         if acknowledged || self.ctx.config.qos0_wait_durable {
             // Answered, and given to local subscribers, once durable (QoS 0: closed if it cannot be stored).
-            let Ok(ticket) = ingest.submit_with(event, route, companion).await else { return Some(STOPPED) };
+            let Ok(ticket) = ingest.submit_with(event, route, companion, span).await else { return Some(STOPPED) };
             self.pending.push(ack, Some(ticket), local);
             return None;
         }
-        let submitted = ingest.submit_unconfirmed_within(event, route, when_full, Some(&self.share), companion).await;
+        let share = Some(&self.share);
+        let submitted = ingest.submit_unconfirmed_within(event, route, when_full, share, companion, span).await;
         if submitted.is_err() {
             return Some(STOPPED);
         }
