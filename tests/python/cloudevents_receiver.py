@@ -1,7 +1,8 @@
 """An independent CloudEvents HTTP receiver: every request meshgate's HTTP uplink POSTs is parsed with the
 CloudEvents Python SDK (binary and structured mode by its HTTP binding, each member of a batch by its JSON
 format). Prints `listening PORT` first, then one JSON object per event received:
-{mode, id, type, deviceid, data, status, authorization, apikey, t}. A request that does not parse is answered
+{mode, id, type, deviceid, data, status, authorization, apikey, traceparent (the CloudEvents extension),
+traceparent_header (W3C's HTTP header), t}. A request that does not parse is answered
 400 and reported as {"error": ...}.
 
 usage: cloudevents_receiver.py [--answers 503:2,500,200] [--refuse TEXT] [--tls CERT KEY]
@@ -45,6 +46,8 @@ def describe(event, mode: str, status: int, headers: dict) -> dict:
         "status": status,
         "authorization": headers.get("authorization"),
         "apikey": headers.get("x-api-key"),
+        "traceparent": attributes.get("traceparent"),
+        "traceparent_header": headers.get("traceparent"),
         "t": time.monotonic(),
     }
 

@@ -4,12 +4,14 @@
 
 pub mod amqp_raw;
 pub mod clients;
+pub mod cloudevents_receiver;
 pub mod edge_agent;
 pub mod embassy_link;
 pub mod eventmesh;
 pub mod firmware;
 pub mod load;
 pub mod nats;
+pub mod otlp;
 pub mod pika;
 pub mod pki;
 pub mod proxy;
