@@ -4,7 +4,12 @@
 use std::future::Future;
 use std::process::ExitCode;
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
+
+/// The rustls module that warns of an IP address sent as the SNI name.
+const SNI_WARNING_TARGET: &str = "rustls::msgs::handshake";
 
 /// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -16,10 +21,24 @@ pub enum LogFormat {
 }
 
 /// Installs the global log subscriber: `MESHGATE_LOG` as the filter (default `info`), in `format`.
+///
+/// Colour codes only when stderr is a terminal (and `NO_COLOR` is unset): a log file or journald gets plain text.
+/// rustls' warning about a client that sent an IP address as its SNI name (OpenSSL-based clients such as
+/// mosquitto_pub connecting by address do) is left out unless the filter names rustls' handshake module: the
+/// gateway does not use SNI, and the line only alarms.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("MESHGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin::returned_messages=error"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let configured = std::env::var("MESHGATE_LOG").ok();
+    let mut filter = configured
+        .as_deref()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info,lapin::returned_messages=error"));
+    if !configured.as_deref().is_some_and(|f| f.contains(SNI_WARNING_TARGET)) {
+        if let Ok(directive) = format!("{SNI_WARNING_TARGET}=error").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     if format == LogFormat::Json {
         builder.json().init();
     } else {
@@ -71,5 +90,36 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// A budget of log lines per second for what an attacker can make happen at will (failed logins, failed TLS
+/// handshakes): past it lines are counted, not written, and the next line written says how many were left out.
+#[derive(Debug)]
+pub struct LogBudget {
+    per_second: u32,
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl LogBudget {
+    /// A budget of `per_second` lines.
+    pub fn new(per_second: u32) -> LogBudget {
+        LogBudget { per_second, state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)) }
+    }
+
+    /// Whether a line may be written at `now`; if so, how many were suppressed since the last one written.
+    pub fn may_log(&self, now: std::time::Instant) -> Option<u64> {
+        let Ok(mut state) = self.state.lock() else { return None };
+        let (second, written, suppressed) = &mut *state;
+        if now.saturating_duration_since(*second) >= std::time::Duration::from_secs(1) {
+            *second = now;
+            *written = 0;
+        }
+        if *written >= self.per_second {
+            *suppressed += 1;
+            return None;
+        }
+        *written += 1;
+        Some(std::mem::take(suppressed))
     }
 }

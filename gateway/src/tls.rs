@@ -5,6 +5,7 @@
 //! whole of `[tls]` (certificate, key, client CA) by a configuration reload ([`ServerTls::replace`]); connections
 //! already open keep what they negotiated.
 
+use meshgate_edge_agent::process::LogBudget;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -27,7 +28,12 @@ use crate::config::TlsConfig;
 /// The TLS server side of `[tls]` in force, shared by every TLS listener.
 pub struct ServerTls {
     current: RwLock<(TlsAcceptor, Arc<ReloadingCert>)>,
+    /// Failed handshakes are logged at info, at most this budget a second (a scanner must not flood the log).
+    failures_logged: LogBudget,
 }
+
+/// Failed handshakes logged per second at most.
+const HANDSHAKE_FAILURES_LOGGED_PER_SECOND: u32 = 10;
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,7 +44,8 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// The acceptor of `config`; errors name the key and the file.
     pub fn new(config: &TlsConfig) -> anyhow::Result<Arc<ServerTls>> {
-        Ok(Arc::new(ServerTls { current: RwLock::new(acceptor(config)?) }))
+        let failures_logged = LogBudget::new(HANDSHAKE_FAILURES_LOGGED_PER_SECOND);
+        Ok(Arc::new(ServerTls { current: RwLock::new(acceptor(config)?), failures_logged }))
     }
 
     /// The acceptor for the next handshake.
@@ -202,17 +209,40 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     move |stream| {
-        let (acceptor, serve) = (tls.acceptor(), serve.clone());
+        let (acceptor, serve, server) = (tls.acceptor(), serve.clone(), Arc::clone(&tls));
         Box::pin(async move {
             let addr = stream.peer_addr().ok();
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            let reason = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let identity = peer_identity(&tls);
-                    serve(tls, crate::listener::Peer { addr, identity }).await;
+                    return serve(tls, crate::listener::Peer { addr, identity }).await;
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
+                Ok(Err(e)) => handshake_failure(&e),
+                Err(_) => format!("no handshake within {} s", timeout.as_secs()),
+            };
+            if let Some(suppressed) = server.failures_logged.may_log(std::time::Instant::now()) {
+                let peer = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+                tracing::info!(peer, reason, suppressed, "TLS handshake failed");
             }
         })
+    }
+}
+
+/// Why a handshake failed, in words an operator can act on (rustls' error otherwise).
+fn handshake_failure(error: &std::io::Error) -> String {
+    let inner = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)))
+            if format!("{other:?}").contains("UnsupportedCertVersion") =>
+        {
+            "the client certificate is X.509 v1; only v3 certificates are accepted (docs/tls.md shows how to \
+             make one)"
+                .into()
+        }
+        Some(rustls::Error::NoCertificatesPresented) => {
+            "the client presented no certificate, and tls.require_client_cert is on".into()
+        }
+        Some(e) => e.to_string(),
+        None => error.to_string(),
     }
 }

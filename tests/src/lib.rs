@@ -79,6 +79,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Every line the gateway wrote on stderr so far (also echoed to the test's own stderr).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// Removes a scratch data directory on drop.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -109,18 +111,33 @@ impl Gateway {
     /// Starts a gateway whose data directory is `data_dir` (kept after the gateway is gone, so a test can
     /// restart on the same spool).
     pub fn start_in(data_dir: &Path, edit: impl FnOnce(String) -> String) -> Result<Gateway> {
+        let filter = std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "warn,lapin=error".into());
+        Gateway::start_logging(data_dir, &filter, edit)
+    }
+
+    /// [`Gateway::start_in`] with `filter` as its log filter (`MESHGATE_LOG`), for tests that read its log.
+    pub fn start_logging(data_dir: &Path, filter: &str, edit: impl FnOnce(String) -> String) -> Result<Gateway> {
         let config_path = data_dir.join("meshgate.toml");
         std::fs::write(&config_path, edit(base_config(data_dir)))?;
         let mut child = Command::new(meshgate_bin())
             .arg("--config")
             .arg(&config_path)
-            .env("MESHGATE_LOG", std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "warn,lapin=error".into()))
+            .env("MESHGATE_LOG", filter)
             // Not a configuration key: every other MESHGATE_ variable overrides one.
             .env_remove("MESHGATE_TEST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("spawn meshgate")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().context("meshgate stderr")?;
+        let lines = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
         let stdout = child.stdout.take().context("meshgate stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -166,6 +183,7 @@ impl Gateway {
             listeners,
             admin,
             data_dir: data_dir.to_path_buf(),
+            log,
             _scratch: None,
         })
     }
@@ -228,6 +246,26 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until a line of the gateway's log contains every one of `parts`; the line.
+    pub fn wait_for_log(&self, parts: &[&str], timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.log_lines().into_iter().find(|l| parts.iter().all(|p| l.contains(p)));
+            if let Some(line) = found {
+                return Ok(line);
+            }
+            if Instant::now() > deadline {
+                bail!("no log line with {parts:?}; the log:\n{}", self.log_lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every line logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The process id, while it runs.

@@ -89,6 +89,11 @@ impl BridgeConfig {
         self.port.unwrap_or(if self.tls.is_some() { 8883 } else { 1883 })
     }
 
+    /// `host:port` of the broker, for logs.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port())
+    }
+
     /// The client id of the bridge's session.
     pub fn client_id(&self) -> String {
         self.client_id.clone().unwrap_or_else(|| format!("meshgate-bridge-{}", self.name))

@@ -57,7 +57,7 @@ pub async fn run(config: BridgeConfig, tls: Option<Arc<rustls::ClientConfig>>, c
 /// After a CONNACK: a resumed session holds the subscriptions already; a new one gets them (`subscribe` queues
 /// them, `false` when it could not).
 fn connected(config: &BridgeConfig, session_present: bool, subscribe: impl FnOnce() -> bool) {
-    tracing::info!(bridge = %config.name, session_present, "connected to the broker");
+    tracing::info!(bridge = %config.name, broker = %config.address(), session_present, "connected to the broker");
     if session_present {
         announce_ready(config);
     } else if !subscribe() {
@@ -80,7 +80,7 @@ async fn wait_to_retry(
         ..Default::default()
     };
     let wait = backoff.backoff(*attempt);
-    tracing::warn!(bridge = %config.name, error = %error, retry_in = ?wait, "broker connection failed");
+    tracing::warn!(bridge = %config.name, broker = %config.address(), error = %error, retry_in = ?wait, "broker connection failed");
     *attempt = attempt.saturating_add(1);
     tokio::select! {
         _ = stop.changed() => false,
@@ -128,7 +128,7 @@ async fn submit(config: &BridgeConfig, cx: &BridgeContext, msg: &Delivered<'_>) 
     let mut normalized = match cx.normalizer.mqtt(&inbound, uuid::Uuid::now_v7(), chrono::Utc::now()) {
         Ok(n) => n,
         Err(e) => {
-            tracing::warn!(bridge = %config.name, topic = msg.topic, error = %e, "an invalid CloudEvent from the broker; acknowledged and left out");
+            tracing::warn!(bridge = %config.name, broker = %config.address(), topic = msg.topic, error = %e, "an invalid CloudEvent from the broker; acknowledged and left out");
             return None;
         }
     };

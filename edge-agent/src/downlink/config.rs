@@ -29,6 +29,16 @@ impl DownlinkConfig {
         }
     }
 
+    /// Where it consumes from, for logs (passwords hidden).
+    pub fn endpoint(&self) -> String {
+        match self {
+            DownlinkConfig::Amqp(c) => crate::config::without_password(&c.uri),
+            DownlinkConfig::EventMeshTcp(c) => {
+                c.endpoints.iter().map(|e| crate::config::without_password(e)).collect::<Vec<_>>().join(", ")
+            }
+        }
+    }
+
     /// Checks the values beyond their types; the error names the key (relative to the table) and the problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {

@@ -48,7 +48,8 @@ pub async fn run(
         stats,
     };
     let (name, reconnect_max_ms) = (consumer.config.name.clone(), consumer.config.reconnect_max_ms);
-    super::reconnecting(&name, reconnect_max_ms, &consumer.stats, stop, || consumer.session()).await;
+    let endpoint = consumer.config.endpoints.join(", ");
+    super::reconnecting(&name, &endpoint, reconnect_max_ms, &consumer.stats, stop, || consumer.session()).await;
 }
 
 /// A downlink's consumer state across sessions.

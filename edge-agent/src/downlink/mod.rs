@@ -66,6 +66,7 @@ impl DownlinkStats {
 /// 100 ms to `reconnect_max_ms`; a session that connected (counted in `stats.connects`) starts the backoff over.
 pub(crate) async fn reconnecting<F, Fut>(
     name: &str,
+    endpoint: &str,
     reconnect_max_ms: u64,
     stats: &DownlinkStats,
     mut stop: watch::Receiver<bool>,
@@ -91,7 +92,7 @@ pub(crate) async fn reconnecting<F, Fut>(
             attempt = 0;
         }
         let wait = backoff.backoff(attempt);
-        tracing::warn!(downlink = %name, error = %why, retry_in = ?wait, "downlink connection ended");
+        tracing::warn!(downlink = %name, endpoint, error = %why, retry_in = ?wait, "downlink connection ended");
         attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = stop.changed() => return,

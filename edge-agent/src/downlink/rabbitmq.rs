@@ -40,7 +40,8 @@ pub async fn run(
     stats: Arc<DownlinkStats>,
     stop: watch::Receiver<bool>,
 ) {
-    super::reconnecting(&config.name, config.reconnect_max_ms, &stats, stop, || async {
+    let endpoint = crate::config::without_password(&config.uri);
+    super::reconnecting(&config.name, &endpoint, config.reconnect_max_ms, &stats, stop, || async {
         match consume(&config, target.as_ref(), &stats).await {
             Ok(()) => "closed".to_string(),
             Err(e) => e.to_string(),

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use meshgate_edge_agent::process::LogBudget;
 use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
@@ -40,14 +41,7 @@ pub struct LoginGuard {
     base: Duration,
     max: Duration,
     window: Duration,
-    log: Mutex<LogBudget>,
-}
-
-#[derive(Debug)]
-struct LogBudget {
-    second: Instant,
-    written: u32,
-    suppressed: u64,
+    log: LogBudget,
 }
 
 impl LoginGuard {
@@ -59,7 +53,7 @@ impl LoginGuard {
             base: Duration::from_millis(config.backoff_base_ms),
             max: Duration::from_millis(config.backoff_max_ms),
             window: Duration::from_secs(config.failure_window_secs),
-            log: Mutex::new(LogBudget { second: Instant::now(), written: 0, suppressed: 0 }),
+            log: LogBudget::new(LOG_LINES_PER_SECOND),
         }
     }
 
@@ -117,17 +111,7 @@ impl LoginGuard {
 
     /// Whether a failure log line may be written now; returns the lines suppressed since the last one.
     pub fn may_log(&self, now: Instant) -> Option<u64> {
-        let Ok(mut budget) = self.log.lock() else { return None };
-        if now.saturating_duration_since(budget.second) >= Duration::from_secs(1) {
-            budget.second = now;
-            budget.written = 0;
-        }
-        if budget.written >= LOG_LINES_PER_SECOND {
-            budget.suppressed += 1;
-            return None;
-        }
-        budget.written += 1;
-        Some(std::mem::take(&mut budget.suppressed))
+        self.log.may_log(now)
     }
 }
 

@@ -39,6 +39,7 @@ use super::dead_letter::{DeadLetter, DeadLetterFile};
 use super::lanes::{self, Progress};
 use super::{BoxFuture, Uplink, UplinkError, UplinkStats};
 use crate::CloudEvent;
+use crate::config::without_password;
 
 /// The largest answer body read (only its first bytes go into a log or dead letter).
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
@@ -185,7 +186,7 @@ impl HttpUplink {
             let events: Vec<&CloudEvent> = chunk.iter().filter_map(|&i| batch.get(i).copied()).collect();
             let answer = self.post(encode_http_batch(&events)).await?;
             if answer.verdict == Verdict::Refused && events.len() > 1 {
-                tracing::warn!(uplink = %self.config.name, status = answer.status, "the receiver refused a batch; sending its events one by one");
+                tracing::warn!(uplink = %self.config.name, endpoint = %without_password(&self.config.url), status = answer.status, "the receiver refused a batch; sending its events one by one");
                 for (&i, event) in chunk.iter().zip(&events) {
                     let answer = self.post(encode_http_batch(&[event])).await?;
                     self.settle(&[event], answer).await?;
@@ -237,7 +238,7 @@ impl Uplink for HttpUplink {
         Box::pin(async move {
             let result = self.send_batch(batch).await;
             if let Err(e) = &result {
-                tracing::warn!(uplink = %self.config.name, error = %e, "HTTP delivery failed");
+                tracing::warn!(uplink = %self.config.name, endpoint = %without_password(&self.config.url), error = %e, "HTTP delivery failed");
             }
             result
         })

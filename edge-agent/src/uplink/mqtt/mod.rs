@@ -200,7 +200,7 @@ impl Uplink for MqttUplink {
         Box::pin(async move {
             let result = self.send_batch(batch).await;
             if let Err(e) = &result {
-                tracing::warn!(uplink = %self.config.name, error = %e, "MQTT publish failed");
+                tracing::warn!(uplink = %self.config.name, broker = %crate::config::without_password(&self.config.uri), error = %e, "MQTT publish failed");
             }
             result
         })
@@ -301,7 +301,7 @@ mod connection {
             task.session.connection_lost();
             let wait = backoff.backoff(attempt);
             attempt = attempt.saturating_add(1);
-            tracing::warn!(uplink = %task.name, broker = %config.uri, error = %why, retry_in = ?wait, in_flight = task.session.pending(), "upstream MQTT connection lost");
+            tracing::warn!(uplink = %task.name, broker = %crate::config::without_password(&config.uri), error = %why, retry_in = ?wait, in_flight = task.session.pending(), "upstream MQTT connection lost");
             tokio::time::sleep(wait).await;
             if (task.dropped || task.requests.is_closed()) && task.session.pending() == 0 {
                 return;

@@ -100,7 +100,7 @@ impl NatsUplink {
             js.get_or_create_stream(config).await.map_err(|e| broker(&format!("stream `{stream}`: {e}")))?;
         }
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(uplink = %c.name, url = %c.url, "connected to NATS JetStream");
+        tracing::info!(uplink = %c.name, url = %crate::config::without_password(&c.url), "connected to NATS JetStream");
         Ok(js)
     }
 
@@ -191,7 +191,7 @@ impl Uplink for NatsUplink {
         Box::pin(async move {
             let result = self.send_batch(batch).await;
             if let Err(e) = &result {
-                tracing::warn!(uplink = %self.config.name, error = %e, "NATS publish failed");
+                tracing::warn!(uplink = %self.config.name, url = %crate::config::without_password(&self.config.url), error = %e, "NATS publish failed");
             }
             result
         })

@@ -77,7 +77,7 @@ impl RabbitMqUplink {
             .await
             .map_err(amqp_error)?;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(uplink = %self.config.name, exchange = %self.config.exchange, "connected to the AMQP broker");
+        tracing::info!(uplink = %self.config.name, broker = %crate::config::without_password(&self.config.uri), exchange = %self.config.exchange, "connected to the AMQP broker");
         self.link = Some((conn, ch.clone()));
         Ok(ch)
     }
@@ -142,7 +142,7 @@ impl Uplink for RabbitMqUplink {
                 Err(_) => Err(UplinkError::Broker(format!("no answer from the broker within {limit:?}"))),
             };
             if let Err(e) = &result {
-                tracing::warn!(uplink = %self.config.name, error = %e, "AMQP publish failed");
+                tracing::warn!(uplink = %self.config.name, broker = %crate::config::without_password(&self.config.uri), error = %e, "AMQP publish failed");
                 if matches!(e, UplinkError::Broker(_)) {
                     // Start from a fresh connection next time.
                     self.link = None;
