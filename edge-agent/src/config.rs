@@ -68,6 +68,16 @@ impl UplinkConfig {
         }
     }
 
+    /// The client certificate settings of an uplink that has them (`tls` of mqtt, http and nats).
+    pub fn client_tls(&self) -> Option<&crate::client_tls::ClientTls> {
+        match self {
+            UplinkConfig::Mqtt(c) => c.tls.as_ref(),
+            UplinkConfig::Http(c) => c.tls.as_ref(),
+            UplinkConfig::Nats(c) => c.tls.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Where it sends, for the admin API and the dashboard: the file, or the address with any password taken
     /// out of it.
     pub fn endpoint(&self) -> String {

@@ -45,7 +45,8 @@ pub fn load<T: DeserializeOwned>(
         }
         None => ("<defaults>".to_string(), defaults.parse::<toml::Table>().ok()),
     };
-    let mut overridden = false;
+    // Each override's dotted key and variable: an error on a key an override set names the variable.
+    let mut overrides: Vec<(String, String)> = Vec::new();
     for (name, value) in env {
         let Some(path) = name.strip_prefix("MESHGATE_") else {
             continue;
@@ -60,14 +61,24 @@ pub fn load<T: DeserializeOwned>(
             key: keys.join("."),
             problem,
         })?;
-        overridden = true;
+        overrides.push((keys.join("."), name));
     }
-    let config: T = serde_path_to_error::deserialize(table.unwrap_or_default()).map_err(|e| ConfigError {
-        file: if overridden { format!("{file} (with MESHGATE_ overrides)") } else { file.clone() },
-        key: e.path().to_string(),
-        problem: e.inner().message().to_string(),
+    // Where a problem at `key` comes from: the variable that set it (or a table above it), else the file.
+    let origin = |key: &str| {
+        overrides
+            .iter()
+            .rev()
+            .find(|(set, _)| key == set || key.starts_with(&format!("{set}.")) || key.starts_with(&format!("{set}[")))
+            .map_or_else(
+                || if overrides.is_empty() { file.clone() } else { format!("{file} (with MESHGATE_ overrides)") },
+                |(_, name)| format!("environment {name}"),
+            )
+    };
+    let config: T = serde_path_to_error::deserialize(table.unwrap_or_default()).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError { file: origin(&key), key, problem: e.inner().message().to_string() }
     })?;
-    validate(&config).map_err(|(key, problem)| ConfigError { file, key, problem })?;
+    validate(&config).map_err(|(key, problem)| ConfigError { file: origin(&key), key, problem })?;
     Ok(config)
 }
 
@@ -92,4 +103,37 @@ fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     current.insert(last.clone(), value);
     Ok(())
+}
+
+/// A listening address as configured: `IP:PORT`, or `HOST:PORT` (`localhost:1883`) resolved when the file is
+/// loaded, an IPv4 address preferred. For `#[serde(deserialize_with = "bind_addr")]`.
+pub fn bind_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::net::SocketAddr, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    resolve_bind(&text).map_err(serde::de::Error::custom)
+}
+
+/// [`bind_addr`] for an optional key.
+pub fn optional_bind_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = <Option<String> as serde::Deserialize>::deserialize(d)?;
+    text.map(|t| resolve_bind(&t)).transpose().map_err(serde::de::Error::custom)
+}
+
+fn resolve_bind(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` is not HOST:PORT or IP:PORT"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("`{text}` is not HOST:PORT or IP:PORT"));
+    }
+    let addrs: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(text).map_err(|e| format!("cannot resolve `{host}`: {e}"))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
 }

@@ -165,9 +165,11 @@ pub struct ListenersConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MqttListenerConfig {
     /// The address to listen on; port 0 picks a free port (printed at start).
+    #[serde(deserialize_with = "meshgate_edge_agent::config_file::bind_addr")]
     pub bind: SocketAddr,
     /// Where to listen for MQTT over TLS (mqtts, conventionally port 8883), with the certificate of `[tls]`;
     /// off unless set.
+    #[serde(default, deserialize_with = "meshgate_edge_agent::config_file::optional_bind_addr")]
     pub tls_bind: Option<SocketAddr>,
     /// The largest packet accepted, fixed header included (advertised as Maximum Packet Size in MQTT 5).
     pub max_packet_size: u32,
@@ -212,9 +214,11 @@ impl Default for MqttListenerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpListenerConfig {
     /// The address to listen on; port 0 picks a free port (printed at start).
+    #[serde(deserialize_with = "meshgate_edge_agent::config_file::bind_addr")]
     pub bind: SocketAddr,
     /// Where to listen for AMQP over TLS (amqps, conventionally port 5671), with the certificate of `[tls]`;
     /// off unless set.
+    #[serde(default, deserialize_with = "meshgate_edge_agent::config_file::optional_bind_addr")]
     pub tls_bind: Option<SocketAddr>,
     /// The largest frame offered in connection.tune, in bytes (at least 4096).
     pub frame_max: u32,
@@ -253,8 +257,10 @@ impl Default for AmqpListenerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WsListenerConfig {
     /// The address to listen on; port 0 picks a free port (printed at start).
+    #[serde(deserialize_with = "meshgate_edge_agent::config_file::bind_addr")]
     pub bind: SocketAddr,
     /// Where to listen for WebSocket over TLS (wss), with the certificate of `[tls]`; off unless set.
+    #[serde(default, deserialize_with = "meshgate_edge_agent::config_file::optional_bind_addr")]
     pub tls_bind: Option<SocketAddr>,
     /// Upgrades are accepted on this path only (any path when unset).
     pub path: Option<String>,
@@ -302,9 +308,11 @@ impl Default for WsListenerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// The address of `/healthz`, `/readyz`, `/metrics`, the admin API (`/api/`) and the dashboard (`/`).
+    #[serde(deserialize_with = "meshgate_edge_agent::config_file::bind_addr")]
     pub bind: SocketAddr,
     /// The same endpoint over TLS (https), with the certificate of `[tls]` (and its client certificate check);
     /// off unless set.
+    #[serde(default, deserialize_with = "meshgate_edge_agent::config_file::optional_bind_addr")]
     pub tls_bind: Option<SocketAddr>,
     /// The Argon2 hash of the admin token (`meshgate hash-password`), sent as `Authorization: Bearer TOKEN`.
     /// Without it (or `cert_names`) the admin API is locked.

@@ -33,6 +33,7 @@ pub mod listener;
 pub mod metrics;
 pub mod mqtt;
 pub mod policy;
+pub mod preflight;
 pub use meshgate_edge_agent::normalize;
 pub mod reload;
 pub mod server;

@@ -75,13 +75,22 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::HashPassword) => return hash_password(),
         Some(Command::Check) => {
-            return match load(&cli) {
-                Ok(_) => {
-                    println!("meshgate: configuration is valid");
-                    ExitCode::SUCCESS
-                }
-                Err(code) => code,
+            let config = match load(&cli) {
+                Ok(config) => config,
+                Err(code) => return code,
             };
+            let file = cli.config.as_ref().map_or_else(|| "<defaults>".into(), |p| p.display().to_string());
+            let found = meshgate_gateway::preflight::check(&config);
+            for f in &found {
+                let level = if f.fatal { "error" } else { "warning" };
+                eprintln!("meshgate: {level}: {file}: {}: {}", f.key, f.problem);
+            }
+            if found.iter().any(|f| f.fatal) {
+                // As for a file that does not load: a configuration problem.
+                return ExitCode::from(2);
+            }
+            println!("meshgate: configuration is valid");
+            return ExitCode::SUCCESS;
         }
         None => {}
     }

@@ -53,6 +53,51 @@ fn check_validates_without_starting_and_names_file_key_and_problem() -> anyhow::
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("listeners.mqtt.bind"), "{stderr}");
+    assert!(stderr.contains("environment MESHGATE_LISTENERS__MQTT__BIND"), "the variable is named: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn check_catches_what_start_would_on_this_host() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let check = |text: String| -> anyhow::Result<(Option<i32>, String)> {
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, text)?;
+        let out = Command::new(meshgate_bin()).args(["check", "--config"]).arg(&path).output()?;
+        Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    // `localhost:PORT` is a bind address (resolved), and the gateway listens on it.
+    let local = base_config(dir.path()).replace("bind = \"127.0.0.1:0\"", "bind = \"localhost:0\"");
+    assert_eq!(check(local.clone())?.0, Some(0));
+    let gw = Gateway::start_with(|base| base.replace("bind = \"127.0.0.1:0\"", "bind = \"localhost:0\""))?;
+    assert!(gw.mqtt.ip().is_loopback(), "{}", gw.mqtt);
+
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")?;
+    let g = garbage.display();
+    let cases = [
+        (format!("{local}\n[tls]\ncert_file = \"{g}\"\nkey_file = \"{g}\"\n"), "tls.cert_file"),
+        (
+            format!("{local}\n[tls]\ncert_file = \"{}/missing.pem\"\nkey_file = \"{g}\"\n", dir.path().display()),
+            "tls.cert_file",
+        ),
+        (
+            local.replace("bind = \"localhost:0\"\n\n[admin]", "bind = \"192.0.2.1:1883\"\n\n[admin]"),
+            "listeners.mqtt.bind",
+        ),
+        (
+            local.replace(&format!("data_dir = \"{}\"", dir.path().display()), &format!("data_dir = \"{g}\"")),
+            "gateway.data_dir",
+        ),
+    ];
+    for (text, key) in cases {
+        let (code, stderr) = check(text)?;
+        assert_eq!(code, Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(&format!("error: {}: {key}", dir.path().join("m.toml").display())), "{key}: {stderr}");
+    }
+    // A client CA for mTLS that is not a certificate.
+    let ca = format!("{local}\n[tls]\ncert_file = \"{g}\"\nkey_file = \"{g}\"\nclient_ca_file = \"{g}\"\n");
+    assert_eq!(check(ca)?.0, Some(2));
     Ok(())
 }
 

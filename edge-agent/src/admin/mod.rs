@@ -33,6 +33,7 @@ pub use mesh::MeshStatus;
 #[serde(deny_unknown_fields)]
 pub struct AgentAdminConfig {
     /// Address of `/healthz`, `/readyz`, `/metrics` and `/api/`.
+    #[serde(deserialize_with = "crate::config_file::bind_addr")]
     pub bind: SocketAddr,
     /// The Argon2 hash of the admin token (`meshgate hash-password`); without it (or `cert_names`) the API is
     /// locked.
