@@ -1,6 +1,6 @@
 //! TLS towards a peer this agent connects to (a bridged broker, an uplink's broker or receiver): which CAs to
 //! trust and which client certificate to present, as a rustls client configuration (ring provider only,
-//! DESIGN.md).
+//! docs/decisions.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! TLS for the device listeners: rustls with the ring provider only (DESIGN: with aws-lc compiled in as well,
+//! TLS for the device listeners: rustls with the ring provider only (docs/decisions.md: with aws-lc compiled in as well,
 //! rustls cannot pick a provider and panics), from the files of `[tls]`: the server certificate and key, and
 //! optionally a CA that client certificates are verified against (mTLS). A verified client certificate's subject
 //! common name becomes the device's identity. The server certificate is reloaded when its files change, and the

@@ -2,7 +2,7 @@
 //! and in the `edge-agent` bridge (an existing broker's messages).
 //!
 //! A message that already is a CloudEvent (a CloudEvents protocol binding, binary or structured) is validated and
-//! kept as it is. Any other message is wrapped with the default mapping of DESIGN.md, then the first matching
+//! kept as it is. Any other message is wrapped with the default mapping of docs/decisions.md, then the first matching
 //! mapping rule may set `type`, `source`, `subject`, extensions and the uplink route. Pure functions: the
 //! receive time and ids come in as arguments, so tests pin them.
 
