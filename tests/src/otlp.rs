@@ -154,3 +154,36 @@ pub async fn http_receiver() -> Result<(SocketAddr, Spans)> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((addr, spans))
 }
+
+struct Counting(Arc<std::sync::atomic::AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Counting {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize =
+            request.into_inner().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.0.fetch_add(spans as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+/// A gRPC OTLP receiver on `bind` that only counts the spans it is sent (for load runs with export on): its
+/// address, the count, and the task serving it.
+pub async fn counting_receiver(
+    bind: SocketAddr,
+) -> Result<(SocketAddr, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)>
+{
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let service = TraceServiceServer::new(Counting(Arc::clone(&count)));
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok((addr, count, task))
+}

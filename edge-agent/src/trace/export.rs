@@ -59,7 +59,8 @@ pub(super) fn provider(config: &TracingConfig, endpoint: &str, service: &str) ->
     let name = config.service_name.clone().unwrap_or_else(|| service.to_string());
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio))))
+        // `Tracing` decides what is recorded before it asks the SDK for a span.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(Resource::builder().with_service_name(name).build())
         .build())
 }

@@ -15,9 +15,10 @@
 //!
 //! Each step starts its span as a child of the event's context and writes its own span's context into the event,
 //! so the next hop is its child. An event without a context starts a trace; whether it is recorded follows the
-//! parent's sampled flag, else `tracing.sample_ratio` (OpenTelemetry's parent-based ratio sampler). Without an
-//! endpoint, [`Tracing::off`] does nothing at all: no id, no allocation, the event's context passes through as it
-//! came.
+//! parent's sampled flag, else `tracing.sample_ratio` (what OpenTelemetry's parent-based ratio sampler decides,
+//! decided here before the SDK is asked, so an unrecorded event costs a random id and its text, not an SDK span).
+//! Without an endpoint, [`Tracing::off`] does nothing at all: no id, no allocation, the event's context passes
+//! through as it came.
 
 mod config;
 mod export;
@@ -25,7 +26,7 @@ mod export;
 use std::sync::Arc;
 
 use meshgate_protocols::cloudevents::{CloudEvent, ExtensionValue};
-use meshgate_protocols::trace_context::{TraceParent, is_valid_tracestate};
+use meshgate_protocols::trace_context::{FLAG_SAMPLED, TraceParent, is_valid_tracestate};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
 };
@@ -90,6 +91,8 @@ pub struct Tracing {
 struct Exporting {
     tracer: SdkTracer,
     provider: SdkTracerProvider,
+    /// `tracing.sample_ratio`: the share of new traces recorded.
+    sample_ratio: f64,
 }
 
 impl std::fmt::Debug for Tracing {
@@ -116,7 +119,7 @@ impl Tracing {
             sample_ratio = config.sample_ratio,
             "exporting traces with OTLP"
         );
-        Ok(Tracing { on: Some(Arc::new(Exporting { tracer, provider })) })
+        Ok(Tracing { on: Some(Arc::new(Exporting { tracer, provider, sample_ratio: config.sample_ratio })) })
     }
 
     /// Whether spans are recorded and exported.
@@ -127,7 +130,7 @@ impl Tracing {
     /// The `ingest` span of an event just received (ending when the spool's commit holding it is durable: the
     /// spool drops it then). Writes the span's context into the event.
     pub fn ingest(&self, event: &mut CloudEvent, at: Ingest<'_>) -> Option<TraceSpan> {
-        let mut span = self.child(event, "ingest", SpanKind::Consumer)?;
+        let mut span = self.child(event, "ingest", SpanKind::Consumer, true)?;
         span.0.set_attributes([
             KeyValue::new("messaging.system", at.protocol.to_string()),
             KeyValue::new("messaging.client.id", at.client.to_string()),
@@ -139,9 +142,9 @@ impl Tracing {
     }
 
     /// The `forward` span of an event an uplink is about to send (ending when the uplink confirms it). Writes the
-    /// span's context into the event (the copy this uplink sends).
+    /// span's context into the event (the copy this uplink sends); an unrecorded event keeps its context.
     pub fn forward(&self, event: &mut CloudEvent, uplink: &str, endpoint: &str) -> Option<TraceSpan> {
-        let mut span = self.child(event, "forward", SpanKind::Producer)?;
+        let mut span = self.child(event, "forward", SpanKind::Producer, false)?;
         span.0.set_attributes([
             KeyValue::new("meshgate.uplink", uplink.to_string()),
             KeyValue::new("server.address", endpoint.to_string()),
@@ -151,9 +154,9 @@ impl Tracing {
     }
 
     /// The `deliver` span of an event a downlink received from the mesh (ending when it is in the local broker).
-    /// Writes the span's context into the event the devices receive.
+    /// Writes the span's context into the event the devices receive (a new trace for an event that came without).
     pub fn deliver(&self, event: &mut CloudEvent, downlink: &str, topic: &str) -> Option<TraceSpan> {
-        let mut span = self.child(event, "deliver", SpanKind::Consumer)?;
+        let mut span = self.child(event, "deliver", SpanKind::Consumer, true)?;
         span.0.set_attributes([
             KeyValue::new("meshgate.downlink", downlink.to_string()),
             KeyValue::new("messaging.destination.name", topic.to_string()),
@@ -173,11 +176,36 @@ impl Tracing {
         }
     }
 
-    /// Starts a child of the event's context (a new trace without one) and writes its context into the event;
-    /// the span when it is recorded.
-    fn child(&self, event: &mut CloudEvent, name: &'static str, kind: SpanKind) -> Option<TraceSpan> {
+    /// Starts a child of the event's context and writes its context into the event; the span when it is recorded.
+    ///
+    /// The sampling decision comes first and costs no more than a random draw: the parent's sampled flag, else
+    /// `sample_ratio`. Only a recorded span goes through the OpenTelemetry SDK. An unrecorded step still writes a
+    /// context when `start` says so (`ingest`, `deliver`: every event carries a trace, a new one if it came
+    /// without), with a fresh span id and the parent's flags; otherwise (`forward`) the event keeps the context it
+    /// has, and only its flags are looked at.
+    fn child(&self, event: &mut CloudEvent, name: &'static str, kind: SpanKind, start: bool) -> Option<TraceSpan> {
         let on = self.on.as_ref()?;
-        let parent = event_context(event).map_or_else(Context::new, |(tp, state)| {
+        if !start && !marked_sampled(event) {
+            // The common case of `forward` and `deliver`: nothing recorded, the context stays as it is.
+            return None;
+        }
+        let context = event_context(event).map(|(tp, state)| (tp, state.map(str::to_string)));
+        let sampled = match &context {
+            Some((tp, _)) => tp.sampled(),
+            None => on.sample_ratio > 0.0 && rand::random::<f64>() < on.sample_ratio,
+        };
+        if !sampled {
+            if start {
+                let mut rng = rand::thread_rng();
+                let tp = match &context {
+                    Some((parent, _)) => TraceParent { parent_id: nonzero(&mut rng), ..*parent },
+                    None => TraceParent { trace_id: nonzero(&mut rng), parent_id: nonzero(&mut rng), flags: 0 },
+                };
+                write_context(event, &tp);
+            }
+            return None;
+        }
+        let parent = context.map_or_else(Context::new, |(tp, state)| {
             let state = state.and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
             let remote = SpanContext::new(
                 TraceId::from_bytes(tp.trace_id),
@@ -194,17 +222,44 @@ impl Tracing {
         let tp = TraceParent {
             trace_id: cx.trace_id().to_bytes(),
             parent_id: cx.span_id().to_bytes(),
-            flags: cx.trace_flags().to_u8(),
+            flags: cx.trace_flags().to_u8() | FLAG_SAMPLED,
         };
-        event.extensions.insert(TRACEPARENT.into(), ExtensionValue::String(tp.to_string()));
-        if !event
-            .extensions
-            .get(TRACESTATE)
-            .is_some_and(|v| matches!(v, ExtensionValue::String(s) if is_valid_tracestate(s)))
-        {
-            event.extensions.remove(TRACESTATE);
-        }
+        write_context(event, &tp);
         span.is_recording().then_some(TraceSpan(span))
+    }
+}
+
+/// Whether the event's `traceparent` says sampled, read from its last two characters (the flags) without
+/// parsing the rest: an event whose context is malformed or missing reads as not sampled here.
+fn marked_sampled(event: &CloudEvent) -> bool {
+    match event.extensions.get(TRACEPARENT) {
+        Some(ExtensionValue::String(tp)) => tp
+            .trim_end_matches([' ', '\t'])
+            .as_bytes()
+            .last()
+            .is_some_and(|flags| matches!(flags, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f')),
+        _ => false,
+    }
+}
+
+/// An id of `N` random bytes, never all zero (W3C: an all-zero trace or span id is invalid).
+fn nonzero<const N: usize>(rng: &mut impl rand::Rng) -> [u8; N] {
+    loop {
+        let mut id = [0u8; N];
+        rng.fill_bytes(&mut id);
+        if id != [0; N] {
+            return id;
+        }
+    }
+}
+
+/// Writes `tp` as the event's `traceparent`, dropping a `tracestate` that is not valid.
+fn write_context(event: &mut CloudEvent, tp: &TraceParent) {
+    event.extensions.insert(TRACEPARENT.into(), ExtensionValue::String(tp.to_string()));
+    let valid_state =
+        matches!(event.extensions.get(TRACESTATE), Some(ExtensionValue::String(s)) if is_valid_tracestate(s));
+    if !valid_state {
+        event.extensions.remove(TRACESTATE);
     }
 }
 

@@ -122,12 +122,14 @@ impl Message {
     /// the gateway's), a missing one added last. Nothing changes when the event has no valid context.
     pub fn carry_trace(&mut self, event: &meshgate_protocols::cloudevents::CloudEvent) {
         use meshgate_edge_agent::trace::{TRACESTATE, native_headers};
-        let props = &mut self.properties.user_properties;
-        if native_headers(event).next().is_some() {
-            // A state the event no longer carries must not outlive it.
-            props.retain(|(k, _)| k != TRACESTATE);
+        let mut headers = native_headers(event).peekable();
+        if headers.peek().is_none() {
+            return;
         }
-        for (name, value) in native_headers(event) {
+        let props = &mut self.properties.user_properties;
+        // A state the event no longer carries must not outlive it.
+        props.retain(|(k, _)| k != TRACESTATE);
+        for (name, value) in headers {
             match props.iter_mut().find(|(k, _)| k == name) {
                 Some(slot) => slot.1 = value,
                 None => props.push((name.to_string(), value)),

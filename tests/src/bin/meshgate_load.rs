@@ -87,6 +87,12 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         bind: SocketAddr,
     },
+    /// An OTLP gRPC receiver that counts the spans it is sent (a collector for runs with `[tracing]` on); prints
+    /// the count every 5 seconds.
+    OtlpSink {
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        bind: SocketAddr,
+    },
     /// Every scenario of docs/benchmarks.md, meshgate next to Mosquitto.
     /// The noisy-neighbour scenario alone: a quiet QoS 1 device at 10/s, alone then beside one connection
     /// flooding QoS 0, on meshgate (release build) and then on a Mosquitto of its own.
@@ -183,6 +189,18 @@ async fn main() -> Result<()> {
             let (addr, task) = sink::start(bind).await?;
             println!("meshgate-load: sink listening on {addr}");
             task.await??;
+        }
+        Cmd::OtlpSink { bind } => {
+            let (addr, count, task) = meshgate_tests::otlp::counting_receiver(bind).await?;
+            println!("meshgate-load: OTLP sink listening on {addr}");
+            let report = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    println!("meshgate-load: spans received: {}", count.load(std::sync::atomic::Ordering::Relaxed));
+                }
+            });
+            task.await??;
+            report.abort();
         }
         Cmd::Noisy { seconds } => {
             let duration = Duration::from_secs(seconds);

@@ -61,6 +61,9 @@ impl Driver {
         {
             tracing::warn!(error = %e, "retained message not stored; refusing the publish");
             metrics.reject(PROTOCOL, RejectReason::StorageFailed);
+            if let Some(span) = span {
+                span.fail("retained message not stored");
+            }
             return Some(Verdict::Refused(ReasonCode::UNSPECIFIED_ERROR, "retained message not stored"));
         }
         // A message for persistent sessions, and a QoS 2 packet id, are made durable with the event; the commit
