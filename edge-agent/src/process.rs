@@ -32,10 +32,10 @@ pub fn init_logging(format: LogFormat) {
         .as_deref()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info,lapin::returned_messages=error"));
-    if !configured.as_deref().is_some_and(|f| f.contains(SNI_WARNING_TARGET)) {
-        if let Ok(directive) = format!("{SNI_WARNING_TARGET}=error").parse() {
-            filter = filter.add_directive(directive);
-        }
+    if !configured.as_deref().is_some_and(|f| f.contains(SNI_WARNING_TARGET))
+        && let Ok(directive) = format!("{SNI_WARNING_TARGET}=error").parse()
+    {
+        filter = filter.add_directive(directive);
     }
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);

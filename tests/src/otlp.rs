@@ -116,17 +116,25 @@ impl TraceService for Grpc {
     }
 }
 
-/// Starts a gRPC OTLP receiver on an ephemeral port: its address and what it receives.
-pub async fn grpc_receiver() -> Result<(SocketAddr, Spans)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// The task serving a gRPC OTLP receiver.
+pub type Serving = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serves `service` as the OTLP trace service on `bind`: the address and the serving task.
+async fn serve(bind: SocketAddr, service: impl TraceService) -> Result<(SocketAddr, Serving)> {
+    let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
-    let spans = Spans::default();
-    let service = TraceServiceServer::new(Grpc(spans.clone()));
-    tokio::spawn(
+    let task = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(service)
+            .add_service(TraceServiceServer::new(service))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    Ok((addr, task))
+}
+
+/// Starts a gRPC OTLP receiver on an ephemeral port: its address and what it receives.
+pub async fn grpc_receiver() -> Result<(SocketAddr, Spans)> {
+    let spans = Spans::default();
+    let (addr, _) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), Grpc(spans.clone())).await?;
     Ok((addr, spans))
 }
 
@@ -172,18 +180,8 @@ impl TraceService for Counting {
 
 /// A gRPC OTLP receiver on `bind` that only counts the spans it is sent (for load runs with export on): its
 /// address, the count, and the task serving it.
-pub async fn counting_receiver(
-    bind: SocketAddr,
-) -> Result<(SocketAddr, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)>
-{
-    let listener = tokio::net::TcpListener::bind(bind).await?;
-    let addr = listener.local_addr()?;
+pub async fn counting_receiver(bind: SocketAddr) -> Result<(SocketAddr, Arc<std::sync::atomic::AtomicU64>, Serving)> {
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let service = TraceServiceServer::new(Counting(Arc::clone(&count)));
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (addr, task) = serve(bind, Counting(Arc::clone(&count))).await?;
     Ok((addr, count, task))
 }
