@@ -542,8 +542,15 @@ mod tests {
     fn errors_name_the_key_and_the_problem() {
         let e = load_str("[listeners.mqtt]\nbind = \"nowhere\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "listeners.mqtt.bind");
-        assert!(e.problem.contains("socket address"), "{e}");
+        assert!(e.problem.contains("is not HOST:PORT or IP:PORT"), "{e}");
         assert!(e.file.ends_with("meshgate.toml"));
+        let c = load_str("[listeners.mqtt]\nbind = \"localhost:1884\"\n", &[]).unwrap();
+        assert_eq!(c.listeners.mqtt.map(|m| m.bind), Some(SocketAddr::from(([127, 0, 0, 1], 1884))));
+        let e = load_str("", &[("MESHGATE_LISTENERS__MQTT__BIND", "nowhere")]).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("environment MESHGATE_LISTENERS__MQTT__BIND", "listeners.mqtt.bind")
+        );
         let e = load_str("[gateway]\nidd = \"x\"\n", &[]).unwrap_err();
         assert!(e.problem.contains("unknown field `idd`"), "{e}");
         let e = load_str("[gateway\n", &[]).unwrap_err();
