@@ -277,3 +277,40 @@ async fn every_kind_of_device_gets_its_command_once(mesh: &Mesh) -> Result<(Gate
     dev_o.disconnect().await;
     Ok((gw, dir))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_trace_continues_through_a_deliver_span_to_the_device() -> Result<()> {
+    const MESH_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const MESH_SPAN: &str = "b7ad6b7169203331";
+    let (collector, spans) = meshgate_tests::otlp::grpc_receiver().await?;
+    let mesh = Mesh::eventmesh()?;
+    let Mesh::EventMesh { runtime, topic } = &mesh else { unreachable!() };
+    let tracing =
+        format!("\n[tracing]\notlp_endpoint = \"http://{collector}\"\nsample_ratio = 0.0\nexport_interval_ms = 100\n");
+    let gw = Gateway::start_with(|base| format!("{base}{}{tracing}", mesh.downlink()))?;
+    let (mut device, _) = Client::connect(gw.mqtt, &Options::new(true, "dev-t")).await?;
+    device.subscribe(&[("devices/dev-t/#", 1)]).await?;
+    gw.wait_metric("meshgate_downlink_connects_total{downlink=\"cmd\"}", 1.0, Duration::from_secs(20)).await?;
+    let event = json!({
+        "specversion": "1.0", "id": "cmd-t", "source": "/cloud/fleet", "type": "com.example.command",
+        "deviceid": "dev-t", "command": "blink", "subject": topic,
+        "datacontenttype": "application/cloudevents+json",
+        "traceparent": format!("00-{MESH_TRACE}-{MESH_SPAN}-01"),
+        "data": {"times": 1},
+    });
+    runtime.publish(&event).await?;
+    let got = device.next_publish(Duration::from_secs(10)).await.context("the device got no command")?;
+    let received: Value = serde_json::from_str(&got.payload)?;
+    let traceparent = received["traceparent"].as_str().context("no traceparent in the command")?.to_string();
+    let user = &got.properties.as_ref().context("no MQTT 5 properties")?.user_properties;
+    assert!(user.iter().any(|(k, v)| k == "traceparent" && *v == traceparent), "{user:?}");
+    let all = spans
+        .until(Duration::from_secs(20), |s| s.iter().any(|x| x.name == "deliver" && x.trace_id == MESH_TRACE))
+        .await?;
+    let deliver = all.iter().find(|s| s.name == "deliver").context("deliver span")?;
+    assert_eq!(deliver.parent_span_id, MESH_SPAN, "deliver is the mesh span's child");
+    assert_eq!(traceparent, format!("00-{MESH_TRACE}-{}-01", deliver.span_id), "the device's parent is deliver");
+    assert_eq!(deliver.attributes["meshgate.downlink"], "cmd");
+    assert_eq!(deliver.attributes["messaging.destination.name"], "devices/dev-t/commands/blink");
+    Ok(())
+}
