@@ -139,7 +139,7 @@ async fn submit(config: &BridgeConfig, cx: &BridgeContext, msg: &Delivered<'_>) 
         return None;
     }
     normalized.event.extensions.insert(BRIDGE_EXTENSION.into(), config.name.as_str().into());
-    let at = Ingest { protocol: "bridge", client: &config.name, topic: msg.topic, bytes: msg.payload.len() };
+    let at = Ingest { protocol: "bridge", client: &config.name, topic: msg.topic, bytes: Some(msg.payload.len()) };
     let span = cx.traces.ingest(&mut normalized.event, at);
     cx.ingest.submit_with(normalized.event, normalized.route, None, span).await.ok()
 }

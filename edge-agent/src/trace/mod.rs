@@ -78,8 +78,8 @@ pub struct Ingest<'a> {
     pub client: &'a str,
     /// The topic (or routing key) it was published to.
     pub topic: &'a str,
-    /// The payload's size.
-    pub bytes: usize,
+    /// The payload's size; `None`: the event's size in the JSON format, measured only when the span is recorded.
+    pub bytes: Option<usize>,
 }
 
 /// The process's tracing: off, or exporting spans to an OTLP endpoint. Cheap to clone.
@@ -131,12 +131,12 @@ impl Tracing {
     /// spool drops it then). Writes the span's context into the event.
     pub fn ingest(&self, event: &mut CloudEvent, at: Ingest<'_>) -> Option<TraceSpan> {
         let mut span = self.child(event, "ingest", SpanKind::Consumer, true)?;
+        let bytes = at.bytes.unwrap_or_else(|| event.to_json_string().len());
         span.0.set_attributes([
             KeyValue::new("messaging.system", at.protocol.to_string()),
             KeyValue::new("messaging.client.id", at.client.to_string()),
             KeyValue::new("messaging.destination.name", at.topic.to_string()),
-            KeyValue::new("messaging.message.body.size", i64::try_from(at.bytes).unwrap_or(i64::MAX)),
-            KeyValue::new("messaging.message.id", event.id.clone()),
+            KeyValue::new("messaging.message.body.size", i64::try_from(bytes).unwrap_or(i64::MAX)),
         ]);
         Some(span)
     }
@@ -148,7 +148,6 @@ impl Tracing {
         span.0.set_attributes([
             KeyValue::new("meshgate.uplink", uplink.to_string()),
             KeyValue::new("server.address", endpoint.to_string()),
-            KeyValue::new("messaging.message.id", event.id.clone()),
         ]);
         Some(span)
     }
@@ -160,7 +159,6 @@ impl Tracing {
         span.0.set_attributes([
             KeyValue::new("meshgate.downlink", downlink.to_string()),
             KeyValue::new("messaging.destination.name", topic.to_string()),
-            KeyValue::new("messaging.message.id", event.id.clone()),
         ]);
         Some(span)
     }
@@ -189,7 +187,7 @@ impl Tracing {
             // The common case of `forward` and `deliver`: nothing recorded, the context stays as it is.
             return None;
         }
-        let context = event_context(event).map(|(tp, state)| (tp, state.map(str::to_string)));
+        let context = event_context(event);
         let sampled = match &context {
             Some((tp, _)) => tp.sampled(),
             None => on.sample_ratio > 0.0 && rand::random::<f64>() < on.sample_ratio,
@@ -197,8 +195,8 @@ impl Tracing {
         if !sampled {
             if start {
                 let mut rng = rand::thread_rng();
-                let tp = match &context {
-                    Some((parent, _)) => TraceParent { parent_id: nonzero(&mut rng), ..*parent },
+                let tp = match context {
+                    Some((parent, _)) => TraceParent { parent_id: nonzero(&mut rng), ..parent },
                     None => TraceParent { trace_id: nonzero(&mut rng), parent_id: nonzero(&mut rng), flags: 0 },
                 };
                 write_context(event, &tp);
@@ -225,7 +223,9 @@ impl Tracing {
             flags: cx.trace_flags().to_u8() | FLAG_SAMPLED,
         };
         write_context(event, &tp);
-        span.is_recording().then_some(TraceSpan(span))
+        let mut span = span.is_recording().then_some(TraceSpan(span))?;
+        span.0.set_attribute(KeyValue::new("messaging.message.id", event.id.clone()));
+        Some(span)
     }
 }
 

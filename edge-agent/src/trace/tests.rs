@@ -11,7 +11,7 @@ fn context(e: &CloudEvent) -> TraceParent {
 }
 
 fn at() -> Ingest<'static> {
-    Ingest { protocol: "mqtt", client: "dev-1", topic: "t/1", bytes: 3 }
+    Ingest { protocol: "mqtt", client: "dev-1", topic: "t/1", bytes: Some(3) }
 }
 
 #[test]

@@ -450,7 +450,7 @@ async fn publish(
         Ok(n) => n,
         Err(e) => return refused(StatusCode::UNPROCESSABLE_ENTITY, format!("not a valid CloudEvent: {e}")),
     };
-    let at = Ingest { protocol: "admin", client: ADMIN_IDENTITY, topic: &req.topic, bytes: payload.len() };
+    let at = Ingest { protocol: "admin", client: ADMIN_IDENTITY, topic: &req.topic, bytes: Some(payload.len()) };
     let span = s.traces.ingest(&mut normalized.event, at);
     let mut local = Message::new(&req.topic, &payload, qos, req.retain, &properties, ADMIN_IDENTITY, now_ms());
     local.carry_trace(&normalized.event);

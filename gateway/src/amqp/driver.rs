@@ -385,7 +385,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             listed.client().received();
         }
         let traces = &self.ctx.shared.traces;
-        let at = Ingest { protocol: PROTOCOL.as_str(), client: &self.client_id, topic: &topic, bytes: body.len() };
+        let at =
+            Ingest { protocol: PROTOCOL.as_str(), client: &self.client_id, topic: &topic, bytes: Some(body.len()) };
         let span = traces.ingest(&mut event, at);
         let mut local = self.local_message(&topic, properties, &headers.unwrap_or_default(), body, tag.is_some());
         if let Some(m) = local.as_mut() {

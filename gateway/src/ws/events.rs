@@ -282,8 +282,8 @@ impl Session {
         }
         // Before the local copy is made: subscribers get the event with the gateway's span as its parent.
         let traces = &self.ctx.shared.traces;
-        let bytes = if traces.is_on() { event.to_json_string().len() } else { 0 };
-        let at = Ingest { protocol: PROTOCOL.as_str(), client: &self.device.client_id, topic: &topic, bytes };
+        // The event's size, serialized only for a recorded span.
+        let at = Ingest { protocol: PROTOCOL.as_str(), client: &self.device.client_id, topic: &topic, bytes: None };
         let span = traces.ingest(&mut event, at);
         let local = local_message(&event, &topic, &self.device.client_id);
         let normalizer = &self.device.policy.current(&self.ctx.shared.policy).normalizer;

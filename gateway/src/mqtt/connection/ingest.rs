@@ -50,7 +50,8 @@ impl Driver {
             Err(verdict) => return Some(verdict),
         };
         let traces = &self.ctx.shared.traces;
-        let at = Ingest { protocol: PROTOCOL.as_str(), client: self.client_id(), topic, bytes: publish.payload.len() };
+        let at =
+            Ingest { protocol: PROTOCOL.as_str(), client: self.client_id(), topic, bytes: Some(publish.payload.len()) };
         let span = traces.ingest(&mut normalized.event, at);
         if traces.is_on() {
             local.carry_trace(&normalized.event);
